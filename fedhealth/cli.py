@@ -1,0 +1,150 @@
+"""The `fedhealth` command: simulate a study, write synthetic hospitals, and (later) more.
+
+Errors a user can fix (bad config, missing file, non-empty run directory) print one line per
+problem and exit with status 2; a federation that fails exits with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from fedhealth import rundir  # noqa: E402
+from fedhealth.config import ConfigError, StudyConfig, load_config  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Privacy-preserving federated learning across hospitals.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    for line in message.splitlines():
+        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path | None, overrides: list[str]) -> StudyConfig:
+    if config is None:
+        _fail("--config is required (e.g. --config configs/default.toml)")
+    try:
+        return load_config(config, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+    raise AssertionError  # unreachable
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
+
+
+def print_summary_table(summary: dict[str, Any]) -> None:
+    table = Table(title=f"{summary['study']}: test AUROC per hospital ({summary['strategy']}, "
+                        f"{summary['model']}, {summary['rounds']} rounds)")
+    for col in ("hospital", "tier", "region", "records", "local-only", "federated", "pooled", "best possible"):
+        table.add_column(col, justify="left" if col in ("hospital", "tier", "region") else "right")
+    for h in summary["hospitals"]:
+        a = h["auroc"]
+        table.add_row(h["name"], h["tier"], h["region"], str(h["records"]), _fmt(a.get("local_only")),
+                      _fmt(a.get("federated")), _fmt(a.get("pooled")), _fmt(a.get("best_possible")))
+    m = summary["overall"]["mean_hospital_auroc"]
+    table.add_section()
+    table.add_row("mean of hospitals", "", "", "", _fmt(m.get("local_only")), _fmt(m.get("federated")),
+                  _fmt(m.get("pooled")), _fmt(m.get("best_possible")))
+    o = summary["overall"]["auroc"]
+    table.add_row("all test records", "", "", "", _fmt(o.get("local_only")), _fmt(o.get("federated")),
+                  _fmt(o.get("pooled")), _fmt(o.get("best_possible")))
+    console.print(table)
+
+
+@app.command()
+def simulate(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="study config (TOML)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<time>-<name>)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue this run directory from its last round")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: federation.rounds=5")] = None,
+    rounds: Annotated[int | None, typer.Option(help="override federation.rounds")] = None,
+    seed: Annotated[int | None, typer.Option(help="override seed")] = None,
+    strategy: Annotated[str | None, typer.Option(help="override federation.strategy.name")] = None,
+    model: Annotated[str | None, typer.Option(help="override model.name")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Flower's and Ray's logs")] = False,
+) -> None:
+    """Simulate a federation of hospitals on Flower's simulation engine and write a run directory."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedhealth.simulate import SimulationError
+    from fedhealth.simulate import simulate as run
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = list(set_ or [])
+    for key, value in (("federation.rounds", rounds), ("seed", seed), ("federation.strategy.name", strategy),
+                       ("model.name", model)):
+        if value is not None:
+            overrides.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
+    try:
+        if resume is not None:
+            if config is not None or overrides:
+                _fail("--resume continues a run with its own saved config: drop --config and overrides")
+            state = rundir.read_state(resume)
+            cfg = load_config(resume / rundir.CONFIG_FILE)
+            if state.get("fingerprint") != cfg.fingerprint():
+                _fail(f"{resume}: {rundir.CONFIG_FILE} no longer matches the run that wrote it; cannot resume")
+            run_dir = resume
+        else:
+            cfg = _load(config, overrides)
+            run_dir = rundir.create_run_dir(cfg, out)
+    except (ConfigError, rundir.RunDirError) as err:
+        _fail(str(err))
+
+    done = rundir.last_completed_round(run_dir)
+    console.print(f"[bold]{cfg.name}[/]: {len(cfg.hospitals)} hospitals, {cfg.federation.rounds} rounds, "
+                  f"{cfg.federation.strategy.name}/{cfg.model.name} → {run_dir}"
+                  + (f" (resuming after round {done})" if done else ""))
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False, disable=not sys.stdout.isatty()) as bar:
+        task = bar.add_task("federated rounds", total=cfg.federation.rounds, completed=done)
+
+        def on_round(server_round: int, info: dict[str, Any]) -> None:
+            auc = info.get("auroc_mean")
+            bar.update(task, completed=server_round,
+                       description=f"round {server_round}: mean AUROC {_fmt(auc)}")
+
+        try:
+            summary = run(cfg, run_dir, on_round=on_round, verbose=verbose)
+        except SimulationError as err:
+            _fail(str(err), code=1)
+        except Exception as err:  # a crash inside Flower or a client: name it, keep the run dir resumable
+            _fail(f"federation failed: {type(err).__name__}: {err}\nrun directory {run_dir} can be resumed "
+                  f"with: fedhealth simulate --resume {run_dir}", code=1)
+    print_summary_table(summary)
+    console.print(f"run directory: {run_dir}")
+
+
+@app.command()
+def synth(
+    config: Annotated[Path, typer.Option("--config", "-c", help="study config (TOML)")],
+    out: Annotated[Path, typer.Option(help="directory for one CSV per hospital")],
+) -> None:
+    """Write each hospital's synthetic records as CSV, with the data dictionary, for people to look at."""
+    from fedhealth.data.export import write_synthetic_study
+
+    cfg = _load(config, [])
+    paths = write_synthetic_study(cfg, out)
+    console.print(f"wrote {len(paths)} hospital files and the data dictionary to {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

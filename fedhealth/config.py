@@ -1,0 +1,239 @@
+"""One typed study configuration, loaded from TOML, overridable from the CLI.
+
+Why a single object: every stage (data, model, training, federation, references) reads its
+settings from here, so a run directory's `config.resolved.toml` is the whole truth about a run.
+Errors are raised before anything starts and name the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedhealth.data.schema import REGIONS, TIERS
+
+Tier = Literal["tertiary", "secondary", "community"]
+Region = Literal["north", "south", "east", "west", "central"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam"]
+ModelName = Literal["logreg", "mlp"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one line per problem, fit for a terminal."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HospitalConfig(_Strict):
+    """One hospital: its identity and the profile the synthetic generator draws its records from."""
+
+    name: str = Field(min_length=1)
+    tier: Tier
+    region: Region
+    records: int = Field(ge=50, le=1_000_000, description="patient records at this hospital (rows)")
+
+
+class PopulationConfig(_Strict):
+    """A recipe for many hospitals (e.g. 100) instead of listing each; expanded deterministically."""
+
+    count: int = Field(ge=1, le=10_000)
+    tier_weights: dict[Tier, float] = Field(
+        default_factory=lambda: {"tertiary": 0.1, "secondary": 0.3, "community": 0.6}
+    )
+    regions: list[Region] = Field(default_factory=lambda: list(REGIONS))
+    records_min: int = Field(default=200, ge=50)
+    records_max: int = Field(default=30_000, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _range(self) -> PopulationConfig:
+        if self.records_min > self.records_max:
+            raise ValueError(f"records_min ({self.records_min}) must not exceed records_max ({self.records_max})")
+        if not self.regions:
+            raise ValueError("regions must name at least one region")
+        if any(w < 0 for w in self.tier_weights.values()) or sum(self.tier_weights.values()) <= 0:
+            raise ValueError("tier_weights must be non-negative and not all zero")
+        return self
+
+
+class StrategyConfig(_Strict):
+    """Flower's server strategy and its hyper-parameters (only the chosen one's are used)."""
+
+    name: StrategyName = "fedavg"
+    fraction_fit: float = Field(default=1.0, gt=0, le=1)
+    proximal_mu: float = Field(default=0.01, ge=0, description="FedProx proximal term weight")
+    server_learning_rate: float = Field(default=0.05, gt=0, description="FedAdam eta")
+    server_momentum: float = Field(default=0.9, ge=0, lt=1, description="FedAdam beta_1")
+    server_second_moment: float = Field(default=0.99, ge=0, lt=1, description="FedAdam beta_2")
+    server_tau: float = Field(default=1e-3, gt=0, description="FedAdam adaptivity tau")
+
+
+class ModelConfig(_Strict):
+    name: ModelName = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [32, 16])
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(h <= 0 for h in v):
+            raise ValueError("every hidden layer width must be a positive integer")
+        return v
+
+
+class TrainingConfig(_Strict):
+    """Local training at each hospital; the same settings drive the local-only and pooled references."""
+
+    local_epochs: int = Field(default=1, ge=1, le=1000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    learning_rate: float = Field(default=0.05, gt=0, le=10)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    test_fraction: float = Field(default=0.25, gt=0, lt=1)
+
+
+class FederationConfig(_Strict):
+    rounds: int = Field(default=10, ge=1, le=10_000)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    cpus_per_client: float = Field(default=1.0, gt=0, description="Ray CPUs per simulated hospital")
+
+
+class ReferencesConfig(_Strict):
+    """Which reference models a simulation trains on the same splits (local-only, pooled)."""
+
+    local_only: bool = True
+    pooled: bool = True
+
+
+class StudyConfig(_Strict):
+    """A whole simulated study. `hospitals` is always explicit after loading (populations are expanded)."""
+
+    name: str = Field(default="study", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(default=42, ge=0, lt=2**32)
+    hospitals: list[HospitalConfig] = Field(default_factory=list)
+    population: PopulationConfig | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    references: ReferencesConfig = Field(default_factory=ReferencesConfig)
+
+    @model_validator(mode="after")
+    def _hospitals(self) -> StudyConfig:
+        if self.population is not None:
+            if self.hospitals:
+                raise ValueError("give either [[hospitals]] or [population], not both")
+            expanded = expand_population(self.population, self.seed)
+            object.__setattr__(self, "hospitals", expanded)
+            object.__setattr__(self, "population", None)
+        if not self.hospitals:
+            raise ValueError("a study needs at least one hospital: add [[hospitals]] or [population]")
+        names = [h.name for h in self.hospitals]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"hospital names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that shapes the data and training: keys caches, guards `--resume`."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def expand_population(pop: PopulationConfig, seed: int) -> list[HospitalConfig]:
+    """Draw tiers, regions and log-uniform sizes for `pop.count` hospitals, reproducibly from the seed.
+
+    Tertiary centres are drawn from the upper part of the size range and community clinics from the
+    lower part, as in real health systems where record counts span orders of magnitude.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB0B]))
+    tiers = [t for t in TIERS if pop.tier_weights.get(t, 0) > 0]
+    weights = np.array([pop.tier_weights[t] for t in tiers], dtype=float)
+    weights /= weights.sum()
+    lo, hi = math.log(pop.records_min), math.log(pop.records_max)
+    size_band = {"tertiary": (0.55, 1.0), "secondary": (0.3, 0.8), "community": (0.0, 0.5)}
+    hospitals = []
+    for i in range(pop.count):
+        tier = tiers[int(rng.choice(len(tiers), p=weights))]
+        region = pop.regions[int(rng.integers(len(pop.regions)))]
+        a, b = size_band[tier]
+        records = int(round(math.exp(lo + (hi - lo) * rng.uniform(a, b))))
+        hospitals.append(HospitalConfig(name=f"H{i + 1:03d}-{tier[:4]}-{region}", tier=tier,
+                                        region=region, records=records))
+    return hospitals
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        msg = e["msg"]
+        if e["type"] == "literal_error":
+            msg = "not allowed; " + msg.replace("Input should be", "choose one of")
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and section)"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        lines.append(f"{source}: {key}{shown}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> StudyConfig:
+    """Validate a config mapping, raising ConfigError with one line per problem."""
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def _coerce(text: str) -> Any:
+    """CLI override values are TOML scalars/arrays (`3`, `0.1`, `true`, `"fedprox"`, `[32, 16]`); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides (e.g. `federation.rounds=5`) to a raw config mapping."""
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. federation.rounds=5")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = _coerce(raw.strip())
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """Read, override and validate a TOML study config; every failure is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    data.setdefault("name", path.stem)
+    return parse_config(apply_overrides(data, overrides or []), str(path))
+
+
+def config_to_toml(cfg: StudyConfig) -> str:
+    """The resolved config (population expanded, defaults filled) as TOML, for the run directory."""
+    import tomli_w
+
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    return tomli_w.dumps(data)

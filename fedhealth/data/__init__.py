@@ -1,0 +1,1 @@
+"""Patient-record schema, synthetic hospitals, and (later) reading a hospital's own files."""

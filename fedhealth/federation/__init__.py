@@ -1,0 +1,1 @@
+"""Flower wiring: ClientApp and ServerApp builders on Flower's workflow API (the one with SecAgg+)."""

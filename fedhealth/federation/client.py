@@ -1,0 +1,94 @@
+"""The hospital side: a Flower NumPyClient that trains and evaluates on its own records only.
+
+What leaves the hospital: the updated weights, the number of training records (FedAvg's weight)
+and aggregate figures (loss, AUROC, ...). Never a record, a prediction or a label.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+from flwr.client import ClientApp, NumPyClient
+from flwr.common import Context, NDArrays, Scalar
+
+from fedhealth.data.hospitals import load_hospital
+from fedhealth.federation.wire import HOSPITAL_KEY, ROUND_KEY, study_from_payload
+from fedhealth.models import build_model, get_weights, set_weights
+from fedhealth.seeding import derive_seed
+from fedhealth.training import evaluate, train
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+log = logging.getLogger(__name__)
+
+
+class NonFiniteUpdateError(RuntimeError):
+    """Raised instead of sending an update that holds NaN or infinite values."""
+
+
+class HospitalClient(NumPyClient):
+    """One hospital. `index` is its position in the study's hospital list."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def _model(self, config: dict[str, Scalar], parameters: NDArrays):
+        cfg = study_from_payload(config)
+        split = load_hospital(cfg, self.index)
+        model = build_model(cfg.model.name, split.x_train.shape[1], cfg.model.hidden, seed=cfg.seed)
+        set_weights(model, parameters)
+        return cfg, split, model
+
+    def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        cfg, split, model = self._model(config, parameters)
+        server_round = int(config.get(ROUND_KEY, 0))
+        mu = float(config.get("proximal_mu", 0.0))  # FedProx puts it in the fit config
+        result = train(
+            model, split.x_train, split.y_train,
+            epochs=cfg.training.local_epochs,
+            batch_size=cfg.training.batch_size,
+            learning_rate=cfg.training.learning_rate,
+            momentum=cfg.training.momentum,
+            weight_decay=cfg.training.weight_decay,
+            seed=derive_seed(cfg.seed, "fit", self.index, server_round),
+            proximal_mu=mu,
+            anchor=parameters if mu > 0 else None,
+        )
+        weights = get_weights(model)
+        bad = [i for i, w in enumerate(weights) if not np.all(np.isfinite(w))]
+        if bad:
+            raise NonFiniteUpdateError(
+                f"hospital {split.hospital.name}: update has non-finite values in parameter arrays {bad} "
+                f"(round {server_round}); not sending it. Lower training.learning_rate."
+            )
+        return weights, len(split.y_train), {
+            HOSPITAL_KEY: self.index,
+            "train_loss": result.mean_loss,
+            "train_steps": result.steps,
+            "train_seconds": result.seconds,
+        }
+
+    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
+        _, split, model = self._model(config, parameters)
+        m = evaluate(model, split.x_test, split.y_test)
+        return m.loss, m.n, {HOSPITAL_KEY: self.index, "auroc": m.auroc, "auprc": m.auprc,
+                             "accuracy": m.accuracy, "brier": m.brier}
+
+
+def hospital_index(context: Context) -> int:
+    """Which hospital this node is: Flower's `partition-id` in simulation, `hospital-index` if set."""
+    for key in ("hospital-index", "partition-id"):
+        if key in context.node_config:
+            return int(context.node_config[key])
+    raise ValueError("node config names no hospital: set hospital-index (deployment) or partition-id")
+
+
+def client_fn(context: Context):
+    torch.set_num_threads(1)  # one CPU per simulated hospital; lets two train at once on 2 cores
+    return HospitalClient(hospital_index(context)).to_client()
+
+
+def build_client_app() -> ClientApp:
+    return ClientApp(client_fn=client_fn)

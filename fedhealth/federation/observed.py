@@ -1,0 +1,106 @@
+"""A strategy wrapper that checks every update and records every result, then defers to Flower's.
+
+Why a wrapper rather than a subclass: the same checks and bookkeeping apply to FedAvg, FedProx and
+FedAdam alike, and the aggregation itself stays Flower's own code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+
+from fedhealth.federation.recorder import RunRecorder
+from fedhealth.federation.wire import HOSPITAL_KEY
+
+
+def update_problem(arrays: list[np.ndarray], shapes: list[tuple[int, ...]]) -> str | None:
+    """Why an update must not enter the aggregate (wrong count, wrong shape, non-finite), or None."""
+    if len(arrays) != len(shapes):
+        return f"expected {len(shapes)} parameter arrays, got {len(arrays)}"
+    for i, (a, shape) in enumerate(zip(arrays, shapes, strict=True)):
+        if tuple(a.shape) != tuple(shape):
+            return f"parameter array {i}: expected shape {tuple(shape)}, got {tuple(a.shape)}"
+        if not np.all(np.isfinite(a)):
+            return f"parameter array {i} holds NaN or infinite values"
+    return None
+
+
+def _reason(failure: object) -> str:
+    if isinstance(failure, BaseException):
+        return f"{type(failure).__name__}: {failure}"
+    _, res = failure  # (proxy, FitRes/EvaluateRes) with a non-OK status
+    return getattr(res.status, "message", str(res.status))
+
+
+class ObservedStrategy(Strategy):
+    def __init__(self, inner: Strategy, recorder: RunRecorder, shapes: list[tuple[int, ...]]) -> None:
+        self.inner = inner
+        self.recorder = recorder
+        self.shapes = shapes
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager
+                      ) -> list[tuple[ClientProxy, FitIns]]:
+        self.recorder.begin_round()
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list
+                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        for failure in failures:
+            self.recorder.record_fit_failure(_reason(failure))
+        accepted = []
+        for proxy, res in results:
+            index = res.metrics.get(HOSPITAL_KEY)
+            problem = update_problem(parameters_to_ndarrays(res.parameters), self.shapes)
+            if index is None:
+                problem = problem or f"result carries no {HOSPITAL_KEY}"
+            if problem:
+                self.recorder.record_rejected(None if index is None else int(index), problem)
+                continue
+            accepted.append((int(index), proxy, res))
+        # Sum in hospital order, not arrival order: the aggregate is bit-identical whatever Ray does.
+        accepted.sort(key=lambda item: item[0])
+        for index, _, res in accepted:
+            self.recorder.record_fit(index, res.num_examples, dict(res.metrics))
+        if not accepted:
+            self.recorder.record_aggregated(False)
+            return None, {}
+        params, metrics = self.inner.aggregate_fit(server_round, [(p, r) for _, p, r in accepted], [])
+        self.recorder.record_aggregated(params is not None)
+        return params, metrics
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager
+                           ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: list
+                           ) -> tuple[float | None, dict[str, Scalar]]:
+        for failure in failures:
+            self.recorder.record_evaluate_failure(_reason(failure))
+        total, weighted = 0, 0.0
+        for _, res in results:
+            index = res.metrics.get(HOSPITAL_KEY)
+            if index is None:
+                self.recorder.record_evaluate_failure(f"evaluation result carries no {HOSPITAL_KEY}")
+                continue
+            metrics = {k: v for k, v in res.metrics.items() if k != HOSPITAL_KEY}
+            self.recorder.record_evaluation(int(index), float(res.loss), int(res.num_examples), metrics)
+            total += res.num_examples
+            weighted += res.num_examples * res.loss
+        return (weighted / total if total else None), {}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        return None  # the server holds no patient data: all evaluation is federated

@@ -1,0 +1,115 @@
+"""Turns what the server learns each round into the run directory's files.
+
+One round is "completed" only when its metrics lines, its rounds.jsonl line and its checkpoint
+are all on disk; the checkpoint is written last, so `--resume` never continues from a round whose
+metrics are missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedhealth import rundir
+from fedhealth.config import StudyConfig
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class _Pending:
+    fit: dict[int, dict[str, Any]] = field(default_factory=dict)  # hospital index -> fit metrics
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {"hospital_index", "reason"}
+    fit_failures: list[str] = field(default_factory=list)
+    evaluation: dict[int, dict[str, Any]] = field(default_factory=dict)
+    evaluate_failures: list[str] = field(default_factory=list)
+    aggregated: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+class RunRecorder:
+    def __init__(self, run_dir: Path, cfg: StudyConfig, on_round: RoundCallback | None = None) -> None:
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.on_round = on_round
+        self._pending = _Pending()
+
+    def begin_round(self) -> None:
+        self._pending = _Pending()
+
+    def record_fit(self, index: int, num_examples: int, metrics: dict[str, Any]) -> None:
+        self._pending.fit[index] = {"num_examples": num_examples, **metrics}
+
+    def record_rejected(self, index: int | None, reason: str) -> None:
+        log.warning("round update rejected (hospital %s): %s", index, reason)
+        self._pending.rejected.append({"hospital_index": index, "reason": reason})
+
+    def record_fit_failure(self, reason: str) -> None:
+        log.warning("a hospital failed to train: %s", reason)
+        self._pending.fit_failures.append(reason)
+
+    def record_aggregated(self, ok: bool) -> None:
+        self._pending.aggregated = ok
+
+    def record_evaluation(self, index: int, loss: float, n: int, metrics: dict[str, Any]) -> None:
+        self._pending.evaluation[index] = {"loss": loss, "n": n, **metrics}
+
+    def record_evaluate_failure(self, reason: str) -> None:
+        log.warning("a hospital failed to evaluate: %s", reason)
+        self._pending.evaluate_failures.append(reason)
+
+    def complete_round(self, server_round: int, weights: list[np.ndarray], optimizer_state: dict) -> None:
+        p = self._pending
+        rows = []
+        for index in sorted(p.evaluation):
+            h = self.cfg.hospitals[index]
+            ev = p.evaluation[index]
+            fit = p.fit.get(index, {})
+            rows.append({
+                "round": server_round,
+                "hospital_index": index,
+                "hospital": h.name,
+                "tier": h.tier,
+                "region": h.region,
+                "auroc": ev.get("auroc"),
+                "auprc": ev.get("auprc"),
+                "accuracy": ev.get("accuracy"),
+                "brier": ev.get("brier"),
+                "loss": ev["loss"],
+                "n": ev["n"],
+                "trained": index in p.fit,
+                "n_train": fit.get("num_examples"),
+                "train_loss": fit.get("train_loss"),
+                "train_seconds": fit.get("train_seconds"),
+            })
+        aurocs = np.array([r["auroc"] for r in rows if r["auroc"] is not None and np.isfinite(r["auroc"])])
+        ns = np.array([r["n"] for r in rows if r["auroc"] is not None and np.isfinite(r["auroc"])])
+        summary = {
+            "round": server_round,
+            "aggregated": p.aggregated,
+            "hospitals_aggregated": sorted(p.fit),
+            "rejected": p.rejected,
+            "fit_failures": p.fit_failures,
+            "hospitals_evaluated": sorted(p.evaluation),
+            "evaluate_failures": p.evaluate_failures,
+            "auroc_mean": float(aurocs.mean()) if len(aurocs) else None,
+            "auroc_weighted": float((aurocs * ns).sum() / ns.sum()) if len(aurocs) else None,
+            "seconds": time.perf_counter() - p.started,
+        }
+        rundir.append_jsonl(self.run_dir / rundir.METRICS_FILE, rows)
+        rundir.append_jsonl(self.run_dir / rundir.ROUNDS_FILE, [summary])
+        rundir.save_weights(rundir.checkpoint_path(self.run_dir, server_round), weights, optimizer_state)
+        rundir.write_json(self.run_dir / rundir.STATE_FILE, {
+            "status": "running", "last_round": server_round, "rounds": self.cfg.federation.rounds,
+            "fingerprint": self.cfg.fingerprint(),
+        })
+        if self.on_round is not None:
+            self.on_round(server_round, summary)

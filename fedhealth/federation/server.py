@@ -1,0 +1,88 @@
+"""The server side: build the ServerApp that runs a study into a run directory.
+
+The server holds no patient data. It sends the study config and global weights, aggregates what
+comes back with Flower's strategy, and writes metrics and checkpoints after every round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import flwr.compat.common.recorddict_compat as compat
+from flwr.common import Context, parameters_to_ndarrays
+from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+from flwr.serverapp.grid import Grid
+
+from fedhealth import rundir
+from fedhealth.config import StudyConfig, load_config
+from fedhealth.data.schema import ENCODED_WIDTH
+from fedhealth.federation.observed import ObservedStrategy
+from fedhealth.federation.recorder import RoundCallback, RunRecorder
+from fedhealth.federation.strategies import build_strategy, optimizer_state, restore_optimizer_state
+from fedhealth.federation.wire import study_payload
+from fedhealth.federation.workflow import StudyWorkflow
+from fedhealth.models import build_model, get_weights
+from fedhealth.seeding import derive_seed
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+log = logging.getLogger(__name__)
+
+
+def initial_weights(cfg: StudyConfig) -> list:
+    """The round-0 global model, a pure function of the study seed."""
+    model = build_model(cfg.model.name, ENCODED_WIDTH, cfg.model.hidden, seed=derive_seed(cfg.seed, "init"))
+    return get_weights(model)
+
+
+def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
+              on_round: RoundCallback | None = None) -> None:
+    """Run (or continue) the study's rounds; the run directory must already hold its config."""
+    last = rundir.last_completed_round(run_dir)
+    if last:
+        weights, opt_state = rundir.load_weights(rundir.checkpoint_path(run_dir, last))
+        log.info("resuming %s after round %d", run_dir, last)
+    else:
+        weights, opt_state = initial_weights(cfg), {}
+    shapes = [tuple(w.shape) for w in weights]
+    for name in (rundir.METRICS_FILE, rundir.ROUNDS_FILE):
+        rundir.truncate_jsonl_after_round(run_dir / name, last)
+
+    inner = build_strategy(cfg, weights, lambda r: study_payload(cfg, r), lambda r: study_payload(cfg, r))
+    restore_optimizer_state(inner, opt_state)
+    recorder = RunRecorder(run_dir, cfg, on_round)
+    strategy = ObservedStrategy(inner, recorder, shapes)
+
+    def round_end(server_round: int, ctx: LegacyContext) -> None:
+        params = compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+        recorder.complete_round(server_round, parameters_to_ndarrays(params), optimizer_state(inner))
+
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.federation.rounds),
+                           strategy=strategy)
+    StudyWorkflow(first_round=last + 1, on_round_end=round_end)(grid, legacy)
+
+
+def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None,
+                     on_round: RoundCallback | None = None) -> ServerApp:
+    """A ServerApp for one study. Without arguments (as under `flwr run`), the study comes from
+    the run config keys `config` (a TOML path relative to the project) and `out` (run directory)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        if cfg is not None and run_dir is not None:
+            run_study(grid, context, cfg, run_dir, on_round)
+            return
+        project = Path(__file__).resolve().parents[2]
+        config_path = Path(str(context.run_config.get("config", "configs/smoke.toml")))
+        if not config_path.is_absolute():
+            config_path = project / config_path
+        study = load_config(config_path)
+        out = str(context.run_config.get("out", "")) or None
+        target = rundir.create_run_dir(study, Path(out) if out else None)
+        run_study(grid, context, study, target, on_round)
+        rundir.mark_completed(target)
+
+    return app

@@ -1,0 +1,56 @@
+"""Flower's own strategies (FedAvg, FedProx, FedAdam), built by name from the study config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.common import Scalar, ndarrays_to_parameters
+from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from fedhealth.config import StudyConfig
+
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam")
+
+
+def build_strategy(
+    cfg: StudyConfig,
+    initial_weights: list[np.ndarray],
+    fit_config: Callable[[int], dict[str, Scalar]],
+    evaluate_config: Callable[[int], dict[str, Scalar]],
+) -> Strategy:
+    """Every hospital must be connected before round 1, and every hospital evaluates every round."""
+    n = len(cfg.hospitals)
+    s = cfg.federation.strategy
+    common = dict(
+        fraction_fit=s.fraction_fit,
+        fraction_evaluate=1.0,
+        min_fit_clients=max(1, int(np.ceil(s.fraction_fit * n))),
+        min_evaluate_clients=n,
+        min_available_clients=n,
+        initial_parameters=ndarrays_to_parameters(initial_weights),
+        on_fit_config_fn=fit_config,
+        on_evaluate_config_fn=evaluate_config,
+        accept_failures=True,
+    )
+    if s.name == "fedavg":
+        return FedAvg(**common)
+    if s.name == "fedprox":
+        return FedProx(**common, proximal_mu=s.proximal_mu)
+    if s.name == "fedadam":
+        return FedAdam(**common, eta=s.server_learning_rate, eta_l=cfg.training.learning_rate,
+                       beta_1=s.server_momentum, beta_2=s.server_second_moment, tau=s.server_tau)
+    raise ValueError(f"unknown strategy {s.name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+
+
+def optimizer_state(strategy: Strategy) -> dict[str, list[np.ndarray]]:
+    """Server-side optimiser state that a checkpoint must keep for resume to be exact (FedAdam's moments)."""
+    if isinstance(strategy, FedAdam) and strategy.m_t is not None:
+        return {"m_t": list(strategy.m_t), "v_t": list(strategy.v_t or [])}
+    return {}
+
+
+def restore_optimizer_state(strategy: Strategy, state: dict[str, list[np.ndarray]]) -> None:
+    if isinstance(strategy, FedAdam) and "m_t" in state:
+        strategy.m_t = [np.asarray(a) for a in state["m_t"]]
+        strategy.v_t = [np.asarray(a) for a in state["v_t"]]

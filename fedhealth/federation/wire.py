@@ -1,0 +1,36 @@
+"""What travels with each Flower instruction besides the weights: the study config and the round.
+
+The server sends the resolved study config with every fit/evaluate instruction, so a ClientApp
+needs nothing but its hospital's identity (Flower's `partition-id` in simulation) to rebuild its
+model and data. The same holds under `flwr run` and our own `fedhealth simulate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from fedhealth.config import StudyConfig, parse_config
+
+STUDY_KEY = "fedhealth.study"
+ROUND_KEY = "fedhealth.round"
+HOSPITAL_KEY = "hospital_index"  # in every FitRes/EvaluateRes metrics dict
+
+_parsed: dict[str, StudyConfig] = {}
+
+
+def study_payload(cfg: StudyConfig, server_round: int) -> dict[str, Any]:
+    return {STUDY_KEY: cfg.model_dump_json(), ROUND_KEY: server_round}
+
+
+def study_from_payload(config: dict[str, Any]) -> StudyConfig:
+    """Parse (once per process and study) the config sent by the server."""
+    raw = config.get(STUDY_KEY)
+    if not isinstance(raw, str):
+        raise ValueError(f"instruction carries no {STUDY_KEY!r}: is this server a fedhealth server?")
+    key = hashlib.sha256(raw.encode()).hexdigest()
+    if key not in _parsed:
+        _parsed.clear()
+        _parsed[key] = parse_config(json.loads(raw), "server study config")
+    return _parsed[key]

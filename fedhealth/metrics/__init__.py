@@ -1,0 +1,1 @@
+"""Model quality figures: discrimination, calibration, and per-hospital summaries."""

@@ -1,0 +1,56 @@
+"""The study summary: per hospital and overall, federated vs local-only vs pooled vs best possible.
+
+Keys are plain and documented here because papers and dashboards read them:
+
+    summary["hospitals"][i]["auroc"]["federated" | "local_only" | "pooled" | "best_possible"]
+    summary["overall"]["auroc"][...]            AUROC on all hospitals' test records together
+    summary["overall"]["mean_hospital_auroc"][...]  unweighted mean of per-hospital AUROC
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from fedhealth.config import StudyConfig
+from fedhealth.data.hospitals import HospitalSplit
+from fedhealth.metrics.classification import binary_metrics
+from fedhealth.references import Predictions
+
+MODEL_KEYS = ("federated", "local_only", "pooled")
+
+
+def _auroc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict[str, Predictions],
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    hospitals = []
+    for s in splits:
+        row: dict[str, Any] = {
+            "name": s.hospital.name, "index": s.index, "tier": s.hospital.tier, "region": s.hospital.region,
+            "records": s.hospital.records, "n_train": int(len(s.y_train)), "n_test": int(len(s.y_test)),
+            "prevalence": s.prevalence,
+            "auroc": {}, "auprc": {}, "brier": {},
+        }
+        for key, pred in preds.items():
+            m = binary_metrics(s.y_test, pred.by_hospital[s.index])
+            row["auroc"][key], row["auprc"][key], row["brier"][key] = m.auroc, m.auprc, m.brier
+        row["auroc"]["best_possible"] = s.bayes_auroc
+        hospitals.append(row)
+
+    y_all = np.concatenate([s.y_test for s in splits])
+    overall: dict[str, Any] = {"auroc": {}, "mean_hospital_auroc": {}, "n_test": int(len(y_all))}
+    for key, pred in preds.items():
+        overall["auroc"][key] = _auroc(y_all, np.concatenate([pred.by_hospital[s.index] for s in splits]))
+    overall["auroc"]["best_possible"] = _auroc(y_all, np.concatenate([s.test_true_risk for s in splits]))
+    for key in [*preds, "best_possible"]:
+        values = np.array([h["auroc"][key] for h in hospitals], dtype=float)
+        overall["mean_hospital_auroc"][key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
+    return {"study": cfg.name, "seed": cfg.seed, "strategy": cfg.federation.strategy.name,
+            "model": cfg.model.name, "rounds": cfg.federation.rounds, "overall": overall,
+            "hospitals": hospitals, **(extra or {})}

@@ -1,0 +1,181 @@
+"""The run directory: the one place a run writes, and the only source of what a user sees.
+
+Layout::
+
+    config.resolved.toml   the whole study config, populations expanded, defaults filled
+    state.json             status (running / completed / failed), last completed round, fingerprint
+    metrics.jsonl          one JSON object per round per hospital (federated model on its test split)
+    rounds.jsonl           one JSON object per round: who was aggregated, who failed and why
+    checkpoints/round_NNNN.npz  global weights (and server optimiser state) after each completed round
+    model.npz              the final global weights
+    references.json        local-only and pooled reference results
+    summary.json           overall and per-hospital AUROC of federated, local-only, pooled, best possible
+
+Writes are atomic (temp file + rename), so an interrupted run never leaves a half-written file
+that `--resume` could mistake for a completed round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CONFIG_FILE = "config.resolved.toml"
+STATE_FILE = "state.json"
+METRICS_FILE = "metrics.jsonl"
+ROUNDS_FILE = "rounds.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+MODEL_FILE = "model.npz"
+REFERENCES_FILE = "references.json"
+SUMMARY_FILE = "summary.json"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer | np.floating):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def dumps(obj: Any) -> str:
+    """JSON with NaN written as null, so every file is standard JSON other tools can read."""
+    return json.dumps(_nan_to_none(obj), default=_json_default, allow_nan=False)
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(_nan_to_none(obj), default=_json_default, indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append whole lines and flush them to disk: a crash leaves complete lines only."""
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_jsonl_after_round(path: Path, last_round: int) -> None:
+    """Drop lines of rounds after `last_round` (a round that was interrupted before its checkpoint)."""
+    rows = [r for r in read_jsonl(path) if int(r.get("round", 0)) <= last_round]
+    atomic_write_text(path, "".join(dumps(r) + "\n" for r in rows))
+
+
+def checkpoint_path(run_dir: Path, server_round: int) -> Path:
+    return run_dir / CHECKPOINT_DIR / f"round_{server_round:04d}.npz"
+
+
+def save_weights(path: Path, weights: list[np.ndarray], extra: dict[str, list[np.ndarray]] | None = None) -> None:
+    """Save weights (and named optimiser-state lists such as FedAdam's m_t, v_t) atomically."""
+    arrays = {f"w{i:03d}": w for i, w in enumerate(weights)}
+    for name, values in (extra or {}).items():
+        arrays.update({f"{name}{i:03d}": v for i, v in enumerate(values)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(path: Path) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    """Inverse of save_weights: (weights, {name: arrays})."""
+    with np.load(path) as data:
+        keys = sorted(data.files)
+        weights = [data[k] for k in keys if k.startswith("w")]
+        extra: dict[str, list[np.ndarray]] = {}
+        for k in keys:
+            if not k.startswith("w"):
+                extra.setdefault(k[:-3], []).append(data[k])
+    return weights, extra
+
+
+def last_completed_round(run_dir: Path) -> int:
+    """The highest round whose checkpoint exists (0 when none)."""
+    found = sorted((run_dir / CHECKPOINT_DIR).glob("round_*.npz"))
+    return int(found[-1].stem.split("_")[1]) if found else 0
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be created or resumed; the message says which and why."""
+
+
+def create_run_dir(cfg, out: Path | None = None, base: Path = Path("runs")) -> Path:
+    """Create a fresh run directory holding the resolved config; refuses to reuse a non-empty one."""
+    from datetime import datetime
+
+    from fedhealth.config import config_to_toml
+
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = base / f"{stamp}-{cfg.name}"
+        suffix = 1
+        while out.exists():
+            suffix += 1
+            out = base / f"{stamp}-{cfg.name}-{suffix}"
+    if out.exists() and any(out.iterdir()):
+        raise RunDirError(f"{out}: run directory exists and is not empty; choose another --out or --resume it")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / CONFIG_FILE, config_to_toml(cfg))
+    write_json(out / STATE_FILE, {"status": "running", "last_round": 0, "rounds": cfg.federation.rounds,
+                                  "fingerprint": cfg.fingerprint()})
+    return out
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATE_FILE
+    if not (run_dir / CONFIG_FILE).is_file() or not path.is_file():
+        raise RunDirError(f"{run_dir}: not a fedhealth run directory (no {CONFIG_FILE} and {STATE_FILE})")
+    return read_json(path)
+
+
+def mark_status(run_dir: Path, status: str, **extra: Any) -> None:
+    state = read_state(run_dir)
+    state.update(status=status, last_round=last_completed_round(run_dir), **extra)
+    write_json(run_dir / STATE_FILE, state)
+
+
+def mark_completed(run_dir: Path) -> None:
+    mark_status(run_dir, "completed")

@@ -1,0 +1,103 @@
+"""Run a simulated study end to end: federation on Flower's simulation engine, references, summary.
+
+Order matters for honesty: the run directory and its resolved config exist before round 1, every
+round is checkpointed as it completes, and the run is marked completed only after every planned
+round has its checkpoint; anything else ends in a SimulationError and a `failed` state that
+`--resume` can continue from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+from fedhealth import references, rundir  # noqa: E402
+from fedhealth.config import StudyConfig  # noqa: E402
+from fedhealth.data.hospitals import load_hospital  # noqa: E402
+from fedhealth.metrics.summary import build_summary  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class SimulationError(RuntimeError):
+    """The federation did not complete every planned round."""
+
+
+class _DropRunSimulationDeprecation(logging.Filter):
+    """`run_simulation` is Flower's in-process simulation API; its deprecation notice is noise for our users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation" not in record.getMessage()
+
+
+def _quiet_flower(verbose: bool) -> None:
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not any(isinstance(f, _DropRunSimulationDeprecation) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_DropRunSimulationDeprecation())
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def run_federation(cfg: StudyConfig, run_dir: Path,
+                   on_round: Callable[[int, dict[str, Any]], None] | None = None, verbose: bool = False) -> None:
+    """Flower's simulation engine: one virtual SuperNode per hospital, our ServerApp and ClientApp."""
+    from flwr.simulation import run_simulation
+
+    from fedhealth.federation.client import build_client_app
+    from fedhealth.federation.server import build_server_app
+
+    _quiet_flower(verbose)
+    backend_config = {
+        "client_resources": {"num_cpus": cfg.federation.cpus_per_client, "num_gpus": 0.0},
+        "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose},
+    }
+    run_simulation(server_app=build_server_app(cfg, run_dir, on_round), client_app=build_client_app(),
+                   num_supernodes=len(cfg.hospitals), backend_config=backend_config, verbose_logging=verbose)
+    done = rundir.last_completed_round(run_dir)
+    if done < cfg.federation.rounds:
+        raise SimulationError(f"{run_dir}: federation stopped after round {done} of {cfg.federation.rounds}; "
+                              "see the log above, then `fedhealth simulate --resume` this directory")
+
+
+def finish(cfg: StudyConfig, run_dir: Path, seconds: dict[str, float]) -> dict[str, Any]:
+    """Train the references on the same splits, write the final model, references and summary."""
+    from fedhealth.federation.server import initial_weights
+
+    splits = [load_hospital(cfg, i) for i in range(len(cfg.hospitals))]
+    final, _ = rundir.load_weights(rundir.checkpoint_path(run_dir, cfg.federation.rounds))
+    rundir.save_weights(run_dir / rundir.MODEL_FILE, final)
+    init = initial_weights(cfg)
+    preds = {"federated": references.federated(cfg, splits, final)}
+    t0 = time.perf_counter()
+    if cfg.references.local_only:
+        preds["local_only"] = references.local_only(cfg, splits, init)
+    if cfg.references.pooled:
+        preds["pooled"] = references.pooled(cfg, splits, init)
+    seconds = {**seconds, "references": time.perf_counter() - t0}
+    summary = build_summary(cfg, splits, preds, {"seconds": seconds})
+    rundir.write_json(run_dir / rundir.SUMMARY_FILE, summary)
+    rundir.mark_completed(run_dir)
+    return summary
+
+
+def simulate(cfg: StudyConfig, run_dir: Path, on_round: Callable[[int, dict[str, Any]], None] | None = None,
+             verbose: bool = False) -> dict[str, Any]:
+    """Run (or resume) the federation in `run_dir`, then the references; returns the summary."""
+    t0 = time.perf_counter()
+    try:
+        if rundir.last_completed_round(run_dir) < cfg.federation.rounds:
+            run_federation(cfg, run_dir, on_round, verbose)
+    except BaseException as err:
+        rundir.mark_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
+        raise
+    t1 = time.perf_counter()
+    return finish(cfg, run_dir, {"federation": t1 - t0})
