@@ -23,8 +23,9 @@ from fedhealth.config import ConfigError, StudyConfig, load_config  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Privacy-preserving federated learning across hospitals.")
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide console so the results table is never truncated.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(message: str, code: int = 2) -> None:

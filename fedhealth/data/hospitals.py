@@ -12,7 +12,8 @@ import numpy as np
 
 from fedhealth.config import HospitalConfig, StudyConfig
 from fedhealth.data.schema import encode_features
-from fedhealth.data.synthetic import HospitalProfile, bayes_auroc, generate_hospital, train_test_split
+from fedhealth.data.synthetic import HospitalProfile, generate_hospital, train_test_split
+from fedhealth.metrics.classification import roc_auc
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,7 @@ def _build(cfg: StudyConfig, index: int) -> HospitalSplit:
     h = cfg.hospitals[index]
     records = generate_hospital(_profile(h), index, cfg.seed)
     train, test = train_test_split(records, cfg.training.test_fraction, cfg.seed, index)
-    try:
-        best = bayes_auroc(test)
-    except ValueError:
-        best = float("nan")
+    best = roc_auc(test.label, test.true_risk)
     return HospitalSplit(
         index=index,
         hospital=h,

@@ -53,41 +53,90 @@ FEATURES: tuple[Feature, ...] = (
     Feature("age", "years", "continuous", "Age at the index visit, in completed years.", 18, 100, 55.0, 15.0),
     Feature("sex_male", "1", "binary", "Sex recorded as male (1) or female (0).", 0, 1, 0.5, 0.5),
     Feature("bmi", "kg/m2", "continuous", "Body-mass index, weight / height squared.", 12, 70, 28.0, 5.5),
-    Feature("systolic_bp", "mmHg", "continuous", "Seated office systolic blood pressure.", 70, 250, 130.0, 18.0),
-    Feature("diastolic_bp", "mmHg", "continuous", "Seated office diastolic blood pressure.", 30, 150, 80.0, 11.0),
     Feature(
-        "fasting_glucose", "mmol/L", "continuous", "Fasting plasma glucose, most recent in the past year.",
-        1.5, 35, 5.8, 1.6,
-    ),
-    Feature("hba1c", "%", "continuous", "Glycated haemoglobin (NGSP/DCCT %), most recent.", 3.0, 20, 6.0, 1.2),
-    Feature(
-        "ldl_cholesterol", "mmol/L", "continuous", "Low-density lipoprotein cholesterol, most recent.",
-        0.2, 12, 3.0, 1.0,
+        "systolic_bp", "mmHg", "continuous", "Seated office systolic blood pressure.", 70, 250, 130.0, 18.0
     ),
     Feature(
-        "hdl_cholesterol", "mmol/L", "continuous", "High-density lipoprotein cholesterol, most recent.",
-        0.2, 5, 1.3, 0.4,
+        "diastolic_bp", "mmHg", "continuous", "Seated office diastolic blood pressure.", 30, 150, 80.0, 11.0
     ),
     Feature(
-        "creatinine", "umol/L", "continuous", "Serum creatinine (enzymatic assay), most recent.",
-        20, 1500, 85.0, 30.0,
+        "fasting_glucose",
+        "mmol/L",
+        "continuous",
+        "Fasting plasma glucose, most recent in the past year.",
+        1.5,
+        35,
+        5.8,
+        1.6,
     ),
     Feature(
-        "egfr", "mL/min/1.73m2", "continuous",
+        "hba1c", "%", "continuous", "Glycated haemoglobin (NGSP/DCCT %), most recent.", 3.0, 20, 6.0, 1.2
+    ),
+    Feature(
+        "ldl_cholesterol",
+        "mmol/L",
+        "continuous",
+        "Low-density lipoprotein cholesterol, most recent.",
+        0.2,
+        12,
+        3.0,
+        1.0,
+    ),
+    Feature(
+        "hdl_cholesterol",
+        "mmol/L",
+        "continuous",
+        "High-density lipoprotein cholesterol, most recent.",
+        0.2,
+        5,
+        1.3,
+        0.4,
+    ),
+    Feature(
+        "creatinine",
+        "umol/L",
+        "continuous",
+        "Serum creatinine (enzymatic assay), most recent.",
+        20,
+        1500,
+        85.0,
+        30.0,
+    ),
+    Feature(
+        "egfr",
+        "mL/min/1.73m2",
+        "continuous",
         "Estimated glomerular filtration rate, CKD-EPI 2021 from the reported creatinine, age and sex.",
-        2, 150, 80.0, 22.0,
+        2,
+        150,
+        80.0,
+        22.0,
     ),
-    Feature("current_smoker", "1", "binary", "Current tobacco smoker (1) at the index visit.", 0, 1, 0.0, 1.0),
+    Feature(
+        "current_smoker", "1", "binary", "Current tobacco smoker (1) at the index visit.", 0, 1, 0.0, 1.0
+    ),
     Feature("hypertension_dx", "1", "binary", "Hypertension recorded as a diagnosis (1).", 0, 1, 0.0, 1.0),
     Feature("diabetes_dx", "1", "binary", "Type 2 diabetes recorded as a diagnosis (1).", 0, 1, 0.0, 1.0),
     Feature(
-        "prior_cvd", "1", "binary", "History of myocardial infarction, stroke or revascularisation (1).",
-        0, 1, 0.0, 1.0,
+        "prior_cvd",
+        "1",
+        "binary",
+        "History of myocardial infarction, stroke or revascularisation (1).",
+        0,
+        1,
+        0.0,
+        1.0,
     ),
     Feature("on_statin", "1", "binary", "Statin on the active medication list (1).", 0, 1, 0.0, 1.0),
     Feature(
-        "visits_past_year", "visits", "count", "Outpatient visits at this hospital in the past 12 months.",
-        0, 100, 4.0, 3.0,
+        "visits_past_year",
+        "visits",
+        "count",
+        "Outpatient visits at this hospital in the past 12 months.",
+        0,
+        100,
+        4.0,
+        3.0,
     ),
 )
 """The model's input columns, in the fixed order used by every array in the project."""
@@ -188,7 +237,9 @@ def write_data_dictionary(path: Path) -> None:
         "|---|---|---|---|---|",
     ]
     for f in FEATURES:
-        lines.append(f"| `{f.name}` | {f.unit} | {f.kind} | {f.valid_min:g} to {f.valid_max:g} | {f.description} |")
+        lines.append(
+            f"| `{f.name}` | {f.unit} | {f.kind} | {f.valid_min:g} to {f.valid_max:g} | {f.description} |"
+        )
     lines += [
         "",
         "## Label",

@@ -54,6 +54,9 @@ _F = len(FEATURES)
 _I = {name: feature_index(name) for name in FEATURE_NAMES}
 _VALID_MIN, _VALID_MAX = valid_bounds()
 _MG_DL_TO_UMOL_L = 88.4  # creatinine: umol/L per mg/dL
+_LOG_142 = math.log(142.0)  # CKD-EPI 2021 constants, in log space
+_LOG_AGE_FACTOR = math.log(0.9938)  # per year of age
+_LOG_FEMALE_FACTOR = math.log(1.012)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,7 +88,9 @@ class HospitalProfile:
                 f"hospital {self.name!r}: region {self.region!r} is not one of {', '.join(REGIONS)}"
             )
         if int(self.records) != self.records or self.records < 1:
-            raise ValueError(f"hospital {self.name!r}: records must be a positive integer, got {self.records!r}")
+            raise ValueError(
+                f"hospital {self.name!r}: records must be a positive integer, got {self.records!r}"
+            )
 
 
 @dataclass
@@ -175,44 +180,121 @@ class _RegionParams:
 
 _TIER_PARAMS: dict[str, _TierParams] = {
     "tertiary": _TierParams(
-        age_mean=63.0, age_sd=13.0, p_male=0.54, frailty_mean=0.45, frailty_sd=1.15, smoke_logit=-1.8,
-        bmi_median=28.3, dm_logit=0.55, hba1c_control=0.25, sbp_shift=2.0, bp_treatment=14.0,
-        cvd_logit=0.9, statin_logit=0.4, visits_mean=5.0, outcome_intercept=-3.82, noise_multiplier=1.0,
+        age_mean=63.0,
+        age_sd=13.0,
+        p_male=0.54,
+        frailty_mean=0.45,
+        frailty_sd=1.15,
+        smoke_logit=-1.8,
+        bmi_median=28.3,
+        dm_logit=0.55,
+        hba1c_control=0.25,
+        sbp_shift=2.0,
+        bp_treatment=14.0,
+        cvd_logit=0.9,
+        statin_logit=0.4,
+        visits_mean=5.0,
+        outcome_intercept=-3.82,
+        noise_multiplier=1.0,
         missing_rate={"bmi": 0.03, "bp": 0.02, "glucose": 0.04, "hba1c": 0.04, "lipids": 0.05, "renal": 0.03},
-        underdx_htn=0.0, underdx_dm=0.0,
+        underdx_htn=0.0,
+        underdx_dm=0.0,
     ),
     "secondary": _TierParams(
-        age_mean=57.0, age_sd=14.0, p_male=0.49, frailty_mean=0.1, frailty_sd=1.0, smoke_logit=-1.6,
-        bmi_median=28.0, dm_logit=0.25, hba1c_control=0.1, sbp_shift=1.0, bp_treatment=11.0,
-        cvd_logit=0.35, statin_logit=0.1, visits_mean=3.5, outcome_intercept=-3.71, noise_multiplier=1.4,
+        age_mean=57.0,
+        age_sd=14.0,
+        p_male=0.49,
+        frailty_mean=0.1,
+        frailty_sd=1.0,
+        smoke_logit=-1.6,
+        bmi_median=28.0,
+        dm_logit=0.25,
+        hba1c_control=0.1,
+        sbp_shift=1.0,
+        bp_treatment=11.0,
+        cvd_logit=0.35,
+        statin_logit=0.1,
+        visits_mean=3.5,
+        outcome_intercept=-3.71,
+        noise_multiplier=1.4,
         missing_rate={"bmi": 0.06, "bp": 0.05, "glucose": 0.08, "hba1c": 0.10, "lipids": 0.11, "renal": 0.08},
-        underdx_htn=0.04, underdx_dm=0.02,
+        underdx_htn=0.04,
+        underdx_dm=0.02,
     ),
     "community": _TierParams(
-        age_mean=50.0, age_sd=15.0, p_male=0.46, frailty_mean=-0.2, frailty_sd=0.95, smoke_logit=-1.3,
-        bmi_median=27.8, dm_logit=0.0, hba1c_control=0.55, sbp_shift=0.0, bp_treatment=7.0,
-        cvd_logit=0.0, statin_logit=-0.4, visits_mean=2.5, outcome_intercept=-3.83, noise_multiplier=2.0,
+        age_mean=50.0,
+        age_sd=15.0,
+        p_male=0.46,
+        frailty_mean=-0.2,
+        frailty_sd=0.95,
+        smoke_logit=-1.3,
+        bmi_median=27.8,
+        dm_logit=0.0,
+        hba1c_control=0.55,
+        sbp_shift=0.0,
+        bp_treatment=7.0,
+        cvd_logit=0.0,
+        statin_logit=-0.4,
+        visits_mean=2.5,
+        outcome_intercept=-3.83,
+        noise_multiplier=2.0,
         missing_rate={"bmi": 0.15, "bp": 0.12, "glucose": 0.22, "hba1c": 0.30, "lipids": 0.32, "renal": 0.25},
-        underdx_htn=0.15, underdx_dm=0.10,
+        underdx_htn=0.15,
+        underdx_dm=0.10,
     ),
 }
 
 _REGION_PARAMS: dict[str, _RegionParams] = {
     # industrial north: more smoking, higher BP and LDL
-    "north": _RegionParams(age_shift=0.5, smoke_logit=0.35, bmi_shift=0.0, sbp_shift=5.0, dm_logit=0.0,
-                           ldl_shift=0.2, outcome_shift=0.0),
+    "north": _RegionParams(
+        age_shift=0.5,
+        smoke_logit=0.35,
+        bmi_shift=0.0,
+        sbp_shift=5.0,
+        dm_logit=0.0,
+        ldl_shift=0.2,
+        outcome_shift=0.0,
+    ),
     # south: higher BMI and more diabetes; slightly better outcomes at the same risk factors
-    "south": _RegionParams(age_shift=-1.0, smoke_logit=0.0, bmi_shift=1.5, sbp_shift=1.0, dm_logit=0.35,
-                           ldl_shift=0.0, outcome_shift=-0.06),
+    "south": _RegionParams(
+        age_shift=-1.0,
+        smoke_logit=0.0,
+        bmi_shift=1.5,
+        sbp_shift=1.0,
+        dm_logit=0.35,
+        ldl_shift=0.0,
+        outcome_shift=-0.06,
+    ),
     # east: older population, strong primary care (lower risk at the same risk factors)
-    "east": _RegionParams(age_shift=2.0, smoke_logit=0.1, bmi_shift=0.5, sbp_shift=2.0, dm_logit=0.1,
-                          ldl_shift=0.1, outcome_shift=-0.16),
+    "east": _RegionParams(
+        age_shift=2.0,
+        smoke_logit=0.1,
+        bmi_shift=0.5,
+        sbp_shift=2.0,
+        dm_logit=0.1,
+        ldl_shift=0.1,
+        outcome_shift=-0.16,
+    ),
     # rural west: fewer risk factors, but far from acute care (higher risk at the same risk factors)
-    "west": _RegionParams(age_shift=0.5, smoke_logit=-0.3, bmi_shift=-1.0, sbp_shift=-2.0, dm_logit=-0.2,
-                          ldl_shift=-0.1, outcome_shift=0.12),
+    "west": _RegionParams(
+        age_shift=0.5,
+        smoke_logit=-0.3,
+        bmi_shift=-1.0,
+        sbp_shift=-2.0,
+        dm_logit=-0.2,
+        ldl_shift=-0.1,
+        outcome_shift=0.12,
+    ),
     # central city: younger, more deprivation (higher risk at the same risk factors)
-    "central": _RegionParams(age_shift=-1.5, smoke_logit=0.0, bmi_shift=0.0, sbp_shift=0.0, dm_logit=0.0,
-                             ldl_shift=0.0, outcome_shift=0.15),
+    "central": _RegionParams(
+        age_shift=-1.5,
+        smoke_logit=0.0,
+        bmi_shift=0.0,
+        sbp_shift=0.0,
+        dm_logit=0.0,
+        ldl_shift=0.0,
+        outcome_shift=0.15,
+    ),
 }
 
 # Measurement-noise sd at a tertiary centre, in each feature's unit (creatinine: relative, fraction).
@@ -277,24 +359,26 @@ def ckd_epi_2021(creatinine_umol_l: np.ndarray, age_years: np.ndarray, male: np.
     male_b = np.asarray(male) > 0.5
     kappa = np.where(male_b, 0.9, 0.7)
     alpha = np.where(male_b, -0.302, -0.241)
-    ratio = np.asarray(creatinine_umol_l, dtype=np.float64) / _MG_DL_TO_UMOL_L / kappa
-    egfr = (
-        142.0
-        * np.minimum(ratio, 1.0) ** alpha
-        * np.maximum(ratio, 1.0) ** -1.2
-        * 0.9938 ** np.asarray(age_years, dtype=np.float64)
+    # In log space: one log and one exp instead of three array powers (this runs once per record).
+    log_ratio = np.log(np.asarray(creatinine_umol_l, dtype=np.float64) / (_MG_DL_TO_UMOL_L * kappa))
+    log_egfr = (
+        _LOG_142
+        + alpha * np.minimum(log_ratio, 0.0)
+        - 1.2 * np.maximum(log_ratio, 0.0)
+        + _LOG_AGE_FACTOR * np.asarray(age_years, dtype=np.float64)
+        + np.where(male_b, 0.0, _LOG_FEMALE_FACTOR)
     )
-    return np.where(male_b, egfr, egfr * 1.012)
+    return np.exp(log_egfr)
 
 
 def _creatinine_from_egfr(egfr: np.ndarray, age_years: np.ndarray, male: np.ndarray) -> np.ndarray:
     """Invert :func:`ckd_epi_2021`: the creatinine (umol/L) that gives ``egfr`` at this age and sex."""
     kappa = np.where(male, 0.9, 0.7)
     alpha = np.where(male, -0.302, -0.241)
-    base = 142.0 * 0.9938**age_years * np.where(male, 1.0, 1.012)
-    r = egfr / base
-    ratio = np.where(r >= 1.0, r ** (1.0 / alpha), r ** (-1.0 / 1.2))
-    return ratio * kappa * _MG_DL_TO_UMOL_L
+    # log(egfr / the eGFR at creatinine = kappa); positive means creatinine below kappa.
+    log_r = np.log(egfr) - _LOG_142 - _LOG_AGE_FACTOR * age_years - np.where(male, 0.0, _LOG_FEMALE_FACTOR)
+    log_ratio = np.where(log_r >= 0.0, log_r / alpha, log_r / -1.2)
+    return np.exp(log_ratio) * kappa * _MG_DL_TO_UMOL_L
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,7 +394,9 @@ def _bernoulli(rng: np.random.Generator, logit: np.ndarray) -> np.ndarray:
     return rng.random(logit.shape[0]) < _sigmoid(logit)
 
 
-def _draw_latent(rng: np.random.Generator, n: int, tp: _TierParams, rp: _RegionParams) -> dict[str, np.ndarray]:
+def _draw_latent(
+    rng: np.random.Generator, n: int, tp: _TierParams, rp: _RegionParams
+) -> dict[str, np.ndarray]:
     """Draw each patient's true (unmeasured) values; booleans for conditions, floats in schema units."""
     frailty = rng.normal(tp.frailty_mean, tp.frailty_sd, n)
 
@@ -335,8 +421,14 @@ def _draw_latent(rng: np.random.Generator, n: int, tp: _TierParams, rp: _RegionP
 
     # Systolic BP (mmHg) rises with age, BMI and diabetes; hypertensives are treated, better in tertiary.
     sbp_untreated = (
-        112.0 + 0.8 * (age - 40.0) + 0.9 * (bmi - 28.0) + tp.sbp_shift + rp.sbp_shift + 3.0 * frailty
-        + 4.0 * diabetes + rng.normal(0.0, 14.0, n)
+        112.0
+        + 0.8 * (age - 40.0)
+        + 0.9 * (bmi - 28.0)
+        + tp.sbp_shift
+        + rp.sbp_shift
+        + 3.0 * frailty
+        + 4.0 * diabetes
+        + rng.normal(0.0, 14.0, n)
     )
     hypertension = (sbp_untreated >= 140.0) | ((sbp_untreated >= 130.0) & (rng.random(n) < 0.3))
     reduction = np.maximum(rng.normal(tp.bp_treatment, 6.0, n), 0.0)
@@ -345,7 +437,11 @@ def _draw_latent(rng: np.random.Generator, n: int, tp: _TierParams, rp: _RegionP
 
     # Kidney function (mL/min/1.73m2) falls with age, diabetes and hypertension; creatinine follows.
     egfr = (
-        118.0 - 0.9 * (age - 20.0) - 6.0 * diabetes - 4.0 * hypertension - 5.0 * frailty
+        118.0
+        - 0.9 * (age - 20.0)
+        - 6.0 * diabetes
+        - 4.0 * hypertension
+        - 5.0 * frailty
         + rng.normal(0.0, 13.0, n)
     )
     egfr = np.clip(egfr, 4.0, 140.0)
@@ -353,16 +449,27 @@ def _draw_latent(rng: np.random.Generator, n: int, tp: _TierParams, rp: _RegionP
 
     prior_cvd = _bernoulli(
         rng,
-        -3.6 + tp.cvd_logit + 0.06 * (age - 55.0) + 0.5 * male + 0.6 * smoker + 0.5 * diabetes
-        + 0.4 * hypertension + 0.4 * frailty,
+        -3.6
+        + tp.cvd_logit
+        + 0.06 * (age - 55.0)
+        + 0.5 * male
+        + 0.6 * smoker
+        + 0.5 * diabetes
+        + 0.4 * hypertension
+        + 0.4 * frailty,
     )
 
     # LDL (mmol/L): statins go to prior CVD, diabetes and high LDL, and lower LDL by 25-50 %.
     ldl_untreated = np.maximum(3.3 + rp.ldl_shift + 0.008 * (age - 55.0) + rng.normal(0.0, 0.85, n), 1.0)
     on_statin = _bernoulli(
         rng,
-        -2.4 + tp.statin_logit + 2.6 * prior_cvd + 1.1 * diabetes + 0.9 * (ldl_untreated - 3.3)
-        + 0.04 * (age - 55.0) + 0.4 * hypertension,
+        -2.4
+        + tp.statin_logit
+        + 2.6 * prior_cvd
+        + 1.1 * diabetes
+        + 0.9 * (ldl_untreated - 3.3)
+        + 0.04 * (age - 55.0)
+        + 0.4 * hypertension,
     )
     ldl = ldl_untreated * np.where(on_statin, rng.uniform(0.5, 0.75, n), 1.0)
     hdl = np.exp(
@@ -453,7 +560,9 @@ def _measure(
         ("hdl_cholesterol", "hdl"),
     ):
         x[_I[name]] = lat[key] + rng.normal(0.0, _NOISE_SD[name] * k, n) + bias[name]
-    creatinine = lat["creatinine"] * (1.0 + rng.normal(0.0, _NOISE_SD["creatinine"] * k, n)) + bias["creatinine"]
+    creatinine = (
+        lat["creatinine"] * (1.0 + rng.normal(0.0, _NOISE_SD["creatinine"] * k, n)) + bias["creatinine"]
+    )
     x[_I["creatinine"]] = np.round(np.clip(creatinine, _VALID_MIN[_I["creatinine"]], None))
     # The lab reports eGFR computed from its own (noisy, biased) creatinine.
     x[_I["egfr"]] = ckd_epi_2021(x[_I["creatinine"]], x[_I["age"]], lat["male"])
@@ -503,7 +612,9 @@ def generate_hospital(profile: HospitalProfile, index: int, seed: int) -> Hospit
     true_risk = _sigmoid(_outcome_logit(latent, tp, rp))
     label = (rng.random(n) < true_risk).astype(np.int64)
     features = _measure(rng, latent, tp, site_bias)
-    return HospitalRecords(profile=profile, features=features, label=label, true_risk=true_risk, site_bias=site_bias)
+    return HospitalRecords(
+        profile=profile, features=features, label=label, true_risk=true_risk, site_bias=site_bias
+    )
 
 
 def generate_hospitals(profiles: Sequence[HospitalProfile], seed: int) -> list[HospitalRecords]:
@@ -535,8 +646,10 @@ def make_profiles(
         region = REGIONS[i % len(REGIONS)]
         a, b = size_band[tier]
         u = rng.uniform(a, b)
-        records = int(round(math.exp(lo + u * (hi - lo))))
-        profiles.append(HospitalProfile(name=f"{tier}-{region}-{i:03d}", tier=tier, region=region, records=records))
+        records = round(math.exp(lo + u * (hi - lo)))
+        profiles.append(
+            HospitalProfile(name=f"{tier}-{region}-{i:03d}", tier=tier, region=region, records=records)
+        )
     return profiles
 
 
@@ -580,7 +693,7 @@ def train_test_split(
                 f"hospital {name!r} has {idx.size} record(s) with {LABEL}={cls}; a stratified split needs "
                 f"at least 2 positives and 2 negatives (it has {len(records)} records in all)"
             )
-        n_test = min(max(int(round(test_fraction * idx.size)), 1), idx.size - 1)
+        n_test = min(max(round(test_fraction * idx.size), 1), idx.size - 1)
         test_parts.append(rng.permutation(idx)[:n_test])
     test_mask = np.zeros(len(records), dtype=bool)
     test_mask[np.concatenate(test_parts)] = True
@@ -596,5 +709,7 @@ def bayes_auroc(records: HospitalRecords) -> float:
     from sklearn.metrics import roc_auc_score
 
     if np.unique(records.label).size < 2:
-        raise ValueError(f"hospital {records.profile.name!r}: AUROC needs both outcome classes in the records")
+        raise ValueError(
+            f"hospital {records.profile.name!r}: AUROC needs both outcome classes in the records"
+        )
     return float(roc_auc_score(records.label, records.true_risk))

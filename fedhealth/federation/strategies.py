@@ -13,6 +13,13 @@ from fedhealth.config import StudyConfig
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam")
 
 
+def _mean_train_loss(results: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
+    """Record-weighted mean of the hospitals' last-epoch training loss (a figure the server may see)."""
+    total = sum(n for n, _ in results)
+    loss = sum(n * float(m.get("train_loss", 0.0)) for n, m in results)
+    return {"train_loss": loss / total} if total else {}
+
+
 def build_strategy(
     cfg: StudyConfig,
     initial_weights: list[np.ndarray],
@@ -32,6 +39,8 @@ def build_strategy(
         on_fit_config_fn=fit_config,
         on_evaluate_config_fn=evaluate_config,
         accept_failures=True,
+        fit_metrics_aggregation_fn=_mean_train_loss,
+        evaluate_metrics_aggregation_fn=lambda _: {},  # per-hospital figures are recorded, not averaged away
     )
     if s.name == "fedavg":
         return FedAvg(**common)

@@ -1,6 +1,8 @@
 """AUROC, AUPRC, accuracy, Brier score and log loss for a binary outcome.
 
 Only these aggregate numbers ever leave a hospital; predictions and labels stay where they are.
+Written in NumPy (checked against scikit-learn in the tests) because every simulated hospital
+imports this module, and importing scikit-learn there cost 1.7 s per Ray actor.
 """
 
 from __future__ import annotations
@@ -8,7 +10,37 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN with one class."""
+    y = np.asarray(y_true, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    n_pos = y.sum()
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    _, inverse, counts = np.unique(s[order], return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    rank_sum_pos = average_rank[inverse][y[order] == 1].sum()
+    return float((rank_sum_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the precision-recall curve as a step sum over distinct thresholds (scikit-learn's
+    definition: sum of (R_k - R_{k-1}) * P_k); NaN when there is no positive."""
+    y = np.asarray(y_true, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    if y.sum() == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    ys, ss = y[order], s[order]
+    last_of_threshold = np.r_[np.flatnonzero(np.diff(ss)), len(ss) - 1]
+    tps = np.cumsum(ys)[last_of_threshold]
+    precision = tps / (last_of_threshold + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 @dataclass(frozen=True)
@@ -31,9 +63,8 @@ def binary_metrics(y_true: np.ndarray, p: np.ndarray) -> BinaryMetrics:
     if n == 0:
         nan = float("nan")
         return BinaryMetrics(nan, nan, nan, nan, nan, 0)
-    two_classes = 0 < y.sum() < n
-    auroc = float(roc_auc_score(y, p)) if two_classes else float("nan")
-    auprc = float(average_precision_score(y, p)) if y.sum() > 0 else float("nan")
+    auroc = roc_auc(y, p)
+    auprc = average_precision(y, p)
     pc = np.clip(p, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc)))
     return BinaryMetrics(

@@ -13,18 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from fedhealth.config import StudyConfig
 from fedhealth.data.hospitals import HospitalSplit
-from fedhealth.metrics.classification import binary_metrics
+from fedhealth.metrics.classification import binary_metrics, roc_auc
 from fedhealth.references import Predictions
 
 MODEL_KEYS = ("federated", "local_only", "pooled")
-
-
-def _auroc(y: np.ndarray, p: np.ndarray) -> float:
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
 
 
 def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict[str, Predictions],
@@ -46,8 +41,8 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
     y_all = np.concatenate([s.y_test for s in splits])
     overall: dict[str, Any] = {"auroc": {}, "mean_hospital_auroc": {}, "n_test": int(len(y_all))}
     for key, pred in preds.items():
-        overall["auroc"][key] = _auroc(y_all, np.concatenate([pred.by_hospital[s.index] for s in splits]))
-    overall["auroc"]["best_possible"] = _auroc(y_all, np.concatenate([s.test_true_risk for s in splits]))
+        overall["auroc"][key] = roc_auc(y_all, np.concatenate([pred.by_hospital[s.index] for s in splits]))
+    overall["auroc"]["best_possible"] = roc_auc(y_all, np.concatenate([s.test_true_risk for s in splits]))
     for key in [*preds, "best_possible"]:
         values = np.array([h["auroc"][key] for h in hospitals], dtype=float)
         overall["mean_hospital_auroc"][key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
