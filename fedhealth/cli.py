@@ -85,7 +85,8 @@ def simulate(
     from fedhealth.simulate import SimulationError
     from fedhealth.simulate import simulate as run
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     overrides = list(set_ or [])
     for key, value in (("federation.rounds", rounds), ("seed", seed), ("federation.strategy.name", strategy),
                        ("model.name", model)):

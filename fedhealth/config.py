@@ -194,7 +194,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> StudyConfig:
 
 
 def _coerce(text: str) -> Any:
-    """CLI override values are TOML scalars/arrays (`3`, `0.1`, `true`, `"fedprox"`, `[32, 16]`); bare words are strings."""
+    """CLI override values are TOML values (`3`, `0.1`, `true`, `"fedprox"`, `[32, 16]`); bare words are strings."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install fedhealth into ./.venv on a fresh Linux machine with Python 3.11.
+#   bash scripts/setup.sh          the package and its runtime dependencies
+#   bash scripts/setup.sh --test   the same plus what the test suite needs
+# torch==2.13.0 is installed first, on its own: on our machines it is a CPU build on local disk, and
+# installing it before anything else stops any later requirement from pulling a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export FLWR_TELEMETRY_ENABLED=0
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then python=$candidate; break; fi
+  done
+fi
+[ -n "$python" ] || { echo "error: Python 3.11 not found (set PYTHON=/path/to/python3.11)" >&2; exit 2; }
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "error: $python is $("$python" --version 2>&1); fedhealth needs Python 3.11 or newer" >&2; exit 2; }
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+pip install torch==2.13.0
+pip install -e ".${extras}"
+echo "fedhealth installed in .venv ($(.venv/bin/python -c 'import torch, flwr, opacus; print(f"torch {torch.__version__}, flwr {flwr.__version__}, opacus {opacus.__version__}")'))"
