@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import flwr.compat.common.recorddict_compat as compat
@@ -82,7 +83,15 @@ def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None
         study = load_config(config_path)
         out = str(context.run_config.get("out", "")) or None
         target = rundir.create_run_dir(study, Path(out) if out else None)
+        log.warning("fedhealth run directory: %s", target.resolve())
+        started = time.perf_counter()
         run_study(grid, context, study, target, on_round)
-        rundir.mark_completed(target)
+        if context.run_config.get("references", True):
+            # Simulation only: the synthetic hospitals are regenerated here from the seed.
+            from fedhealth.simulate import finish
+
+            finish(study, target, {"federation": time.perf_counter() - started})
+        else:
+            rundir.mark_completed(target)
 
     return app
