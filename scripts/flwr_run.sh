@@ -26,7 +26,9 @@ stop_started() {
   [ ${#started[@]} -gt 0 ] || return 0
   kill "${started[@]}" 2>/dev/null || true
   for _ in $(seq 50); do  # up to 10 s for a clean shutdown, then force
-    kill -0 "${started[@]}" 2>/dev/null || return 0
+    local alive=0
+    for pid in "${started[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 1 ] || return 0
     sleep 0.2
   done
   kill -9 "${started[@]}" 2>/dev/null || true
