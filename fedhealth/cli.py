@@ -30,7 +30,8 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 def _fail(message: str, code: int = 2) -> None:
     for line in message.splitlines():
-        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"error: {line}", style="bold red",
+                          markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -128,16 +128,16 @@ class StudyConfig(_Strict):
     def _hospitals(self) -> StudyConfig:
         if self.population is not None:
             if self.hospitals:
-                raise ValueError("give either [[hospitals]] or [population], not both")
+                raise ValueError("hospitals: give either [[hospitals]] or [population], not both")
             expanded = expand_population(self.population, self.seed)
             object.__setattr__(self, "hospitals", expanded)
             object.__setattr__(self, "population", None)
         if not self.hospitals:
-            raise ValueError("a study needs at least one hospital: add [[hospitals]] or [population]")
+            raise ValueError("hospitals: a study needs at least one hospital: add [[hospitals]] or [population]")
         names = [h.name for h in self.hospitals]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"hospital names must be unique; repeated: {', '.join(duplicates)}")
+            raise ValueError(f"hospitals: names must be unique; repeated: {', '.join(duplicates)}")
         return self
 
     def fingerprint(self) -> str:
@@ -171,7 +171,7 @@ def expand_population(pop: PopulationConfig, seed: int) -> list[HospitalConfig]:
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in e["loc"])
         value = e.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
         msg = e["msg"]
@@ -181,7 +181,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = "unknown key (check its spelling and section)"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        lines.append(f"{source}: {key}{shown}: {msg}")
+        lines.append(f"{source}: {key}{shown}: {msg}" if key else f"{source}: {msg}")
     return "\n".join(lines)
 
 
