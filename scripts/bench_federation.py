@@ -13,6 +13,10 @@ Why it is built this way:
   evaluation: NumPyClient + ClientApp, ServerApp(server_fn) + FedAvg, `run_simulation`, with
   fedhealth's own data, model, training loop, seeds and Ray backend config. So fedhealth/plain is
   the cost of fedhealth's federation layer alone (config payload, checks, run directory, resume).
+  One difference in Flower itself remains, on purpose: `ServerApp(server_fn=...)` runs Flower's
+  legacy server loop (one message exchange per client, each in its own thread), while fedhealth
+  drives the workflow API (`DefaultWorkflow`, one batched exchange per round), as a typical user
+  and fedhealth respectively do.
 * The fedhealth job is `fedhealth.simulate.run_federation` only, the part that does the same work
   as the plain job. The full `simulate` (plus local-only and pooled references) is timed once per
   config and reported apart as `end_to_end_s`.
@@ -22,9 +26,10 @@ Why it is built this way:
   sampled every 0.2 s with psutil (Ray ships a copy); shared library pages count once per process,
   the same way for both jobs. The driver's own peak (`ru_maxrss`) is reported beside it.
 * Per-round time is the mean over rounds >= 2 (round 1 includes actors starting), from
-  fedhealth's `rounds.jsonl` and from time stamps in the plain server; it is compared with the sum
-  over hospitals of their local training time (what the round would cost with zero overhead on
-  one core).
+  fedhealth's `rounds.jsonl` and from time stamps in the plain server (configure_fit to the end of
+  evaluation); it is compared with the sum over hospitals of their local training time (what the
+  round would cost with zero overhead on one core). `*_round_interval_s` is the mean time between
+  consecutive round ends, which also covers fedhealth's per-round writes (metrics, checkpoint).
 
 Exactly one JSON line goes to stdout; progress and diagnostics go to stderr. Exit status 1 (with
 the failing job's log tail) when any job fails.
@@ -49,7 +54,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +114,14 @@ def run_child(job: str, config: Path, workdir: Path) -> None:
     from fedhealth.config import load_config
 
     cfg = load_config(config)
+    round_ends: list[float] = []  # epoch seconds as each round ends
     if job == "plain":
         import _plain_flower_job as plain  # scripts/ is sys.path[0], and Ray adds it for the actors too
 
         marks["imported"] = time.time()
         record = plain.run(cfg)
         marks["finished"] = time.time()
+        round_ends = record.round_end_epochs
         out: dict[str, Any] = {"round_seconds": record.round_seconds, "train_seconds": record.train_seconds,
                                "final_auroc": record.auroc_weighted[-1]}
     else:
@@ -126,15 +133,19 @@ def run_child(job: str, config: Path, workdir: Path) -> None:
 
         run_dir = rundir.create_run_dir(cfg, workdir / "run")
         marks["imported"] = time.time()
+
+        def on_round(_round: int, _summary: dict[str, Any]) -> None:
+            round_ends.append(time.time())  # called once the round's files are on disk
+
         if job == "fedhealth":
-            simulate.run_federation(cfg, run_dir)
+            simulate.run_federation(cfg, run_dir, on_round)
         else:
-            simulate.simulate(cfg, run_dir)
+            simulate.simulate(cfg, run_dir, on_round)
             if rundir.read_state(run_dir).get("status") != "completed":
                 raise RuntimeError(f"{run_dir}: simulate returned but the run is not marked completed")
         marks["finished"] = time.time()
         out = _read_run_dir(run_dir, cfg.federation.rounds)
-    out.update(marks=marks, driver_peak_mib=_own_peak_mib())
+    out.update(marks=marks, round_ends=round_ends, driver_peak_mib=_own_peak_mib())
     (workdir / RESULT_FILE).write_text(json.dumps(out), encoding="utf-8")
 
 
@@ -223,12 +234,20 @@ class JobResult:
     round_seconds: list[float]
     train_seconds: list[float]
     final_auroc: float | None
+    round_ends: list[float]  # epoch seconds as each round ended (its files written, for fedhealth)
     phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def s_per_round(self) -> float | None:
         """Mean wall seconds of rounds >= 2: round 1 also pays for actors starting and importing."""
         return statistics.fmean(self.round_seconds[1:]) if len(self.round_seconds) > 1 else None
+
+    @property
+    def round_interval_s(self) -> float | None:
+        """Mean time from one round's end to the next over rounds >= 2: everything a round costs,
+        including what `s_per_round` leaves out (fedhealth writes each round's files after timing it)."""
+        ends = self.round_ends
+        return (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else None
 
     @property
     def train_s_per_round(self) -> float | None:
@@ -292,10 +311,12 @@ def run_job(job: str, config: Path, psutil: Any | None, timeout_s: float) -> Job
         round_seconds=[float(s) for s in data["round_seconds"]],
         train_seconds=[float(s) for s in data["train_seconds"]],
         final_auroc=data.get("final_auroc"),
+        round_ends=[float(t) for t in data["round_ends"]],
         phases={
             "startup_s": marks["started"] - launched,  # interpreter start until the job's first line
             "imports_s": marks["imported"] - marks["started"],  # config, Flower, torch, fedhealth
-            "run_s": marks["finished"] - marks["imported"],  # ray.init, actors, rounds, ray.shutdown
+            "rounds_s": data["round_ends"][-1] - marks["imported"],  # ray.init, actors starting, all rounds
+            "teardown_s": marks["finished"] - data["round_ends"][-1],  # Flower stopping, ray.shutdown (+ references)
             "exit_s": exited - marks["finished"],  # result file, interpreter and thread teardown
         },
     )
@@ -337,6 +358,8 @@ def summarise(hospitals: int, rounds: int, fed: list[JobResult], plain: list[Job
         "fedhealth_s_per_round": _r(fed_round),
         "plain_s_per_round": _r(plain_round),
         "round_ratio": _r(_ratio(fed_round, plain_round)),
+        "fedhealth_round_interval_s": _r(_median([j.round_interval_s for j in fed])),
+        "plain_round_interval_s": _r(_median([j.round_interval_s for j in plain])),
         "train_s_per_round_sum": _r(_median([j.train_s_per_round for j in fed])),
         "plain_train_s_per_round_sum": _r(_median([j.train_s_per_round for j in plain])),
         "fedhealth_peak_mib": _r(fed_mem, 1),
@@ -367,7 +390,7 @@ def _machine() -> dict[str, Any]:
     def ver(dist: str) -> str | None:
         try:
             return version(dist)
-        except Exception:
+        except PackageNotFoundError:
             return None
 
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": ver("torch"),
@@ -384,7 +407,10 @@ def bench(configs: list[str], repeats: int, timeout_s: float) -> dict[str, Any]:
     ratios = []
     for name in configs:
         path = _config_path(name)
-        cfg = load_config(path)
+        try:
+            cfg = load_config(path)
+        except ValueError as err:  # ConfigError: one line per problem, naming the file
+            raise BenchError(str(err)) from None
         fed: list[JobResult] = []
         plain: list[JobResult] = []
         for i in range(repeats):
