@@ -66,6 +66,15 @@ def print_summary_table(summary: dict[str, Any]) -> None:
     table.add_row("all test records", "", "", "", _fmt(o.get("local_only")), _fmt(o.get("federated")),
                   _fmt(o.get("pooled")), _fmt(o.get("best_possible")))
     console.print(table)
+    privacy = summary.get("privacy")
+    if privacy:
+        t = Table(title=f"privacy spent: record-level DP-SGD, epsilon at delta={privacy['delta']:g} (RDP)")
+        for col in ("hospital", "epsilon", "cap", "rounds trained", "stopped"):
+            t.add_column(col, justify="left" if col in ("hospital", "stopped") else "right")
+        for h in privacy["hospitals"]:
+            stopped = f"round {h['stopped_at_round']}: budget" if h["stopped_at_round"] else ""
+            t.add_row(h["name"], f"{h['epsilon']:.3f}", f"{h['cap']:g}", str(len(h["rounds_trained"])), stopped)
+        console.print(t)
 
 
 @app.command()

@@ -40,6 +40,8 @@ class HospitalConfig(_Strict):
     tier: Tier
     region: Region
     records: int = Field(ge=50, le=1_000_000, description="patient records at this hospital (rows)")
+    max_epsilon: float | None = Field(
+        default=None, gt=0, description="this hospital's own epsilon cap (its policy): wins over privacy.max_epsilon")
 
 
 class PopulationConfig(_Strict):
@@ -105,6 +107,24 @@ class FederationConfig(_Strict):
     cpus_per_client: float = Field(default=1.0, gt=0, description="Ray CPUs per simulated hospital")
 
 
+class PrivacyConfig(_Strict):
+    """Record-level DP-SGD (Opacus). Give a noise multiplier, or a target epsilon for the whole
+    planned run (calibrated per hospital over all rounds and local epochs); not both."""
+
+    mode: Literal["none", "record"] = "none"
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    target_epsilon: float | None = Field(default=None, gt=0)
+    delta: float | None = Field(default=None, gt=0, lt=1, description="default: 0.1 / smallest training set")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="per-sample L2 clipping norm")
+    max_epsilon: float = Field(default=10.0, gt=0, description="default per-hospital cap (epsilon at delta)")
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> PrivacyConfig:
+        if self.mode == "record" and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("privacy: mode 'record' needs exactly one of noise_multiplier or target_epsilon")
+        return self
+
+
 class ReferencesConfig(_Strict):
     """Which reference models a simulation trains on the same splits (local-only, pooled)."""
 
@@ -123,6 +143,7 @@ class StudyConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     references: ReferencesConfig = Field(default_factory=ReferencesConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _hospitals(self) -> StudyConfig:
@@ -134,11 +155,28 @@ class StudyConfig(_Strict):
             object.__setattr__(self, "population", None)
         if not self.hospitals:
             raise ValueError("hospitals: a study needs at least one hospital: add [[hospitals]] or [population]")
+        if self.privacy.mode == "record" and self.federation.strategy.name == "fedprox":
+            raise ValueError("federation.strategy.name: fedprox is not yet supported with privacy.mode = 'record' "
+                             "(the proximal term is not part of the DP-SGD loop); use fedavg or fedadam")
         names = [h.name for h in self.hospitals]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"hospitals: names must be unique; repeated: {', '.join(duplicates)}")
         return self
+
+    def privacy_delta(self) -> float:
+        """Delta for every hospital: as given, else 0.1 / the smallest hospital's training records,
+        well below 1/records so no record is likely to be revealed outright."""
+        if self.privacy.delta is not None:
+            return self.privacy.delta
+        smallest = min(h.records for h in self.hospitals)
+        n_train = max(1, int(smallest * (1 - self.training.test_fraction)))
+        return float(f"{0.1 / n_train:.2g}")
+
+    def epsilon_cap(self, index: int) -> float:
+        """The hospital's own cap if its policy sets one (the server cannot raise it), else the study's."""
+        own = self.hospitals[index].max_epsilon
+        return own if own is not None else self.privacy.max_epsilon
 
     def fingerprint(self) -> str:
         """A short hash of everything that shapes the data and training: keys caches, guards `--resume`."""

@@ -10,6 +10,7 @@ Layout::
     model.npz              the final global weights
     references.json        local-only and pooled reference results
     summary.json           overall and per-hospital AUROC of federated, local-only, pooled, best possible
+    privacy/<hospital>.json  each hospital's privacy ledger (record-level DP runs)
 
 Writes are atomic (temp file + rename), so an interrupted run never leaves a half-written file
 that `--resume` could mistake for a completed round.
@@ -34,6 +35,7 @@ CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.npz"
 REFERENCES_FILE = "references.json"
 SUMMARY_FILE = "summary.json"
+PRIVACY_DIR = "privacy"  # one ledger per hospital (simulation): <hospital>.json
 
 
 def _json_default(o: Any) -> Any:

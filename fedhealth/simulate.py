@@ -69,6 +69,27 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
                               "see the log above, then `fedhealth simulate --resume` this directory")
 
 
+def privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
+    """Epsilon spent vs cap per hospital, from the ledgers; who declined rounds, when and why."""
+    declined: dict[int, list[dict[str, Any]]] = {}
+    for row in rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE):
+        for d in row.get("declined", []):
+            declined.setdefault(d["hospital_index"], []).append({"round": row["round"], "reason": d["reason"]})
+    hospitals = []
+    for i, h in enumerate(cfg.hospitals):
+        path = run_dir / rundir.PRIVACY_DIR / f"{h.name}.json"
+        entries = rundir.read_json(path)["entries"] if path.exists() else []
+        stops = declined.get(i, [])
+        hospitals.append({
+            "name": h.name, "epsilon": entries[-1]["epsilon"] if entries else 0.0, "cap": cfg.epsilon_cap(i),
+            "rounds_trained": [e["round"] for e in entries],
+            "stopped_at_round": stops[0]["round"] if stops else None,
+            "stop_reason": stops[0]["reason"] if stops else None,
+        })
+    return {"mode": "record", "unit": "one patient record at one hospital", "accountant": "rdp",
+            "delta": cfg.privacy_delta(), "max_grad_norm": cfg.privacy.max_grad_norm, "hospitals": hospitals}
+
+
 def finish(cfg: StudyConfig, run_dir: Path, seconds: dict[str, float]) -> dict[str, Any]:
     """Train the references on the same splits, write the final model, references and summary."""
     from fedhealth.federation.server import initial_weights
@@ -84,7 +105,10 @@ def finish(cfg: StudyConfig, run_dir: Path, seconds: dict[str, float]) -> dict[s
     if cfg.references.pooled:
         preds["pooled"] = references.pooled(cfg, splits, init)
     seconds = {**seconds, "references": time.perf_counter() - t0}
-    summary = build_summary(cfg, splits, preds, {"seconds": seconds})
+    extra: dict[str, Any] = {"seconds": seconds}
+    if cfg.privacy.mode == "record":
+        extra["privacy"] = privacy_summary(cfg, run_dir)
+    summary = build_summary(cfg, splits, preds, extra)
     rundir.write_json(run_dir / rundir.SUMMARY_FILE, summary)
     rundir.mark_completed(run_dir)
     return summary

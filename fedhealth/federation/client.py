@@ -15,7 +15,7 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 
 from fedhealth.data.hospitals import load_hospital
-from fedhealth.federation.wire import HOSPITAL_KEY, ROUND_KEY, study_from_payload
+from fedhealth.federation.wire import DECLINED_KEY, HOSPITAL_KEY, LEDGER_DIR_KEY, ROUND_KEY, study_from_payload
 from fedhealth.models import build_model, get_weights, set_weights
 from fedhealth.seeding import derive_seed
 from fedhealth.training import evaluate, train
@@ -44,18 +44,19 @@ class HospitalClient(NumPyClient):
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         cfg, split, model = self._model(config, parameters)
         server_round = int(config.get(ROUND_KEY, 0))
-        mu = float(config.get("proximal_mu", 0.0))  # FedProx puts it in the fit config
-        result = train(
-            model, split.x_train, split.y_train,
-            epochs=cfg.training.local_epochs,
-            batch_size=cfg.training.batch_size,
-            learning_rate=cfg.training.learning_rate,
-            momentum=cfg.training.momentum,
-            weight_decay=cfg.training.weight_decay,
-            seed=derive_seed(cfg.seed, "fit", self.index, server_round),
-            proximal_mu=mu,
-            anchor=parameters if mu > 0 else None,
-        )
+        seed = derive_seed(cfg.seed, "fit", self.index, server_round)
+        privacy: dict[str, Scalar] = {}
+        if cfg.privacy.mode == "record":
+            from fedhealth.privacy.client import train_with_budget
+
+            outcome = train_with_budget(cfg, split, model, server_round, str(config.get(LEDGER_DIR_KEY, "")), seed)
+            if outcome.declined:
+                log.warning("%s", outcome.declined)
+                return parameters, 0, {HOSPITAL_KEY: self.index, DECLINED_KEY: outcome.declined,
+                                       "epsilon": outcome.epsilon}
+            result, privacy = outcome.result, outcome.metrics
+        else:
+            result = self._train_plain(cfg, split, model, parameters, config, seed)
         weights = get_weights(model)
         bad = [i for i, w in enumerate(weights) if not np.all(np.isfinite(w))]
         if bad:
@@ -68,7 +69,23 @@ class HospitalClient(NumPyClient):
             "train_loss": result.mean_loss,
             "train_steps": result.steps,
             "train_seconds": result.seconds,
+            **privacy,
         }
+
+    @staticmethod
+    def _train_plain(cfg, split, model, parameters: NDArrays, config: dict[str, Scalar], seed: int):
+        mu = float(config.get("proximal_mu", 0.0))  # FedProx puts it in the fit config
+        return train(
+            model, split.x_train, split.y_train,
+            epochs=cfg.training.local_epochs,
+            batch_size=cfg.training.batch_size,
+            learning_rate=cfg.training.learning_rate,
+            momentum=cfg.training.momentum,
+            weight_decay=cfg.training.weight_decay,
+            seed=seed,
+            proximal_mu=mu,
+            anchor=parameters if mu > 0 else None,
+        )
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
         _, split, model = self._model(config, parameters)

@@ -21,7 +21,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from fedhealth.federation.recorder import RunRecorder
-from fedhealth.federation.wire import HOSPITAL_KEY
+from fedhealth.federation.wire import DECLINED_KEY, HOSPITAL_KEY
 
 
 def update_problem(arrays: list[np.ndarray], shapes: list[tuple[int, ...]]) -> str | None:
@@ -64,6 +64,10 @@ class ObservedStrategy(Strategy):
         accepted = []
         for proxy, res in results:
             index = res.metrics.get(HOSPITAL_KEY)
+            if index is not None and DECLINED_KEY in res.metrics:
+                self.recorder.record_declined(int(index), str(res.metrics[DECLINED_KEY]),
+                                              res.metrics.get("epsilon"))
+                continue
             problem = update_problem(parameters_to_ndarrays(res.parameters), self.shapes)
             if index is None:
                 problem = problem or f"result carries no {HOSPITAL_KEY}"

@@ -28,6 +28,7 @@ RoundCallback = Callable[[int, dict[str, Any]], None]
 class _Pending:
     fit: dict[int, dict[str, Any]] = field(default_factory=dict)  # hospital index -> fit metrics
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {"hospital_index", "reason"}
+    declined: dict[int, dict[str, Any]] = field(default_factory=dict)  # e.g. privacy budget exhausted
     fit_failures: list[str] = field(default_factory=list)
     evaluation: dict[int, dict[str, Any]] = field(default_factory=dict)
     evaluate_failures: list[str] = field(default_factory=list)
@@ -51,6 +52,10 @@ class RunRecorder:
     def record_rejected(self, index: int | None, reason: str) -> None:
         log.warning("round update rejected (hospital %s): %s", index, reason)
         self._pending.rejected.append({"hospital_index": index, "reason": reason})
+
+    def record_declined(self, index: int, reason: str, epsilon: Any = None) -> None:
+        log.warning("hospital %s declined the round: %s", index, reason)
+        self._pending.declined[index] = {"reason": reason, "epsilon": epsilon}
 
     def record_fit_failure(self, reason: str) -> None:
         log.warning("a hospital failed to train: %s", reason)
@@ -89,6 +94,8 @@ class RunRecorder:
                 "n_train": fit.get("num_examples"),
                 "train_loss": fit.get("train_loss"),
                 "train_seconds": fit.get("train_seconds"),
+                "epsilon": fit.get("epsilon", p.declined.get(index, {}).get("epsilon")),
+                "declined": p.declined.get(index, {}).get("reason"),
             })
         aurocs = np.array([r["auroc"] for r in rows if r["auroc"] is not None and np.isfinite(r["auroc"])])
         ns = np.array([r["n"] for r in rows if r["auroc"] is not None and np.isfinite(r["auroc"])])
@@ -97,6 +104,7 @@ class RunRecorder:
             "aggregated": p.aggregated,
             "hospitals_aggregated": sorted(p.fit),
             "rejected": p.rejected,
+            "declined": [{"hospital_index": i, **d} for i, d in sorted(p.declined.items())],
             "fit_failures": p.fit_failures,
             "hospitals_evaluated": sorted(p.evaluation),
             "evaluate_failures": p.evaluate_failures,

@@ -51,7 +51,9 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     for name in (rundir.METRICS_FILE, rundir.ROUNDS_FILE):
         rundir.truncate_jsonl_after_round(run_dir / name, last)
 
-    inner = build_strategy(cfg, weights, lambda r: study_payload(cfg, r), lambda r: study_payload(cfg, r))
+    ledger_dir = str((run_dir / rundir.PRIVACY_DIR).resolve())
+    inner = build_strategy(cfg, weights, lambda r: study_payload(cfg, r, ledger_dir),
+                           lambda r: study_payload(cfg, r, ledger_dir))
     restore_optimizer_state(inner, opt_state)
     recorder = RunRecorder(run_dir, cfg, on_round)
     strategy = ObservedStrategy(inner, recorder, shapes)

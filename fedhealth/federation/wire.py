@@ -15,13 +15,15 @@ from fedhealth.config import StudyConfig, parse_config
 
 STUDY_KEY = "fedhealth.study"
 ROUND_KEY = "fedhealth.round"
+LEDGER_DIR_KEY = "fedhealth.ledger_dir"  # simulation: where each hospital keeps its privacy ledger
+DECLINED_KEY = "declined"  # in FitRes metrics: why the hospital declined the round (e.g. its budget)
 HOSPITAL_KEY = "hospital_index"  # in every FitRes/EvaluateRes metrics dict
 
 _parsed: dict[str, StudyConfig] = {}
 
 
-def study_payload(cfg: StudyConfig, server_round: int) -> dict[str, Any]:
-    return {STUDY_KEY: cfg.model_dump_json(), ROUND_KEY: server_round}
+def study_payload(cfg: StudyConfig, server_round: int, ledger_dir: str = "") -> dict[str, Any]:
+    return {STUDY_KEY: cfg.model_dump_json(), ROUND_KEY: server_round, LEDGER_DIR_KEY: ledger_dir}
 
 
 def study_from_payload(config: dict[str, Any]) -> StudyConfig:

@@ -1,0 +1,64 @@
+"""Record-level DP in a real Flower federation: charged before sending, composed across a crash and
+resume, refused at each hospital's own cap, reported per hospital. Never above a cap."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedhealth import rundir
+from fedhealth.config import parse_config
+from fedhealth.privacy.ledger import epsilon_of
+from fedhealth.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _study():
+    data = tomllib.loads((ROOT / "configs" / "smoke.toml").read_text())
+    data["federation"]["rounds"] = 3
+    data["privacy"] = {"mode": "record", "noise_multiplier": 1.0, "max_epsilon": 10.0}
+    data["hospitals"][1]["max_epsilon"] = 4.0  # county-secondary: about 3.2 per round, so it stops at round 2
+    data["hospitals"][2]["max_epsilon"] = 1.0  # village-clinic: cannot afford a single round
+    return parse_config(data, "test study")
+
+
+def test_budget_is_charged_composed_across_resume_and_capped(tmp_path):
+    cfg = _study()
+    run_dir = rundir.create_run_dir(cfg, tmp_path / "run")
+
+    def crash_after_round_one(server_round, _info):
+        if server_round == 1:
+            raise RuntimeError("injected fault after round 1")
+
+    with pytest.raises(Exception, match="injected fault"):
+        simulate(cfg, run_dir, on_round=crash_after_round_one)
+    summary = simulate(cfg, run_dir)  # resume in fresh Ray actors: ledgers come from disk
+
+    ledgers = {h.name: rundir.read_json(run_dir / rundir.PRIVACY_DIR / f"{h.name}.json")
+               for h in cfg.hospitals if (run_dir / rundir.PRIVACY_DIR / f"{h.name}.json").exists()}
+    big = ledgers["city-tertiary"]["entries"]
+    assert [e["round"] for e in big] == [1, 2, 3]  # each round charged once, none reset by the restart
+    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in big]
+    assert big[-1]["epsilon"] == pytest.approx(epsilon_of(history, cfg.privacy_delta()))
+    assert big[0]["epsilon"] < big[1]["epsilon"] < big[2]["epsilon"]
+    assert [e["round"] for e in ledgers["county-secondary"]["entries"]] == [1]
+    assert "village-clinic" not in ledgers  # nothing charged, nothing sent
+
+    privacy = {h["name"]: h for h in summary["privacy"]["hospitals"]}
+    for i, h in enumerate(cfg.hospitals):
+        assert privacy[h.name]["epsilon"] <= cfg.epsilon_cap(i)
+    assert privacy["county-secondary"]["stopped_at_round"] == 2
+    assert "above its cap of 4" in privacy["county-secondary"]["stop_reason"]
+    assert privacy["village-clinic"]["stopped_at_round"] == 1 and privacy["village-clinic"]["epsilon"] == 0.0
+    assert privacy["city-tertiary"]["stopped_at_round"] is None
+
+    rows = rundir.read_jsonl(run_dir / rundir.METRICS_FILE)
+    for r in rows:  # epsilon per hospital per round; declined rounds say so
+        if r["hospital"] == "city-tertiary":
+            assert r["trained"] and r["epsilon"] == pytest.approx(big[r["round"] - 1]["epsilon"])
+        if r["hospital"] == "village-clinic":
+            assert not r["trained"] and "declining" in r["declined"]
+    rounds = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
+    assert [r["hospitals_aggregated"] for r in rounds] == [[0, 1], [0], [0]]

@@ -1,0 +1,70 @@
+"""The privacy ledger: Opacus's RDP epsilon, persisted, composed across restarts, never past the cap."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedhealth.models import build_model, get_weights
+from fedhealth.privacy.dp import calibrate_noise, sample_rate, steps_per_epoch, train_private
+from fedhealth.privacy.ledger import BudgetExceeded, PrivacyLedger, epsilon_of
+
+
+def test_epsilon_matches_reference_value_from_dp_accounting():
+    # FLOWER-NOTES reference (computed with Google's dp-accounting, RDP): sigma 1.0, q 64/5000, 780 steps.
+    assert epsilon_of([(1.0, 64 / 5000, 780)], 1e-5) == pytest.approx(2.4191, abs=2e-3)
+    assert epsilon_of([(0.8, 0.01, 1000)], 1e-5) == pytest.approx(3.6956, abs=2e-3)
+
+
+def test_ledger_composes_across_restarts_and_refuses_at_cap(tmp_path):
+    path = tmp_path / "h.json"
+    ledger = PrivacyLedger(path, "h", cap=3.0, delta=1e-5)
+    first = ledger.charge(1, 1.0, 0.02, 100, 1.0)
+    assert path.exists() and first.epsilon == pytest.approx(epsilon_of([(1.0, 0.02, 100)], 1e-5))
+    # A new process (or a resumed run) reads the same history: epsilon composes, it does not reset.
+    again = PrivacyLedger(path, "h", cap=3.0, delta=1e-5)
+    second = again.charge(2, 1.0, 0.02, 100, 1.0)
+    assert second.epsilon == pytest.approx(epsilon_of([(1.0, 0.02, 200)], 1e-5))
+    assert second.epsilon > first.epsilon
+    # Re-running a round that was already charged (crash, then resume) does not charge it twice.
+    assert again.charge(2, 1.0, 0.02, 100, 1.0) == second
+    spent = again.spent
+    with pytest.raises(BudgetExceeded, match="above its cap of 3"):
+        for r in range(3, 100):
+            again.charge(r, 1.0, 0.02, 100, 1.0)
+    final = PrivacyLedger(path, "h", cap=3.0, delta=1e-5)
+    assert final.spent <= 3.0 and final.spent >= spent
+    entry = json.loads(path.read_text())["entries"][0]
+    assert set(entry) >= {"round", "noise_multiplier", "sample_rate", "steps", "delta", "max_grad_norm",
+                          "epsilon", "accountant"}
+
+
+def test_ledger_refuses_another_hospital_or_delta(tmp_path):
+    path = tmp_path / "h.json"
+    PrivacyLedger(path, "h", 3.0, 1e-5).charge(1, 1.0, 0.02, 10, 1.0)
+    with pytest.raises(ValueError, match="belongs to 'h'"):
+        PrivacyLedger(path, "other", 3.0, 1e-5)
+    with pytest.raises(ValueError, match="do not compose"):
+        PrivacyLedger(path, "h", 3.0, 1e-6)
+
+
+def test_calibrated_noise_spends_at_most_the_target():
+    q, steps = sample_rate(2000, 64), 5 * steps_per_epoch(2000, 64)
+    sigma = calibrate_noise(2.0, 1e-5, q, steps)
+    assert 1.9 < epsilon_of([(sigma, q, steps)], 1e-5) <= 2.0
+
+
+def test_dp_sgd_returns_clean_weights_and_takes_the_charged_steps():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    model = build_model("mlp", 6, [4], seed=0)
+    names = list(model.state_dict())
+    result, steps = train_private(model, x, y, epochs=2, batch_size=50, learning_rate=0.1, momentum=0.0,
+                                  noise_multiplier=1.0, max_grad_norm=1.0, seed=3)
+    assert steps == 2 * steps_per_epoch(500, 50) == result.steps
+    assert list(model.state_dict()) == names  # no "_module." prefix on the caller's model
+    again = build_model("mlp", 6, [4], seed=0)
+    train_private(again, x, y, epochs=2, batch_size=50, learning_rate=0.1, momentum=0.0,
+                  noise_multiplier=1.0, max_grad_norm=1.0, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(get_weights(model), get_weights(again), strict=True))
