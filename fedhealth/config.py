@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedhealth.data.schema import REGIONS, TIERS
+from fedhealth.privacy.policy import SitePolicy
 
 Tier = Literal["tertiary", "secondary", "community"]
 Region = Literal["north", "south", "east", "west", "central"]
@@ -40,8 +41,7 @@ class HospitalConfig(_Strict):
     tier: Tier
     region: Region
     records: int = Field(ge=50, le=1_000_000, description="patient records at this hospital (rows)")
-    max_epsilon: float | None = Field(
-        default=None, gt=0, description="this hospital's own epsilon cap (its policy): wins over privacy.max_epsilon")
+    policy: SitePolicy | None = Field(default=None, description="this hospital's own site policy: it wins")
 
 
 class PopulationConfig(_Strict):
@@ -114,7 +114,8 @@ class PrivacyConfig(_Strict):
     mode: Literal["none", "record"] = "none"
     noise_multiplier: float | None = Field(default=None, gt=0)
     target_epsilon: float | None = Field(default=None, gt=0)
-    delta: float | None = Field(default=None, gt=0, lt=1, description="default: 0.1 / smallest training set")
+    delta: float | None = Field(default=None, gt=0, lt=1,
+                                description="default: min(1e-5, 0.1 / largest training set)")
     max_grad_norm: float = Field(default=1.0, gt=0, description="per-sample L2 clipping norm")
     max_epsilon: float = Field(default=10.0, gt=0, description="default per-hospital cap (epsilon at delta)")
 
@@ -165,18 +166,21 @@ class StudyConfig(_Strict):
         return self
 
     def privacy_delta(self) -> float:
-        """Delta for every hospital: as given, else 0.1 / the smallest hospital's training records,
-        well below 1/records so no record is likely to be revealed outright."""
+        """Delta for every hospital: as given, else min(1e-5, 0.1 / the largest hospital's training
+        records), so delta is well below 1/records at every hospital, the largest included (a delta
+        near 1/n would allow a whole record to leak)."""
         if self.privacy.delta is not None:
             return self.privacy.delta
-        smallest = min(h.records for h in self.hospitals)
-        n_train = max(1, int(smallest * (1 - self.training.test_fraction)))
-        return float(f"{0.1 / n_train:.2g}")
+        largest = max(h.records for h in self.hospitals)
+        n_train = max(1, int(largest * (1 - self.training.test_fraction)))
+        return min(1e-5, float(f"{0.1 / n_train:.2g}"))
 
     def epsilon_cap(self, index: int) -> float:
         """The hospital's own cap if its policy sets one (the server cannot raise it), else the study's."""
-        own = self.hospitals[index].max_epsilon
-        return own if own is not None else self.privacy.max_epsilon
+        policy = self.hospitals[index].policy
+        if policy is not None and policy.max_epsilon is not None:
+            return policy.max_epsilon
+        return self.privacy.max_epsilon
 
     def fingerprint(self) -> str:
         """A short hash of everything that shapes the data and training: keys caches, guards `--resume`."""

@@ -19,8 +19,9 @@ def _study():
     data = tomllib.loads((ROOT / "configs" / "smoke.toml").read_text())
     data["federation"]["rounds"] = 3
     data["privacy"] = {"mode": "record", "noise_multiplier": 1.0, "max_epsilon": 10.0}
-    data["hospitals"][1]["max_epsilon"] = 4.0  # county-secondary: about 3.2 per round, so it stops at round 2
-    data["hospitals"][2]["max_epsilon"] = 1.0  # village-clinic: cannot afford a single round
+    # county-secondary spends about 3.2 per round, so it stops at round 2
+    data["hospitals"][1]["policy"] = {"max_epsilon": 4.0}
+    data["hospitals"][2]["policy"] = {"max_epsilon": 1.0}  # village-clinic: cannot afford a single round
     return parse_config(data, "test study")
 
 

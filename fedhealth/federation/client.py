@@ -17,6 +17,7 @@ from flwr.common import Context, NDArrays, Scalar
 from fedhealth.data.hospitals import load_hospital
 from fedhealth.federation.wire import DECLINED_KEY, HOSPITAL_KEY, LEDGER_DIR_KEY, ROUND_KEY, study_from_payload
 from fedhealth.models import build_model, get_weights, set_weights
+from fedhealth.privacy.policy import hospitals_per_round, policy_violation
 from fedhealth.seeding import derive_seed
 from fedhealth.training import evaluate, train
 
@@ -46,6 +47,13 @@ class HospitalClient(NumPyClient):
         server_round = int(config.get(ROUND_KEY, 0))
         seed = derive_seed(cfg.seed, "fit", self.index, server_round)
         privacy: dict[str, Scalar] = {}
+        violation = policy_violation(
+            split.hospital.policy, model=cfg.model.name, dp_mode=cfg.privacy.mode, delta=cfg.privacy_delta(),
+            hospitals_per_round=hospitals_per_round(len(cfg.hospitals), cfg.federation.strategy.fraction_fit))
+        if violation:
+            reason = f"hospital {split.hospital.name}: {violation}; declining this round"
+            log.warning("%s", reason)
+            return parameters, 0, {HOSPITAL_KEY: self.index, DECLINED_KEY: reason}
         if cfg.privacy.mode == "record":
             from fedhealth.privacy.client import train_with_budget
 

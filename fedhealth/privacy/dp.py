@@ -24,6 +24,8 @@ from fedhealth.training import TrainResult
 # an adversary who cannot predict PyTorch's generator; see the README's privacy section.
 warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG turned off.*")
 warnings.filterwarnings("ignore", message=".*Optimal order is the.*")
+# Opacus's per-sample hooks on a model whose inputs need no gradient: expected, harmless.
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 def steps_per_epoch(n_records: int, batch_size: int) -> int:

@@ -1,0 +1,52 @@
+"""The site policy: the hospital's limits, checked on the client, never raised by the server."""
+
+from pathlib import Path
+
+import pytest
+
+from fedhealth.config import ConfigError, load_config
+from fedhealth.privacy.policy import SitePolicy, policy_violation
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+
+
+def test_policy_cap_wins_over_the_study_default(tmp_path):
+    cfg = load_config(SMOKE, ["privacy.mode=record", "privacy.noise_multiplier=1.0", "privacy.max_epsilon=50"])
+    assert cfg.epsilon_cap(0) == 50
+    text = SMOKE.read_text().replace('records = 300', 'records = 300\npolicy = { max_epsilon = 2.5 }')
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    cfg = load_config(path, ["privacy.mode=record", "privacy.noise_multiplier=1.0", "privacy.max_epsilon=50"])
+    assert cfg.epsilon_cap(2) == 2.5 and cfg.epsilon_cap(0) == 50
+
+
+@pytest.mark.parametrize("policy, kwargs, expected", [
+    (SitePolicy(allowed_models=["logreg"]), {"model": "mlp"}, "not allowed"),
+    (SitePolicy(max_epsilon=3), {"dp_mode": "none"}, "requires record-level DP"),
+    (SitePolicy(max_delta=1e-6), {"delta": 1e-5}, "above the site policy's max_delta"),
+    (SitePolicy(min_hospitals=5), {"hospitals_per_round": 3}, "below the site policy's min_hospitals 5"),
+])
+def test_violations_are_named(policy, kwargs, expected):
+    args = {"model": "logreg", "dp_mode": "record", "delta": 1e-5, "hospitals_per_round": 10, **kwargs}
+    assert expected in policy_violation(policy, **args)
+    assert policy_violation(SitePolicy(), **args) is None  # an empty policy allows everything
+
+
+def test_policy_file_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="site policy file not found"):
+        SitePolicy.from_file(tmp_path / "missing.toml")
+    bad = tmp_path / "policy.toml"
+    bad.write_text("max_epsilon = -1\n")
+    with pytest.raises(ValueError, match="invalid site policy"):
+        SitePolicy.from_file(bad)
+    good = tmp_path / "ok.toml"
+    good.write_text('max_epsilon = 3.0\nallowed_models = ["logreg"]\nmin_hospitals = 3\n')
+    assert SitePolicy.from_file(good).max_epsilon == 3.0
+
+
+def test_unknown_policy_key_is_a_config_error(tmp_path):
+    text = SMOKE.read_text().replace('records = 300', 'records = 300\npolicy = { max_epsilom = 2.5 }')
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="policy.max_epsilom"):
+        load_config(path)
