@@ -52,19 +52,21 @@ def _fmt(v: Any) -> str:
 def print_summary_table(summary: dict[str, Any]) -> None:
     table = Table(title=f"{summary['study']}: test AUROC per hospital ({summary['strategy']}, "
                         f"{summary['model']}, {summary['rounds']} rounds)")
-    for col in ("hospital", "tier", "region", "records", "local-only", "federated", "pooled", "best possible"):
-        table.add_column(col, justify="left" if col in ("hospital", "tier", "region") else "right")
+    dp = "federated_no_dp" in summary["overall"]["auroc"]
+    keys = ["local_only", "federated", *(["federated_no_dp"] if dp else []), "pooled", "best_possible"]
+    titles = {"local_only": "local-only", "federated": "federated (DP)" if dp else "federated",
+              "federated_no_dp": "federated, no DP", "pooled": "pooled", "best_possible": "best possible"}
+    for col in ("hospital", "tier", "region", "records"):
+        table.add_column(col, justify="right" if col == "records" else "left")
+    for key in keys:
+        table.add_column(titles[key], justify="right")
     for h in summary["hospitals"]:
-        a = h["auroc"]
-        table.add_row(h["name"], h["tier"], h["region"], str(h["records"]), _fmt(a.get("local_only")),
-                      _fmt(a.get("federated")), _fmt(a.get("pooled")), _fmt(a.get("best_possible")))
-    m = summary["overall"]["mean_hospital_auroc"]
+        table.add_row(h["name"], h["tier"], h["region"], str(h["records"]), *(_fmt(h["auroc"].get(k)) for k in keys))
     table.add_section()
-    table.add_row("mean of hospitals", "", "", "", _fmt(m.get("local_only")), _fmt(m.get("federated")),
-                  _fmt(m.get("pooled")), _fmt(m.get("best_possible")))
+    m = summary["overall"]["mean_hospital_auroc"]
+    table.add_row("mean of hospitals", "", "", "", *(_fmt(m.get(k)) for k in keys))
     o = summary["overall"]["auroc"]
-    table.add_row("all test records", "", "", "", _fmt(o.get("local_only")), _fmt(o.get("federated")),
-                  _fmt(o.get("pooled")), _fmt(o.get("best_possible")))
+    table.add_row("all test records", "", "", "", *(_fmt(o.get(k)) for k in keys))
     console.print(table)
     privacy = summary.get("privacy")
     if privacy:

@@ -131,6 +131,21 @@ class ReferencesConfig(_Strict):
 
     local_only: bool = True
     pooled: bool = True
+    non_private_federation: bool = Field(
+        default=True, description="with record-level DP: also run the same federation without DP (utility cost)")
+
+
+def without_privacy(cfg: StudyConfig) -> StudyConfig:
+    """The same study with DP off and no site policies: the counterfactual that prices privacy.
+
+    Simulation only: policies are dropped because a policy that caps epsilon refuses non-DP work.
+    """
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["name"] = f"{cfg.name}-no-dp"
+    data["privacy"] = {"mode": "none"}
+    for h in data["hospitals"]:
+        h.pop("policy", None)
+    return parse_config(data, f"{cfg.name} without DP")
 
 
 class StudyConfig(_Strict):

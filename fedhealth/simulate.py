@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 from fedhealth import references, rundir  # noqa: E402
-from fedhealth.config import StudyConfig  # noqa: E402
+from fedhealth.config import StudyConfig, load_config, without_privacy  # noqa: E402
 from fedhealth.data.hospitals import load_hospital  # noqa: E402
 from fedhealth.metrics.summary import build_summary  # noqa: E402
 
@@ -90,6 +90,9 @@ def privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
             "delta": cfg.privacy_delta(), "max_grad_norm": cfg.privacy.max_grad_norm, "hospitals": hospitals}
 
 
+SIBLING_DIR = "sibling-no-dp"  # the same federation without DP, inside a DP run's directory
+
+
 def finish(cfg: StudyConfig, run_dir: Path, seconds: dict[str, float]) -> dict[str, Any]:
     """Train the references on the same splits, write the final model, references and summary."""
     from fedhealth.federation.server import initial_weights
@@ -99,6 +102,11 @@ def finish(cfg: StudyConfig, run_dir: Path, seconds: dict[str, float]) -> dict[s
     rundir.save_weights(run_dir / rundir.MODEL_FILE, final)
     init = initial_weights(cfg)
     preds = {"federated": references.federated(cfg, splits, final)}
+    sibling = run_dir / SIBLING_DIR
+    if (sibling / rundir.CONFIG_FILE).exists():
+        no_dp = load_config(sibling / rundir.CONFIG_FILE)
+        weights, _ = rundir.load_weights(rundir.checkpoint_path(sibling, no_dp.federation.rounds))
+        preds["federated_no_dp"] = references.federated(cfg, splits, weights)
     t0 = time.perf_counter()
     if cfg.references.local_only:
         preds["local_only"] = references.local_only(cfg, splits, init)
@@ -114,6 +122,18 @@ def finish(cfg: StudyConfig, run_dir: Path, seconds: dict[str, float]) -> dict[s
     return summary
 
 
+def _run_sibling_without_dp(cfg: StudyConfig, run_dir: Path, verbose: bool) -> None:
+    """Same hospitals, seed and splits, DP off: the difference in AUROC is what privacy cost."""
+    no_dp = without_privacy(cfg)
+    sibling = run_dir / SIBLING_DIR
+    if not (sibling / rundir.CONFIG_FILE).exists():
+        rundir.create_run_dir(no_dp, sibling)
+    if rundir.last_completed_round(sibling) < no_dp.federation.rounds:
+        log.warning("running the same federation without DP to measure the utility cost of privacy")
+        run_federation(no_dp, sibling, None, verbose)
+    rundir.mark_completed(sibling)
+
+
 def simulate(cfg: StudyConfig, run_dir: Path, on_round: Callable[[int, dict[str, Any]], None] | None = None,
              verbose: bool = False) -> dict[str, Any]:
     """Run (or resume) the federation in `run_dir`, then the references; returns the summary."""
@@ -121,6 +141,8 @@ def simulate(cfg: StudyConfig, run_dir: Path, on_round: Callable[[int, dict[str,
     try:
         if rundir.last_completed_round(run_dir) < cfg.federation.rounds:
             run_federation(cfg, run_dir, on_round, verbose)
+        if cfg.privacy.mode == "record" and cfg.references.non_private_federation:
+            _run_sibling_without_dp(cfg, run_dir, verbose)
     except BaseException as err:
         rundir.mark_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
         raise

@@ -63,3 +63,10 @@ def test_budget_is_charged_composed_across_resume_and_capped(tmp_path):
             assert not r["trained"] and "declining" in r["declined"]
     rounds = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
     assert [r["hospitals_aggregated"] for r in rounds] == [[0, 1], [0], [0]]
+
+    # The utility cost of privacy: the same federation without DP ran beside it, every hospital in.
+    sibling = run_dir / "sibling-no-dp"
+    assert rundir.read_state(sibling)["status"] == "completed"
+    assert not (sibling / rundir.PRIVACY_DIR).exists()
+    assert all(r["hospitals_aggregated"] == [0, 1, 2] for r in rundir.read_jsonl(sibling / rundir.ROUNDS_FILE))
+    assert summary["overall"]["auroc"]["federated_no_dp"] > 0.7

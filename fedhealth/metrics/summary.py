@@ -3,6 +3,7 @@
 Keys are plain and documented here because papers and dashboards read them:
 
     summary["hospitals"][i]["auroc"]["federated" | "local_only" | "pooled" | "best_possible"]
+        (+ "federated_no_dp" in a DP run: the same federation without DP, the utility cost of privacy)
     summary["overall"]["auroc"][...]            AUROC on all hospitals' test records together
     summary["overall"]["mean_hospital_auroc"][...]  unweighted mean of per-hospital AUROC
 """
@@ -18,8 +19,6 @@ from fedhealth.config import StudyConfig
 from fedhealth.data.hospitals import HospitalSplit
 from fedhealth.metrics.classification import binary_metrics, roc_auc
 from fedhealth.references import Predictions
-
-MODEL_KEYS = ("federated", "local_only", "pooled")
 
 
 def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict[str, Predictions],
