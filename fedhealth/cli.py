@@ -69,7 +69,11 @@ def print_summary_table(summary: dict[str, Any]) -> None:
     table.add_row("all test records", "", "", "", *(_fmt(o.get(k)) for k in keys))
     console.print(table)
     privacy = summary.get("privacy")
-    if privacy:
+    if privacy and privacy["mode"] == "hospital":
+        console.print(f"privacy spent: hospital-level DP, epsilon {privacy['epsilon']:.3f} at delta="
+                      f"{privacy['delta']:g} over {privacy['rounds']} rounds (noise multiplier "
+                      f"{privacy['noise_multiplier']:.3f}, update clipping norm {privacy['clipping_norm']:g})")
+    elif privacy:
         t = Table(title=f"privacy spent: record-level DP-SGD, epsilon at delta={privacy['delta']:g} (RDP)")
         for col in ("hospital", "epsilon", "cap", "rounds trained", "stopped"):
             t.add_column(col, justify="left" if col in ("hospital", "stopped") else "right")

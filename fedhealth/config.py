@@ -108,21 +108,28 @@ class FederationConfig(_Strict):
 
 
 class PrivacyConfig(_Strict):
-    """Record-level DP-SGD (Opacus). Give a noise multiplier, or a target epsilon for the whole
-    planned run (calibrated per hospital over all rounds and local epochs); not both."""
+    """Differential privacy, in one of two clearly separate modes:
 
-    mode: Literal["none", "record"] = "none"
+    - "record": record-level DP-SGD (Opacus) inside each hospital; the unit is one patient record.
+    - "hospital": hospital-level DP (Flower's client-side fixed clipping + server-side Gaussian noise);
+      the unit is a hospital's whole data set, hiding whether it took part at all.
+
+    Give a noise multiplier, or a target epsilon for the whole planned run; not both.
+    """
+
+    mode: Literal["none", "record", "hospital"] = "none"
     noise_multiplier: float | None = Field(default=None, gt=0)
     target_epsilon: float | None = Field(default=None, gt=0)
     delta: float | None = Field(default=None, gt=0, lt=1,
                                 description="default: min(1e-5, 0.1 / largest training set)")
     max_grad_norm: float = Field(default=1.0, gt=0, description="per-sample L2 clipping norm")
     max_epsilon: float = Field(default=10.0, gt=0, description="default per-hospital cap (epsilon at delta)")
+    clipping_norm: float = Field(default=1.0, gt=0, description="hospital mode: L2 clip of each model update")
 
     @model_validator(mode="after")
     def _one_noise_source(self) -> PrivacyConfig:
-        if self.mode == "record" and (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise ValueError("privacy: mode 'record' needs exactly one of noise_multiplier or target_epsilon")
+        if self.mode != "none" and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(f"privacy: mode {self.mode!r} needs exactly one of noise_multiplier or target_epsilon")
         return self
 
 
@@ -186,6 +193,8 @@ class StudyConfig(_Strict):
         near 1/n would allow a whole record to leak)."""
         if self.privacy.delta is not None:
             return self.privacy.delta
+        if self.privacy.mode == "hospital":  # the unit is a hospital: delta well below 1 / hospitals
+            return min(1e-5, float(f"{0.1 / len(self.hospitals):.2g}"))
         largest = max(h.records for h in self.hospitals)
         n_train = max(1, int(largest * (1 - self.training.test_fraction)))
         return min(1e-5, float(f"{0.1 / n_train:.2g}"))

@@ -90,6 +90,17 @@ def privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
             "delta": cfg.privacy_delta(), "max_grad_norm": cfg.privacy.max_grad_norm, "hospitals": hospitals}
 
 
+def hospital_privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
+    """One epsilon for the study: what the released models reveal about any one hospital's participation."""
+    from fedhealth.privacy.hospital_level import hospital_epsilon, hospital_noise
+
+    rounds = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
+    return {"mode": "hospital", "unit": "one hospital's whole data set", "accountant": "rdp",
+            "noise": "server-side Gaussian after client-side clipping (Flower)", "delta": cfg.privacy_delta(),
+            "noise_multiplier": hospital_noise(cfg), "clipping_norm": cfg.privacy.clipping_norm,
+            "epsilon": hospital_epsilon(cfg, len(rounds)), "rounds": len(rounds)}
+
+
 SIBLING_DIR = "sibling-no-dp"  # the same federation without DP, inside a DP run's directory
 
 
@@ -116,6 +127,8 @@ def finish(cfg: StudyConfig, run_dir: Path, seconds: dict[str, float]) -> dict[s
     extra: dict[str, Any] = {"seconds": seconds}
     if cfg.privacy.mode == "record":
         extra["privacy"] = privacy_summary(cfg, run_dir)
+    elif cfg.privacy.mode == "hospital":
+        extra["privacy"] = hospital_privacy_summary(cfg, run_dir)
     summary = build_summary(cfg, splits, preds, extra)
     rundir.write_json(run_dir / rundir.SUMMARY_FILE, summary)
     rundir.mark_completed(run_dir)
@@ -141,7 +154,7 @@ def simulate(cfg: StudyConfig, run_dir: Path, on_round: Callable[[int, dict[str,
     try:
         if rundir.last_completed_round(run_dir) < cfg.federation.rounds:
             run_federation(cfg, run_dir, on_round, verbose)
-        if cfg.privacy.mode == "record" and cfg.references.non_private_federation:
+        if cfg.privacy.mode != "none" and cfg.references.non_private_federation:
             _run_sibling_without_dp(cfg, run_dir, verbose)
     except BaseException as err:
         rundir.mark_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")

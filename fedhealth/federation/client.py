@@ -72,8 +72,11 @@ class HospitalClient(NumPyClient):
                 f"hospital {split.hospital.name}: update has non-finite values in parameter arrays {bad} "
                 f"(round {server_round}); not sending it. Lower training.learning_rate."
             )
-        return weights, len(split.y_train), {
+        # Hospital-level DP needs equal weights: a record-count weight would raise a hospital's sensitivity.
+        weight = 1 if cfg.privacy.mode == "hospital" else len(split.y_train)
+        return weights, weight, {
             HOSPITAL_KEY: self.index,
+            "n_train": len(split.y_train),
             "train_loss": result.mean_loss,
             "train_steps": result.steps,
             "train_seconds": result.seconds,
@@ -116,4 +119,6 @@ def client_fn(context: Context):
 
 
 def build_client_app() -> ClientApp:
-    return ClientApp(client_fn=client_fn)
+    from fedhealth.privacy.hospital_level import clipping_mod
+
+    return ClientApp(client_fn=client_fn, mods=[clipping_mod])

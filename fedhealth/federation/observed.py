@@ -18,7 +18,7 @@ from flwr.common import (
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import Strategy
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 
 from fedhealth.federation.recorder import RunRecorder
 from fedhealth.federation.wire import DECLINED_KEY, HOSPITAL_KEY
@@ -82,6 +82,10 @@ class ObservedStrategy(Strategy):
         if not accepted:
             self.recorder.record_aggregated(False)
             return None, {}
+        if isinstance(self.inner, DifferentialPrivacyClientSideFixedClipping):
+            # Flower's wrapper calibrates noise to the number sampled and only warns when fewer reply;
+            # the mean of m clipped updates needs sigma * C / m, so tell it m.
+            self.inner.num_sampled_clients = len(accepted)
         params, metrics = self.inner.aggregate_fit(server_round, [(p, r) for _, p, r in accepted], [])
         self.recorder.record_aggregated(params is not None)
         return params, metrics

@@ -91,7 +91,7 @@ class RunRecorder:
                 "loss": ev["loss"],
                 "n": ev["n"],
                 "trained": index in p.fit,
-                "n_train": fit.get("num_examples"),
+                "n_train": fit.get("n_train", fit.get("num_examples")),
                 "train_loss": fit.get("train_loss"),
                 "train_seconds": fit.get("train_seconds"),
                 "epsilon": fit.get("epsilon", p.declined.get(index, {}).get("epsilon")),
@@ -112,6 +112,10 @@ class RunRecorder:
             "auroc_weighted": float((aurocs * ns).sum() / ns.sum()) if len(aurocs) else None,
             "seconds": time.perf_counter() - p.started,
         }
+        if self.cfg.privacy.mode == "hospital":
+            from fedhealth.privacy.hospital_level import hospital_epsilon
+
+            summary["hospital_epsilon"] = hospital_epsilon(self.cfg, server_round)
         rundir.append_jsonl(self.run_dir / rundir.METRICS_FILE, rows)
         rundir.append_jsonl(self.run_dir / rundir.ROUNDS_FILE, [summary])
         rundir.save_weights(rundir.checkpoint_path(self.run_dir, server_round), weights, optimizer_state)

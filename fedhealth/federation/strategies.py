@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 import numpy as np
 from flwr.common import Scalar, ndarrays_to_parameters
-from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.server.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    Strategy,
+)
 
 from fedhealth.config import StudyConfig
 
@@ -43,23 +49,38 @@ def build_strategy(
         evaluate_metrics_aggregation_fn=lambda _: {},  # per-hospital figures are recorded, not averaged away
     )
     if s.name == "fedavg":
-        return FedAvg(**common)
-    if s.name == "fedprox":
-        return FedProx(**common, proximal_mu=s.proximal_mu)
-    if s.name == "fedadam":
-        return FedAdam(**common, eta=s.server_learning_rate, eta_l=cfg.training.learning_rate,
-                       beta_1=s.server_momentum, beta_2=s.server_second_moment, tau=s.server_tau)
-    raise ValueError(f"unknown strategy {s.name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+        strategy: Strategy = FedAvg(**common)
+    elif s.name == "fedprox":
+        strategy = FedProx(**common, proximal_mu=s.proximal_mu)
+    elif s.name == "fedadam":
+        strategy = FedAdam(**common, eta=s.server_learning_rate, eta_l=cfg.training.learning_rate,
+                           beta_1=s.server_momentum, beta_2=s.server_second_moment, tau=s.server_tau)
+    else:
+        raise ValueError(f"unknown strategy {s.name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+    if cfg.privacy.mode == "hospital":
+        from fedhealth.privacy.hospital_level import hospital_noise
+
+        strategy = DifferentialPrivacyClientSideFixedClipping(
+            strategy, noise_multiplier=hospital_noise(cfg), clipping_norm=cfg.privacy.clipping_norm,
+            num_sampled_clients=common["min_fit_clients"])
+    return strategy
+
+
+def base_strategy(strategy: Strategy) -> Strategy:
+    """The Flower strategy that holds the optimiser state, under any DP wrapper."""
+    return strategy.strategy if isinstance(strategy, DifferentialPrivacyClientSideFixedClipping) else strategy
 
 
 def optimizer_state(strategy: Strategy) -> dict[str, list[np.ndarray]]:
     """Server-side optimiser state that a checkpoint must keep for resume to be exact (FedAdam's moments)."""
+    strategy = base_strategy(strategy)
     if isinstance(strategy, FedAdam) and strategy.m_t is not None:
         return {"m_t": list(strategy.m_t), "v_t": list(strategy.v_t or [])}
     return {}
 
 
 def restore_optimizer_state(strategy: Strategy, state: dict[str, list[np.ndarray]]) -> None:
+    strategy = base_strategy(strategy)
     if isinstance(strategy, FedAdam) and "m_t" in state:
         strategy.m_t = [np.asarray(a) for a in state["m_t"]]
         strategy.v_t = [np.asarray(a) for a in state["v_t"]]
