@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedhealth.data.schema import REGIONS, TIERS
-from fedhealth.privacy.policy import SitePolicy
+from fedhealth.privacy.policy import SitePolicy, effective_cap
 
 Tier = Literal["tertiary", "secondary", "community"]
 Region = Literal["north", "south", "east", "west", "central"]
@@ -201,10 +201,7 @@ class StudyConfig(_Strict):
 
     def epsilon_cap(self, index: int) -> float:
         """The hospital's own cap if its policy sets one (the server cannot raise it), else the study's."""
-        policy = self.hospitals[index].policy
-        if policy is not None and policy.max_epsilon is not None:
-            return policy.max_epsilon
-        return self.privacy.max_epsilon
+        return effective_cap(self.hospitals[index].policy, self.privacy.max_epsilon)
 
     def fingerprint(self) -> str:
         """A short hash of everything that shapes the data and training: keys caches, guards `--resume`."""

@@ -78,10 +78,11 @@ def privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
     hospitals = []
     for i, h in enumerate(cfg.hospitals):
         path = run_dir / rundir.PRIVACY_DIR / f"{h.name}.json"
-        entries = rundir.read_json(path)["entries"] if path.exists() else []
+        ledger = rundir.read_json(path) if path.exists() else {"entries": [], "cap": cfg.epsilon_cap(i)}
+        entries = ledger["entries"]
         stops = declined.get(i, [])
-        hospitals.append({
-            "name": h.name, "epsilon": entries[-1]["epsilon"] if entries else 0.0, "cap": cfg.epsilon_cap(i),
+        hospitals.append({  # the cap is the one the hospital enforced, as its ledger recorded it
+            "name": h.name, "epsilon": entries[-1]["epsilon"] if entries else 0.0, "cap": ledger["cap"],
             "rounds_trained": [e["round"] for e in entries],
             "stopped_at_round": stops[0]["round"] if stops else None,
             "stop_reason": stops[0]["reason"] if stops else None,

@@ -50,3 +50,26 @@ def test_unknown_policy_key_is_a_config_error(tmp_path):
     path.write_text(text)
     with pytest.raises(ConfigError, match="policy.max_epsilom"):
         load_config(path)
+
+
+def test_the_hospitals_own_policy_and_ledger_win_over_the_server(tmp_path):
+    """In deployment the policy file and ledger live at the hospital (node config); the server's config
+    (here: a generous cap of 50 and a ledger location of its choosing) cannot override them."""
+    from fedhealth.federation.client import HospitalClient
+    from fedhealth.federation.server import initial_weights
+    from fedhealth.federation.wire import DECLINED_KEY, study_payload
+
+    cfg = load_config(SMOKE, ["privacy.mode=record", "privacy.noise_multiplier=1.0", "privacy.max_epsilon=50"])
+    own_ledgers = tmp_path / "hospital-ledgers"
+    strict = HospitalClient(0, SitePolicy(max_epsilon=1.0), str(own_ledgers))
+    payload = study_payload(cfg, 1, str(tmp_path / "server-chosen"))
+    weights, n, metrics = strict.fit(initial_weights(cfg), payload)
+    assert n == 0 and "above its cap of 1" in metrics[DECLINED_KEY]
+    relaxed = HospitalClient(0, SitePolicy(max_epsilon=20.0), str(own_ledgers))
+    weights, n, metrics = relaxed.fit(initial_weights(cfg), payload)
+    assert n > 0 and 0 < metrics["epsilon"] <= 20.0
+    assert (own_ledgers / "city-tertiary.json").exists()
+    assert not (tmp_path / "server-chosen").exists()
+    refuse_model = HospitalClient(0, SitePolicy(allowed_models=["mlp"]), str(own_ledgers))
+    _, n, metrics = refuse_model.fit(initial_weights(cfg), study_payload(cfg, 2, ""))
+    assert n == 0 and "model 'logreg' is not allowed" in metrics[DECLINED_KEY]

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.client import ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 
+from fedhealth.config import StudyConfig
 from fedhealth.data.hospitals import load_hospital
 from fedhealth.federation.wire import DECLINED_KEY, HOSPITAL_KEY, LEDGER_DIR_KEY, ROUND_KEY, study_from_payload
 from fedhealth.models import build_model, get_weights, set_weights
-from fedhealth.privacy.policy import hospitals_per_round, policy_violation
+from fedhealth.privacy.policy import SitePolicy, effective_cap, hospitals_per_round, policy_violation
 from fedhealth.seeding import derive_seed
 from fedhealth.training import evaluate, train
 
@@ -30,10 +32,19 @@ class NonFiniteUpdateError(RuntimeError):
 
 
 class HospitalClient(NumPyClient):
-    """One hospital. `index` is its position in the study's hospital list."""
+    """One hospital. `index` is its position in the study's hospital list.
 
-    def __init__(self, index: int) -> None:
+    `policy` and `ledger_dir` are the hospital's own (from its node config, in deployment): when
+    given they win over anything the server sends.
+    """
+
+    def __init__(self, index: int, policy: SitePolicy | None = None, ledger_dir: str = "") -> None:
         self.index = index
+        self.own_policy = policy
+        self.own_ledger_dir = ledger_dir
+
+    def _policy(self, cfg: StudyConfig) -> SitePolicy | None:
+        return self.own_policy if self.own_policy is not None else cfg.hospitals[self.index].policy
 
     def _model(self, config: dict[str, Scalar], parameters: NDArrays):
         cfg = study_from_payload(config)
@@ -47,8 +58,9 @@ class HospitalClient(NumPyClient):
         server_round = int(config.get(ROUND_KEY, 0))
         seed = derive_seed(cfg.seed, "fit", self.index, server_round)
         privacy: dict[str, Scalar] = {}
+        policy = self._policy(cfg)
         violation = policy_violation(
-            split.hospital.policy, model=cfg.model.name, dp_mode=cfg.privacy.mode, delta=cfg.privacy_delta(),
+            policy, model=cfg.model.name, dp_mode=cfg.privacy.mode, delta=cfg.privacy_delta(),
             hospitals_per_round=hospitals_per_round(len(cfg.hospitals), cfg.federation.strategy.fraction_fit))
         if violation:
             reason = f"hospital {split.hospital.name}: {violation}; declining this round"
@@ -57,7 +69,9 @@ class HospitalClient(NumPyClient):
         if cfg.privacy.mode == "record":
             from fedhealth.privacy.client import train_with_budget
 
-            outcome = train_with_budget(cfg, split, model, server_round, str(config.get(LEDGER_DIR_KEY, "")), seed)
+            ledger_dir = self.own_ledger_dir or str(config.get(LEDGER_DIR_KEY, ""))
+            cap = effective_cap(policy, cfg.privacy.max_epsilon)
+            outcome = train_with_budget(cfg, split, model, server_round, ledger_dir, seed, cap)
             if outcome.declined:
                 log.warning("%s", outcome.declined)
                 return parameters, 0, {HOSPITAL_KEY: self.index, DECLINED_KEY: outcome.declined,
@@ -114,8 +128,12 @@ def hospital_index(context: Context) -> int:
 
 
 def client_fn(context: Context):
+    """Node config keys a hospital sets for itself: `policy-file` (TOML site policy) and `ledger-dir`."""
     torch.set_num_threads(1)  # one CPU per simulated hospital; lets two train at once on 2 cores
-    return HospitalClient(hospital_index(context)).to_client()
+    policy_file = str(context.node_config.get("policy-file", ""))
+    policy = SitePolicy.from_file(Path(policy_file)) if policy_file else None
+    ledger_dir = str(context.node_config.get("ledger-dir", ""))
+    return HospitalClient(hospital_index(context), policy, ledger_dir).to_client()
 
 
 def build_client_app() -> ClientApp:

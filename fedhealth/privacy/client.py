@@ -43,7 +43,8 @@ def noise_for(cfg: StudyConfig, n_train: int) -> float:
 
 
 def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, server_round: int,
-                      ledger_dir: str, seed: int) -> PrivateRound:
+                      ledger_dir: str, seed: int, cap: float) -> PrivateRound:
+    """`cap` is the hospital's epsilon cap as its own policy sets it (the caller resolves who wins)."""
     if not ledger_dir:
         raise ValueError("record-level DP needs a ledger location; the server sent none")
     n = len(split.y_train)
@@ -52,7 +53,7 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
     q = sample_rate(n, batch)
     steps = cfg.training.local_epochs * steps_per_epoch(n, batch)
     ledger = PrivacyLedger(Path(ledger_dir) / f"{split.hospital.name}.json", split.hospital.name,
-                           cfg.epsilon_cap(split.index), cfg.privacy_delta())
+                           cap, cfg.privacy_delta())
     try:
         entry = ledger.charge(server_round, sigma, q, steps, cfg.privacy.max_grad_norm)
     except BudgetExceeded as refusal:

@@ -51,5 +51,10 @@ def policy_violation(policy: SitePolicy | None, *, model: str, dp_mode: str, del
     return None
 
 
+def effective_cap(policy: SitePolicy | None, study_default: float) -> float:
+    """The hospital's epsilon cap: its policy's when it sets one (the server cannot raise it), else the study's."""
+    return policy.max_epsilon if policy is not None and policy.max_epsilon is not None else study_default
+
+
 def hospitals_per_round(n_hospitals: int, fraction_fit: float) -> int:
     return max(1, math.ceil(fraction_fit * n_hospitals))
