@@ -1,13 +1,15 @@
 """The privacy ledger: Opacus's RDP epsilon, persisted, composed across restarts, never past the cap."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedhealth.models import build_model, get_weights
 from fedhealth.privacy.dp import calibrate_noise, sample_rate, steps_per_epoch, train_private
-from fedhealth.privacy.ledger import BudgetExceeded, PrivacyLedger, epsilon_of
+from fedhealth.privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger, epsilon_of
+from fedhealth.training import evaluate
 
 
 def test_epsilon_matches_reference_value_from_dp_accounting():
@@ -60,11 +62,56 @@ def test_dp_sgd_returns_clean_weights_and_takes_the_charged_steps():
     y = (x[:, 0] > 0).astype(np.float32)
     model = build_model("mlp", 6, [4], seed=0)
     names = list(model.state_dict())
+    initial = get_weights(model)
     result, steps = train_private(model, x, y, epochs=2, batch_size=50, learning_rate=0.1, momentum=0.0,
                                   noise_multiplier=1.0, max_grad_norm=1.0, seed=3)
     assert steps == 2 * steps_per_epoch(500, 50) == result.steps
     assert list(model.state_dict()) == names  # no "_module." prefix on the caller's model
+    assert not any(np.array_equal(a, b) for a, b in zip(initial, get_weights(model), strict=True))  # trained in place
+    assert evaluate(model, x, y).auroc > 0.8
     again = build_model("mlp", 6, [4], seed=0)
     train_private(again, x, y, epochs=2, batch_size=50, learning_rate=0.1, momentum=0.0,
                   noise_multiplier=1.0, max_grad_norm=1.0, seed=3)
     assert all(np.array_equal(a, b) for a, b in zip(get_weights(model), get_weights(again), strict=True))
+
+
+def _ledger_with_rounds(path, rounds=3):
+    ledger = PrivacyLedger(path, "h", cap=100.0, delta=1e-5)
+    for r in range(1, rounds + 1):
+        ledger.charge(r, 1.0, 0.02, 50, 1.0)
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("tamper", ["edit_steps", "remove_entry", "reorder", "edit_epsilon_and_steps", "garbage"])
+def test_tampered_or_unreadable_ledger_is_refused_naming_the_hospital(tmp_path, tamper):
+    path = tmp_path / "h.json"
+    data = _ledger_with_rounds(path)
+    entries = data["entries"]
+    if tamper == "edit_steps":
+        entries[1]["steps"] = 1
+    elif tamper == "remove_entry":
+        del entries[1]
+    elif tamper == "reorder":
+        entries[0], entries[1] = entries[1], entries[0]
+    elif tamper == "edit_epsilon_and_steps":  # lower the last epsilon to match fewer steps: the chain shows it
+        entries[-1]["steps"] = 1
+        entries[-1]["epsilon"] = epsilon_of([(1.0, 0.02, 101)], 1e-5)
+    path.write_text("{not json" if tamper == "garbage" else json.dumps(data))
+    with pytest.raises(LedgerError, match="hospital 'h'"):
+        PrivacyLedger(path, "h", cap=100.0, delta=1e-5)
+
+
+def test_client_trains_nothing_on_an_unreadable_ledger(tmp_path):
+    from fedhealth.config import load_config
+    from fedhealth.federation.client import HospitalClient
+    from fedhealth.federation.server import initial_weights
+    from fedhealth.federation.wire import DECLINED_KEY, study_payload
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+    cfg = load_config(smoke, ["privacy.mode=record", "privacy.noise_multiplier=1.0"])
+    (tmp_path / "city-tertiary.json").write_text("{corrupt")
+    client = HospitalClient(0, None, str(tmp_path))
+    weights = initial_weights(cfg)
+    sent, n, metrics = client.fit(weights, study_payload(cfg, 1, str(tmp_path)))
+    assert n == 0 and "cannot be read" in metrics[DECLINED_KEY] and "city-tertiary" in metrics[DECLINED_KEY]
+    assert all(np.array_equal(a, b) for a, b in zip(sent, weights, strict=True))  # nothing trained

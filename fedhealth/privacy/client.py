@@ -49,11 +49,17 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
         raise ValueError("record-level DP needs a ledger location; the server sent none")
     n = len(split.y_train)
     batch = cfg.training.batch_size
-    sigma = noise_for(cfg, n)
     q = sample_rate(n, batch)
     steps = cfg.training.local_epochs * steps_per_epoch(n, batch)
-    ledger = PrivacyLedger(Path(ledger_dir) / f"{split.hospital.name}.json", split.hospital.name,
-                           cap, cfg.privacy_delta())
+    try:
+        ledger = PrivacyLedger(Path(ledger_dir) / f"{split.hospital.name}.json", split.hospital.name,
+                               cap, cfg.privacy_delta())
+    except ValueError as err:  # unreadable, altered, another hospital's, another delta: train nothing
+        return PrivateRound(declined=str(err))
+    # A calibrated noise multiplier is fixed for the study: reuse the one the ledger recorded rather
+    # than calibrating again in every process (seconds of RDP evaluations each time).
+    sigma = ledger.entries[0].noise_multiplier if (ledger.entries and cfg.privacy.noise_multiplier is None) \
+        else noise_for(cfg, n)
     try:
         entry = ledger.charge(server_round, sigma, q, steps, cfg.privacy.max_grad_norm)
     except BudgetExceeded as refusal:

@@ -12,9 +12,11 @@ the cumulative epsilon after this charge.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from opacus.accountants import RDPAccountant
@@ -22,6 +24,10 @@ from opacus.accountants import RDPAccountant
 from fedhealth.rundir import atomic_write_text
 
 ACCOUNTANT = "rdp"
+
+
+class LedgerError(ValueError):
+    """A ledger that cannot be trusted (unreadable, edited, reordered): nothing trains on that hospital."""
 
 
 class BudgetExceeded(RuntimeError):
@@ -39,14 +45,28 @@ class LedgerEntry:
     epsilon: float  # cumulative epsilon at `delta` after this entry
     accountant: str = ACCOUNTANT
     charged_at: float = 0.0  # unix time
+    chain: str = ""  # SHA-256 over the previous entry's chain and this entry: edits and removals show
+
+
+def _chain(previous: str, entry: LedgerEntry) -> str:
+    body = {k: v for k, v in asdict(entry).items() if k != "chain"}
+    return hashlib.sha256((previous + json.dumps(body, sort_keys=True)).encode()).hexdigest()
 
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
     """Epsilon at `delta` of a sequence of (noise multiplier, sample rate, steps), by Opacus's RDP accountant."""
     if not history:
         return 0.0
+    # RDP is additive in steps, so runs of equal (sigma, q) merge into one entry: the same epsilon,
+    # computed once instead of once per round (the ledger grows by an entry every round).
+    merged: list[tuple[float, float, int]] = []
+    for s, q, n in history:
+        if merged and merged[-1][:2] == (float(s), float(q)):
+            merged[-1] = (merged[-1][0], merged[-1][1], merged[-1][2] + int(n))
+        else:
+            merged.append((float(s), float(q), int(n)))
     accountant = RDPAccountant()
-    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    accountant.history = merged
     return float(accountant.get_epsilon(delta=delta))
 
 
@@ -58,13 +78,34 @@ class PrivacyLedger:
         self.delta = delta
         self.entries: list[LedgerEntry] = []
         if path.exists():
-            data = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                self.entries = [LedgerEntry(**e) for e in data.get("entries", [])]
+            except (OSError, ValueError, TypeError, AttributeError) as err:
+                raise LedgerError(f"{path}: privacy ledger of hospital {hospital!r} cannot be read ({err}); "
+                                  "refusing to train until it is restored") from None
             if data.get("hospital") != hospital:
                 raise ValueError(f"{path}: ledger belongs to {data.get('hospital')!r}, not {hospital!r}")
             if float(data.get("delta", delta)) != delta:
                 raise ValueError(f"{path}: ledger was kept at delta={data['delta']}, this study asks {delta}; "
                                  "epsilons at different deltas do not compose")
-            self.entries = [LedgerEntry(**e) for e in data.get("entries", [])]
+            self._verify()
+
+    def _verify(self) -> None:
+        """Detect edited, removed or reordered entries (hash chain, increasing rounds) and an epsilon
+        that does not follow from the recorded steps. A keyless chain stops accidents and casual edits;
+        the signed audit trail is what proves it to a third party."""
+        previous, last_round = "", 0
+        for entry in self.entries:
+            if entry.round <= last_round or entry.chain != _chain(previous, entry):
+                raise LedgerError(f"{self.path}: privacy ledger of hospital {self.hospital!r} was altered at "
+                                  f"round {entry.round}; refusing to train until it is restored")
+            previous, last_round = entry.chain, entry.round
+        if self.entries:
+            recomputed = epsilon_of(self.history(), self.delta)
+            if not math.isclose(recomputed, self.entries[-1].epsilon, rel_tol=1e-9, abs_tol=1e-12):
+                raise LedgerError(f"{self.path}: hospital {self.hospital!r}: recorded epsilon "
+                                  f"{self.entries[-1].epsilon} does not follow from its steps ({recomputed})")
 
     def history(self) -> list[tuple[float, float, int]]:
         return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.entries]
@@ -91,6 +132,7 @@ class PrivacyLedger:
                 f"{projected:.3f} (delta={self.delta:g}), above its cap of {self.cap:g}; declining this round")
         entry = LedgerEntry(server_round, noise_multiplier, sample_rate, steps, self.delta, max_grad_norm,
                             projected, ACCOUNTANT, time.time())
+        entry = replace(entry, chain=_chain(self.entries[-1].chain if self.entries else "", entry))
         self.entries.append(entry)
         self._save()
         return entry
