@@ -47,6 +47,11 @@ def _write(tmp_path, text):
         ("hospitals=[]", ["at least one hospital"]),
         ("model.name=resnet", ["model.name", "'resnet'", "logreg", "mlp"]),
         ("training.learnign_rate=0.1", ["training.learnign_rate", "unknown key"]),
+        ("privacy.noise_multiplier=0", ["privacy.noise_multiplier", "0", "greater than 0"]),
+        ("privacy.delta=1.5", ["privacy.delta", "1.5", "less than 1"]),
+        ("privacy.target_epsilon=-2", ["privacy.target_epsilon", "-2", "greater than 0"]),
+        ("privacy.mode=record", ["needs exactly one of noise_multiplier or target_epsilon"]),
+        ("privacy.mode=laplace", ["privacy.mode", "'laplace'", "record", "hospital"]),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(override, expected):
