@@ -68,18 +68,11 @@ def test_federated_model_beats_a_trivial_one(run_a):
         assert set(h["auroc"]) == {"federated", "local_only", "pooled", "best_possible"}
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(run_a, tmp_path):
-    from fedhealth.simulate import simulate
-
+def test_resume_after_a_crash_equals_an_uninterrupted_run(run_a, tmp_path, interrupted_run):
     cfg = load_config(SMOKE)
     run_b = rundir.create_run_dir(cfg, tmp_path / "b")
 
-    def crash_after_round_one(server_round, _info):
-        if server_round == 1:
-            raise RuntimeError("injected fault after round 1")
-
-    with pytest.raises(Exception, match="injected fault"):
-        simulate(cfg, run_b, on_round=crash_after_round_one)
+    interrupted_run(cfg, run_b)
     state = rundir.read_state(run_b)
     assert state["status"] == "failed" and state["last_round"] == 1 and "injected fault" in state["error"]
     assert not (run_b / rundir.SUMMARY_FILE).exists()

@@ -25,16 +25,11 @@ def _study():
     return parse_config(data, "test study")
 
 
-def test_budget_is_charged_composed_across_resume_and_capped(tmp_path):
+def test_budget_is_charged_composed_across_resume_and_capped(tmp_path, interrupted_run):
     cfg = _study()
     run_dir = rundir.create_run_dir(cfg, tmp_path / "run")
 
-    def crash_after_round_one(server_round, _info):
-        if server_round == 1:
-            raise RuntimeError("injected fault after round 1")
-
-    with pytest.raises(Exception, match="injected fault"):
-        simulate(cfg, run_dir, on_round=crash_after_round_one)
+    interrupted_run(cfg, run_dir)
     summary = simulate(cfg, run_dir)  # resume in fresh Ray actors: ledgers come from disk
 
     ledgers = {h.name: rundir.read_json(run_dir / rundir.PRIVACY_DIR / f"{h.name}.json")
