@@ -27,7 +27,6 @@ from fedhealth.data.synthetic import (
     ckd_epi_2021,
     generate_hospital,
     generate_hospitals,
-    make_profiles,
     train_test_split,
 )
 
@@ -245,9 +244,13 @@ def test_to_frame_columns() -> None:
     np.testing.assert_array_equal(frame[LABEL].to_numpy(), records.label)
 
 
-def test_make_profiles_deterministic_and_spread() -> None:
-    profiles = make_profiles(30, seed=4)
-    assert profiles == make_profiles(30, seed=4)
+def test_population_recipe_deterministic_and_spread() -> None:
+    """Many-hospital federations come from the config's population recipe (one place for it)."""
+    from fedhealth.config import PopulationConfig, expand_population
+
+    recipe = PopulationConfig(count=30, tier_weights={"tertiary": 1, "secondary": 2, "community": 3})
+    profiles = expand_population(recipe, seed=4)
+    assert profiles == expand_population(recipe, seed=4)
     assert {p.tier for p in profiles} == set(TIERS)
     sizes = [p.records for p in profiles]
     assert max(sizes) / min(sizes) > 10

@@ -46,7 +46,6 @@ __all__ = [
     "ckd_epi_2021",
     "generate_hospital",
     "generate_hospitals",
-    "make_profiles",
     "train_test_split",
 ]
 
@@ -621,36 +620,6 @@ def generate_hospitals(profiles: Sequence[HospitalProfile], seed: int) -> list[H
     """Generate every hospital of a federation; hospital ``i`` uses stream (seed, i)."""
     return [generate_hospital(profile, index, seed) for index, profile in enumerate(profiles)]
 
-
-def make_profiles(
-    n_hospitals: int, seed: int, min_records: int = 200, max_records: int = 30_000
-) -> list[HospitalProfile]:
-    """A plausible federation: few large tertiary centres, many small community clinics.
-
-    Tiers are assigned in the proportion 1 : 2 : 3 (tertiary : secondary : community) and regions in
-    turn; record counts are log-uniform over [min_records, max_records], tertiary centres drawn from
-    the upper part and community clinics from the lower part, so sizes span orders of magnitude.
-    Deterministic in (n_hospitals, seed), from a stream separate from the hospitals' own.
-    """
-    if n_hospitals < 1:
-        raise ValueError(f"n_hospitals must be at least 1, got {n_hospitals}")
-    if not 1 <= min_records <= max_records:
-        raise ValueError(f"need 1 <= min_records <= max_records, got {min_records} and {max_records}")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED, n_hospitals]))
-    pattern = ("tertiary", "secondary", "community", "secondary", "community", "community")
-    size_band = {"tertiary": (0.5, 1.0), "secondary": (0.25, 0.8), "community": (0.0, 0.5)}
-    lo, hi = math.log(min_records), math.log(max_records)
-    profiles = []
-    for i in range(n_hospitals):
-        tier = pattern[i % len(pattern)]
-        region = REGIONS[i % len(REGIONS)]
-        a, b = size_band[tier]
-        u = rng.uniform(a, b)
-        records = round(math.exp(lo + u * (hi - lo)))
-        profiles.append(
-            HospitalProfile(name=f"{tier}-{region}-{i:03d}", tier=tier, region=region, records=records)
-        )
-    return profiles
 
 
 # --------------------------------------------------------------------------------------------------
