@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from fedhealth.data.schema import REGIONS, TIERS
 from fedhealth.privacy.policy import SitePolicy, effective_cap
@@ -167,6 +167,7 @@ class StudyConfig(_Strict):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     references: ReferencesConfig = Field(default_factory=ReferencesConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    _fingerprint: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _hospitals(self) -> StudyConfig:
@@ -204,8 +205,13 @@ class StudyConfig(_Strict):
         return effective_cap(self.hospitals[index].policy, self.privacy.max_epsilon)
 
     def fingerprint(self) -> str:
-        """A short hash of everything that shapes the data and training: keys caches, guards `--resume`."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of everything that shapes the data and training: keys caches, guards `--resume`.
+
+        Computed once per object (the config is frozen): clients ask for it on every fit and evaluate."""
+        if self._fingerprint is None:
+            dump = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+            self._fingerprint = hashlib.sha256(dump).hexdigest()[:16]
+        return self._fingerprint
 
 
 def expand_population(pop: PopulationConfig, seed: int) -> list[HospitalConfig]:
