@@ -101,9 +101,31 @@ class TrainingConfig(_Strict):
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
 
 
+SecAggStage = Literal["setup", "share_keys", "collect_masked_vectors", "after_training", "unmask"]
+
+
+class SecureAggregationConfig(_Strict):
+    """Flower's SecAgg+: on by default. Every protocol parameter is derived (see
+    `fedhealth.federation.secagg_params`); the optional keys here override the derivation and are
+    checked against it, so a combination that could overflow or stall is refused before round 1."""
+
+    enabled: bool = Field(default=True, description="false = plain aggregation: the server sees every update")
+    dropout_rate: float = Field(default=0.1, ge=0, lt=0.5,
+                                description="expected fraction of hospitals lost mid-round; sizes shares/threshold")
+    max_consecutive_failures: int = Field(default=3, ge=1, description="failed rounds in a row before the run stops")
+    timeout: float = Field(default=600.0, gt=0, description="seconds the server waits for each protocol stage")
+    num_shares: int | None = Field(default=None, ge=3, description="override: neighbours per hospital (odd)")
+    reconstruction_threshold: int | None = Field(default=None, ge=2, description="override: shares to unmask")
+    max_weight: int | None = Field(default=None, ge=1,
+                                   description="override: largest FedAvg weight (training records) of any hospital")
+    update_bound: float | None = Field(default=None, gt=0,
+                                       description="override: per-coordinate bound on a model update")
+
+
 class FederationConfig(_Strict):
     rounds: int = Field(default=10, ge=1, le=10_000)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    secure_aggregation: SecureAggregationConfig = Field(default_factory=SecureAggregationConfig)
     cpus_per_client: float = Field(default=1.0, gt=0, description="Ray CPUs per simulated hospital")
 
 
@@ -125,12 +147,29 @@ class PrivacyConfig(_Strict):
     max_grad_norm: float = Field(default=1.0, gt=0, description="per-sample L2 clipping norm")
     max_epsilon: float = Field(default=10.0, gt=0, description="default per-hospital cap (epsilon at delta)")
     clipping_norm: float = Field(default=1.0, gt=0, description="hospital mode: L2 clip of each model update")
+    hospital_noise: Literal["central", "distributed"] = Field(
+        default="central", description="hospital mode: noise added by the server after unmasking, or split "
+                                       "across hospitals before masking (needs secure aggregation)")
 
     @model_validator(mode="after")
     def _one_noise_source(self) -> PrivacyConfig:
         if self.mode != "none" and (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ValueError(f"privacy: mode {self.mode!r} needs exactly one of noise_multiplier or target_epsilon")
         return self
+
+
+class InjectedDropout(_Strict):
+    """Test-only fault: this hospital vanishes at this stage of the SecAgg+ protocol."""
+
+    hospital: str = Field(min_length=1, description="hospital name")
+    stage: SecAggStage
+    rounds: list[int] = Field(default_factory=list, description="rounds it vanishes in; empty = every round")
+
+
+class TestingConfig(_Strict):
+    """Fault injection for tests. Never set in a real study: a run with faults says so in its log."""
+
+    dropouts: list[InjectedDropout] = Field(default_factory=list)
 
 
 class ReferencesConfig(_Strict):
@@ -167,6 +206,7 @@ class StudyConfig(_Strict):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     references: ReferencesConfig = Field(default_factory=ReferencesConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    testing: TestingConfig = Field(default_factory=TestingConfig)
     _fingerprint: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -182,10 +222,26 @@ class StudyConfig(_Strict):
         if self.privacy.mode == "record" and self.federation.strategy.name == "fedprox":
             raise ValueError("federation.strategy.name: fedprox is not yet supported with privacy.mode = 'record' "
                              "(the proximal term is not part of the DP-SGD loop); use fedavg or fedadam")
+        if self.privacy.mode == "hospital" and self.federation.strategy.name == "fedadam":
+            raise ValueError("federation.strategy.name: fedadam is not supported with privacy.mode = 'hospital' "
+                             "(Flower's DP wrapper would add noise after the server optimiser, not to the mean "
+                             "update it is calibrated for); use fedavg or fedprox")
+        secure = self.federation.secure_aggregation.enabled
+        if self.privacy.hospital_noise == "distributed" and (self.privacy.mode != "hospital" or not secure):
+            raise ValueError("privacy.hospital_noise: 'distributed' needs privacy.mode = 'hospital' and "
+                             "federation.secure_aggregation.enabled = true (each hospital's share of the noise "
+                             "is too small to protect an update the server can see)")
         names = [h.name for h in self.hospitals]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"hospitals: names must be unique; repeated: {', '.join(duplicates)}")
+        unknown = sorted({d.hospital for d in self.testing.dropouts} - set(names))
+        if unknown:
+            raise ValueError(f"testing.dropouts: no hospital named {', '.join(unknown)}")
+        if secure:
+            from fedhealth.federation.secagg_params import derive_secagg_params
+
+            derive_secagg_params(self)  # raises ValueError naming the key to change
         return self
 
     def privacy_delta(self) -> float:

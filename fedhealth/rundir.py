@@ -35,6 +35,7 @@ CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.npz"
 REFERENCES_FILE = "references.json"
 SUMMARY_FILE = "summary.json"
+SECAGG_FILE = "secure_aggregation.json"  # the derived SecAgg+ parameters
 PRIVACY_DIR = "privacy"  # one ledger per hospital (simulation): <hospital>.json
 
 

@@ -57,12 +57,13 @@ def test_the_hospitals_own_policy_and_ledger_win_over_the_server(tmp_path):
     (here: a generous cap of 50 and a ledger location of its choosing) cannot override them."""
     from fedhealth.federation.client import HospitalClient
     from fedhealth.federation.server import initial_weights
-    from fedhealth.federation.wire import DECLINED_KEY, study_payload
+    from fedhealth.federation.wire import DECLINED_KEY, SECURE_KEY, study_payload
 
     cfg = load_config(SMOKE, ["privacy.mode=record", "privacy.noise_multiplier=1.0", "privacy.max_epsilon=50"])
     own_ledgers = tmp_path / "hospital-ledgers"
     strict = HospitalClient(0, SitePolicy(max_epsilon=1.0), str(own_ledgers))
-    payload = study_payload(cfg, 1, str(tmp_path / "server-chosen"))
+    # SECURE_KEY is what the hospital's own SecAgg+ mod sets when the request really is masked.
+    payload = {**study_payload(cfg, 1, str(tmp_path / "server-chosen")), SECURE_KEY: True}
     weights, n, metrics = strict.fit(initial_weights(cfg), payload)
     assert n == 0 and "above its cap of 1" in metrics[DECLINED_KEY]
     relaxed = HospitalClient(0, SitePolicy(max_epsilon=20.0), str(own_ledgers))
@@ -71,5 +72,22 @@ def test_the_hospitals_own_policy_and_ledger_win_over_the_server(tmp_path):
     assert (own_ledgers / "city-tertiary.json").exists()
     assert not (tmp_path / "server-chosen").exists()
     refuse_model = HospitalClient(0, SitePolicy(allowed_models=["mlp"]), str(own_ledgers))
-    _, n, metrics = refuse_model.fit(initial_weights(cfg), study_payload(cfg, 2, ""))
+    _, n, metrics = refuse_model.fit(initial_weights(cfg), {**study_payload(cfg, 2, ""), SECURE_KEY: True})
     assert n == 0 and "model 'logreg' is not allowed" in metrics[DECLINED_KEY]
+
+
+def test_a_hospital_refuses_plain_aggregation_unless_its_policy_allows_it(tmp_path):
+    """Whatever the server's study config says, a request without SecAgg+ (SECURE_KEY false, as the
+    hospital's mod marks it) is declined under the default policy."""
+    from fedhealth.federation.client import HospitalClient
+    from fedhealth.federation.server import initial_weights
+    from fedhealth.federation.wire import DECLINED_KEY, SECURE_KEY, study_payload
+
+    cfg = load_config(SMOKE)
+    plain = {**study_payload(cfg, 1, ""), SECURE_KEY: False}
+    _, n, metrics = HospitalClient(2, SitePolicy()).fit(initial_weights(cfg), plain)
+    assert n == 0 and "requires secure aggregation" in metrics[DECLINED_KEY]
+    _, n, metrics = HospitalClient(2, SitePolicy(require_secure_aggregation=False)).fit(initial_weights(cfg), plain)
+    assert n > 0 and DECLINED_KEY not in metrics
+    _, n, metrics = HospitalClient(2, SitePolicy()).fit(initial_weights(cfg), {**plain, SECURE_KEY: True})
+    assert n > 0 and "n_train" not in metrics  # under SecAgg+ the record count stays out of the clear

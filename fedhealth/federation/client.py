@@ -17,7 +17,14 @@ from flwr.common import Context, NDArrays, Scalar
 
 from fedhealth.config import StudyConfig
 from fedhealth.data.hospitals import load_hospital
-from fedhealth.federation.wire import DECLINED_KEY, HOSPITAL_KEY, LEDGER_DIR_KEY, ROUND_KEY, study_from_payload
+from fedhealth.federation.wire import (
+    DECLINED_KEY,
+    HOSPITAL_KEY,
+    LEDGER_DIR_KEY,
+    ROUND_KEY,
+    SECURE_KEY,
+    study_from_payload,
+)
 from fedhealth.models import build_model, get_weights, set_weights
 from fedhealth.privacy.policy import SitePolicy, effective_cap, hospitals_per_round, policy_violation
 from fedhealth.seeding import derive_seed
@@ -59,9 +66,11 @@ class HospitalClient(NumPyClient):
         seed = derive_seed(cfg.seed, "fit", self.index, server_round)
         privacy: dict[str, Scalar] = {}
         policy = self._policy(cfg)
+        secure = bool(config.get(SECURE_KEY, False))
         violation = policy_violation(
             policy, model=cfg.model.name, dp_mode=cfg.privacy.mode, delta=cfg.privacy_delta(),
-            hospitals_per_round=hospitals_per_round(len(cfg.hospitals), cfg.federation.strategy.fraction_fit))
+            hospitals_per_round=hospitals_per_round(len(cfg.hospitals), cfg.federation.strategy.fraction_fit),
+            secure=secure)
         if violation:
             reason = f"hospital {split.hospital.name}: {violation}; declining this round"
             log.warning("%s", reason)
@@ -88,9 +97,11 @@ class HospitalClient(NumPyClient):
             )
         # Hospital-level DP needs equal weights: a record-count weight would raise a hospital's sensitivity.
         weight = 1 if cfg.privacy.mode == "hospital" else len(split.y_train)
+        # Under SecAgg+ the record count travels only inside the masked sum (see secagg_client).
+        clear = {} if secure else {"n_train": len(split.y_train)}
         return weights, weight, {
             HOSPITAL_KEY: self.index,
-            "n_train": len(split.y_train),
+            **clear,
             "train_loss": result.mean_loss,
             "train_steps": result.steps,
             "train_seconds": result.seconds,
@@ -136,7 +147,15 @@ def client_fn(context: Context):
     return HospitalClient(hospital_index(context), policy, ledger_dir).to_client()
 
 
-def build_client_app() -> ClientApp:
+def build_client_app(cfg: StudyConfig | None = None) -> ClientApp:
+    """The hospital's ClientApp. `cfg` (simulation only) supplies test-only injected dropouts."""
+    from fedhealth.federation.secagg_client import dropout_mod, secure_aggregation_mod, update_mod
     from fedhealth.privacy.hospital_level import clipping_mod
 
-    return ClientApp(client_fn=client_fn, mods=[clipping_mod])
+    mods = [secure_aggregation_mod, update_mod, clipping_mod]
+    if cfg is not None and cfg.testing.dropouts:
+        index = {h.name: i for i, h in enumerate(cfg.hospitals)}
+        faults = [(index[d.hospital], d.stage, tuple(d.rounds)) for d in cfg.testing.dropouts]
+        log.warning("testing.dropouts: injecting %d hospital dropout(s); not a real study", len(faults))
+        mods.insert(0, dropout_mod(faults))
+    return ClientApp(client_fn=client_fn, mods=mods)

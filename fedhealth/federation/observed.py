@@ -2,18 +2,29 @@
 
 Why a wrapper rather than a subclass: the same checks and bookkeeping apply to FedAvg, FedProx and
 FedAdam alike, and the aggregation itself stays Flower's own code.
+
+Hospitals send updates (new minus received weights), not weights: under SecAgg+ an update has a
+known range to quantise into. The wrapper adds the global model back before Flower's strategy sees
+them, so FedAvg, FedProx and FedAdam get the weights they expect.
+
+Under SecAgg+ (`secure=True`) the server never holds one hospital's update: every result carries
+the same unmasked, already weighted mean, and the clear part of each reply (hospital index,
+training loss, epsilon, declined) is what the run directory records per hospital.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from flwr.common import (
+    Code,
     EvaluateIns,
     EvaluateRes,
     FitIns,
     FitRes,
     Parameters,
     Scalar,
+    Status,
+    ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
 from flwr.server.client_manager import ClientManager
@@ -44,10 +55,16 @@ def _reason(failure: object) -> str:
 
 
 class ObservedStrategy(Strategy):
-    def __init__(self, inner: Strategy, recorder: RunRecorder, shapes: list[tuple[int, ...]]) -> None:
+    def __init__(self, inner: Strategy, recorder: RunRecorder, shapes: list[tuple[int, ...]],
+                 secure: bool = False, min_contributors: int = 1) -> None:
+        """`min_contributors`: fewest non-declined hospitals whose updates an aggregate may be released
+        from (distributed DP needs that many noise shares)."""
         self.inner = inner
         self.recorder = recorder
         self.shapes = shapes
+        self.secure = secure
+        self.min_contributors = min_contributors
+        self._global: list[np.ndarray] = []
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return self.inner.initialize_parameters(client_manager)
@@ -55,12 +72,75 @@ class ObservedStrategy(Strategy):
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager
                       ) -> list[tuple[ClientProxy, FitIns]]:
         self.recorder.begin_round()
+        self._global = parameters_to_ndarrays(parameters)
         return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def _weights(self, update: list[np.ndarray]) -> Parameters:
+        return ndarrays_to_parameters([(g + u).astype(g.dtype) for g, u in zip(self._global, update, strict=True)])
+
+    def _set_noise_count(self, aggregated: int) -> None:
+        if isinstance(self.inner, DifferentialPrivacyClientSideFixedClipping):
+            # Flower's wrapper calibrates noise to the number sampled and only warns when fewer reply;
+            # the mean of m clipped updates needs sigma * C / m, so tell it m.
+            self.inner.num_sampled_clients = aggregated
+
+    # -- SecAgg+ observer -------------------------------------------------------------------------
+    def masked_vector_rejected(self, index: int | None, reason: str) -> None:
+        self.recorder.record_rejected(index, reason)
+
+    def secure_round_failed(self, reason: str, results: list[tuple[ClientProxy, FitRes]],
+                            failures: list[BaseException]) -> None:
+        for failure in failures:
+            self.recorder.record_fit_failure(_reason(failure))
+        self._record_clear_parts(results)  # trained (and charged) but not aggregated
+        self.recorder.record_round_failure(reason)
+
+    def _record_clear_parts(self, results: list[tuple[ClientProxy, FitRes]]) -> list[tuple[int, ClientProxy]]:
+        contributors = []
+        for proxy, res in results:
+            index = res.metrics.get(HOSPITAL_KEY)
+            if index is None:
+                self.recorder.record_rejected(None, f"result carries no {HOSPITAL_KEY} (its masked vector is "
+                                                    "in the sum, with its weight)")
+                continue
+            if DECLINED_KEY in res.metrics:
+                self.recorder.record_declined(int(index), str(res.metrics[DECLINED_KEY]), res.metrics.get("epsilon"))
+                continue
+            contributors.append((int(index), proxy, res))
+        contributors.sort(key=lambda item: item[0])
+        for index, _, res in contributors:
+            self.recorder.record_fit(index, None, dict(res.metrics))
+        return [(index, proxy) for index, proxy, _ in contributors]
+
+    def _aggregate_secure(self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
+                          ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        contributors = self._record_clear_parts(results)
+        if not contributors:
+            self.recorder.record_aggregated(False)
+            return None, {}
+        if len(contributors) < self.min_contributors:
+            self.recorder.record_round_failure(
+                f"only {len(contributors)} hospitals contributed an update and a share of the distributed DP "
+                f"noise, {self.min_contributors} are needed; the aggregate is not released")
+            return None, {}
+        mean_update = parameters_to_ndarrays(results[0][1].parameters)
+        problem = update_problem(mean_update, self.shapes)
+        if problem:
+            self.recorder.record_round_failure(f"the unmasked aggregate is unusable: {problem}")
+            return None, {}
+        self._set_noise_count(len(contributors))
+        merged = FitRes(status=Status(Code.OK, "secure aggregate"), parameters=self._weights(mean_update),
+                        num_examples=1, metrics={})
+        params, metrics = self.inner.aggregate_fit(server_round, [(contributors[0][1], merged)], [])
+        self.recorder.record_aggregated(params is not None)
+        return params, metrics
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list
                       ) -> tuple[Parameters | None, dict[str, Scalar]]:
         for failure in failures:
             self.recorder.record_fit_failure(_reason(failure))
+        if self.secure:
+            return self._aggregate_secure(server_round, results)
         accepted = []
         for proxy, res in results:
             index = res.metrics.get(HOSPITAL_KEY)
@@ -82,11 +162,10 @@ class ObservedStrategy(Strategy):
         if not accepted:
             self.recorder.record_aggregated(False)
             return None, {}
-        if isinstance(self.inner, DifferentialPrivacyClientSideFixedClipping):
-            # Flower's wrapper calibrates noise to the number sampled and only warns when fewer reply;
-            # the mean of m clipped updates needs sigma * C / m, so tell it m.
-            self.inner.num_sampled_clients = len(accepted)
-        params, metrics = self.inner.aggregate_fit(server_round, [(p, r) for _, p, r in accepted], [])
+        self._set_noise_count(len(accepted))
+        as_weights = [(p, FitRes(status=r.status, parameters=self._weights(parameters_to_ndarrays(r.parameters)),
+                                 num_examples=r.num_examples, metrics=r.metrics)) for _, p, r in accepted]
+        params, metrics = self.inner.aggregate_fit(server_round, as_weights, [])
         self.recorder.record_aggregated(params is not None)
         return params, metrics
 

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 RoundCallback = Callable[[int, dict[str, Any]], None]
 
 
+class RoundsFailedError(RuntimeError):
+    """Too many rounds in a row could not aggregate: the study stops instead of pretending to train."""
+
+
 @dataclass
 class _Pending:
     fit: dict[int, dict[str, Any]] = field(default_factory=dict)  # hospital index -> fit metrics
@@ -33,6 +37,7 @@ class _Pending:
     evaluation: dict[int, dict[str, Any]] = field(default_factory=dict)
     evaluate_failures: list[str] = field(default_factory=list)
     aggregated: bool = False
+    failure: str | None = None  # why the round could not aggregate (SecAgg+ halted, too few contributors, ...)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -42,12 +47,19 @@ class RunRecorder:
         self.cfg = cfg
         self.on_round = on_round
         self._pending = _Pending()
+        self.consecutive_failures = 0
 
     def begin_round(self) -> None:
         self._pending = _Pending()
 
-    def record_fit(self, index: int, num_examples: int, metrics: dict[str, Any]) -> None:
+    def record_fit(self, index: int, num_examples: int | None, metrics: dict[str, Any]) -> None:
+        """A hospital's training result; `num_examples` is None under SecAgg+ (the server never learns it)."""
         self._pending.fit[index] = {"num_examples": num_examples, **metrics}
+
+    def record_round_failure(self, reason: str) -> None:
+        log.error("round failed: %s", reason)
+        self._pending.aggregated = False
+        self._pending.failure = reason
 
     def record_rejected(self, index: int | None, reason: str) -> None:
         log.warning("round update rejected (hospital %s): %s", index, reason)
@@ -63,6 +75,19 @@ class RunRecorder:
 
     def record_aggregated(self, ok: bool) -> None:
         self._pending.aggregated = ok
+
+    def _round_status(self) -> tuple[str, str | None]:
+        """("aggregated" | "all_declined" | "failed", reason). Declining is a hospital's right, not a failure."""
+        p = self._pending
+        if p.aggregated:
+            return "aggregated", None
+        if p.failure:
+            return "failed", p.failure
+        if p.declined and not (p.fit or p.rejected or p.fit_failures):
+            return "all_declined", None
+        problems = [r["reason"] for r in p.rejected] + p.fit_failures
+        detail = "; ".join(problems[:5]) if problems else "no hospital returned an update"
+        return "failed", f"no update was aggregated: {detail}"
 
     def record_evaluation(self, index: int, loss: float, n: int, metrics: dict[str, Any]) -> None:
         self._pending.evaluation[index] = {"loss": loss, "n": n, **metrics}
@@ -91,18 +116,25 @@ class RunRecorder:
                 "loss": ev["loss"],
                 "n": ev["n"],
                 "trained": index in p.fit,
-                "n_train": fit.get("n_train", fit.get("num_examples")),
+                "aggregated": p.aggregated and index in p.fit,
+                "n_train": fit.get("n_train"),
                 "train_loss": fit.get("train_loss"),
                 "train_seconds": fit.get("train_seconds"),
                 "epsilon": fit.get("epsilon", p.declined.get(index, {}).get("epsilon")),
                 "declined": p.declined.get(index, {}).get("reason"),
+                "secagg_clipped": fit.get("secagg_clipped"),
             })
         aurocs = np.array([r["auroc"] for r in rows if r["auroc"] is not None and np.isfinite(r["auroc"])])
         ns = np.array([r["n"] for r in rows if r["auroc"] is not None and np.isfinite(r["auroc"])])
+        status, failure = self._round_status()
         summary = {
             "round": server_round,
+            "status": status,
             "aggregated": p.aggregated,
-            "hospitals_aggregated": sorted(p.fit),
+            "failure": failure,
+            "secure_aggregation": self.cfg.federation.secure_aggregation.enabled,
+            "hospitals_aggregated": sorted(p.fit) if p.aggregated else [],
+            "hospitals_trained": sorted(p.fit),
             "rejected": p.rejected,
             "declined": [{"hospital_index": i, **d} for i, d in sorted(p.declined.items())],
             "fit_failures": p.fit_failures,
@@ -125,3 +157,9 @@ class RunRecorder:
         })
         if self.on_round is not None:
             self.on_round(server_round, summary)
+        self.consecutive_failures = self.consecutive_failures + 1 if status == "failed" else 0
+        limit = self.cfg.federation.secure_aggregation.max_consecutive_failures
+        if self.consecutive_failures >= limit:
+            raise RoundsFailedError(
+                f"{self.consecutive_failures} rounds in a row failed to aggregate (limit "
+                f"federation.secure_aggregation.max_consecutive_failures = {limit}); last: {failure}")

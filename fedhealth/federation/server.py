@@ -22,6 +22,8 @@ from fedhealth.config import StudyConfig, load_config
 from fedhealth.data.schema import ENCODED_WIDTH
 from fedhealth.federation.observed import ObservedStrategy
 from fedhealth.federation.recorder import RoundCallback, RunRecorder
+from fedhealth.federation.secagg_params import derive_secagg_params
+from fedhealth.federation.secagg_server import SecureAggregationWorkflow
 from fedhealth.federation.strategies import build_strategy, optimizer_state, restore_optimizer_state
 from fedhealth.federation.wire import study_payload
 from fedhealth.federation.workflow import StudyWorkflow
@@ -56,7 +58,19 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
                            lambda r: study_payload(cfg, r, ledger_dir))
     restore_optimizer_state(inner, opt_state)
     recorder = RunRecorder(run_dir, cfg, on_round)
-    strategy = ObservedStrategy(inner, recorder, shapes)
+    fit_workflow = None
+    if cfg.federation.secure_aggregation.enabled:
+        params = derive_secagg_params(cfg)
+        rundir.write_json(run_dir / rundir.SECAGG_FILE, params.as_dict())
+        log.info("SecAgg+: %s", params.as_dict())
+        distributed = cfg.privacy.mode == "hospital" and cfg.privacy.hospital_noise == "distributed"
+        strategy = ObservedStrategy(inner, recorder, shapes, secure=True,
+                                    min_contributors=params.reconstruction_threshold if distributed else 1)
+        fit_workflow = SecureAggregationWorkflow(params, shapes, strategy)
+    else:
+        log.warning("secure aggregation is off (federation.secure_aggregation.enabled = false): "
+                    "the server sees every hospital's update")
+        strategy = ObservedStrategy(inner, recorder, shapes)
 
     def round_end(server_round: int, ctx: LegacyContext) -> None:
         params = compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
@@ -64,7 +78,7 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
 
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.federation.rounds),
                            strategy=strategy)
-    StudyWorkflow(first_round=last + 1, on_round_end=round_end)(grid, legacy)
+    StudyWorkflow(first_round=last + 1, on_round_end=round_end, fit_workflow=fit_workflow)(grid, legacy)
 
 
 def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None,

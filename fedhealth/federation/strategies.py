@@ -57,7 +57,7 @@ def build_strategy(
                            beta_1=s.server_momentum, beta_2=s.server_second_moment, tau=s.server_tau)
     else:
         raise ValueError(f"unknown strategy {s.name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
-    if cfg.privacy.mode == "hospital":
+    if cfg.privacy.mode == "hospital" and cfg.privacy.hospital_noise == "central":
         from fedhealth.privacy.hospital_level import hospital_noise
 
         strategy = DifferentialPrivacyClientSideFixedClipping(

@@ -18,12 +18,19 @@ ROUND_KEY = "fedhealth.round"
 LEDGER_DIR_KEY = "fedhealth.ledger_dir"  # simulation: where each hospital keeps its privacy ledger
 DECLINED_KEY = "declined"  # in FitRes metrics: why the hospital declined the round (e.g. its budget)
 HOSPITAL_KEY = "hospital_index"  # in every FitRes/EvaluateRes metrics dict
+SECURE_KEY = "fedhealth.secure"  # set by the hospital's own mod: is this fit request under SecAgg+?
 
 _parsed: dict[str, StudyConfig] = {}
 
 
 def study_payload(cfg: StudyConfig, server_round: int, ledger_dir: str = "") -> dict[str, Any]:
-    return {STUDY_KEY: cfg.model_dump_json(), ROUND_KEY: server_round, LEDGER_DIR_KEY: ledger_dir}
+    payload: dict[str, Any] = {STUDY_KEY: cfg.model_dump_json(), ROUND_KEY: server_round, LEDGER_DIR_KEY: ledger_dir}
+    if cfg.privacy.mode == "hospital":
+        from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+        # Hospitals clip in both noise placements; Flower's central-noise wrapper sets the same value.
+        payload[KEY_CLIPPING_NORM] = cfg.privacy.clipping_norm
+    return payload
 
 
 def study_from_payload(config: dict[str, Any]) -> StudyConfig:

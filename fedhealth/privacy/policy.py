@@ -23,6 +23,8 @@ class SitePolicy(BaseModel):
     max_delta: float | None = Field(default=None, gt=0, lt=1, description="largest delta the hospital accepts")
     allowed_models: list[Literal["logreg", "mlp"]] | None = None
     min_hospitals: int = Field(default=1, ge=1, description="fewest hospitals an aggregate may hold")
+    require_secure_aggregation: bool = Field(
+        default=True, description="send updates only under SecAgg+ (masked); false allows plain aggregation")
 
     @classmethod
     def from_file(cls, path: Path) -> SitePolicy:
@@ -35,10 +37,15 @@ class SitePolicy(BaseModel):
 
 
 def policy_violation(policy: SitePolicy | None, *, model: str, dp_mode: str, delta: float,
-                     hospitals_per_round: int) -> str | None:
-    """Why this round breaks the hospital's policy, or None. The server's wishes never enter here."""
+                     hospitals_per_round: int, secure: bool = True) -> str | None:
+    """Why this round breaks the hospital's policy, or None. The server's wishes never enter here.
+
+    `secure` is what the hospital's own SecAgg+ mod observed, not what the server claims."""
     if policy is None:
         return None
+    if policy.require_secure_aggregation and not secure:
+        return ("the server asked for plain aggregation (the update would be visible to it) and the site "
+                "policy requires secure aggregation")
     if policy.allowed_models is not None and model not in policy.allowed_models:
         return f"model {model!r} is not allowed by the site policy (allowed: {', '.join(policy.allowed_models)})"
     if policy.max_epsilon is not None and dp_mode != "record":

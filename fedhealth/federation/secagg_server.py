@@ -1,0 +1,157 @@
+"""The server's side of secure aggregation: Flower's `SecAggPlusWorkflow`, made loud.
+
+Flower's workflow ends a round that cannot complete (too many dropouts, a protocol error) by
+logging "halted" and returning, and the study carries on as if the round had trained. Here:
+- each stage's outcome is checked; a halted round is reported to the strategy with the stage, the
+  hospitals still active, the threshold, and every error a hospital sent back, so the run
+  directory records it as failed (and the run stops after too many in a row);
+- a masked vector that is malformed (wrong number or shape of arrays, not integers, outside the
+  modulus) is screened out before it touches the sum: to the protocol that hospital dropped, so the
+  survivors' aggregate is still exact, and the rejection is recorded with its reason;
+- an exception inside the protocol fails the round, not the study.
+The cryptography, masking and unmasking are Flower's, untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Protocol
+
+from flwr.app import Message
+from flwr.common import FitRes, bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+from flwr.serverapp.grid import Grid
+
+from fedhealth.federation.secagg_params import SecAggParams
+from fedhealth.federation.wire import HOSPITAL_KEY
+
+log = logging.getLogger(__name__)
+
+
+class SecureRoundObserver(Protocol):
+    def masked_vector_rejected(self, index: int | None, reason: str) -> None: ...
+
+    def secure_round_failed(self, reason: str, results: list[tuple[ClientProxy, FitRes]],
+                            failures: list[BaseException]) -> None: ...
+
+
+def masked_vector_problem(msg: Message, shapes: list[tuple[int, ...]], modulus: int) -> str | None:
+    """Why a stage-2 reply's masked vector cannot enter the sum, or None.
+
+    Flower adds masked vectors with NumPy broadcasting, so a wrongly shaped vector could be
+    silently broadcast into the sum; one outside the modulus would shift it."""
+    record = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    if record is None or Key.MASKED_PARAMETERS not in record:
+        return "the reply carries no masked vector"
+    raw = record[Key.MASKED_PARAMETERS]
+    expected = [(1,), *shapes]  # the masked weight factor, then one array per parameter tensor
+    if not isinstance(raw, list) or len(raw) != len(expected):
+        return f"masked vector has {len(raw) if isinstance(raw, list) else 'no'} arrays, expected {len(expected)}"
+    for i, (blob, shape) in enumerate(zip(raw, expected, strict=True)):
+        try:
+            arr = bytes_to_ndarray(blob)
+        except Exception as err:  # noqa: BLE001 - any decoding failure is a malformed vector
+            return f"masked array {i} does not decode ({type(err).__name__})"
+        if tuple(arr.shape) != shape:
+            return f"masked array {i} has shape {tuple(arr.shape)}, expected {shape}"
+        if arr.dtype.kind not in "iu":
+            return f"masked array {i} has dtype {arr.dtype}, expected integers"
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= modulus):
+            return f"masked array {i} holds values outside [0, {modulus})"
+    return None
+
+
+def _hospital_of(msg: Message) -> int | None:
+    try:
+        index = compat.recorddict_to_fitres(msg.content, keep_input=True).metrics.get(HOSPITAL_KEY)
+    except Exception:  # noqa: BLE001 - a reply too broken to name its hospital
+        return None
+    return None if index is None else int(index)
+
+
+class ScreenedGrid:
+    """A Grid that drops malformed masked vectors from stage-2 replies (and reports them)."""
+
+    def __init__(self, grid: Grid, shapes: list[tuple[int, ...]], modulus: int,
+                 observer: SecureRoundObserver) -> None:
+        self._grid = grid
+        self._shapes = shapes
+        self._modulus = modulus
+        self._observer = observer
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        stage = None
+        if messages:
+            record = messages[0].content.config_records.get(RECORD_KEY_CONFIGS)
+            stage = None if record is None else record.get(Key.STAGE)
+        if stage != Stage.COLLECT_MASKED_VECTORS:
+            return replies
+        kept = []
+        for reply in replies:
+            problem = None if reply.has_error() else masked_vector_problem(reply, self._shapes, self._modulus)
+            if problem:
+                self._observer.masked_vector_rejected(_hospital_of(reply), f"malformed masked vector: {problem}")
+                continue
+            kept.append(reply)
+        return kept
+
+
+def _error_text(failure: BaseException) -> str:
+    inner = failure.args[0] if failure.args else failure
+    return str(getattr(inner, "reason", inner))
+
+
+class SecureAggregationWorkflow(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow with parameters from `derive_secagg_params` and loud failures."""
+
+    STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
+
+    def __init__(self, params: SecAggParams, shapes: list[tuple[int, ...]], observer: SecureRoundObserver) -> None:
+        super().__init__(**params.workflow_kwargs())
+        self.params = params
+        self.shapes = shapes
+        self.observer = observer
+
+    def __call__(self, grid: Grid, context: LegacyContext) -> None:  # type: ignore[override]
+        if not isinstance(context, LegacyContext):
+            raise TypeError(f"expected a LegacyContext, got {type(context).__name__}")
+        state = WorkflowState()
+        screened = ScreenedGrid(grid, self.shapes, self.params.modulus_range, self.observer)
+        steps = (self.setup_stage, self.share_keys_stage, self.collect_masked_vectors_stage, self.unmask_stage)
+        for name, step in zip(self.STAGES, steps, strict=True):
+            try:
+                ok = step(screened, context, state)  # type: ignore[arg-type]
+            except Exception as err:  # noqa: BLE001 - a protocol error fails this round, not the study
+                log.exception("SecAgg+ %s stage raised", name)
+                ok, error = False, f"{type(err).__name__}: {err}"
+            else:
+                error = None
+            if not ok:
+                self._halted(name, state, error)
+                return
+
+    def _halted(self, stage: str, state: WorkflowState, error: str | None) -> None:
+        sampled = len(state.sampled_node_ids)
+        active = len(state.active_node_ids)
+        reason = (f"SecAgg+ {stage} stage could not complete: {active} of {sampled} hospitals still active, "
+                  f"each neighbourhood of {state.num_shares or self.params.num_shares} needs "
+                  f"{state.threshold or self.params.reconstruction_threshold}")
+        if error:
+            reason += f"; protocol error: {error}"
+        errors = sorted({_error_text(f) for f in state.failures})
+        if errors:
+            reason += f"; hospitals reported: {' | '.join(errors[:5])}"
+        log.error("round not aggregated: %s", reason)
+        results = getattr(state, "legacy_results", [])
+        self.observer.secure_round_failed(reason, list(results), list(state.failures))
