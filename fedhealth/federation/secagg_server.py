@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterable
 from typing import Protocol
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from flwr.common import FitRes, bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
@@ -41,12 +41,12 @@ class SecureRoundObserver(Protocol):
                             failures: list[BaseException]) -> None: ...
 
 
-def masked_vector_problem(msg: Message, shapes: list[tuple[int, ...]], modulus: int) -> str | None:
-    """Why a stage-2 reply's masked vector cannot enter the sum, or None.
+def masked_vector_problem(content: RecordDict, shapes: list[tuple[int, ...]], modulus: int) -> str | None:
+    """Why a stage-2 reply's masked vector (in its content) cannot enter the sum, or None.
 
     Flower adds masked vectors with NumPy broadcasting, so a wrongly shaped vector could be
     silently broadcast into the sum; one outside the modulus would shift it."""
-    record = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    record = content.config_records.get(RECORD_KEY_CONFIGS)
     if record is None or Key.MASKED_PARAMETERS not in record:
         return "the reply carries no masked vector"
     raw = record[Key.MASKED_PARAMETERS]
@@ -99,7 +99,7 @@ class ScreenedGrid:
             return replies
         kept = []
         for reply in replies:
-            problem = None if reply.has_error() else masked_vector_problem(reply, self._shapes, self._modulus)
+            problem = None if reply.has_error() else masked_vector_problem(reply.content, self._shapes, self._modulus)
             if problem:
                 self._observer.masked_vector_rejected(_hospital_of(reply), f"malformed masked vector: {problem}")
                 continue
