@@ -47,11 +47,24 @@ def update_problem(arrays: list[np.ndarray], shapes: list[tuple[int, ...]]) -> s
     return None
 
 
+def short_error(text: str, limit: int = 300) -> str:
+    """The hospital's own message out of the traceback Flower and Ray wrap around it."""
+    marker = "Message: "
+    if marker in text:
+        text = text[text.rindex(marker) + len(marker):]
+        text = text.split("'>")[0].split("\n")[0]
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        text = lines[-1] if lines else text
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _reason(failure: object) -> str:
     if isinstance(failure, BaseException):
-        return f"{type(failure).__name__}: {failure}"
+        inner = failure.args[0] if failure.args else failure
+        return short_error(str(getattr(inner, "reason", inner)))
     _, res = failure  # (proxy, FitRes/EvaluateRes) with a non-OK status
-    return getattr(res.status, "message", str(res.status))
+    return short_error(getattr(res.status, "message", str(res.status)))
 
 
 class ObservedStrategy(Strategy):

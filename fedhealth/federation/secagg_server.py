@@ -28,6 +28,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp.grid import Grid
 
+from fedhealth.federation.observed import short_error
 from fedhealth.federation.secagg_params import SecAggParams
 from fedhealth.federation.wire import HOSPITAL_KEY
 
@@ -107,11 +108,6 @@ class ScreenedGrid:
         return kept
 
 
-def _error_text(failure: BaseException) -> str:
-    inner = failure.args[0] if failure.args else failure
-    return str(getattr(inner, "reason", inner))
-
-
 class SecureAggregationWorkflow(SecAggPlusWorkflow):
     """Flower's SecAgg+ workflow with parameters from `derive_secagg_params` and loud failures."""
 
@@ -140,6 +136,19 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
             if not ok:
                 self._halted(name, state, error)
                 return
+            if name == "share_keys":
+                self._forget_hospitals_without_shared_keys(state)
+
+    @staticmethod
+    def _forget_hospitals_without_shared_keys(state: WorkflowState) -> None:
+        """Flower 1.41 treats a hospital that vanished at setup or key sharing as "dead" at unmasking:
+        it asks the survivors for shares of its key (they hold none: every survivor fails) and removes
+        pairwise masks that no one added. Only hospitals whose keys were shared are part of any mask,
+        so from here on the round is among those alone. Bookkeeping only; the cryptography is Flower's."""
+        shared = set(state.active_node_ids)
+        state.sampled_node_ids = shared
+        state.nid_to_neighbours = {nid: nbrs & shared for nid, nbrs in state.nid_to_neighbours.items()
+                                   if nid in shared}
 
     def _halted(self, stage: str, state: WorkflowState, error: str | None) -> None:
         sampled = len(state.sampled_node_ids)
@@ -149,7 +158,7 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
                   f"{state.threshold or self.params.reconstruction_threshold}")
         if error:
             reason += f"; protocol error: {error}"
-        errors = sorted({_error_text(f) for f in state.failures})
+        errors = sorted({short_error(str(getattr(f.args[0] if f.args else f, 'reason', f))) for f in state.failures})
         if errors:
             reason += f"; hospitals reported: {' | '.join(errors[:5])}"
         log.error("round not aggregated: %s", reason)
