@@ -101,6 +101,9 @@ class ObservedStrategy(Strategy):
     def masked_vector_rejected(self, index: int | None, reason: str) -> None:
         self.recorder.record_rejected(index, reason)
 
+    def secure_stage_seconds(self, seconds: dict[str, float]) -> None:
+        self.recorder.record_stage_seconds(seconds)
+
     def secure_round_failed(self, reason: str, results: list[tuple[ClientProxy, FitRes]],
                             failures: list[BaseException]) -> None:
         for failure in failures:

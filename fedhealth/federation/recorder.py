@@ -37,6 +37,7 @@ class _Pending:
     evaluation: dict[int, dict[str, Any]] = field(default_factory=dict)
     evaluate_failures: list[str] = field(default_factory=list)
     aggregated: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # SecAgg+ stage -> seconds
     failure: str | None = None  # why the round could not aggregate (SecAgg+ halted, too few contributors, ...)
     started: float = field(default_factory=time.perf_counter)
 
@@ -55,6 +56,9 @@ class RunRecorder:
     def record_fit(self, index: int, num_examples: int | None, metrics: dict[str, Any]) -> None:
         """A hospital's training result; `num_examples` is None under SecAgg+ (the server never learns it)."""
         self._pending.fit[index] = {"num_examples": num_examples, **metrics}
+
+    def record_stage_seconds(self, seconds: dict[str, float]) -> None:
+        self._pending.stage_seconds = dict(seconds)
 
     def record_round_failure(self, reason: str) -> None:
         log.error("round failed: %s", reason)
@@ -143,6 +147,7 @@ class RunRecorder:
             "auroc_mean": float(aurocs.mean()) if len(aurocs) else None,
             "auroc_weighted": float((aurocs * ns).sum() / ns.sum()) if len(aurocs) else None,
             "seconds": time.perf_counter() - p.started,
+            "secagg_stage_seconds": p.stage_seconds or None,
         }
         if self.cfg.privacy.mode == "hospital":
             from fedhealth.privacy.hospital_level import hospital_epsilon

@@ -15,6 +15,7 @@ The cryptography, masking and unmasking are Flower's, untouched.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -40,6 +41,8 @@ class SecureRoundObserver(Protocol):
 
     def secure_round_failed(self, reason: str, results: list[tuple[ClientProxy, FitRes]],
                             failures: list[BaseException]) -> None: ...
+
+    def secure_stage_seconds(self, seconds: dict[str, float]) -> None: ...
 
 
 def masked_vector_problem(content: RecordDict, shapes: list[tuple[int, ...]], modulus: int) -> str | None:
@@ -125,7 +128,9 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
         state = WorkflowState()
         screened = ScreenedGrid(grid, self.shapes, self.params.modulus_range, self.observer)
         steps = (self.setup_stage, self.share_keys_stage, self.collect_masked_vectors_stage, self.unmask_stage)
+        seconds: dict[str, float] = {}
         for name, step in zip(self.STAGES, steps, strict=True):
+            started = time.perf_counter()
             try:
                 ok = step(screened, context, state)  # type: ignore[arg-type]
             except Exception as err:  # noqa: BLE001 - a protocol error fails this round, not the study
@@ -133,6 +138,8 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
                 ok, error = False, f"{type(err).__name__}: {err}"
             else:
                 error = None
+            seconds[name] = round(time.perf_counter() - started, 4)
+            self.observer.secure_stage_seconds(seconds)
             if not ok:
                 self._halted(name, state, error)
                 return
