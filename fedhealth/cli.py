@@ -127,6 +127,8 @@ def simulate(
     console.print(f"[bold]{cfg.name}[/]: {len(cfg.hospitals)} hospitals, {cfg.federation.rounds} rounds, "
                   f"{cfg.federation.strategy.name}/{cfg.model.name} → {run_dir}"
                   + (f" (resuming after round {done})" if done else ""))
+    if not cfg.federation.secure_aggregation.enabled:
+        console.print("[yellow]secure aggregation is off: the server sees every hospital's update[/]")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False, disable=not sys.stdout.isatty()) as bar:
         task = bar.add_task("federated rounds", total=cfg.federation.rounds, completed=done)
@@ -135,6 +137,8 @@ def simulate(
             auc = info.get("auroc_mean")
             bar.update(task, completed=server_round,
                        description=f"round {server_round}: mean AUROC {_fmt(auc)}")
+            if info.get("status") == "failed":
+                console.print(f"[red]round {server_round} failed[/] (model unchanged): {info.get('failure')}")
 
         try:
             summary = run(cfg, run_dir, on_round=on_round, verbose=verbose)

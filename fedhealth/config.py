@@ -101,7 +101,8 @@ class TrainingConfig(_Strict):
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
 
 
-SecAggStage = Literal["setup", "share_keys", "collect_masked_vectors", "after_training", "unmask"]
+SecAggStage = Literal["setup", "share_keys", "collect_masked_vectors", "after_training", "unmask",
+                      "malformed_masked_vector"]
 
 
 class SecureAggregationConfig(_Strict):
@@ -159,7 +160,8 @@ class PrivacyConfig(_Strict):
 
 
 class InjectedDropout(_Strict):
-    """Test-only fault: this hospital vanishes at this stage of the SecAgg+ protocol."""
+    """Test-only fault: this hospital vanishes at this stage of the SecAgg+ protocol (or, with
+    `malformed_masked_vector`, sends a masked vector with an array missing)."""
 
     hospital: str = Field(min_length=1, description="hospital name")
     stage: SecAggStage

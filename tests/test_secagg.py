@@ -257,7 +257,10 @@ def test_dropouts_up_to_the_tolerance_still_give_the_survivors_aggregate(tmp_pat
 
 @pytest.mark.slow
 def test_beyond_the_tolerance_the_round_fails_loudly_and_the_model_is_kept(tmp_path):
-    drops = _drops(("h0", "share_keys", [1]), ("h1", "collect_masked_vectors", [1]), ("h2", "after_training", [1]))
+    """Round 1: three of five vanish (threshold 3): failed, model kept. Round 2: one hospital sends a
+    malformed masked vector: screened out with its reason, the other four are aggregated."""
+    drops = _drops(("h0", "share_keys", [1]), ("h1", "collect_masked_vectors", [1]), ("h2", "after_training", [1]),
+                   ("h4", "malformed_masked_vector", [2]))
     cfg = _five(tmp_path, drops)
     run_dir = _federate(cfg, tmp_path / "run")
     first, second = _rounds(run_dir)
@@ -267,7 +270,9 @@ def test_beyond_the_tolerance_the_round_fails_loudly_and_the_model_is_kept(tmp_p
 
     for kept, start in zip(_round_weights(run_dir, 1), initial_weights(cfg), strict=True):
         np.testing.assert_array_equal(kept, start)
-    assert second["status"] == "aggregated"
+    assert second["status"] == "aggregated" and second["hospitals_aggregated"] == [0, 1, 2, 3]
+    assert second["rejected"] == [{"hospital_index": 4,
+                                   "reason": "malformed masked vector: masked vector has 2 arrays, expected 3"}]
     rows = [r for r in rundir.read_jsonl(run_dir / rundir.METRICS_FILE) if r["round"] == 1]
     assert not any(r["aggregated"] for r in rows)
 

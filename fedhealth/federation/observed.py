@@ -147,7 +147,10 @@ class ObservedStrategy(Strategy):
         self._set_noise_count(len(contributors))
         merged = FitRes(status=Status(Code.OK, "secure aggregate"), parameters=self._weights(mean_update),
                         num_examples=1, metrics={})
-        params, metrics = self.inner.aggregate_fit(server_round, [(contributors[0][1], merged)], [])
+        # Flower's strategy averages what it is given: the one unmasked mean stands for every contributor
+        # (Flower's DP wrapper also checks that count against the hospitals it calibrated its noise to).
+        copies = len(contributors) if isinstance(self.inner, DifferentialPrivacyClientSideFixedClipping) else 1
+        params, metrics = self.inner.aggregate_fit(server_round, [(p, merged) for _, p in contributors[:copies]], [])
         self.recorder.record_aggregated(params is not None)
         return params, metrics
 

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 FIT_CONFIG = "fitins.config"
 FIT_NUM_EXAMPLES = "fitres.num_examples"
 AFTER_TRAINING = "after_training"  # a test-only dropout stage: trained (and charged), never sent
+MALFORMED = "malformed_masked_vector"  # a test-only fault: the masked vector loses its last array
 CLIPPED_KEY = "secagg_clipped"  # coordinates of the update beyond SecAgg+'s clipping range
 
 
@@ -184,6 +185,12 @@ def dropout_mod(faults: Iterable[tuple[int, str, tuple[int, ...]]]) -> Mod:
                 call_next(msg, ctxt)
                 raise InjectedDropout(f"hospital {index} trained and vanished before sending its masked "
                                       f"vector in round {current_round} (testing.dropouts)")
+            if s == MALFORMED and stage == Stage.COLLECT_MASKED_VECTORS:
+                reply = call_next(msg, ctxt)
+                if not reply.has_error():
+                    record = reply.content.config_records[RECORD_KEY_CONFIGS]
+                    record[Key.MASKED_PARAMETERS] = list(record[Key.MASKED_PARAMETERS])[:-1]
+                return reply
         return call_next(msg, ctxt)
 
     return mod
