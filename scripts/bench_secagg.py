@@ -102,6 +102,11 @@ def run_job(config: Path, out: Path) -> dict[str, Any]:
     wall = time.perf_counter() - started
     rounds = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
     later = [r["seconds"] for r in rounds if r["round"] >= 2]
+    stages: dict[str, list[float]] = {}
+    for row in rounds:
+        if row["round"] >= 2:
+            for stage, sec in (row.get("secagg_stage_seconds") or {}).items():
+                stages.setdefault(stage, []).append(sec)
     n, r = len(cfg.hospitals), cfg.federation.rounds
     weights = server.initial_weights(cfg)
     secagg = json.loads((run_dir / rundir.SECAGG_FILE).read_text()) if (run_dir / rundir.SECAGG_FILE).exists() else {}
@@ -114,6 +119,7 @@ def run_job(config: Path, out: Path) -> dict[str, Any]:
         "aggregated_rounds": sum(1 for x in rounds if x["aggregated"]),
         "num_shares": secagg.get("num_shares"),
         "threshold": secagg.get("reconstruction_threshold"),
+        "stage_s": {stage: round(statistics.mean(v), 3) for stage, v in stages.items()},
     }
 
 
@@ -159,6 +165,7 @@ def main() -> None:
                 "ratio": round(secure["round_s"] / plain["round_s"], 2),
                 "num_shares": secure["num_shares"],
                 "threshold": secure["threshold"],
+                "secure_stage_s": secure["stage_s"],
                 "model_bytes": plain["model_bytes"],
                 "plain_upload_bytes": round(plain["upload_bytes_per_hospital_round"]),
                 "secure_upload_bytes": round(secure["upload_bytes_per_hospital_round"]),

@@ -357,3 +357,25 @@ def test_distributed_hospital_noise_adds_up_to_the_central_noise(tmp_path):
     assert diff.size > 500
     assert 0.85 * expected < diff.std() < 1.15 * expected
     assert _rounds(noisy)[0]["hospital_epsilon"] > 0
+
+
+@pytest.mark.slow
+def test_an_aggregate_of_one_hospital_is_not_released(tmp_path):
+    """Without DP, if all but one hospital decline, the 'aggregate' is that hospital's update and the next
+    global model would show it to everyone: the round fails with the reason and the model is kept."""
+    policy = 'policy = { allowed_models = ["mlp"] }\n'
+    text = 'name = "lonely"\n[model]\nname = "logreg"\n[federation]\nrounds = 1\n' \
+           '[references]\nlocal_only = false\npooled = false\n' + "".join(
+               f'[[hospitals]]\nname = "h{i}"\ntier = "secondary"\nregion = "north"\nrecords = 400\n'
+               + (policy if i else "") for i in range(3))
+    path = tmp_path / "lonely.toml"
+    path.write_text(text)
+    cfg = load_config(path)
+    run_dir = _federate(cfg, tmp_path / "run")
+    (only,) = _rounds(run_dir)
+    assert only["status"] == "failed" and "only 1 hospital(s) contributed" in only["failure"]
+    assert [d["hospital_index"] for d in only["declined"]] == [1, 2]
+    from fedhealth.federation.server import initial_weights
+
+    for kept, start in zip(_round_weights(run_dir, 1), initial_weights(cfg), strict=True):
+        np.testing.assert_array_equal(kept, start)

@@ -136,8 +136,9 @@ class ObservedStrategy(Strategy):
             return None, {}
         if len(contributors) < self.min_contributors:
             self.recorder.record_round_failure(
-                f"only {len(contributors)} hospitals contributed an update and a share of the distributed DP "
-                f"noise, {self.min_contributors} are needed; the aggregate is not released")
+                f"only {len(contributors)} hospital(s) contributed an update (the others declined), "
+                f"{self.min_contributors} are needed for this aggregate to hide each one (an aggregate of one is "
+                "that hospital's update; distributed DP needs that many noise shares); not released")
             return None, {}
         mean_update = parameters_to_ndarrays(results[0][1].parameters)
         problem = update_problem(mean_update, self.shapes)

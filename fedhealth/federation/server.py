@@ -40,6 +40,20 @@ def initial_weights(cfg: StudyConfig) -> list:
     return get_weights(model)
 
 
+def min_contributors(cfg: StudyConfig) -> int:
+    """Fewest hospitals whose updates a secure aggregate may be released from.
+
+    Without DP, an aggregate of one hospital *is* its update, and the next global model would show
+    it to every hospital: at least two. Distributed DP needs `threshold` shares of the noise. With
+    record-level DP each update is private by itself, and central hospital-level noise is calibrated
+    to the hospitals aggregated, so one is enough there."""
+    if cfg.privacy.mode == "none":
+        return 2
+    if cfg.privacy.mode == "hospital" and cfg.privacy.hospital_noise == "distributed":
+        return derive_secagg_params(cfg).reconstruction_threshold
+    return 1
+
+
 def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
               on_round: RoundCallback | None = None) -> None:
     """Run (or continue) the study's rounds; the run directory must already hold its config."""
@@ -67,9 +81,7 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
         params = derive_secagg_params(cfg)
         rundir.write_json(run_dir / rundir.SECAGG_FILE, params.as_dict())
         log.info("SecAgg+: %s", params.as_dict())
-        distributed = cfg.privacy.mode == "hospital" and cfg.privacy.hospital_noise == "distributed"
-        strategy = ObservedStrategy(inner, recorder, shapes, secure=True,
-                                    min_contributors=params.reconstruction_threshold if distributed else 1)
+        strategy = ObservedStrategy(inner, recorder, shapes, secure=True, min_contributors=min_contributors(cfg))
         fit_workflow = SecureAggregationWorkflow(params, shapes, strategy)
     else:
         log.warning("secure aggregation is off (federation.secure_aggregation.enabled = false): "
