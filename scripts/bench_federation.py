@@ -113,7 +113,9 @@ def run_child(job: str, config: Path, workdir: Path) -> None:
     marks = {"started": time.time()}
     from fedhealth.config import load_config
 
-    cfg = load_config(config)
+    # Plain aggregation, as in the yardstick: this measures fedhealth's federation layer; what SecAgg+
+    # adds on top is bench_secagg.py's subject.
+    cfg = load_config(config, ["federation.secure_aggregation.enabled=false"])
     round_ends: list[float] = []  # epoch seconds as each round ends
     if job == "plain":
         import _plain_flower_job as plain  # scripts/ is sys.path[0], and Ray adds it for the actors too
