@@ -148,7 +148,31 @@ def simulate(
             _fail(f"federation failed: {type(err).__name__}: {err}\nrun directory {run_dir} can be resumed "
                   f"with: fedhealth simulate --resume {run_dir}", code=1)
     print_summary_table(summary)
+    _report(run_dir)
     console.print(f"run directory: {run_dir}")
+
+
+def _report(run_dir: Path) -> None:
+    from fedhealth.reporting.report import build_report
+
+    path = build_report(run_dir)
+    equity = rundir.read_json(run_dir / rundir.SUMMARY_FILE).get("equity", {})
+    if equity.get("sentence"):
+        console.print(equity["sentence"])
+    console.print(f"report: {path}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `fedhealth simulate`")],
+) -> None:
+    """Build the study report (report.html and figures/*.png) from a run directory's files alone."""
+    from fedhealth.reporting.report import ReportError
+
+    try:
+        _report(run_dir)
+    except (ReportError, ConfigError) as err:
+        _fail(str(err))
 
 
 @app.command()

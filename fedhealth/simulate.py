@@ -97,7 +97,10 @@ def hospital_privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
 
     rounds = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
     return {"mode": "hospital", "unit": "one hospital's whole data set", "accountant": "rdp",
-            "noise": "server-side Gaussian after client-side clipping (Flower)", "delta": cfg.privacy_delta(),
+            "noise": ("server-side Gaussian after client-side clipping (Flower), added after SecAgg+ unmasking"
+                      if cfg.privacy.hospital_noise == "central" else
+                      "distributed: each hospital adds its share of the Gaussian noise before SecAgg+ masking"),
+            "delta": cfg.privacy_delta(),
             "noise_multiplier": hospital_noise(cfg), "clipping_norm": cfg.privacy.clipping_norm,
             "epsilon": hospital_epsilon(cfg, len(rounds)), "rounds": len(rounds)}
 

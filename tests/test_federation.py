@@ -97,3 +97,24 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(run_a, tmp_path, inter
 def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path):
     proc = _cli("simulate", "--resume", str(tmp_path))
     assert proc.returncode == 2 and "not a fedhealth run directory" in proc.stderr
+
+
+def test_the_run_has_a_self_contained_report_matching_its_summary(run_a):
+    """`fedhealth simulate` ends by writing report.html (figures inlined, nothing fetched) and the PNGs."""
+    import base64
+    import re
+
+    html = (run_a / "report.html").read_text(encoding="utf-8")
+    summary = json.loads((run_a / rundir.SUMMARY_FILE).read_text())
+    assert f"<b>{summary['overall']['auroc']['federated']:.3f}</b>" in html
+    for h in summary["hospitals"]:
+        assert f"{h['auroc']['federated']:.3f}" in html and h["name"] in html
+    assert summary["equity"]["sentence"] in html
+    images = re.findall(r'<img alt="[^"]*" src="([^"]+)"', html)
+    assert len(images) >= 5
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # opens offline: nothing to fetch
+    assert {p.name for p in (run_a / "figures").glob("*.png")} >= {
+        "learning_curves.png", "final_comparison.png", "calibration.png", "secure_aggregation.png", "equity.png"}

@@ -6,6 +6,9 @@ Keys are plain and documented here because papers and dashboards read them:
         (+ "federated_no_dp" in a DP run: the same federation without DP, the utility cost of privacy)
     summary["overall"]["auroc"][...]            AUROC on all hospitals' test records together
     summary["overall"]["mean_hospital_auroc"][...]  unweighted mean of per-hospital AUROC
+    summary["overall"]["brier"][...]            Brier score on all test records
+    summary["calibration"][model]               reliability bands on all test records, and their ECE
+    summary["equity"]                           see `fedhealth.metrics.equity.equity_summary`
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import numpy as np
 
 from fedhealth.config import StudyConfig
 from fedhealth.data.hospitals import HospitalSplit
+from fedhealth.metrics.calibration import expected_calibration_error, reliability_bins
 from fedhealth.metrics.classification import binary_metrics, roc_auc
+from fedhealth.metrics.equity import equity_summary
 from fedhealth.references import Predictions
 
 
@@ -38,13 +43,19 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
         hospitals.append(row)
 
     y_all = np.concatenate([s.y_test for s in splits])
-    overall: dict[str, Any] = {"auroc": {}, "mean_hospital_auroc": {}, "n_test": int(len(y_all))}
+    overall: dict[str, Any] = {"auroc": {}, "mean_hospital_auroc": {}, "brier": {}, "n_test": int(len(y_all))}
+    calibration: dict[str, Any] = {}
     for key, pred in preds.items():
-        overall["auroc"][key] = roc_auc(y_all, np.concatenate([pred.by_hospital[s.index] for s in splits]))
+        p_all = np.concatenate([pred.by_hospital[s.index] for s in splits])
+        overall["auroc"][key] = roc_auc(y_all, p_all)
+        overall["brier"][key] = float(np.mean((p_all - y_all) ** 2))
+        bins = reliability_bins(y_all, p_all)
+        calibration[key] = {"bins": bins, "ece": expected_calibration_error(bins)}
     overall["auroc"]["best_possible"] = roc_auc(y_all, np.concatenate([s.test_true_risk for s in splits]))
     for key in [*preds, "best_possible"]:
         values = np.array([h["auroc"][key] for h in hospitals], dtype=float)
         overall["mean_hospital_auroc"][key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
     return {"study": cfg.name, "seed": cfg.seed, "strategy": cfg.federation.strategy.name,
             "model": cfg.model.name, "rounds": cfg.federation.rounds, "overall": overall,
-            "hospitals": hospitals, **(extra or {})}
+            "hospitals": hospitals, "calibration": calibration, "equity": equity_summary(hospitals),
+            **(extra or {})}

@@ -1,0 +1,124 @@
+"""Equity across hospitals: did the federation help every hospital, and the smallest most?
+
+Health planners measure unequal resources with the Gini coefficient; here it is computed for the
+data the federation starts from (record counts), for what it delivers (federated AUROC per
+hospital) and for what it adds (the gain over training alone). All figures are read from the
+study summary, so they are a pure function of the run directory.
+
+Gini: G = sum_i sum_j |x_i - x_j| / (2 n^2 mean(x)), 0 when every hospital has the same value, up to
+(n - 1) / n when one has everything. It is defined for a positive mean; for gains whose mean is
+zero or negative (the federation did not help on average) it is reported as None, since a share
+of a non-positive total means nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def gini(values: Sequence[float]) -> float | None:
+    """The Gini coefficient of `values` (population form), or None if it is undefined."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if len(x) == 0 or x.mean() <= 0:
+        return None
+    diffs = np.abs(x[:, None] - x[None, :]).sum()
+    return float(diffs / (2 * len(x) ** 2 * x.mean()))
+
+
+def _rank(values: np.ndarray) -> np.ndarray:
+    order = values.argsort(kind="stable")
+    ranks = np.empty(len(values), dtype=float)
+    ranks[order] = np.arange(len(values), dtype=float)
+    for v in np.unique(values):  # average ranks over ties
+        tied = values == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman rank correlation, or None with fewer than three pairs or a constant side."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(_rank(a), _rank(b))[0, 1])
+
+
+def _group_means(hospitals: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for h in hospitals:
+        groups.setdefault(h[key], []).append(h)
+    out = {}
+    for name, members in sorted(groups.items()):
+        fed = [h["auroc"]["federated"] for h in members]
+        local = [h["auroc"].get("local_only") for h in members]
+        row: dict[str, Any] = {"hospitals": len(members), "records": int(sum(h["records"] for h in members)),
+                               "federated": float(np.mean(fed))}
+        if all(v is not None for v in local):
+            row["local_only"] = float(np.mean(local))
+            row["gain"] = row["federated"] - row["local_only"]
+        out[name] = row
+    return out
+
+
+def equity_summary(hospitals: list[dict[str, Any]]) -> dict[str, Any]:
+    """Equity figures from the per-hospital rows of `summary.json` (keys as in `build_summary`)."""
+    rows = [h for h in hospitals if h["auroc"].get("federated") is not None and np.isfinite(h["auroc"]["federated"])]
+    if not rows:
+        return {}
+    records = [h["records"] for h in rows]
+    federated = [h["auroc"]["federated"] for h in rows]
+    has_local = all(h["auroc"].get("local_only") is not None for h in rows)
+    gains = [h["auroc"]["federated"] - h["auroc"]["local_only"] for h in rows] if has_local else []
+    worst = min(rows, key=lambda h: h["auroc"]["federated"])
+    out: dict[str, Any] = {
+        "by_tier": _group_means(rows, "tier"),
+        "by_region": _group_means(rows, "region"),
+        "worst_hospital": {"name": worst["name"], "auroc": worst["auroc"]["federated"],
+                           "local_only": worst["auroc"].get("local_only"),
+                           "gain": (worst["auroc"]["federated"] - worst["auroc"]["local_only"]) if has_local else None},
+        "gini": {"records": gini(records), "auroc_federated": gini(federated),
+                 "auroc_local_only": gini([h["auroc"]["local_only"] for h in rows]) if has_local else None,
+                 "gain": gini(gains) if has_local else None},
+        "gain_by_hospital": [{"name": h["name"], "records": h["records"], "gain": g}
+                             for h, g in zip(rows, gains, strict=False)],
+    }
+    if has_local:
+        out["hospitals_that_gained"] = int(sum(g > 0 for g in gains))
+        out["gain_vs_records_spearman"] = spearman(records, gains)
+        out["smallest_vs_largest"] = _smallest_vs_largest(rows, gains)
+    out["sentence"] = equity_sentence(out, len(rows))
+    return out
+
+
+def _smallest_vs_largest(rows: list[dict[str, Any]], gains: list[float]) -> dict[str, Any] | None:
+    """Mean gain of the smallest third of hospitals (by records) against the largest third."""
+    if len(rows) < 3:
+        return None
+    order = np.argsort([h["records"] for h in rows], kind="stable")
+    third = max(1, len(rows) // 3)
+    small, large = order[:third], order[-third:]
+    return {"hospitals_per_group": third,
+            "smallest_max_records": int(max(rows[i]["records"] for i in small)),
+            "largest_min_records": int(min(rows[i]["records"] for i in large)),
+            "smallest_mean_gain": float(np.mean([gains[i] for i in small])),
+            "largest_mean_gain": float(np.mean([gains[i] for i in large]))}
+
+
+def equity_sentence(eq: dict[str, Any], n: int) -> str:
+    """One plain sentence: did every hospital gain, and did the smallest gain most or least."""
+    if "hospitals_that_gained" not in eq:
+        return "No local-only reference was trained, so gains over training alone are not known."
+    gained = eq["hospitals_that_gained"]
+    first = (f"Every one of the {n} hospitals gained over training alone" if gained == n
+             else f"{gained} of {n} hospitals gained over training alone")
+    comp = eq.get("smallest_vs_largest")
+    if not comp:
+        return first + "."
+    small, large = comp["smallest_mean_gain"], comp["largest_mean_gain"]
+    verdict = "most" if small > large else "least"
+    return (f"{first}; the smallest third (up to {comp['smallest_max_records']:,} records) gained "
+            f"{small:+.3f} AUROC on average against {large:+.3f} for the largest third "
+            f"(from {comp['largest_min_records']:,} records): the smallest sites gained {verdict}.")

@@ -1,0 +1,161 @@
+"""The report's figures, each a function of the run's data that returns a Matplotlib figure.
+
+Matplotlib's non-interactive Agg backend: no display, no network, the same PNG on every machine.
+Colours follow the hospital's tier everywhere, so a reader learns them once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+TIER_COLOURS = {"tertiary": "#1f4e79", "secondary": "#2e8b57", "community": "#d9822b"}
+MODEL_COLOURS = {"local_only": "#9e9e9e", "federated": "#1565c0", "pooled": "#6a1b9a",
+                 "federated_no_dp": "#64b5f6", "best_possible": "#000000"}
+MODEL_LABELS = {"local_only": "local-only", "federated": "federated", "pooled": "pooled",
+                "federated_no_dp": "federated, no DP", "best_possible": "best possible"}
+
+
+def _figure(width: float = 8.0, height: float = 4.5) -> tuple[Figure, Any]:
+    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def learning_curves(metrics: list[dict[str, Any]], rounds: list[dict[str, Any]]) -> Figure:
+    fig, ax = _figure()
+    by_hospital: dict[str, list[tuple[int, float, str]]] = {}
+    for row in metrics:
+        if row.get("auroc") is not None:
+            by_hospital.setdefault(row["hospital"], []).append((row["round"], row["auroc"], row["tier"]))
+    many = len(by_hospital) > 20
+    for points in by_hospital.values():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=TIER_COLOURS.get(points[0][2], "grey"),
+                alpha=0.25 if many else 0.6, linewidth=0.8 if many else 1.2)
+    mean = [(r["round"], r["auroc_mean"]) for r in rounds if r.get("auroc_mean") is not None]
+    if mean:
+        ax.plot([m[0] for m in mean], [m[1] for m in mean], color="black", linewidth=2.5, label="mean of hospitals")
+    failed = [r["round"] for r in rounds if r.get("status") == "failed"]
+    for r in failed:
+        ax.axvline(r, color="#c62828", linestyle=":", linewidth=1)
+    for tier, colour in TIER_COLOURS.items():
+        ax.plot([], [], color=colour, label=tier)
+    if failed:
+        ax.plot([], [], color="#c62828", linestyle=":", label="failed round")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test AUROC")
+    ax.set_title("Learning curves: AUROC of the global model at each hospital")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def final_comparison(hospitals: list[dict[str, Any]], keys: list[str]) -> Figure:
+    rows = sorted(hospitals, key=lambda h: h["records"])
+    fig, ax = _figure(8.0, max(3.0, 0.32 * len(rows) + 1.2))
+    y = np.arange(len(rows))
+    for key in keys:
+        values = [h["auroc"].get(key) for h in rows]
+        marker = "|" if key == "best_possible" else "o"
+        ax.scatter([v if v is not None else np.nan for v in values], y, color=MODEL_COLOURS.get(key, "grey"),
+                   marker=marker, s=60 if key == "best_possible" else 28, label=MODEL_LABELS.get(key, key), zorder=3)
+    for i, h in enumerate(rows):
+        lo, fed = h["auroc"].get("local_only"), h["auroc"].get("federated")
+        if lo is not None and fed is not None:
+            ax.annotate("", xy=(fed, i), xytext=(lo, i),
+                        arrowprops={"arrowstyle": "->", "color": "#1565c0" if fed >= lo else "#c62828", "lw": 1})
+    ax.set_yticks(y, [f"{h['name']} ({h['records']:,})" for h in rows], fontsize=7 if len(rows) > 20 else 8)
+    ax.set_xlabel("test AUROC")
+    ax.set_title("Per hospital, smallest at the bottom: training alone → federated")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def calibration(calib: dict[str, Any]) -> Figure:
+    fig, ax = _figure(5.5, 5.0)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    for key, entry in calib.items():
+        bins = entry["bins"]
+        ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
+                color=MODEL_COLOURS.get(key, "grey"), label=f"{MODEL_LABELS.get(key, key)} (ECE {entry['ece']:.3f})")
+    ax.set_xlabel("mean predicted risk")
+    ax.set_ylabel("observed outcome rate")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title("Calibration on all test records")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def privacy(epsilon_by_hospital: dict[str, list[tuple[int, float]]], caps: dict[str, float],
+            tiers: dict[str, str]) -> Figure:
+    fig, ax = _figure()
+    for name, points in epsilon_by_hospital.items():
+        colour = TIER_COLOURS.get(tiers.get(name, ""), "grey")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", color=colour, alpha=0.7)
+    for cap in sorted(set(caps.values())):
+        ax.axhline(cap, color="#c62828", linestyle="--", linewidth=1)
+        ax.annotate(f"cap {cap:g}", xy=(1, cap), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=8, color="#c62828")
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative ε")
+    ax.set_title("Privacy spent per hospital (ε at the study's δ) against its cap")
+    return fig
+
+
+def secure_aggregation(rounds: list[dict[str, Any]], n_hospitals: int) -> Figure:
+    fig, ax = _figure(8.0, 3.5)
+    numbers = [r["round"] for r in rounds]
+    aggregated = [len(r.get("hospitals_aggregated", [])) for r in rounds]
+    colours = ["#c62828" if r.get("status") == "failed" else "#1565c0" for r in rounds]
+    ax.bar(numbers, aggregated, color=colours)
+    ax.axhline(n_hospitals, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("round (red: failed, model unchanged)")
+    ax.set_ylabel("hospitals aggregated")
+    ax.set_ylim(0, n_hospitals * 1.1 + 0.5)
+    ax.set_title("Hospitals in each round's aggregate")
+    return fig
+
+
+def equity(hospitals: list[dict[str, Any]]) -> Figure:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    for h in hospitals:
+        lo = h["auroc"].get("local_only")
+        if lo is None:
+            continue
+        left.scatter(h["records"], h["auroc"]["federated"] - lo, color=TIER_COLOURS.get(h["tier"], "grey"), s=22)
+    left.axhline(0, color="grey", linewidth=1)
+    left.set_xscale("log")
+    left.set_xlabel("records at the hospital (log scale)")
+    left.set_ylabel("AUROC gain over training alone")
+    left.set_title("Who gains from the federation?")
+    for tier, colour in TIER_COLOURS.items():
+        left.scatter([], [], color=colour, label=tier)
+    left.legend(fontsize=8)
+    tiers = [t for t in TIER_COLOURS if any(h["tier"] == t for h in hospitals)]
+    x = np.arange(len(tiers))
+    for offset, key in ((-0.2, "local_only"), (0.2, "federated")):
+        means = []
+        for t in tiers:
+            vals = [h["auroc"].get(key) for h in hospitals if h["tier"] == t]
+            vals = [v for v in vals if v is not None]
+            means.append(np.mean(vals) if vals else np.nan)
+        right.bar(x + offset, means, width=0.4, color=MODEL_COLOURS[key], label=MODEL_LABELS[key])
+    right.set_xticks(x, tiers)
+    lows = [h["auroc"].get("local_only") or h["auroc"]["federated"] for h in hospitals]
+    right.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
+    right.set_ylabel("mean test AUROC")
+    right.set_title("By tier")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,120 @@
+"""`fedhealth report RUN_DIR`: the study report, built from the run directory's files alone.
+
+One HTML page with every figure inlined (base64 PNG), no script, font or stylesheet from anywhere:
+it opens offline on a hospital laptop and can be mailed as one file. Each figure is also written as
+a PNG under `figures/` for papers and slides. Numbers in the page are read from `summary.json`,
+`metrics.jsonl`, `rounds.jsonl` and `secure_aggregation.json`, never recomputed differently.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from fedhealth import rundir
+from fedhealth.config import load_config
+
+REPORT_FILE = "report.html"
+FIGURES_DIR = "figures"
+MODEL_ORDER = ("local_only", "federated", "federated_no_dp", "pooled", "best_possible")
+
+
+class ReportError(RuntimeError):
+    """The run directory cannot be reported on (missing files, not finished); the message says which."""
+
+
+def _load(run_dir: Path) -> dict[str, Any]:
+    needed = [rundir.CONFIG_FILE, rundir.SUMMARY_FILE, rundir.METRICS_FILE, rundir.ROUNDS_FILE]
+    missing = [name for name in needed if not (run_dir / name).is_file()]
+    if missing:
+        raise ReportError(f"{run_dir}: not a finished run directory (missing {', '.join(missing)}); "
+                          "a report needs a run that `fedhealth simulate` completed")
+    secagg = run_dir / rundir.SECAGG_FILE
+    return {
+        "cfg": load_config(run_dir / rundir.CONFIG_FILE),
+        "summary": json.loads((run_dir / rundir.SUMMARY_FILE).read_text(encoding="utf-8")),
+        "metrics": rundir.read_jsonl(run_dir / rundir.METRICS_FILE),
+        "rounds": rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE),
+        "secagg": json.loads(secagg.read_text(encoding="utf-8")) if secagg.is_file() else None,
+    }
+
+
+def _save(fig: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    data = buffer.getvalue()
+    path.write_bytes(data)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _epsilon_series(data: dict[str, Any]) -> tuple[dict[str, list[tuple[int, float]]], dict[str, float]]:
+    cfg, summary = data["cfg"], data["summary"]
+    series: dict[str, list[tuple[int, float]]] = {}
+    if cfg.privacy.mode == "record":
+        for row in data["metrics"]:
+            if row.get("epsilon") is not None:
+                series.setdefault(row["hospital"], []).append((row["round"], row["epsilon"]))
+        caps = {h["name"]: h["cap"] for h in summary.get("privacy", {}).get("hospitals", [])}
+    elif cfg.privacy.mode == "hospital":
+        points = [(r["round"], r["hospital_epsilon"]) for r in data["rounds"] if r.get("hospital_epsilon") is not None]
+        series = {"every hospital": points}
+        caps = {}
+    else:
+        caps = {}
+    return {k: sorted(v) for k, v in series.items()}, caps
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write `report.html` and `figures/*.png` into `run_dir`; return the HTML's path."""
+    from fedhealth.reporting import figures
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    data = _load(run_dir)
+    cfg, summary = data["cfg"], data["summary"]
+    hospitals = summary["hospitals"]
+    keys = [k for k in MODEL_ORDER if k in summary["overall"]["auroc"]]
+    out = run_dir / FIGURES_DIR
+    out.mkdir(exist_ok=True)
+    images: dict[str, str] = {}
+    images["learning_curves"] = _save(figures.learning_curves(data["metrics"], data["rounds"]),
+                                      out / "learning_curves.png")
+    images["final_comparison"] = _save(figures.final_comparison(hospitals, keys), out / "final_comparison.png")
+    if summary.get("calibration"):
+        images["calibration"] = _save(figures.calibration(summary["calibration"]), out / "calibration.png")
+    epsilon, caps = _epsilon_series(data)
+    if epsilon:
+        tiers = {h["name"]: h["tier"] for h in hospitals}
+        images["privacy"] = _save(figures.privacy(epsilon, caps, tiers), out / "privacy.png")
+    images["secure_aggregation"] = _save(figures.secure_aggregation(data["rounds"], len(hospitals)),
+                                         out / "secure_aggregation.png")
+    if summary.get("equity", {}).get("gain_by_hospital"):
+        images["equity"] = _save(figures.equity(hospitals), out / "equity.png")
+
+    env = Environment(loader=PackageLoader("fedhealth.reporting", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]))
+    env.filters["auc"] = lambda v: "–" if v is None else f"{v:.3f}"
+    env.filters["signed"] = lambda v: "–" if v is None else f"{v:+.3f}"
+    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f} %"
+    html = env.get_template("report.html.j2").render(
+        cfg=cfg, summary=summary, hospitals=hospitals, keys=keys, images=images, rounds=data["rounds"],
+        failed=[r for r in data["rounds"] if r.get("status") == "failed"], secagg=data["secagg"],
+        equity=summary.get("equity", {}), privacy=summary.get("privacy"),
+        labels={"local_only": "local-only", "federated": "federated", "federated_no_dp": "federated, no DP",
+                "pooled": "pooled", "best_possible": "best possible"},
+        generated=time.strftime("%Y-%m-%d %H:%M", time.localtime()))
+    path = run_dir / REPORT_FILE
+    rundir.atomic_write_text(path, html)
+    import logging
+
+    logging.getLogger(__name__).info("report written to %s in %.1f s", path, time.perf_counter() - started)
+    return path
