@@ -176,6 +176,58 @@ def report(
 
 
 @app.command()
+def contribution(
+    config: Annotated[Path, typer.Option("--config", "-c", help="study config (TOML)")],
+    budget: Annotated[int, typer.Option(help="most federations to run (coalitions of hospitals)")],
+    out: Annotated[Path | None, typer.Option(help="directory for the coalition runs and contribution.json")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: dotted.key=value")] = None,
+    report_into: Annotated[Path | None, typer.Option(help="a run directory of the same study: add the "
+                                                          "contribution to its report")] = None,
+) -> None:
+    """Each hospital's contribution (leave-one-out, Shapley): re-runs the federation on coalitions.
+
+    Simulation only: in a deployment every coalition would spend its members' privacy budget again."""
+    from datetime import datetime
+
+    from fedhealth.contribution import estimate_contributions
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = _load(config, list(set_ or []))
+    n = len(cfg.hospitals)
+    out = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.name}-contribution"
+    if report_into is not None:
+        try:
+            same = load_config(report_into / rundir.CONFIG_FILE).fingerprint() == cfg.fingerprint()
+        except ConfigError as err:
+            _fail(str(err))
+        if not same:
+            _fail(f"{report_into}: that run was made from a different study config; contribution belongs "
+                  "in the report of the study it was measured on")
+    console.print(f"[bold]{cfg.name}[/]: contribution of {n} hospitals within {budget} federations "
+                  f"(leave-one-out needs {n + 1}, exact Shapley {2 ** n - 1}) → {out}")
+    try:
+        result = estimate_contributions(cfg, out, budget)
+    except ValueError as err:
+        _fail(str(err))
+    table = Table(title=f"{cfg.name}: contribution to the federated AUROC ({result['method']}, "
+                        f"{result['federations_run']} federations)")
+    for col in ("hospital", "tier", "records", "leave-one-out", "Shapley", "± s.e."):
+        table.add_column(col, justify="left" if col in ("hospital", "tier") else "right")
+    for h in result["hospitals"]:
+        table.add_row(h["name"], h["tier"], f"{h['records']:,}", f"{h['leave_one_out']:+.4f}", f"{h['shapley']:+.4f}",
+                      f"{h['shapley_stderr']:.4f}")
+    console.print(table)
+    console.print(f"all hospitals: AUROC {result['grand_coalition_value']:.4f}; "
+                  f"none: {result['empty_coalition_value']}")
+    console.print(f"written: {out / 'contribution.json'}")
+    if report_into is not None:
+        import shutil
+
+        shutil.copyfile(out / "contribution.json", report_into / "contribution.json")
+        _report(report_into)
+
+
+@app.command()
 def synth(
     config: Annotated[Path, typer.Option("--config", "-c", help="study config (TOML)")],
     out: Annotated[Path, typer.Option(help="directory for one CSV per hospital")],

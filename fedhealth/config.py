@@ -127,6 +127,8 @@ class FederationConfig(_Strict):
     rounds: int = Field(default=10, ge=1, le=10_000)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     secure_aggregation: SecureAggregationConfig = Field(default_factory=SecureAggregationConfig)
+    participants: list[str] | None = Field(
+        default=None, description="hospitals that train (by name); the others only evaluate. Default: all")
     cpus_per_client: float = Field(default=1.0, gt=0, description="Ray CPUs per simulated hospital")
 
 
@@ -237,6 +239,13 @@ class StudyConfig(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"hospitals: names must be unique; repeated: {', '.join(duplicates)}")
+        participants = self.federation.participants
+        if participants is not None:
+            stray = sorted(set(participants) - set(names))
+            if stray or not participants:
+                what = f"no hospital named {', '.join(stray)}" if stray else "empty"
+                raise ValueError(f"federation.participants: {what}; name at least one of the study's hospitals, "
+                                 "or remove the key")
         unknown = sorted({d.hospital for d in self.testing.dropouts} - set(names))
         if unknown:
             raise ValueError(f"testing.dropouts: no hospital named {', '.join(unknown)}")

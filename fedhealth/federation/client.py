@@ -65,6 +65,11 @@ class HospitalClient(NumPyClient):
         server_round = int(config.get(ROUND_KEY, 0))
         seed = derive_seed(cfg.seed, "fit", self.index, server_round)
         privacy: dict[str, Scalar] = {}
+        participants = cfg.federation.participants
+        if participants is not None and split.hospital.name not in participants:
+            # A coalition study (e.g. for contribution): this hospital evaluates but does not train.
+            return parameters, 0, {HOSPITAL_KEY: self.index,
+                                   DECLINED_KEY: f"hospital {split.hospital.name} is not in federation.participants"}
         policy = self._policy(cfg)
         secure = bool(config.get(SECURE_KEY, False))
         violation = policy_violation(

@@ -159,3 +159,19 @@ def equity(hospitals: list[dict[str, Any]]) -> Figure:
     right.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def contribution(result: dict[str, Any]) -> Figure:
+    rows = sorted(result["hospitals"], key=lambda h: h["shapley"])
+    fig, ax = _figure(8.0, max(3.0, 0.32 * len(rows) + 1.2))
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [h["shapley"] for h in rows], height=0.4, xerr=[h["shapley_stderr"] for h in rows],
+            color=[TIER_COLOURS.get(h["tier"], "grey") for h in rows], label="Shapley (± s.e.)")
+    ax.barh(y + 0.2, [h["leave_one_out"] for h in rows], height=0.4, color="#bdbdbd", label="leave-one-out")
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(y, [f"{h['name']} ({h['records']:,})" for h in rows], fontsize=8)
+    ax.set_xlabel("contribution to the federated AUROC on all test records")
+    ax.set_title(f"Who carried the model ({result['method']}, {result['federations_run']} federations)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -36,7 +36,9 @@ def _load(run_dir: Path) -> dict[str, Any]:
         raise ReportError(f"{run_dir}: not a finished run directory (missing {', '.join(missing)}); "
                           "a report needs a run that `fedhealth simulate` completed")
     secagg = run_dir / rundir.SECAGG_FILE
+    contribution = run_dir / "contribution.json"
     return {
+        "contribution": json.loads(contribution.read_text(encoding="utf-8")) if contribution.is_file() else None,
         "cfg": load_config(run_dir / rundir.CONFIG_FILE),
         "summary": json.loads((run_dir / rundir.SUMMARY_FILE).read_text(encoding="utf-8")),
         "metrics": rundir.read_jsonl(run_dir / rundir.METRICS_FILE),
@@ -99,6 +101,8 @@ def build_report(run_dir: Path) -> Path:
                                          out / "secure_aggregation.png")
     if summary.get("equity", {}).get("gain_by_hospital"):
         images["equity"] = _save(figures.equity(hospitals), out / "equity.png")
+    if data["contribution"]:
+        images["contribution"] = _save(figures.contribution(data["contribution"]), out / "contribution.png")
 
     env = Environment(loader=PackageLoader("fedhealth.reporting", "templates"),
                       autoescape=select_autoescape(["html", "j2"]))
@@ -108,7 +112,7 @@ def build_report(run_dir: Path) -> Path:
     html = env.get_template("report.html.j2").render(
         cfg=cfg, summary=summary, hospitals=hospitals, keys=keys, images=images, rounds=data["rounds"],
         failed=[r for r in data["rounds"] if r.get("status") == "failed"], secagg=data["secagg"],
-        equity=summary.get("equity", {}), privacy=summary.get("privacy"),
+        equity=summary.get("equity", {}), privacy=summary.get("privacy"), contribution=data["contribution"],
         labels={"local_only": "local-only", "federated": "federated", "federated_no_dp": "federated, no DP",
                 "pooled": "pooled", "best_possible": "best possible"},
         generated=time.strftime("%Y-%m-%d %H:%M", time.localtime()))
