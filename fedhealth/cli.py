@@ -228,6 +228,43 @@ def contribution(
 
 
 @app.command()
+def sweep(
+    config: Annotated[Path, typer.Option("--config", "-c", help="study config (TOML)")],
+    epsilon: Annotated[str, typer.Option(help="target epsilons, comma-separated; inf = no DP")] = "0.5,1,2,4,8,inf",
+    out: Annotated[Path | None, typer.Option(help="directory for the sibling runs, sweep.json and the figure")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: dotted.key=value")] = None,
+) -> None:
+    """The privacy-utility curve: the same study at each target epsilon (record-level DP), side by side."""
+    from datetime import datetime
+
+    from fedhealth.sweep import parse_epsilons, run_sweep
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = _load(config, list(set_ or []))
+    try:
+        epsilons = parse_epsilons(epsilon)
+    except ValueError as err:
+        _fail(str(err))
+    out = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.name}-sweep"
+    console.print(f"[bold]{cfg.name}[/]: {len(epsilons)} sibling federations → {out}")
+    result = run_sweep(cfg, epsilons, out)
+    table = Table(title=f"{cfg.name}: test AUROC against target epsilon (record-level DP)")
+    tiers = sorted({t for p in result["points"] for t in p["by_tier"]})
+    for col in ("epsilon", "all records", "mean of hospitals", "worst hospital", *tiers):
+        table.add_column(col, justify="right")
+    for p in result["points"]:
+        table.add_row("∞ (no DP)" if p["epsilon"] is None else f"{p['epsilon']:g}", _fmt(p["all_records_auroc"]),
+                      _fmt(p["mean_hospital_auroc"]), _fmt(p["worst_hospital_auroc"]),
+                      *[_fmt(p["by_tier"].get(t)) for t in tiers])
+    for key in ("local_only", "pooled"):
+        ref = result["references"][key]
+        table.add_row(key.replace("_", "-"), _fmt(ref["all_records_auroc"]), _fmt(ref["mean_hospital_auroc"]),
+                      _fmt(ref["worst_hospital_auroc"]), *[_fmt(ref["by_tier"].get(t)) for t in tiers])
+    console.print(table)
+    console.print(f"written: {out / 'sweep.json'}, {out / 'privacy_utility.png'}")
+
+
+@app.command()
 def synth(
     config: Annotated[Path, typer.Option("--config", "-c", help="study config (TOML)")],
     out: Annotated[Path, typer.Option(help="directory for one CSV per hospital")],

@@ -175,3 +175,32 @@ def contribution(result: dict[str, Any]) -> Figure:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def privacy_utility(result: dict[str, Any]) -> Figure:
+    """Federated AUROC against epsilon (log scale; no DP drawn at the right as ∞), overall and per tier."""
+    points = result["points"]
+    finite = [p["epsilon"] for p in points if p["epsilon"] is not None]
+    inf_x = (max(finite) * 4) if finite else 1.0
+    xs = [p["epsilon"] if p["epsilon"] is not None else inf_x for p in points]
+    fig, ax = _figure()
+    ax.plot(xs, [p["all_records_auroc"] for p in points], marker="o", color="black", linewidth=2,
+            label="federated, all test records")
+    tiers = sorted({t for p in points for t in p["by_tier"]})
+    for tier in tiers:
+        ax.plot(xs, [p["by_tier"].get(tier) for p in points], marker=".", linestyle="--",
+                color=TIER_COLOURS.get(tier, "grey"), label=f"federated, {tier} (mean of hospitals)")
+    for key, style in (("local_only", ":"), ("pooled", "-.")):
+        ref = result["references"].get(key)
+        if ref:
+            ax.axhline(ref["all_records_auroc"], color=MODEL_COLOURS[key], linestyle=style,
+                       label=f"{MODEL_LABELS[key]}, all test records")
+    ax.set_xscale("log")
+    ticks = sorted(set(xs))
+    ax.set_xticks(ticks, [("∞" if x == inf_x and None in [p["epsilon"] for p in points] else f"{x:g}") for x in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("target ε per hospital (record-level DP; ∞ = no DP)")
+    ax.set_ylabel("test AUROC")
+    ax.set_title("What privacy costs")
+    ax.legend(loc="lower right", fontsize=7)
+    return fig
