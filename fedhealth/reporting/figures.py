@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 TIER_COLOURS = {"tertiary": "#1f4e79", "secondary": "#2e8b57", "community": "#d9822b"}
 MODEL_COLOURS = {"local_only": "#9e9e9e", "federated": "#1565c0", "pooled": "#6a1b9a",
@@ -50,6 +51,7 @@ def learning_curves(metrics: list[dict[str, Any]], rounds: list[dict[str, Any]])
     if failed:
         ax.plot([], [], color="#c62828", linestyle=":", label="failed round")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test AUROC")
     ax.set_title("Learning curves: AUROC of the global model at each hospital")
     ax.legend(loc="lower right", fontsize=8)
@@ -106,6 +108,7 @@ def privacy(epsilon_by_hospital: dict[str, list[tuple[int, float]]], caps: dict[
         ax.annotate(f"cap {cap:g}", xy=(1, cap), xycoords=("axes fraction", "data"), ha="right", va="bottom",
                     fontsize=8, color="#c62828")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("cumulative ε")
     ax.set_title("Privacy spent per hospital (ε at the study's δ) against its cap")
     return fig
@@ -119,6 +122,7 @@ def secure_aggregation(rounds: list[dict[str, Any]], n_hospitals: int) -> Figure
     ax.bar(numbers, aggregated, color=colours)
     ax.axhline(n_hospitals, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("round (red: failed, model unchanged)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("hospitals aggregated")
     ax.set_ylim(0, n_hospitals * 1.1 + 0.5)
     ax.set_title("Hospitals in each round's aggregate")
