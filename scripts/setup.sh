@@ -26,3 +26,14 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2> >(grep -v
 pip install torch==2.13.0
 pip install -e ".${extras}"
 echo "fedhealth installed in .venv ($(.venv/bin/python -c 'import torch, flwr, opacus; print(f"torch {torch.__version__}, flwr {flwr.__version__}, opacus {opacus.__version__}")'))"
+
+# The test suite opens the study report in a real headless browser: Debian's Chromium, installed
+# here when it is missing and this is a Debian machine we may administer; otherwise that one test
+# is skipped and says why.
+if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium for the report's browser test"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+      >/dev/null 2>&1 || echo "warning: could not install chromium; the report's browser test will be skipped" >&2
+  fi
+fi
