@@ -100,6 +100,7 @@ def simulate(
 
     from fedhealth.simulate import SimulationError
     from fedhealth.simulate import simulate as run
+    from fedhealth.tracking import TrackingError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -144,6 +145,8 @@ def simulate(
             summary = run(cfg, run_dir, on_round=on_round, verbose=verbose)
         except SimulationError as err:
             _fail(str(err), code=1)
+        except TrackingError as err:
+            _fail(str(err))
         except Exception as err:  # a crash inside Flower or a client: name it, keep the run dir resumable
             _fail(f"federation failed: {type(err).__name__}: {err}\nrun directory {run_dir} can be resumed "
                   f"with: fedhealth simulate --resume {run_dir}", code=1)

@@ -176,6 +176,14 @@ class TestingConfig(_Strict):
     dropouts: list[InjectedDropout] = Field(default_factory=list)
 
 
+class TrackingConfig(_Strict):
+    """Optional experiment tracking (an extra): MLflow file store or TensorBoard event files, local only."""
+
+    backend: Literal["none", "mlflow", "tensorboard"] = "none"
+    uri: str = Field(default="", description="MLflow tracking URI or TensorBoard log dir; default: in the run dir")
+    experiment: str = Field(default="", description="MLflow experiment name; default: the study name")
+
+
 class ReferencesConfig(_Strict):
     """Which reference models a simulation trains on the same splits (local-only, pooled)."""
 
@@ -211,6 +219,7 @@ class StudyConfig(_Strict):
     references: ReferencesConfig = Field(default_factory=ReferencesConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     testing: TestingConfig = Field(default_factory=TestingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     _fingerprint: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")

@@ -154,14 +154,30 @@ def _run_sibling_without_dp(cfg: StudyConfig, run_dir: Path, verbose: bool) -> N
 def simulate(cfg: StudyConfig, run_dir: Path, on_round: Callable[[int, dict[str, Any]], None] | None = None,
              verbose: bool = False) -> dict[str, Any]:
     """Run (or resume) the federation in `run_dir`, then the references; returns the summary."""
+    from fedhealth.tracking import open_tracker, round_metrics, summary_metrics
+
     t0 = time.perf_counter()
+    tracker = None
     try:
+        tracker = open_tracker(cfg, run_dir)
+        hook = on_round
+        if tracker is not None:
+            def hook(server_round: int, info: dict[str, Any]) -> None:
+                tracker.log_round(server_round, round_metrics(run_dir, server_round, info))
+                if on_round is not None:
+                    on_round(server_round, info)
         if rundir.last_completed_round(run_dir) < cfg.federation.rounds:
-            run_federation(cfg, run_dir, on_round, verbose)
+            run_federation(cfg, run_dir, hook, verbose)
         if cfg.privacy.mode != "none" and cfg.references.non_private_federation:
             _run_sibling_without_dp(cfg, run_dir, verbose)
+        t1 = time.perf_counter()
+        summary = finish(cfg, run_dir, {"federation": t1 - t0})
+        if tracker is not None:
+            tracker.log_summary(summary_metrics(summary))
+        return summary
     except BaseException as err:
         rundir.mark_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
         raise
-    t1 = time.perf_counter()
-    return finish(cfg, run_dir, {"federation": t1 - t0})
+    finally:
+        if tracker is not None:
+            tracker.close()

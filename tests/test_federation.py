@@ -29,7 +29,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("a") / "run"
-    proc = _cli("simulate", "--config", str(SMOKE), "--out", str(out))
+    proc = _cli("simulate", "--config", str(SMOKE), "--out", str(out), "--set", "tracking.backend=mlflow")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "best possible" in proc.stdout and "village-clinic" in proc.stdout
     return out
@@ -148,3 +148,16 @@ def test_the_report_renders_in_a_real_headless_browser(run_a, tmp_path):
     pixels = imread(shot)
     assert pixels.shape[0] == 2400 and pixels.shape[1] == 1200
     assert len(np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50  # not blank
+
+
+def test_the_run_was_tracked_in_mlflow(run_a):
+    """`tracking.backend = "mlflow"`: a file store in the run directory, one step per round."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((run_a / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    rounds = rundir.read_jsonl(run_a / rundir.ROUNDS_FILE)
+    history = client.get_metric_history(run.info.run_id, "auroc_mean")
+    assert [(m.step, m.value) for m in history] == [(r["round"], r["auroc_mean"]) for r in rounds]
+    summary = json.loads((run_a / rundir.SUMMARY_FILE).read_text())
+    assert run.data.metrics["final.auroc.federated"] == summary["overall"]["auroc"]["federated"]
