@@ -73,6 +73,9 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 class MlflowTracker:
+    """MLflow through its client API with an explicit run id: rounds end on Flower's server thread, and
+    MLflow's fluent API keeps its active run per thread (it would silently open a second run)."""
+
     def __init__(self, cfg: StudyConfig, run_dir: Path) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -80,26 +83,36 @@ class MlflowTracker:
         # directory on a hospital laptop wants. A `tracking.uri` may name any other backend.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         try:
-            import mlflow
+            from mlflow.entities import Metric, Param
+            from mlflow.tracking import MlflowClient
         except ImportError:
             raise TrackingError("tracking.backend = 'mlflow' needs MLflow: pip install -e '.[mlflow]'") from None
-        self.mlflow = mlflow
+        self._metric = Metric
         uri = cfg.tracking.uri or (run_dir / "mlruns").resolve().as_uri()
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(cfg.tracking.experiment or cfg.name)
-        self.run = mlflow.start_run(run_name=run_dir.name)
+        self.client = MlflowClient(uri)
+        name = cfg.tracking.experiment or cfg.name
+        experiment = self.client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
+        self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
         params = flatten(cfg.model_dump(mode="json", exclude={"hospitals"}, exclude_none=True))
         params["hospitals"] = len(cfg.hospitals)
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in sorted(params.items())])
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[self._metric(_mlflow_key(k), float(v), now, step)
+                                                    for k, v in metrics.items()])
 
     def log_round(self, server_round: int, metrics: dict[str, float]) -> None:
-        self.mlflow.log_metrics({_mlflow_key(k): v for k, v in metrics.items()}, step=server_round)
+        self._log(metrics, server_round)
 
     def log_summary(self, metrics: dict[str, float]) -> None:
-        self.mlflow.log_metrics({_mlflow_key(k): v for k, v in metrics.items()})
+        self._log(metrics, 0)
 
     def close(self) -> None:
-        self.mlflow.end_run()
+        self.client.set_terminated(self.run_id)
 
 
 def _mlflow_key(key: str) -> str:

@@ -150,8 +150,9 @@ def test_the_report_renders_in_a_real_headless_browser(run_a, tmp_path):
     assert len(np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50  # not blank
 
 
-def test_the_run_was_tracked_in_mlflow(run_a):
+def test_the_run_was_tracked_in_mlflow(run_a, monkeypatch):
     """`tracking.backend = "mlflow"`: a file store in the run directory, one step per round."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only with this
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient((run_a / "mlruns").as_uri())

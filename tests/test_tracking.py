@@ -49,7 +49,8 @@ def test_tensorboard_event_files_hold_the_rounds(tmp_path):
 
 
 def test_a_missing_extra_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    for name in ("mlflow", "mlflow.entities", "mlflow.tracking"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
     with pytest.raises(TrackingError, match=r"pip install -e '\.\[mlflow\]'"):
         open_tracker(load_config(SMOKE, ["tracking.backend=mlflow"]), tmp_path)
     assert open_tracker(load_config(SMOKE), tmp_path) is None  # off by default
