@@ -71,30 +71,21 @@ def run_job(config: Path, out: Path) -> dict[str, Any]:
     import fedhealth.federation.server as server
     from fedhealth import rundir
     from fedhealth.config import load_config
+    from fedhealth.federation.grid_tap import GridTap
     from fedhealth.simulate import run_federation
 
     counts = {"up": 0, "down": 0}
 
-    class CountingGrid:
-        def __init__(self, grid):
-            self._grid = grid
-
-        def __getattr__(self, name):
-            return getattr(self._grid, name)
-
-        def send_and_receive(self, messages, *, timeout=None):
-            messages = list(messages)
-            replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-            for m in messages:
-                if m.metadata.message_type == MessageType.TRAIN:
-                    counts["down"] += recorddict_to_proto(m.content).ByteSize()
-            for r in replies:
-                if r.metadata.message_type == MessageType.TRAIN and not r.has_error():
-                    counts["up"] += recorddict_to_proto(r.content).ByteSize()
-            return replies
+    def count(messages, replies):
+        for m in messages:
+            if m.metadata.message_type == MessageType.TRAIN:
+                counts["down"] += recorddict_to_proto(m.content).ByteSize()
+        for r in replies:
+            if r.metadata.message_type == MessageType.TRAIN and not r.has_error():
+                counts["up"] += recorddict_to_proto(r.content).ByteSize()
 
     original = server.run_study
-    server.run_study = lambda grid, *a, **k: original(CountingGrid(grid), *a, **k)
+    server.run_study = lambda grid, *a, **k: original(GridTap(grid, count), *a, **k)
     cfg = load_config(config)
     run_dir = rundir.create_run_dir(cfg, out)
     started = time.perf_counter()

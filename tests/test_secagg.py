@@ -299,35 +299,27 @@ def test_the_server_never_holds_an_individual_update(tmp_path, monkeypatch):
     hospitals' updates (the instrument can see them); in the secure run no reply carries a plain array
     and no masked vector correlates with any hospital's update."""
     import fedhealth.federation.server as server
+    from fedhealth.federation.grid_tap import GridTap
 
     captured: list[tuple[str, list[np.ndarray]]] = []
 
-    class Recording:
-        def __init__(self, grid):
-            self._grid = grid
+    def record(messages, replies):
+        from flwr.common import bytes_to_ndarray
+        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-        def __getattr__(self, name):
-            return getattr(self._grid, name)
-
-        def send_and_receive(self, messages, *, timeout=None):
-            from flwr.common import bytes_to_ndarray
-            from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-
-            replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-            for reply in replies:
-                if reply.has_error():
-                    continue
-                for name, record in reply.content.array_records.items():
-                    arrays = [a.numpy() for a in record.values()]
-                    if "fitres" in name and arrays:
-                        captured.append(("plain", arrays))
-                cfgs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
-                if cfgs is not None and Key.MASKED_PARAMETERS in cfgs:
-                    captured.append(("masked", [bytes_to_ndarray(b) for b in cfgs[Key.MASKED_PARAMETERS]][1:]))
-            return replies
+        for reply in replies:
+            if reply.has_error():
+                continue
+            for name, arrays in reply.content.array_records.items():
+                values = [a.numpy() for a in arrays.values()]
+                if "fitres" in name and values:
+                    captured.append(("plain", values))
+            cfgs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+            if cfgs is not None and Key.MASKED_PARAMETERS in cfgs:
+                captured.append(("masked", [bytes_to_ndarray(b) for b in cfgs[Key.MASKED_PARAMETERS]][1:]))
 
     original = server.run_study
-    monkeypatch.setattr(server, "run_study", lambda grid, *a, **k: original(Recording(grid), *a, **k))
+    monkeypatch.setattr(server, "run_study", lambda grid, *a, **k: original(GridTap(grid, record), *a, **k))
     cfg = _smoke("federation.rounds=1", "model.name=mlp")
     plain = _federate(load_config_from(cfg, ["federation.secure_aggregation.enabled=false"]), tmp_path / "plain")
     updates = [np.concatenate([a.ravel() for a in arrays]) for kind, arrays in captured if kind == "plain"]

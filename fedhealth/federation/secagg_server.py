@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from typing import Protocol
 
 from flwr.app import Message, RecordDict
@@ -31,6 +30,7 @@ from flwr.server.workflow.secure_aggregation import secaggplus_workflow as flowe
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp.grid import Grid
 
+from fedhealth.federation.grid_tap import GridTap
 from fedhealth.federation.observed import short_error
 from fedhealth.federation.secagg_params import SecAggParams
 from fedhealth.federation.wire import HOSPITAL_KEY
@@ -81,36 +81,23 @@ def _hospital_of(msg: Message) -> int | None:
     return None if index is None else int(index)
 
 
-class ScreenedGrid:
-    """A Grid that drops malformed masked vectors from stage-2 replies (and reports them)."""
+def masked_vector_screen(shapes: list[tuple[int, ...]], modulus: int, observer: SecureRoundObserver):
+    """For a `GridTap`: drop malformed masked vectors from stage-2 replies, and report each one."""
 
-    def __init__(self, grid: Grid, shapes: list[tuple[int, ...]], modulus: int,
-                 observer: SecureRoundObserver) -> None:
-        self._grid = grid
-        self._shapes = shapes
-        self._modulus = modulus
-        self._observer = observer
-
-    def __getattr__(self, name: str):
-        return getattr(self._grid, name)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        messages = list(messages)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        stage = None
-        if messages:
-            record = messages[0].content.config_records.get(RECORD_KEY_CONFIGS)
-            stage = None if record is None else record.get(Key.STAGE)
-        if stage != Stage.COLLECT_MASKED_VECTORS:
-            return replies
+    def screen(messages: list[Message], replies: list[Message]) -> list[Message] | None:
+        record = messages[0].content.config_records.get(RECORD_KEY_CONFIGS) if messages else None
+        if record is None or record.get(Key.STAGE) != Stage.COLLECT_MASKED_VECTORS:
+            return None
         kept = []
         for reply in replies:
-            problem = None if reply.has_error() else masked_vector_problem(reply.content, self._shapes, self._modulus)
+            problem = None if reply.has_error() else masked_vector_problem(reply.content, shapes, modulus)
             if problem:
-                self._observer.masked_vector_rejected(_hospital_of(reply), f"malformed masked vector: {problem}")
+                observer.masked_vector_rejected(_hospital_of(reply), f"malformed masked vector: {problem}")
                 continue
             kept.append(reply)
         return kept
+
+    return screen
 
 
 class SecureAggregationWorkflow(SecAggPlusWorkflow):
@@ -128,7 +115,7 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
         if not isinstance(context, LegacyContext):
             raise TypeError(f"expected a LegacyContext, got {type(context).__name__}")
         state = WorkflowState()
-        screened = ScreenedGrid(grid, self.shapes, self.params.modulus_range, self.observer)
+        screened = GridTap(grid, masked_vector_screen(self.shapes, self.params.modulus_range, self.observer))
         steps = (self.setup_stage, self.share_keys_stage, self.collect_masked_vectors_stage, self.unmask_stage)
         seconds: dict[str, float] = {}
         for name, step in zip(self.STAGES, steps, strict=True):

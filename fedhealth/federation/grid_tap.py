@@ -1,0 +1,30 @@
+"""A Flower Grid that shows every exchange (messages sent, replies received) to a function.
+
+One small proxy serves three jobs: the SecAgg+ workflow screens malformed masked vectors out of
+the replies, the benchmark counts bytes, and the tests check what the server ever holds. The
+function returns the replies to keep, or None to keep them all; everything else is the Grid's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from flwr.app import Message
+from flwr.serverapp.grid import Grid
+
+OnExchange = Callable[[list[Message], list[Message]], "list[Message] | None"]
+
+
+class GridTap:
+    def __init__(self, grid: Grid, on_exchange: OnExchange) -> None:
+        self._grid = grid
+        self._on_exchange = on_exchange
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        kept = self._on_exchange(messages, replies)
+        return replies if kept is None else kept
