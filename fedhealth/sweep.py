@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedhealth import rundir
-from fedhealth.config import StudyConfig, apply_overrides, parse_config, without_privacy
+from fedhealth.config import StudyConfig, parse_config, without_privacy
 
 log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
@@ -50,7 +50,7 @@ def sibling_config(cfg: StudyConfig, epsilon: float) -> StudyConfig:
                     "max_epsilon": max(epsilon, float(privacy.get("max_epsilon", 10.0)))})
     data["privacy"] = privacy
     data["name"] = f"{cfg.name}-eps-{epsilon:g}"
-    return parse_config(apply_overrides(data, []), f"{cfg.name} at epsilon {epsilon:g}")
+    return parse_config(data, f"{cfg.name} at epsilon {epsilon:g}")
 
 
 def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:

@@ -12,8 +12,10 @@ Two choices make that statement true here, where Flower alone would not:
 - noise for the hospitals actually aggregated: Flower's wrapper calibrates to the number sampled
   and only warns when fewer reply; we set it to the number aggregated each round.
 No amplification by sampling is claimed (q = 1): the epsilon reported is an upper bound.
-The server sees each clipped update before it adds noise; secure aggregation (SecAgg+) is what
-would hide them, and is not in this build yet.
+Under SecAgg+ (the default) the server sees only the un-noised mean of the clipped updates, never
+one of them. With `privacy.hospital_noise = "distributed"` each hospital adds its share of the
+noise before masking instead (see `fedhealth.federation.secagg_client`), so the server sees only
+the noised sum.
 """
 
 from __future__ import annotations
