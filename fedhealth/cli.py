@@ -280,6 +280,12 @@ def synth(
     console.print(f"wrote {len(paths)} hospital files and the data dictionary to {out}")
 
 
+from fedhealth.security.cli import audit_app, certs_app  # noqa: E402
+
+app.add_typer(certs_app, name="certs")
+app.add_typer(audit_app, name="audit")
+
+
 def main() -> None:
     app()
 
