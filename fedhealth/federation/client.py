@@ -17,6 +17,7 @@ from flwr.common import Context, NDArrays, Scalar
 
 from fedhealth.config import StudyConfig
 from fedhealth.data.hospitals import load_hospital
+from fedhealth.federation.qffl import LOSS_KEY
 from fedhealth.federation.wire import (
     DECLINED_KEY,
     HOSPITAL_KEY,
@@ -92,6 +93,9 @@ class HospitalClient(NumPyClient):
                                        "epsilon": outcome.epsilon}
             result, privacy = outcome.result, outcome.metrics
         else:
+            if cfg.federation.strategy.name == "qfedavg":
+                # q-FedAvg weighs this hospital by its loss at the model it received (see federation.qffl).
+                privacy[LOSS_KEY] = evaluate(model, split.x_train, split.y_train).loss
             result = self._train_plain(cfg, split, model, parameters, config, seed)
         weights = get_weights(model)
         bad = [i for i, w in enumerate(weights) if not np.all(np.isfinite(w))]
@@ -101,7 +105,8 @@ class HospitalClient(NumPyClient):
                 f"(round {server_round}); not sending it. Lower training.learning_rate."
             )
         # Hospital-level DP needs equal weights: a record-count weight would raise a hospital's sensitivity.
-        weight = 1 if cfg.privacy.mode == "hospital" else len(split.y_train)
+        # q-FedAvg sums its terms unweighted: the loss weighting is inside them.
+        weight = 1 if cfg.privacy.mode == "hospital" or LOSS_KEY in privacy else len(split.y_train)
         # Under SecAgg+ the record count travels only inside the masked sum (see secagg_client).
         clear = {} if secure else {"n_train": len(split.y_train)}
         return weights, weight, {

@@ -69,10 +69,13 @@ def _reason(failure: object) -> str:
 
 class ObservedStrategy(Strategy):
     def __init__(self, inner: Strategy, recorder: RunRecorder, shapes: list[tuple[int, ...]],
-                 secure: bool = False, min_contributors: int = 1) -> None:
+                 secure: bool = False, min_contributors: int = 1, raw_updates: bool = False) -> None:
         """`min_contributors`: fewest non-declined hospitals whose updates an aggregate may be released
-        from (distributed DP needs that many noise shares)."""
+        from (distributed DP needs that many noise shares). `raw_updates`: pass what hospitals send to
+        the strategy as it is (q-FedAvg's terms), rather than adding the global model back; `shapes`
+        are then the shapes of those terms."""
         self.inner = inner
+        self.raw_updates = raw_updates
         self.recorder = recorder
         self.shapes = shapes
         self.secure = secure
@@ -89,6 +92,8 @@ class ObservedStrategy(Strategy):
         return self.inner.configure_fit(server_round, parameters, client_manager)
 
     def _weights(self, update: list[np.ndarray]) -> Parameters:
+        if self.raw_updates:
+            return ndarrays_to_parameters(update)
         return ndarrays_to_parameters([(g + u).astype(g.dtype) for g, u in zip(self._global, update, strict=True)])
 
     def _set_noise_count(self, aggregated: int) -> None:

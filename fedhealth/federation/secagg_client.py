@@ -112,8 +112,11 @@ def update_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mes
     new = parameters_to_ndarrays(fit_res.parameters)
     cfg = study_from_payload(fit_ins.config)
     metrics = dict(fit_res.metrics)
+    qffl = cfg.federation.strategy.name == "qfedavg"
     if DECLINED_KEY in metrics:
         update = [np.zeros_like(r) for r in received]  # weight 0: adds nothing to the masked sum
+        if qffl:
+            update.append(np.zeros(1, dtype=np.float32))
         num_examples = 0
     else:
         shapes = [tuple(r.shape) for r in received]
@@ -124,12 +127,32 @@ def update_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mes
         if not all(np.all(np.isfinite(u)) for u in update):
             raise UpdateRefused("the update holds NaN or infinite values; not sending")
         num_examples = fit_res.num_examples
+        if qffl:
+            update = _qffl_terms(cfg, update, metrics, fit_ins.config)
         if fit_ins.config.get(SECURE_KEY):
             update = _prepare_for_masking(cfg, update, num_examples, metrics)
     fit_res = FitRes(status=fit_res.status, parameters=ndarrays_to_parameters(update),
                      num_examples=num_examples, metrics=metrics)
     reply.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
     return reply
+
+
+def _qffl_terms(cfg: StudyConfig, update: list[np.ndarray], metrics: dict, config: dict) -> list[np.ndarray]:
+    from fedhealth.federation.qffl import LOSS_KEY, SCALE_KEY, qffl_terms
+
+    s = cfg.federation.strategy
+    if LOSS_KEY not in metrics or SCALE_KEY not in config:
+        raise UpdateRefused(f"q-FedAvg needs the hospital's loss ({LOSS_KEY}) and the server's {SCALE_KEY}; "
+                            "one is missing, not sending")
+    terms = qffl_terms(update, float(metrics[LOSS_KEY]), s.q, s.qffl_learning_rate,
+                       float(config[SCALE_KEY]))
+    if config.get(SECURE_KEY):
+        bound = study_secagg_params(cfg).clipping_range
+        if float(terms[-1][0]) > bound:
+            # Clipping h would shrink the denominator and lengthen everyone's step: refuse instead.
+            raise UpdateRefused(f"q-FedAvg term h = {float(terms[-1][0]):.3g} exceeds the SecAgg+ clipping range "
+                                f"{bound:g}; not sending. Raise federation.secure_aggregation.update_bound")
+    return terms
 
 
 def _prepare_for_masking(cfg: StudyConfig, update: list[np.ndarray], weight: int,

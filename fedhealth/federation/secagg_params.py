@@ -15,7 +15,7 @@ Here each number follows from the study:
   below a strict majority of the neighbourhood (below it a server that lies about who dropped
   could collect both secrets of one hospital);
 - `max_weight`: FedAvg weights are training-record counts, so the largest hospital's record
-  count (1 in hospital-level DP, where weights are equal);
+  count (1 in hospital-level DP and q-FedAvg, where weights are equal);
 - `clipping_range`: a per-coordinate bound on the (weighted) model *update*; exact in
   hospital-level DP, where each update is L2-clipped, and a declared bound otherwise, which each
   hospital checks and reports if its update exceeds it;
@@ -163,9 +163,10 @@ def derive_secagg_params(cfg: StudyConfig, noise_multiplier: float | None = None
                          f"modulus; lower federation.strategy.fraction_fit")
 
     hospital_mode = cfg.privacy.mode == "hospital"
-    if hospital_mode:
+    if hospital_mode or cfg.federation.strategy.name == "qfedavg":
+        why = "hospital-level DP" if hospital_mode else "q-FedAvg"
         if sa.max_weight not in (None, 1):
-            raise ValueError(f"{KEY}.max_weight = {sa.max_weight}: hospital-level DP weighs every hospital 1; "
+            raise ValueError(f"{KEY}.max_weight = {sa.max_weight}: {why} weighs every hospital 1; "
                              "remove the key")
         max_weight = 1
     else:

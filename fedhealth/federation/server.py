@@ -24,7 +24,7 @@ from fedhealth.federation.observed import ObservedStrategy
 from fedhealth.federation.recorder import RoundCallback, RunRecorder
 from fedhealth.federation.secagg_params import derive_secagg_params
 from fedhealth.federation.secagg_server import SecureAggregationWorkflow
-from fedhealth.federation.strategies import build_strategy, optimizer_state, restore_optimizer_state
+from fedhealth.federation.strategies import build_strategy, is_qffl, optimizer_state, restore_optimizer_state
 from fedhealth.federation.wire import study_payload
 from fedhealth.federation.workflow import StudyWorkflow
 from fedhealth.models import build_model, get_weights
@@ -75,18 +75,22 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     inner = build_strategy(cfg, weights, lambda r: study_payload(cfg, r, ledger_dir),
                            lambda r: study_payload(cfg, r, ledger_dir))
     restore_optimizer_state(inner, opt_state)
+    raw = is_qffl(inner)
+    if raw:
+        shapes = [*shapes, (1,)]  # q-FedAvg: hospitals send Delta per array, then h
     recorder = RunRecorder(run_dir, cfg, on_round)
     fit_workflow = None
     if cfg.federation.secure_aggregation.enabled:
         params = derive_secagg_params(cfg)
         rundir.write_json(run_dir / rundir.SECAGG_FILE, params.as_dict())
         log.info("SecAgg+: %s", params.as_dict())
-        strategy = ObservedStrategy(inner, recorder, shapes, secure=True, min_contributors=min_contributors(cfg))
+        strategy = ObservedStrategy(inner, recorder, shapes, secure=True, min_contributors=min_contributors(cfg),
+                                    raw_updates=raw)
         fit_workflow = SecureAggregationWorkflow(params, shapes, strategy)
     else:
         log.warning("secure aggregation is off (federation.secure_aggregation.enabled = false): "
                     "the server sees every hospital's update")
-        strategy = ObservedStrategy(inner, recorder, shapes)
+        strategy = ObservedStrategy(inner, recorder, shapes, raw_updates=raw)
 
     def round_end(server_round: int, ctx: LegacyContext) -> None:
         params = compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)

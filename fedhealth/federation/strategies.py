@@ -1,4 +1,4 @@
-"""Flower's own strategies (FedAvg, FedProx, FedAdam), built by name from the study config."""
+"""Flower's own strategies (FedAvg, FedProx, FedAdam, q-FedAvg), built by name from the study config."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from flwr.server.strategy import (
 
 from fedhealth.config import StudyConfig
 
-STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam")
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "qfedavg")
 
 
 def _mean_train_loss(results: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
@@ -55,6 +55,11 @@ def build_strategy(
     elif s.name == "fedadam":
         strategy = FedAdam(**common, eta=s.server_learning_rate, eta_l=cfg.training.learning_rate,
                            beta_1=s.server_momentum, beta_2=s.server_second_moment, tau=s.server_tau)
+    elif s.name == "qfedavg":
+        from fedhealth.federation.qffl import QFairFedAvg
+
+        strategy = QFairFedAvg(**common, q_param=s.q,
+                               qffl_learning_rate=s.qffl_learning_rate)
     else:
         raise ValueError(f"unknown strategy {s.name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
     if cfg.privacy.mode == "hospital" and cfg.privacy.hospital_noise == "central":
@@ -76,7 +81,16 @@ def optimizer_state(strategy: Strategy) -> dict[str, list[np.ndarray]]:
     strategy = base_strategy(strategy)
     if isinstance(strategy, FedAdam) and strategy.m_t is not None:
         return {"m_t": list(strategy.m_t), "v_t": list(strategy.v_t or [])}
+    if is_qffl(strategy):
+        return {"qffl_scale": [np.array([strategy.scale])]}
     return {}
+
+
+def is_qffl(strategy: Strategy) -> bool:
+    """q-FedAvg: hospitals send q-FFL terms (see `fedhealth.federation.qffl`), not plain updates."""
+    from fedhealth.federation.qffl import QFairFedAvg
+
+    return isinstance(base_strategy(strategy), QFairFedAvg)
 
 
 def restore_optimizer_state(strategy: Strategy, state: dict[str, list[np.ndarray]]) -> None:
@@ -84,3 +98,5 @@ def restore_optimizer_state(strategy: Strategy, state: dict[str, list[np.ndarray
     if isinstance(strategy, FedAdam) and "m_t" in state:
         strategy.m_t = [np.asarray(a) for a in state["m_t"]]
         strategy.v_t = [np.asarray(a) for a in state["v_t"]]
+    if is_qffl(strategy) and "qffl_scale" in state:
+        strategy.scale = float(np.asarray(state["qffl_scale"][0]).reshape(-1)[0])
