@@ -53,7 +53,8 @@ def print_summary_table(summary: dict[str, Any]) -> None:
     table = Table(title=f"{summary['study']}: test AUROC per hospital ({summary['strategy']}, "
                         f"{summary['model']}, {summary['rounds']} rounds)")
     dp = "federated_no_dp" in summary["overall"]["auroc"]
-    keys = ["local_only", "federated", *(["federated_no_dp"] if dp else []), "pooled", "best_possible"]
+    keys = [k for k in ("local_only", "federated", *(["federated_no_dp"] if dp else []), "pooled", "best_possible")
+            if k in summary["overall"]["auroc"]]
     titles = {"local_only": "local-only", "federated": "federated (DP)" if dp else "federated",
               "federated_no_dp": "federated, no DP", "pooled": "pooled", "best_possible": "best possible"}
     for col in ("hospital", "tier", "region", "records"):
@@ -272,12 +273,53 @@ def synth(
     config: Annotated[Path, typer.Option("--config", "-c", help="study config (TOML)")],
     out: Annotated[Path, typer.Option(help="directory for one CSV per hospital")],
 ) -> None:
-    """Write each hospital's synthetic records as CSV, with the data dictionary, for people to look at."""
+    """Write each hospital's synthetic records as CSV, with the schema, the data dictionary and a config
+    (<name>-files.toml) that simulates the same study from these files."""
     from fedhealth.data.export import write_synthetic_study
 
     cfg = _load(config, [])
+    if cfg.from_files:
+        _fail(f"{config}: this study already reads its hospitals from files; synth writes generated hospitals")
     paths = write_synthetic_study(cfg, out)
-    console.print(f"wrote {len(paths)} hospital files and the data dictionary to {out}")
+    console.print(f"wrote {len(paths)} hospital files, schema.toml, the data dictionary and "
+                  f"{cfg.name}-files.toml to {out}")
+
+
+@app.command()
+def validate(
+    schema: Annotated[Path, typer.Option(help="the study schema (TOML)")],
+    data: Annotated[list[Path], typer.Option(help="a hospital's CSV or Parquet file (repeatable)")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report(s) as JSON")] = None,
+) -> None:
+    """Check hospital files against the study schema: rows accepted, rows rejected and why, and per column
+    the missing rate and out-of-range count. Prints counts only, never a patient's value. Exit 0 when
+    every file is usable, 1 when one is not, 2 when the schema or a file cannot be read."""
+    import json
+
+    from fedhealth.data.study_schema import SchemaError, load_schema
+    from fedhealth.data.validation import DataFileError, read_table, validate_table
+
+    try:
+        study = load_schema(schema)
+    except SchemaError as err:
+        _fail(str(err))
+    reports, usable = [], True
+    for path in data:
+        try:
+            frame = read_table(path)
+        except DataFileError as err:
+            _fail(str(err))
+        report = validate_table(frame, study, str(path)).report
+        reports.append(report.as_dict())
+        usable &= report.ok
+        for line in report.lines():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print("usable" if report.ok else "NOT usable: fix the errors above", style="green" if report.ok
+                      else "bold red")
+    if json_out is not None:
+        json_out.write_text(json.dumps({"schema": study.study.name, "files": reports}, indent=2) + "\n")
+    if not usable:
+        raise typer.Exit(1)
 
 
 from fedhealth.security.cli import audit_app, certs_app  # noqa: E402

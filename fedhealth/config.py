@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from fedhealth.data.schema import REGIONS, TIERS
+from fedhealth.data.study_schema import StudySchema
 from fedhealth.privacy.policy import SitePolicy, effective_cap
 
 Tier = Literal["tertiary", "secondary", "community"]
@@ -35,13 +36,33 @@ class _Strict(BaseModel):
 
 
 class HospitalConfig(_Strict):
-    """One hospital: its identity and the profile the synthetic generator draws its records from."""
+    """One hospital: generated from a profile (tier, region, records), or read from its own `data` file.
+
+    A file hospital's `records` (usable rows) and `data_sha256` are filled in when the config is loaded;
+    its tier and region are free labels for the report (default "unspecified")."""
 
     name: str = Field(min_length=1)
-    tier: Tier
-    region: Region
-    records: int = Field(ge=50, le=1_000_000, description="patient records at this hospital (rows)")
+    tier: str = Field(default="unspecified", min_length=1)
+    region: str = Field(default="unspecified", min_length=1)
+    records: int | None = Field(default=None, ge=1, le=10_000_000, description="patient records (rows)")
+    data: str | None = Field(default=None, description="CSV or Parquet file, relative to the config file")
+    data_sha256: str | None = Field(default=None, description="filled in at load: the file the study uses")
     policy: SitePolicy | None = Field(default=None, description="this hospital's own site policy: it wins")
+
+    @model_validator(mode="after")
+    def _generated_profile(self) -> HospitalConfig:
+        if self.data is not None:
+            return self
+        problems = []
+        if self.tier not in TIERS:
+            problems.append(f"tier {self.tier!r} is not a generator tier; choose one of {', '.join(TIERS)}")
+        if self.region not in REGIONS:
+            problems.append(f"region {self.region!r} is not a generator region; choose one of {', '.join(REGIONS)}")
+        if self.records is None or self.records < 50:
+            problems.append(f"records must be at least 50 for a generated hospital (got {self.records})")
+        if problems:
+            raise ValueError(f"hospital {self.name!r}: " + "; ".join(problems) + " (or give its `data` file)")
+        return self
 
 
 class PopulationConfig(_Strict):
@@ -228,7 +249,14 @@ class StudyConfig(_Strict):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     testing: TestingConfig = Field(default_factory=TestingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    study_schema: StudySchema | None = Field(
+        default=None, description="the schema of a study whose hospitals are files (TOML key `schema` = its path)")
     _fingerprint: str | None = PrivateAttr(default=None)
+
+    @property
+    def from_files(self) -> bool:
+        """True when every hospital's records come from its own file, under `study_schema`."""
+        return self.study_schema is not None
 
     @model_validator(mode="after")
     def _hospitals(self) -> StudyConfig:
@@ -240,6 +268,7 @@ class StudyConfig(_Strict):
             object.__setattr__(self, "population", None)
         if not self.hospitals:
             raise ValueError("hospitals: a study needs at least one hospital: add [[hospitals]] or [population]")
+        _one_data_source(self)
         if self.privacy.mode == "record" and self.federation.strategy.name == "fedprox":
             raise ValueError("federation.strategy.name: fedprox is not yet supported with privacy.mode = 'record' "
                              "(the proximal term is not part of the DP-SGD loop); use fedavg or fedadam")
@@ -300,6 +329,25 @@ class StudyConfig(_Strict):
             dump = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
             self._fingerprint = hashlib.sha256(dump).hexdigest()[:16]
         return self._fingerprint
+
+
+def _one_data_source(cfg: StudyConfig) -> None:
+    """A study has one schema: the generator's (no `schema` key, every hospital generated) or a schema
+    file (every hospital a file). Mixing the two would put records of two different schemas into one
+    model, so it is refused."""
+    files = [h.name for h in cfg.hospitals if h.data is not None]
+    generated = [h.name for h in cfg.hospitals if h.data is None]
+    if cfg.study_schema is None and files:
+        raise ValueError("hospitals: a hospital given as a data file needs the study's schema: add `schema = "
+                         "\"path/to/schema.toml\"` at the top of the config")
+    if cfg.study_schema is not None and generated and files:
+        raise ValueError(f"hospitals: {', '.join(generated)} would be generated and {', '.join(files)} read from "
+                         "files; a study has one schema, so give every hospital a `data` file (`fedhealth synth "
+                         "--out DIR` writes generated hospitals as files, with their schema)")
+    if cfg.study_schema is not None and any(h.records is None for h in cfg.hospitals):
+        missing = [h.name for h in cfg.hospitals if h.records is None]
+        raise ValueError(f"hospitals: {', '.join(missing)}: give `data` (simulation) or `records` (deployment: the "
+                         "hospital's file stays at the hospital)")
 
 
 def expand_population(pop: PopulationConfig, seed: int) -> list[HospitalConfig]:
@@ -385,7 +433,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyCo
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     data.setdefault("name", path.stem)
-    return parse_config(apply_overrides(data, overrides or []), str(path))
+    data = apply_overrides(data, overrides or [])
+    from fedhealth.data.files import resolve_study_files
+
+    problems = resolve_study_files(data, path.resolve().parent)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {p}" if not p.startswith(str(path)) else p for p in problems))
+    return parse_config(data, str(path))
 
 
 def config_to_toml(cfg: StudyConfig) -> str:

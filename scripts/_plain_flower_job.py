@@ -24,8 +24,7 @@ from flwr.server.strategy import FedAvg
 from flwr.simulation import run_simulation
 
 from fedhealth.config import StudyConfig
-from fedhealth.data.hospitals import load_hospital
-from fedhealth.data.schema import ENCODED_WIDTH
+from fedhealth.data.hospitals import input_width, load_hospital
 from fedhealth.models import build_model, get_weights, set_weights
 from fedhealth.seeding import derive_seed
 from fedhealth.training import evaluate, train
@@ -88,7 +87,7 @@ def _client_app(cfg: StudyConfig) -> ClientApp:
 
 def _server_app(cfg: StudyConfig, record: PlainRun) -> ServerApp:
     n = len(cfg.hospitals)
-    init = build_model(cfg.model.name, ENCODED_WIDTH, cfg.model.hidden, seed=derive_seed(cfg.seed, "init"))
+    init = build_model(cfg.model.name, input_width(cfg), cfg.model.hidden, seed=derive_seed(cfg.seed, "init"))
 
     def fit_config(server_round: int) -> dict[str, Scalar]:
         record.round_started.append(time.perf_counter())

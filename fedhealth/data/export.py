@@ -1,4 +1,11 @@
-"""Write a synthetic study to disk as one CSV per hospital plus the data dictionary."""
+"""Write a synthetic study to disk as one CSV per hospital, its schema, a data dictionary, and a config
+that simulates the same study from those files.
+
+Why the config: it is the round trip that proves the file path and the generator path agree. The
+CSVs hold every value at full precision, the rows in generator order, so the seeded split and the
+encoding see exactly what the generator gave; simulating the written config reproduces the original
+study's metrics, apart from the best-possible reference (a file carries no true risk).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +13,44 @@ from pathlib import Path
 
 from fedhealth.config import StudyConfig
 from fedhealth.data.schema import write_data_dictionary
+from fedhealth.data.study_schema import default_schema, write_schema
 from fedhealth.data.synthetic import HospitalProfile, generate_hospital
+
+SCHEMA_FILE = "schema.toml"
+
+
+def file_config(cfg: StudyConfig, files: dict[str, str], schema_file: str = SCHEMA_FILE) -> str:
+    """The TOML of `cfg` with every hospital read from `files[name]` (paths relative to the config)."""
+    import tomli_w
+
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data.pop("population", None)
+    data.pop("study_schema", None)
+    data["name"] = f"{cfg.name}-files"
+    for h in data["hospitals"]:
+        h["data"] = files[h["name"]]
+        for key in ("records", "data_sha256"):
+            h.pop(key, None)
+    header = (f"# {cfg.name} read back from its files (written by `fedhealth synth`): simulating this config\n"
+              "# gives the same metrics as the generated study, apart from the best-possible reference.\n")
+    return header + f"schema = {schema_file!r}\n" + tomli_w.dumps(data)
 
 
 def write_synthetic_study(cfg: StudyConfig, out: Path) -> list[Path]:
     """The CSVs hold the observed (noisy, partly missing) values a hospital would export, the
-    outcome, and the generator's `true_risk` column (never available for real data)."""
+    outcome, and the generator's `true_risk` column (never available for real data; the schema does
+    not name it, so validation ignores it). Also writes `schema.toml` and `<name>-files.toml`."""
+    if cfg.from_files:
+        raise ValueError(f"study {cfg.name!r} already reads its hospitals from files; there is nothing to generate")
     out.mkdir(parents=True, exist_ok=True)
     write_data_dictionary(out / "DATA_DICTIONARY.md")
+    write_schema(default_schema(), out / SCHEMA_FILE)
     paths = []
     for i, h in enumerate(cfg.hospitals):
         records = generate_hospital(HospitalProfile(h.name, h.tier, h.region, h.records), i, cfg.seed)
         path = out / f"{h.name}.csv"
-        records.to_frame().to_csv(path, index=False, float_format="%.6g")
+        records.to_frame().to_csv(path, index=False)  # full precision: the round trip must be exact
         paths.append(path)
+    (out / f"{cfg.name}-files.toml").write_text(
+        file_config(cfg, {h.name: f"{h.name}.csv" for h in cfg.hospitals}), encoding="utf-8")
     return paths

@@ -1,4 +1,4 @@
-"""A study's hospitals as model-ready splits: generate (or later, read), split, encode.
+"""A study's hospitals as model-ready splits: generate (or read from the hospital's file), split, encode.
 
 Each party calls this for its own hospital only; the seeded generator and split make every
 process (Ray actor, driver, resumed run) see exactly the same records without moving any.
@@ -7,12 +7,13 @@ process (Ray actor, driver, resumed run) see exactly the same records without mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from fedhealth.config import HospitalConfig, StudyConfig
-from fedhealth.data.schema import encode_features
-from fedhealth.data.synthetic import HospitalProfile, generate_hospital, train_test_split
+from fedhealth.data.schema import ENCODED_WIDTH, encode_features
+from fedhealth.data.synthetic import HospitalProfile, generate_hospital, stratified_test_mask, train_test_split
 from fedhealth.metrics.classification import roc_auc
 
 
@@ -29,6 +30,11 @@ class HospitalSplit:
     test_true_risk: np.ndarray  # P(outcome) from the generator's latent values, test records
     bayes_auroc: float  # best AUROC any model could reach on this test set (NaN if one class)
     prevalence: float  # outcome rate over all of this hospital's records
+
+
+def input_width(cfg: StudyConfig) -> int:
+    """Model inputs per record: the study schema's encoded width, or the built-in record's."""
+    return cfg.study_schema.encoded_width if cfg.study_schema is not None else ENCODED_WIDTH
 
 
 def _profile(h: HospitalConfig) -> HospitalProfile:
@@ -52,6 +58,8 @@ _CACHE: dict[tuple[str, int], HospitalSplit] = {}
 
 def _build(cfg: StudyConfig, index: int) -> HospitalSplit:
     h = cfg.hospitals[index]
+    if cfg.study_schema is not None:
+        return _build_from_file(cfg, index, Path(h.data) if h.data else None)
     records = generate_hospital(_profile(h), index, cfg.seed)
     train, test = train_test_split(records, cfg.training.test_fraction, cfg.seed, index)
     best = roc_auc(test.label, test.true_risk)
@@ -64,5 +72,32 @@ def _build(cfg: StudyConfig, index: int) -> HospitalSplit:
         y_test=test.label.astype(np.float32),
         test_true_risk=test.true_risk,
         bayes_auroc=best,
+        prevalence=float(records.label.mean()),
+    )
+
+
+def _build_from_file(cfg: StudyConfig, index: int, path: Path | None) -> HospitalSplit:
+    """A hospital's own file, validated and consent-filtered, split by the schema's split column or by the
+    same seeded stratified split as a generated hospital, and encoded with the schema's fixed references.
+    There is no true risk, so no best-possible AUROC (NaN)."""
+    from fedhealth.data.files import load_file_records
+
+    h = cfg.hospitals[index]
+    schema = cfg.study_schema
+    assert schema is not None
+    if path is None:
+        raise FileNotFoundError(f"hospital {h.name!r} has no data file: give hospitals.data in the config "
+                                "(simulation) or data-file in its node config (deployment)")
+    records = load_file_records(path, schema, h.name, h.data_sha256 if h.data else None)
+    if records.is_test is not None:
+        test = records.is_test
+    else:
+        test = stratified_test_mask(records.label, cfg.training.test_fraction, cfg.seed, index, h.name)
+    x = schema.encode(records.values)
+    y = records.label.astype(np.float32)
+    return HospitalSplit(
+        index=index, hospital=h,
+        x_train=x[~test], y_train=y[~test], x_test=x[test], y_test=y[test],
+        test_true_risk=np.full(int(test.sum()), np.nan), bayes_auroc=float("nan"),
         prevalence=float(records.label.mean()),
     )

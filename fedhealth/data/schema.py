@@ -143,6 +143,9 @@ FEATURES: tuple[Feature, ...] = (
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 
+REQUIRED_FEATURES: tuple[str, ...] = ("age", "sex_male")
+"""A record missing one of these is rejected when read from a file (see the data dictionary)."""
+
 LABEL = "complication_1y"
 LABEL_DESCRIPTION = (
     "Major cardiovascular or diabetic complication within 12 months of the index visit "

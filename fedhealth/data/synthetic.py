@@ -650,23 +650,29 @@ def train_test_split(
         ValueError: if ``test_fraction`` is not in (0, 1), or the hospital has fewer than two
             positives or two negatives (then no such split exists).
     """
-    name = records.profile.name
+    test_mask = stratified_test_mask(records.label, test_fraction, seed, index, records.profile.name)
+    return _subset(records, np.flatnonzero(~test_mask)), _subset(records, np.flatnonzero(test_mask))
+
+
+def stratified_test_mask(label: np.ndarray, test_fraction: float, seed: int, index: int, name: str) -> np.ndarray:
+    """Which rows go to the test side: see `train_test_split`. Shared by generated and file hospitals, so
+    the same rows in the same order split identically whichever path they came by."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"hospital {name!r}: test_fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
     test_parts = []
     for cls in (0, 1):
-        idx = np.flatnonzero(records.label == cls)
+        idx = np.flatnonzero(label == cls)
         if idx.size < 2:
             raise ValueError(
                 f"hospital {name!r} has {idx.size} record(s) with {LABEL}={cls}; a stratified split needs "
-                f"at least 2 positives and 2 negatives (it has {len(records)} records in all)"
+                f"at least 2 positives and 2 negatives (it has {len(label)} records in all)"
             )
         n_test = min(max(round(test_fraction * idx.size), 1), idx.size - 1)
         test_parts.append(rng.permutation(idx)[:n_test])
-    test_mask = np.zeros(len(records), dtype=bool)
+    test_mask = np.zeros(len(label), dtype=bool)
     test_mask[np.concatenate(test_parts)] = True
-    return _subset(records, np.flatnonzero(~test_mask)), _subset(records, np.flatnonzero(test_mask))
+    return test_mask
 
 
 def bayes_auroc(records: HospitalRecords) -> float:

@@ -19,7 +19,7 @@ from flwr.serverapp.grid import Grid
 
 from fedhealth import rundir
 from fedhealth.config import StudyConfig, load_config
-from fedhealth.data.schema import ENCODED_WIDTH
+from fedhealth.data.hospitals import input_width
 from fedhealth.federation.observed import ObservedStrategy
 from fedhealth.federation.recorder import RoundCallback, RunRecorder
 from fedhealth.federation.secagg_params import derive_secagg_params
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def initial_weights(cfg: StudyConfig) -> list:
     """The round-0 global model, a pure function of the study seed."""
-    model = build_model(cfg.model.name, ENCODED_WIDTH, cfg.model.hidden, seed=derive_seed(cfg.seed, "init"))
+    model = build_model(cfg.model.name, input_width(cfg), cfg.model.hidden, seed=derive_seed(cfg.seed, "init"))
     return get_weights(model)
 
 

@@ -28,6 +28,8 @@ from fedhealth.references import Predictions
 
 def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict[str, Predictions],
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    # Real data has no known true risk: the best-possible reference is then absent, not NaN.
+    known_risk = all(np.isfinite(s.test_true_risk).all() for s in splits)
     hospitals = []
     for s in splits:
         row: dict[str, Any] = {
@@ -39,7 +41,8 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
         for key, pred in preds.items():
             m = binary_metrics(s.y_test, pred.by_hospital[s.index])
             row["auroc"][key], row["auprc"][key], row["brier"][key] = m.auroc, m.auprc, m.brier
-        row["auroc"]["best_possible"] = s.bayes_auroc
+        if known_risk:
+            row["auroc"]["best_possible"] = s.bayes_auroc
         hospitals.append(row)
 
     y_all = np.concatenate([s.y_test for s in splits])
@@ -51,8 +54,9 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
         overall["brier"][key] = float(np.mean((p_all - y_all) ** 2))
         bins = reliability_bins(y_all, p_all)
         calibration[key] = {"bins": bins, "ece": expected_calibration_error(bins)}
-    overall["auroc"]["best_possible"] = roc_auc(y_all, np.concatenate([s.test_true_risk for s in splits]))
-    for key in [*preds, "best_possible"]:
+    if known_risk:
+        overall["auroc"]["best_possible"] = roc_auc(y_all, np.concatenate([s.test_true_risk for s in splits]))
+    for key in [*preds, *(["best_possible"] if known_risk else [])]:
         values = np.array([h["auroc"][key] for h in hospitals], dtype=float)
         overall["mean_hospital_auroc"][key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
     return {"study": cfg.name, "seed": cfg.seed, "strategy": cfg.federation.strategy.name,
