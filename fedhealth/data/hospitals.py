@@ -41,25 +41,30 @@ def _profile(h: HospitalConfig) -> HospitalProfile:
     return HospitalProfile(name=h.name, tier=h.tier, region=h.region, records=h.records)
 
 
-def load_hospital(cfg: StudyConfig, index: int) -> HospitalSplit:
-    """The split of hospital `index` (0-based) of the study, cached per process."""
+def load_hospital(cfg: StudyConfig, index: int, data_file: str | None = None) -> HospitalSplit:
+    """The split of hospital `index` (0-based) of the study, cached per process. `data_file`: the
+    hospital's own file (deployment: from its node config), which wins over the study config's path."""
     if not 0 <= index < len(cfg.hospitals):
         raise IndexError(f"hospital index {index} outside 0..{len(cfg.hospitals) - 1}")
-    key = (cfg.fingerprint(), index)
+    key = (cfg.fingerprint(), index, data_file)
     if key not in _CACHE:
         if len(_CACHE) >= 256:
             _CACHE.clear()
-        _CACHE[key] = _build(cfg, index)
+        _CACHE[key] = _build(cfg, index, data_file)
     return _CACHE[key]
 
 
-_CACHE: dict[tuple[str, int], HospitalSplit] = {}
+_CACHE: dict[tuple[str, int, str | None], HospitalSplit] = {}
 
 
-def _build(cfg: StudyConfig, index: int) -> HospitalSplit:
+def _build(cfg: StudyConfig, index: int, data_file: str | None = None) -> HospitalSplit:
     h = cfg.hospitals[index]
     if cfg.study_schema is not None:
-        return _build_from_file(cfg, index, Path(h.data) if h.data else None)
+        return _build_from_file(cfg, index, Path(data_file) if data_file else Path(h.data) if h.data else None,
+                                check_sha=data_file is None)
+    if data_file:
+        raise ValueError(f"hospital {h.name!r}: the node config names a data file, but the study has no schema "
+                         "(its hospitals are generated); the study config needs `schema = ...`")
     records = generate_hospital(_profile(h), index, cfg.seed)
     train, test = train_test_split(records, cfg.training.test_fraction, cfg.seed, index)
     best = roc_auc(test.label, test.true_risk)
@@ -76,7 +81,7 @@ def _build(cfg: StudyConfig, index: int) -> HospitalSplit:
     )
 
 
-def _build_from_file(cfg: StudyConfig, index: int, path: Path | None) -> HospitalSplit:
+def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha: bool = True) -> HospitalSplit:
     """A hospital's own file, validated and consent-filtered, split by the schema's split column or by the
     same seeded stratified split as a generated hospital, and encoded with the schema's fixed references.
     There is no true risk, so no best-possible AUROC (NaN)."""
@@ -88,7 +93,11 @@ def _build_from_file(cfg: StudyConfig, index: int, path: Path | None) -> Hospita
     if path is None:
         raise FileNotFoundError(f"hospital {h.name!r} has no data file: give hospitals.data in the config "
                                 "(simulation) or data-file in its node config (deployment)")
-    records = load_file_records(path, schema, h.name, h.data_sha256 if h.data else None)
+    records = load_file_records(path, schema, h.name, h.data_sha256 if check_sha else None)
+    if len(records.label) > (h.records or 0):
+        # SecAgg+'s max_weight was sized from the declared count: a larger weight could overflow the sum.
+        raise ValueError(f"hospital {h.name!r}: {path} has {len(records.label)} usable rows, more than the "
+                         f"{h.records} the study declares for it; ask the study coordinator to raise its `records`")
     if records.is_test is not None:
         test = records.is_test
     else:

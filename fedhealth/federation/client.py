@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +47,25 @@ class HospitalClient(NumPyClient):
     given they win over anything the server sends.
     """
 
-    def __init__(self, index: int, policy: SitePolicy | None = None, ledger_dir: str = "") -> None:
-        self.index = index
+    def __init__(self, node: int | Context, policy: SitePolicy | None = None, ledger_dir: str = "",
+                 data_file: str | None = None, schema_file: str | None = None) -> None:
+        """`node`: the node's Flower context, or (tests, simulation) the hospital's index in the study."""
+        self.node_config = {"partition-id": node} if isinstance(node, int) else dict(node.node_config)
         self.own_policy = policy
         self.own_ledger_dir = ledger_dir
+        self.data_file = data_file
+        self.schema_file = schema_file
+        self.index = -1
 
     def _policy(self, cfg: StudyConfig) -> SitePolicy | None:
         return self.own_policy if self.own_policy is not None else cfg.hospitals[self.index].policy
 
     def _model(self, config: dict[str, Scalar], parameters: NDArrays):
         cfg = study_from_payload(config)
-        split = load_hospital(cfg, self.index)
+        self.index = resolve_hospital(self.node_config, cfg)
+        if self.schema_file:
+            check_own_schema(cfg, self.schema_file, cfg.hospitals[self.index].name)
+        split = load_hospital(cfg, self.index, self.data_file)
         model = build_model(cfg.model.name, split.x_train.shape[1], cfg.model.hidden, seed=cfg.seed)
         set_weights(model, parameters)
         return cfg, split, model
@@ -84,7 +93,9 @@ class HospitalClient(NumPyClient):
         if cfg.privacy.mode == "record":
             from fedhealth.privacy.client import train_with_budget
 
-            ledger_dir = self.own_ledger_dir or str(config.get(LEDGER_DIR_KEY, ""))
+            # The server's ledger location is for simulation only: in deployment it is not the hospital's disk.
+            simulated = "partition-id" in self.node_config
+            ledger_dir = self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if simulated else "")
             cap = effective_cap(policy, cfg.privacy.max_epsilon)
             outcome = train_with_budget(cfg, split, model, server_round, ledger_dir, seed, cap)
             if outcome.declined:
@@ -140,29 +151,70 @@ class HospitalClient(NumPyClient):
                              "accuracy": m.accuracy, "brier": m.brier}
 
 
-def hospital_index(context: Context) -> int:
+def hospital_index(context: Context | Mapping) -> int:
     """Which hospital this node is: Flower's `partition-id` in simulation, `hospital-index` if set."""
+    node = context if isinstance(context, Mapping) else context.node_config
     for key in ("hospital-index", "partition-id"):
-        if key in context.node_config:
-            return int(context.node_config[key])
-    raise ValueError("node config names no hospital: set hospital-index (deployment) or partition-id")
+        if key in node:
+            return int(node[key])
+    raise ValueError("node config names no hospital: set hospital-name (deployment) or partition-id")
+
+
+def resolve_hospital(context: Context | Mapping, cfg: StudyConfig) -> int:
+    """This node's position in the study's hospital list: by `hospital-name` (deployment: the study's order
+    is the coordinator's business), else by index."""
+    node = context if isinstance(context, Mapping) else context.node_config
+    name = str(node.get("hospital-name", ""))
+    if name:
+        names = [h.name for h in cfg.hospitals]
+        if name not in names:
+            raise ValueError(f"this node is hospital {name!r}, which study {cfg.name!r} does not list "
+                             f"({', '.join(names)}); check hospital-name in the node config")
+        return names.index(name)
+    index = hospital_index(node)
+    if not 0 <= index < len(cfg.hospitals):
+        raise ValueError(f"hospital index {index} outside the study's {len(cfg.hospitals)} hospitals")
+    return index
+
+
+_schema_checked: set[tuple[str, str]] = set()
+
+
+def check_own_schema(cfg: StudyConfig, schema_file: str, hospital: str) -> None:
+    """A hospital that keeps its own copy of the schema trains only if the server's study uses that schema:
+    otherwise its columns would be read with another study's units and ranges."""
+    key = (cfg.fingerprint(), schema_file)
+    if key in _schema_checked:
+        return
+    from fedhealth.data.study_schema import load_schema
+
+    own = load_schema(Path(schema_file))
+    if cfg.study_schema is None or cfg.study_schema.fingerprint() != own.fingerprint():
+        theirs = "none (generated hospitals)" if cfg.study_schema is None else repr(cfg.study_schema.study.name)
+        raise ValueError(f"hospital {hospital}: the study's schema ({theirs}) differs from this hospital's "
+                         f"{schema_file} ({own.study.name!r}); refusing to read its records with another schema")
+    _schema_checked.add(key)
 
 
 def client_fn(context: Context):
-    """Node config keys a hospital sets for itself: `policy-file` (TOML site policy) and `ledger-dir`."""
+    """Node config keys a hospital sets for itself (deployment): `hospital-name`, `data-file` (its CSV or
+    Parquet), `schema-file` (its copy of the study schema), `policy-file` (TOML site policy), `ledger-dir`,
+    `audit-log` and `audit-key` (see `audit_mod`)."""
     torch.set_num_threads(1)  # one CPU per simulated hospital; lets two train at once on 2 cores
-    policy_file = str(context.node_config.get("policy-file", ""))
+    node = context.node_config
+    policy_file = str(node.get("policy-file", ""))
     policy = SitePolicy.from_file(Path(policy_file)) if policy_file else None
-    ledger_dir = str(context.node_config.get("ledger-dir", ""))
-    return HospitalClient(hospital_index(context), policy, ledger_dir).to_client()
+    return HospitalClient(context, policy, str(node.get("ledger-dir", "")),
+                          str(node.get("data-file", "")) or None, str(node.get("schema-file", "")) or None).to_client()
 
 
 def build_client_app(cfg: StudyConfig | None = None) -> ClientApp:
     """The hospital's ClientApp. `cfg` (simulation only) supplies test-only injected dropouts."""
+    from fedhealth.federation.audit_mod import audit_mod
     from fedhealth.federation.secagg_client import dropout_mod, secure_aggregation_mod, update_mod
     from fedhealth.privacy.hospital_level import clipping_mod
 
-    mods = [secure_aggregation_mod, update_mod, clipping_mod]
+    mods = [secure_aggregation_mod, audit_mod, update_mod, clipping_mod]
     if cfg is not None and cfg.testing.dropouts:
         index = {h.name: i for i, h in enumerate(cfg.hospitals)}
         faults = [(index[d.hospital], d.stage, tuple(d.rounds)) for d in cfg.testing.dropouts]

@@ -2,11 +2,11 @@
 before an update is masked.
 
 Mods run outermost first: `dropout_mod` (tests only) -> `secure_aggregation_mod` (Flower's
-SecAgg+) -> `update_mod` (what leaves the hospital) -> `clipping_mod` (hospital-level DP) -> the
-client. So by the time SecAgg+ masks a vector it is an update (new minus received weights) that
-is finite, of the agreed shape, weighted within `max_weight`, clipped, and, in distributed
-hospital-level DP, already noised. The record count goes only into the masked sum: the clear
-reply carries `num_examples = 0` and no `n_train`.
+SecAgg+) -> `audit_mod` (the hospital's audit trail) -> `update_mod` (what leaves the
+hospital) -> `clipping_mod` (hospital-level DP) -> the client. So by the time SecAgg+ masks a
+vector it is an update (new minus received weights) that is finite, of the agreed shape,
+weighted within `max_weight`, clipped, and, in distributed hospital-level DP, already noised.
+The record count goes only into the masked sum: the clear reply carries `num_examples = 0` and no `n_train`.
 """
 
 from __future__ import annotations
@@ -89,9 +89,9 @@ def secure_aggregation_mod(msg: Message, ctxt: Context, call_next: ClientAppCall
         # Flower's stochastic rounding draws from NumPy's global generator; seeding it per hospital and
         # round makes a secure run reproducible. The masks come from the protocol's own secrets.
         cfg = study_from_payload(dict(config))
-        from fedhealth.federation.client import hospital_index
+        from fedhealth.federation.client import resolve_hospital
 
-        np.random.seed(derive_seed(cfg.seed, "secagg-rounding", hospital_index(ctxt), int(config[ROUND_KEY]))
+        np.random.seed(derive_seed(cfg.seed, "secagg-rounding", resolve_hospital(ctxt, cfg), int(config[ROUND_KEY]))
                        % 2**32)
     reply = secaggplus_mod(msg, ctxt, call_next)
     if stage == Stage.COLLECT_MASKED_VECTORS and not reply.has_error():

@@ -60,6 +60,7 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
     # than calibrating again in every process (seconds of RDP evaluations each time).
     sigma = ledger.entries[0].noise_multiplier if (ledger.entries and cfg.privacy.noise_multiplier is None) \
         else noise_for(cfg, n)
+    before = ledger.spent
     try:
         entry = ledger.charge(server_round, sigma, q, steps, cfg.privacy.max_grad_norm)
     except BudgetExceeded as refusal:
@@ -71,4 +72,5 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
     if taken != steps:
         raise RuntimeError(f"DP-SGD took {taken} steps but the ledger charged {steps}")
     return PrivateRound(result=result, epsilon=entry.epsilon,
-                        metrics={"epsilon": entry.epsilon, "delta": entry.delta, "noise_multiplier": sigma})
+                        metrics={"epsilon": entry.epsilon, "epsilon_charged": entry.epsilon - before,
+                                 "delta": entry.delta, "noise_multiplier": sigma})
