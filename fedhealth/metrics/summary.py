@@ -36,22 +36,25 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
             "name": s.hospital.name, "index": s.index, "tier": s.hospital.tier, "region": s.hospital.region,
             "records": s.hospital.records, "n_train": int(len(s.y_train)), "n_test": int(len(s.y_test)),
             "prevalence": s.prevalence,
-            "auroc": {}, "auprc": {}, "brier": {},
+            "auroc": {}, "auprc": {}, "brier": {}, "accuracy": {},
         }
         for key, pred in preds.items():
             m = binary_metrics(s.y_test, pred.by_hospital[s.index])
             row["auroc"][key], row["auprc"][key], row["brier"][key] = m.auroc, m.auprc, m.brier
+            row["accuracy"][key] = m.accuracy  # at threshold 0.5: for comparison with benchmarks that report it
         if known_risk:
             row["auroc"]["best_possible"] = s.bayes_auroc
         hospitals.append(row)
 
     y_all = np.concatenate([s.y_test for s in splits])
-    overall: dict[str, Any] = {"auroc": {}, "mean_hospital_auroc": {}, "brier": {}, "n_test": int(len(y_all))}
+    overall: dict[str, Any] = {"auroc": {}, "mean_hospital_auroc": {}, "brier": {}, "accuracy": {},
+                               "n_test": int(len(y_all))}
     calibration: dict[str, Any] = {}
     for key, pred in preds.items():
         p_all = np.concatenate([pred.by_hospital[s.index] for s in splits])
         overall["auroc"][key] = roc_auc(y_all, p_all)
         overall["brier"][key] = float(np.mean((p_all - y_all) ** 2))
+        overall["accuracy"][key] = float(np.mean((p_all >= 0.5) == (y_all == 1)))
         bins = reliability_bins(y_all, p_all)
         calibration[key] = {"bins": bins, "ece": expected_calibration_error(bins)}
     if known_risk:
