@@ -77,11 +77,12 @@ class CoalitionValues:
         from fedhealth.data.hospitals import load_hospital
         from fedhealth.metrics.classification import roc_auc
         from fedhealth.references import federated
-        from fedhealth.simulate import run_federation
+        from fedhealth.simulate import run_federation, shared_ray
 
         ccfg = coalition_config(self.cfg, members)
         run_dir = rundir.create_run_dir(ccfg, self.out / "coalitions" / f"{self.runs:04d}")
-        run_federation(ccfg, run_dir)
+        with shared_ray():  # coalition after coalition on one Ray instance (see simulate.shared_ray)
+            run_federation(ccfg, run_dir)
         weights, _ = rundir.load_weights(rundir.checkpoint_path(run_dir, ccfg.federation.rounds))
         splits = [load_hospital(self.cfg, i) for i in range(len(self.cfg.hospitals))]
         preds = federated(self.cfg, splits, weights)
@@ -99,13 +100,21 @@ def estimate_contributions(cfg: StudyConfig, out: Path, budget: int,
     and as many sampled permutations as the rest of the budget allows (at least 2)."""
     players = [h.name for h in cfg.hospitals]
     n = len(players)
-    grand = frozenset(players)
     loo_needs = 1 + n
     if budget < loo_needs:
         raise ValueError(f"--budget {budget} is below the {loo_needs} federations leave-one-out needs for "
                          f"{n} hospitals (the full study and each hospital left out); raise it")
     out.mkdir(parents=True, exist_ok=True)
-    value = values(cfg, out, budget)
+    from fedhealth.simulate import shared_ray
+
+    with shared_ray():
+        return _estimate(cfg, out, budget, values(cfg, out, budget), players)
+
+
+def _estimate(cfg: StudyConfig, out: Path, budget: int, value: CoalitionValues, players: list[str]
+              ) -> dict[str, Any]:
+    n = len(players)
+    grand = frozenset(players)
     loo = leave_one_out(players, value)
     exact = 2**n - 1 <= budget
     if exact:

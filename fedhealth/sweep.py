@@ -73,8 +73,8 @@ def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:
 def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path) -> dict[str, Any]:
     from fedhealth.data.hospitals import load_hospital
     from fedhealth.federation.server import initial_weights
-    from fedhealth.references import federated, local_only, pooled
-    from fedhealth.simulate import run_federation
+    from fedhealth.references import local_only, pooled
+    from fedhealth.simulate import shared_ray
 
     out.mkdir(parents=True, exist_ok=True)
     splits = [load_hospital(cfg, i) for i in range(len(cfg.hospitals))]
@@ -83,6 +83,23 @@ def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path) -> dict[str, A
     references = {"local_only": _scores(cfg, splits, local_only(cfg, splits, init)),
                   "pooled": _scores(cfg, splits, pooled(cfg, splits, init))}
     reference_seconds = time.perf_counter() - started
+    with shared_ray():  # sibling after sibling on one Ray instance
+        points = _run_points(cfg, epsilons, out, splits)
+    result = {"study": cfg.name, "dp": "record-level DP-SGD at each target epsilon (inf: no DP)",
+              "points": points, "references": references, "reference_seconds": reference_seconds,
+              "membership_inference": None}
+    rundir.write_json(out / SWEEP_FILE, result)
+    from fedhealth.reporting.figures import privacy_utility
+    from fedhealth.reporting.report import _save
+
+    _save(privacy_utility(result), out / "privacy_utility.png")
+    return result
+
+
+def _run_points(cfg: StudyConfig, epsilons: list[float], out: Path, splits: list) -> list[dict[str, Any]]:
+    from fedhealth.references import federated
+    from fedhealth.simulate import run_federation
+
     points = []
     for eps in epsilons:
         sibling = sibling_config(cfg, eps)
@@ -98,12 +115,4 @@ def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path) -> dict[str, A
         points.append(point)
         log.warning("epsilon %s: AUROC %.4f (all records) in %.0f s", "inf" if math.isinf(eps) else f"{eps:g}",
                     point["all_records_auroc"], point["seconds"])
-    result = {"study": cfg.name, "dp": "record-level DP-SGD at each target epsilon (inf: no DP)",
-              "points": points, "references": references, "reference_seconds": reference_seconds,
-              "membership_inference": None}
-    rundir.write_json(out / SWEEP_FILE, result)
-    from fedhealth.reporting.figures import privacy_utility
-    from fedhealth.reporting.report import _save
-
-    _save(privacy_utility(result), out / "privacy_utility.png")
-    return result
+    return points

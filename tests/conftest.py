@@ -20,3 +20,17 @@ def interrupted_run():
             simulate(cfg, run_dir, on_round=crash_after_round_one)
 
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_ray_for_the_session():
+    """In-process federations share one Ray instance (see fedhealth.simulate.shared_ray): each still gets
+    fresh actors, but the suite stops paying Ray's start and stop for every federation.
+    FEDHEALTH_TEST_FRESH_RAY=1 gives every federation its own Ray, as a user's single run has."""
+    if os.environ.get("FEDHEALTH_TEST_FRESH_RAY") == "1":
+        yield
+        return
+    from fedhealth.simulate import shared_ray
+
+    with shared_ray():
+        yield
