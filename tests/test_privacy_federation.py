@@ -1,6 +1,7 @@
 """Record-level DP in a real Flower federation: charged before sending, composed across a crash and
 resume, refused at each hospital's own cap, reported per hospital. Never above a cap."""
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -68,3 +69,22 @@ def test_budget_is_charged_composed_across_resume_and_capped(tmp_path, interrupt
     assert not (sibling / rundir.PRIVACY_DIR).exists()
     assert all(r["hospitals_aggregated"] == [0, 1, 2] for r in rundir.read_jsonl(sibling / rundir.ROUNDS_FILE))
     assert summary["overall"]["auroc"]["federated_no_dp"] > 0.7
+
+    # Each hospital's audit trail: one entry per training request, chained across the crash and resume,
+    # privacy figures equal to its ledger's, declined rounds logged as declined with nothing sent.
+    from fedhealth.privacy.audit import verify_audit_log
+
+    audit = {}
+    for h in cfg.hospitals:
+        path = run_dir / "audit" / f"{h.name}.jsonl"
+        assert verify_audit_log(path, expected_entries=3).ok, h.name
+        audit[h.name] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["round"] for e in audit["city-tertiary"]] == [1, 2, 3]
+    assert [e["decision"] for e in audit["city-tertiary"]] == ["sent"] * 3
+    assert [e["epsilon_total"] for e in audit["city-tertiary"]] == pytest.approx([e["epsilon"] for e in big])
+    assert sum(e["epsilon_charged"] for e in audit["city-tertiary"]) == pytest.approx(big[-1]["epsilon"])
+    assert [e["decision"][:8] for e in audit["county-secondary"]] == ["sent", "declined", "declined"]
+    assert all(e["decision"].startswith("declined") and e["update_sha256"] is None and e["records_used"] == 0
+               for e in audit["village-clinic"])
+    # the model each hospital received in round r is the model every other hospital received
+    assert len({e["global_model_sha256"] for e in (audit[n][1] for n in audit)}) == 1
