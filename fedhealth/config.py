@@ -49,10 +49,8 @@ class HospitalConfig(_Strict):
     data_sha256: str | None = Field(default=None, description="filled in at load: the file the study uses")
     policy: SitePolicy | None = Field(default=None, description="this hospital's own site policy: it wins")
 
-    @model_validator(mode="after")
-    def _generated_profile(self) -> HospitalConfig:
-        if self.data is not None:
-            return self
+    def generator_problems(self) -> list[str]:
+        """Why the generator cannot draw this hospital (a study without a schema generates every hospital)."""
         problems = []
         if self.tier not in TIERS:
             problems.append(f"tier {self.tier!r} is not a generator tier; choose one of {', '.join(TIERS)}")
@@ -60,9 +58,7 @@ class HospitalConfig(_Strict):
             problems.append(f"region {self.region!r} is not a generator region; choose one of {', '.join(REGIONS)}")
         if self.records is None or self.records < 50:
             problems.append(f"records must be at least 50 for a generated hospital (got {self.records})")
-        if problems:
-            raise ValueError(f"hospital {self.name!r}: " + "; ".join(problems) + " (or give its `data` file)")
-        return self
+        return problems
 
 
 class PopulationConfig(_Strict):
@@ -337,6 +333,12 @@ def _one_data_source(cfg: StudyConfig) -> None:
     model, so it is refused."""
     files = [h.name for h in cfg.hospitals if h.data is not None]
     generated = [h.name for h in cfg.hospitals if h.data is None]
+    if cfg.study_schema is None:
+        for h in cfg.hospitals:
+            problems = h.generator_problems() if h.data is None else []
+            if problems:
+                raise ValueError(f"hospital {h.name!r}: " + "; ".join(problems) + " (or give its `data` file and "
+                                 "the study's `schema`)")
     if cfg.study_schema is None and files:
         raise ValueError("hospitals: a hospital given as a data file needs the study's schema: add `schema = "
                          "\"path/to/schema.toml\"` at the top of the config")

@@ -327,3 +327,26 @@ def test_fedhealth_validate_exit_codes_and_report(tmp_path):
     assert not_ok.returncode == 1 and "missing column(s) age" in not_ok.stdout
     unreadable = run("--data", str(tmp_path / "absent.csv"))
     assert unreadable.returncode == 2 and "data file not found" in unreadable.stderr
+
+
+def test_a_deployment_study_declares_records_and_keeps_files_at_the_hospitals(tmp_path):
+    """The server's config names each hospital and an upper bound of its rows; the files stay at the sites,
+    and tier and region are free labels."""
+    (tmp_path / "data").mkdir()
+    study = _file_study(tmp_path, '[[hospitals]]\nname = "a"\nrecords = 300\ntier = "teaching"\nregion = "Ohio"\n'
+                        '[[hospitals]]\nname = "b"\nrecords = 40\n')
+    cfg = load_config(study)
+    assert [(h.records, h.data, h.tier) for h in cfg.hospitals] == [(300, None, "teaching"), (40, None, "unspecified")]
+    with pytest.raises(FileNotFoundError, match="data-file in its node config"):
+        load_hospital(cfg, 0)
+    _toy_frame(50).to_csv(tmp_path / "data" / "b.csv", index=False)
+    with pytest.raises(ValueError, match="more than the 40 the study declares"):
+        load_hospital(cfg, 1, str(tmp_path / "data" / "b.csv"))
+    undeclared = tmp_path / "undeclared.toml"
+    undeclared.write_text(study.read_text().replace("records = 40\n", ""))
+    with pytest.raises(ConfigError, match="give `data` \\(simulation\\) or `records`"):
+        load_config(undeclared)
+    generated = tmp_path / "gen.toml"
+    generated.write_text('[[hospitals]]\nname = "g"\ntier = "teaching"\nregion = "west"\nrecords = 300\n')
+    with pytest.raises(ConfigError, match="tier 'teaching' is not a generator tier"):
+        load_config(generated)
