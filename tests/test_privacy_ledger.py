@@ -115,3 +115,32 @@ def test_client_trains_nothing_on_an_unreadable_ledger(tmp_path):
     sent, n, metrics = client.fit(weights, study_payload(cfg, 1, str(tmp_path)))
     assert n == 0 and "cannot be read" in metrics[DECLINED_KEY] and "city-tertiary" in metrics[DECLINED_KEY]
     assert all(np.array_equal(a, b) for a, b in zip(sent, weights, strict=True))  # nothing trained
+
+
+def test_a_second_study_on_the_same_ledger_is_charged_and_capped(tmp_path):
+    """A hospital's ledger outlives studies (deployment): round 1 of a new study is new spending, and the
+    hospital's cap covers everything it released across studies."""
+    from fedhealth.config import load_config
+    from fedhealth.federation.client import HospitalClient
+    from fedhealth.federation.server import initial_weights
+    from fedhealth.federation.wire import DECLINED_KEY, study_payload
+    from fedhealth.privacy.policy import SitePolicy
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+    studies = [load_config(smoke, ["privacy.mode=record", "privacy.noise_multiplier=1.0", f"name=study-{k}"])
+               for k in range(3)]
+    ledgers = tmp_path / "hospital-own-ledger"
+    # village-clinic: epsilon 6.25 after one round, 8.26 after two, 9.86 after three (delta 1e-5); its own cap is 9
+    client = HospitalClient(2, SitePolicy(max_epsilon=9.0, require_secure_aggregation=False), str(ledgers))
+    _, n1, m1 = client.fit(initial_weights(studies[0]), study_payload(studies[0], 1, ""))
+    assert n1 > 0 and m1["epsilon_charged"] == m1["epsilon"] > 0
+    _, _, retry = client.fit(initial_weights(studies[0]), study_payload(studies[0], 1, ""))
+    assert retry["epsilon"] == m1["epsilon"] and retry["epsilon_charged"] == 0  # same study, same round: once
+    _, n2, m2 = client.fit(initial_weights(studies[1]), study_payload(studies[1], 1, ""))
+    assert n2 > 0 and m2["epsilon"] > m1["epsilon"] and m2["epsilon_charged"] > 0  # a new study spends anew
+    _, n3, m3 = client.fit(initial_weights(studies[2]), study_payload(studies[2], 1, ""))
+    assert n3 == 0 and "above its cap of 9" in m3[DECLINED_KEY]  # and the cap spans studies
+    entries = json.loads((ledgers / "village-clinic.json").read_text())["entries"]
+    assert [e["study"].split(":")[0] for e in entries] == ["study-0", "study-1"]
+    assert PrivacyLedger(ledgers / "village-clinic.json", "village-clinic", 9.0,
+                         studies[0].privacy_delta()).spent == pytest.approx(m2["epsilon"])

@@ -121,13 +121,18 @@ def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None
         target = rundir.create_run_dir(study, Path(out) if out else None)
         log.warning("fedhealth run directory: %s", target.resolve())
         started = time.perf_counter()
-        run_study(grid, context, study, target, on_round)
-        if context.run_config.get("references", True):
-            # Simulation only: the synthetic hospitals are regenerated here from the seed.
-            from fedhealth.simulate import finish
+        try:
+            run_study(grid, context, study, target, on_round)
+            if context.run_config.get("references", True):
+                # Simulation only: the synthetic hospitals are regenerated here from the seed.
+                from fedhealth.simulate import finish
 
-            finish(study, target, {"federation": time.perf_counter() - started})
-        else:
-            rundir.mark_completed(target)
+                finish(study, target, {"federation": time.perf_counter() - started})
+            else:
+                rundir.mark_completed(target)
+        except BaseException as err:
+            # `flwr run` may still exit 0: the run directory must say the study failed, and why.
+            rundir.mark_status(target, "failed", error=f"{type(err).__name__}: {err}")
+            raise
 
     return app

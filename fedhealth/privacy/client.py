@@ -58,11 +58,12 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
         return PrivateRound(declined=str(err))
     # A calibrated noise multiplier is fixed for the study: reuse the one the ledger recorded rather
     # than calibrating again in every process (seconds of RDP evaluations each time).
-    sigma = ledger.entries[0].noise_multiplier if (ledger.entries and cfg.privacy.noise_multiplier is None) \
-        else noise_for(cfg, n)
+    study = f"{cfg.name}:{cfg.fingerprint()}"
+    own = ledger.study_entries(study)
+    sigma = own[0].noise_multiplier if (own and cfg.privacy.noise_multiplier is None) else noise_for(cfg, n)
     before = ledger.spent
     try:
-        entry = ledger.charge(server_round, sigma, q, steps, cfg.privacy.max_grad_norm)
+        entry = ledger.charge(server_round, sigma, q, steps, cfg.privacy.max_grad_norm, study=study)
     except BudgetExceeded as refusal:
         return PrivateRound(declined=str(refusal), epsilon=ledger.spent)
     result, taken = train_private(model, split.x_train, split.y_train, epochs=cfg.training.local_epochs,
@@ -72,5 +73,5 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
     if taken != steps:
         raise RuntimeError(f"DP-SGD took {taken} steps but the ledger charged {steps}")
     return PrivateRound(result=result, epsilon=entry.epsilon,
-                        metrics={"epsilon": entry.epsilon, "epsilon_charged": entry.epsilon - before,
+                        metrics={"epsilon": entry.epsilon, "epsilon_charged": max(0.0, entry.epsilon - before),
                                  "delta": entry.delta, "noise_multiplier": sigma})

@@ -19,8 +19,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from opacus.accountants import RDPAccountant
-
 from fedhealth.rundir import atomic_write_text
 
 ACCOUNTANT = "rdp"
@@ -46,10 +44,12 @@ class LedgerEntry:
     accountant: str = ACCOUNTANT
     charged_at: float = 0.0  # unix time
     chain: str = ""  # SHA-256 over the previous entry's chain and this entry: edits and removals show
+    study: str = ""  # which study charged it ("name:config fingerprint"); a hospital's ledger outlives studies
 
 
 def _chain(previous: str, entry: LedgerEntry) -> str:
-    body = {k: v for k, v in asdict(entry).items() if k != "chain"}
+    # `study` joined the entry later: left out of the hash when empty, so older ledgers still verify.
+    body = {k: v for k, v in asdict(entry).items() if k != "chain" and not (k == "study" and not v)}
     return hashlib.sha256((previous + json.dumps(body, sort_keys=True)).encode()).hexdigest()
 
 
@@ -65,6 +65,8 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
             merged[-1] = (merged[-1][0], merged[-1][1], merged[-1][2] + int(n))
         else:
             merged.append((float(s), float(q), int(n)))
+    from opacus.accountants import RDPAccountant  # here, not at import: every ClientApp process imports this module
+
     accountant = RDPAccountant()
     accountant.history = merged
     return float(accountant.get_epsilon(delta=delta))
@@ -95,12 +97,12 @@ class PrivacyLedger:
         """Detect edited, removed or reordered entries (hash chain, increasing rounds) and an epsilon
         that does not follow from the recorded steps. A keyless chain stops accidents and casual edits;
         the signed audit trail is what proves it to a third party."""
-        previous, last_round = "", 0
+        previous, last_round = "", {}
         for entry in self.entries:
-            if entry.round <= last_round or entry.chain != _chain(previous, entry):
+            if entry.round <= last_round.get(entry.study, 0) or entry.chain != _chain(previous, entry):
                 raise LedgerError(f"{self.path}: privacy ledger of hospital {self.hospital!r} was altered at "
                                   f"round {entry.round}; refusing to train until it is restored")
-            previous, last_round = entry.chain, entry.round
+            previous, last_round[entry.study] = entry.chain, entry.round
         if self.entries:
             recomputed = epsilon_of(self.history(), self.delta)
             if not math.isclose(recomputed, self.entries[-1].epsilon, rel_tol=1e-9, abs_tol=1e-12):
@@ -114,24 +116,29 @@ class PrivacyLedger:
     def spent(self) -> float:
         return self.entries[-1].epsilon if self.entries else 0.0
 
-    def charged_rounds(self) -> set[int]:
-        return {e.round for e in self.entries}
+    def charged_rounds(self, study: str = "") -> set[int]:
+        return {e.round for e in self.entries if e.study == study}
+
+    def study_entries(self, study: str) -> list[LedgerEntry]:
+        return [e for e in self.entries if e.study == study]
 
     def charge(self, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
-               max_grad_norm: float) -> LedgerEntry:
+               max_grad_norm: float, study: str = "") -> LedgerEntry:
         """Charge a round before it runs; raise BudgetExceeded (charging nothing) if it would pass the cap.
 
-        A round already charged (a retry after a crash) is not charged twice: its budget was spent.
+        A round of the same study already charged (a retry after a crash, the same seeded computation)
+        is not charged twice: its budget was spent. Round 1 of another study is new spending: epsilon
+        composes over every entry of every study, so the cap covers all the hospital ever released.
         """
-        if server_round in self.charged_rounds():
-            return next(e for e in self.entries if e.round == server_round)
+        if server_round in self.charged_rounds(study):
+            return next(e for e in self.entries if e.round == server_round and e.study == study)
         projected = epsilon_of([*self.history(), (noise_multiplier, sample_rate, steps)], self.delta)
         if projected > self.cap:
             raise BudgetExceeded(
                 f"hospital {self.hospital}: round {server_round} would raise epsilon from {self.spent:.3f} to "
                 f"{projected:.3f} (delta={self.delta:g}), above its cap of {self.cap:g}; declining this round")
         entry = LedgerEntry(server_round, noise_multiplier, sample_rate, steps, self.delta, max_grad_norm,
-                            projected, ACCOUNTANT, time.time())
+                            projected, ACCOUNTANT, time.time(), study=study)
         entry = replace(entry, chain=_chain(self.entries[-1].chain if self.entries else "", entry))
         self.entries.append(entry)
         self._save()
