@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Entrypoint of the server image (server/Dockerfile). Commands:
+#   start [deploy_server.sh start options]     the SuperLink on 0.0.0.0:9093 (default command)
+#   register [PUBLIC_KEY...]                   register the hospitals' public keys (default: every
+#                                              $FEDHEALTH_PKI/hospitals/*/supernode_auth.pub mounted)
+#   run [OUT]                                  submit the study: flwr run . fedhealth-deployment, run directory OUT
+#                                              (default /var/lib/fedhealth/runs/<time>); waits for the end and
+#                                              exits 1 unless the run directory says "completed"
+#   flwr ARGS...                               any other flwr command (flwr list, flwr log RUN_ID, flwr stop ...)
+# The flwr CLI inside the container uses configs/flower/config.toml's [superlink.fedhealth-deployment]
+# (127.0.0.1:9093, CA at /etc/fedhealth/pki/ca/ca.crt), copied into $FLWR_HOME on first use.
+# Outside a container it runs the same way from a checkout (set FEDHEALTH_PKI and friends).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+: "${FEDHEALTH_PKI:=/etc/fedhealth/pki}"
+: "${FEDHEALTH_HOST:=0.0.0.0}"
+: "${FEDHEALTH_PORT:=9093}"
+: "${FEDHEALTH_DATABASE:=/var/lib/fedhealth/state/state.db}"
+: "${FEDHEALTH_STUDY:=configs/deployment/heart-disease.toml}"
+: "${FEDHEALTH_CONNECTION:=fedhealth-deployment}"
+: "${FLWR_HOME:=/var/lib/fedhealth/flwr-home}"
+export FEDHEALTH_PKI FEDHEALTH_HOST FEDHEALTH_PORT FEDHEALTH_DATABASE FEDHEALTH_CONNECTION FLWR_HOME
+export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+if [ -x "$HERE/.venv/bin/flwr" ]; then PATH="$HERE/.venv/bin:$PATH"; fi
+
+flwr_config() {  # the CLI's connections, once
+  mkdir -p "$FLWR_HOME"
+  [ -f "$FLWR_HOME/config.toml" ] || cp "$HERE/configs/flower/config.toml" "$FLWR_HOME/config.toml"
+}
+
+command=${1:-start}
+[ $# -gt 0 ] && shift
+case "$command" in
+  start) exec bash "$HERE/scripts/deploy_server.sh" start "$@" ;;
+  register)
+    flwr_config
+    if [ $# -gt 0 ]; then exec bash "$HERE/scripts/deploy_server.sh" register "$@"; fi
+    exec bash "$HERE/scripts/deploy_server.sh" register --pki "$FEDHEALTH_PKI" ;;
+  run)
+    flwr_config
+    out=${1:-/var/lib/fedhealth/runs/$(date +%Y%m%d-%H%M%S)}
+    cd "$HERE"
+    flwr run . "$FEDHEALTH_CONNECTION" --stream \
+      --run-config "config='$FEDHEALTH_STUDY' out='$out' references=false"
+    # flwr run exits 0 even when the ServerApp fails: the run directory is the truth.
+    status=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['status'])" "$out/state.json" \
+      2>/dev/null || echo missing)
+    if [ "$status" != completed ]; then
+      echo "error: the run did not complete (state: $status); see the log above and $out" >&2
+      exit 1
+    fi
+    echo "run directory: $out" ;;
+  flwr) flwr_config; exec flwr "$@" ;;
+  -h|--help|help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' ;;
+  *) echo "error: unknown command '$command' (start, register, run, flwr)" >&2; exit 2 ;;
+esac

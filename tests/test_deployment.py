@@ -1,0 +1,498 @@
+"""Deployment on one host, with real processes: a TLS SuperLink with SuperNode authentication and a
+database, three hospital SuperNodes (each with its own CSV, schema copy, site policy, ledger and signed
+audit log), keys registered with `flwr supernode register`, the study submitted with `flwr run`.
+
+Everything is started through the scripts a hospital network would use (`scripts/deploy_server.sh`,
+`scripts/deploy_hospital.sh`, the container entrypoints), on 127.0.0.1 and free ports, and every process
+(with the `flower-superexec`, `flwr-serverapp` and `flwr-clientapp` processes Flower starts below it)
+is stopped in `finally`. Slow: each Flower message runs in a fresh process that imports torch, and
+SecAgg+ needs four exchanges per round, so the one-round study costs about 130 s and the file about 200 s
+on an idle 2-core machine (docs/deployment.md, Timing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fedhealth.deploy import (
+    FLOWER_ENV,
+    Service,
+    alive,
+    descendants,
+    free_port,
+    processes_mentioning,
+    runtime_mark,
+    wait_until,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / ".venv" / "bin"
+DATA = ROOT / "configs" / "data" / "heart-disease"
+STUDY = "configs/deployment/heart-disease.toml"  # relative to the project: the ServerApp reads it from the FAB
+HOSPITALS = {"cleveland": "cleveland.csv", "hungary": "hungary.csv", "va-long-beach": "va_long_beach.csv"}
+pytestmark = pytest.mark.slow
+
+
+def _env(**extra: str) -> dict[str, str]:
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, **FLOWER_ENV, "PATH": path, **extra}
+
+
+def _run(cmd: list[str], timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Site:
+    """One hospital's own folder: nothing in it is shared with the server but the public key."""
+
+    name: str
+    root: Path
+    key: Path
+    pub: Path
+    port: int = 0
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data.csv"
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit" / "audit.jsonl"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger"
+
+    def args(self, superlink: str, ca: Path, data: Path | None = None) -> list[str]:
+        return ["bash", "scripts/deploy_hospital.sh", "--name", self.name, "--data", str(data or self.data),
+                "--schema", str(self.root / "schema.toml"), "--policy", str(self.root / "policy.toml"),
+                "--ledger-dir", str(self.ledger), "--audit-log", str(self.audit), "--key", str(self.key),
+                "--ca", str(ca), "--superlink", superlink, "--port", str(self.port)]
+
+
+@dataclass
+class Deployment:
+    root: Path
+    pki: Path
+    port: int
+    cli_home: Path
+    sites: dict[str, Site]
+    services: list[Service] = field(default_factory=list)
+
+    @property
+    def superlink(self) -> Service:
+        return self.services[0]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.pki / "ca" / "ca.crt"
+
+    def start(self, name: str, cmd: list[str], home: Path, marks: list[str], **env: str) -> Service:
+        service = Service(name, cmd, self.root / "logs" / f"{name}.log", cwd=ROOT, marks=marks,
+                          env={"FLWR_HOME": str(home), "PATH": _env()["PATH"], **env})
+        self.services.append(service.start())
+        return service
+
+    def start_hospital(self, site: Site, label: str | None = None, extra: list[str] | None = None) -> Service:
+        site.port = site.port or free_port()
+        cmd = site.args(self.address, self.ca) + (["--", *extra] if extra else [])
+        return self.start(label or site.name, cmd, site.root / "flwr-home", [runtime_mark(site.port)])
+
+    def start_hospital_container_style(self, site: Site) -> Service:
+        """The hospital image's entry point, configured the way compose.yaml does it: environment only."""
+        site.port = site.port or free_port()
+        return self.start(site.name, ["bash", "clients/entrypoint.sh"], site.root / "flwr-home",
+                          [runtime_mark(site.port)], FEDHEALTH_HOSPITAL=site.name, FEDHEALTH_SUPERLINK=self.address,
+                          FEDHEALTH_DATA=str(site.data), FEDHEALTH_SCHEMA=str(site.root / "schema.toml"),
+                          FEDHEALTH_POLICY=str(site.root / "policy.toml"), FEDHEALTH_CA=str(self.ca),
+                          FEDHEALTH_KEY=str(site.key), FEDHEALTH_LEDGER_DIR=str(site.ledger),
+                          FEDHEALTH_AUDIT_LOG=str(site.audit), FEDHEALTH_RUNTIME_PORT=str(site.port))
+
+    def marks(self) -> list[str]:
+        return [m for s in self.services for m in s.marks]
+
+    def logs(self, *names: str, tail: int = 2500) -> str:
+        chosen = [s for s in self.services if not names or s.name in names]
+        return "\n".join(f"----- {s.name} (exit {s.proc.poll() if s.proc else None}) -----\n{s.output()[-tail:]}"
+                         for s in chosen)
+
+
+def _make_site(root: Path, pki: Path, name: str) -> Site:
+    site = Site(name, root / name, pki / "hospitals" / name / "supernode_auth",
+                pki / "hospitals" / name / "supernode_auth.pub")
+    site.root.mkdir(parents=True)
+    shutil.copy(DATA / HOSPITALS.get(name, "cleveland.csv"), site.data)  # 'rogue' impersonates a real site
+    site.data.chmod(0o444)  # the SuperNode only reads it
+    shutil.copy(DATA / "schema.toml", site.root / "schema.toml")
+    policy = ROOT / "configs" / "deployment" / f"policy-{name}.toml"
+    shutil.copy(policy if policy.exists() else ROOT / "configs" / "deployment" / "policy-cleveland.toml",
+                site.root / "policy.toml")
+    return site
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A running TLS SuperLink with the three hospitals' keys registered (not the 'rogue' one)."""
+    started = time.perf_counter()
+    root = tmp_path_factory.mktemp("deploy")
+    pki = root / "operator" / "pki"
+    made = _run([str(BIN / "fedhealth"), "certs", "init", "--out", str(pki), *[a for h in [*HOSPITALS, "rogue"]
+                                                                               for a in ("--hospital", h)]])
+    assert made.returncode == 0, made.stderr
+    dep = Deployment(root, pki, free_port(), root / "operator" / "flwr-home",
+                     {h: _make_site(root, pki, h) for h in [*HOSPITALS, "rogue"]})
+    try:
+        # the server image's entry point (server/entrypoint.sh start -> deploy_server.sh start), set up by environment
+        dep.start("superlink", ["bash", "server/entrypoint.sh", "start"], root / "server" / "flwr-home",
+                  [runtime_mark(dep.port)], FEDHEALTH_PKI=str(pki), FEDHEALTH_HOST="127.0.0.1",
+                  FEDHEALTH_PORT=str(dep.port), FEDHEALTH_DATABASE=str(root / "server" / "state.db"),
+                  FEDHEALTH_SERVER_NAMES="127.0.0.1 localhost")
+        wait_until(lambda: "Uvicorn running on https://" in dep.superlink.output() or not dep.superlink.running(),
+                   120, what="the SuperLink listening")
+        assert dep.superlink.running(), dep.logs()
+        connected = _run(["bash", "scripts/deploy_server.sh", "connect", "--address", dep.address, "--pki", str(pki)],
+                         FLWR_HOME=str(dep.cli_home))
+        assert connected.returncode == 0, connected.stderr
+        registered = _run(["bash", "scripts/deploy_server.sh", "register", "--pki", str(pki),
+                           *[a for h in HOSPITALS for a in ("--hospital", h)]], FLWR_HOME=str(dep.cli_home))
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        assert registered.stdout.count("registered successfully") == 3, registered.stdout
+        again = _run(["bash", "scripts/deploy_server.sh", "register", str(dep.sites["cleveland"].pub)],
+                     FLWR_HOME=str(dep.cli_home))
+        assert again.returncode == 0 and "already registered" in again.stdout, again.stdout + again.stderr
+        print(f"\n[deployment] SuperLink up and 3 keys registered in {time.perf_counter() - started:.1f} s")
+        yield dep
+    finally:
+        for service in reversed(dep.services):
+            service.stop()
+        leftovers = {p for p in processes_mentioning(dep.marks()) | descendants(s.pid for s in dep.services
+                                                                                 if s.proc) if alive(p)}
+        assert not leftovers, f"processes left running: {sorted(leftovers)}"
+
+
+# ---------------------------------------------------------------- refused before Flower starts
+
+
+def _bad_csv(site: Site, tmp_path: Path, kind: str) -> Path:
+    import pandas as pd
+
+    frame = pd.read_csv(DATA / "cleveland.csv")
+    if kind == "missing-column":
+        frame = frame.drop(columns=["age"])
+    else:  # cholesterol exported in mmol/L where the schema says mg/dL: the glucose-style unit mistake
+        frame["chol"] = (frame["chol"] / 38.67).round(2)
+    path = tmp_path / f"{kind}.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("missing-column", "missing column(s) age"),
+    ("unit", "values are below the valid minimum 80 mg/dL: is it recorded in another unit?"),
+], ids=["missing-column", "unit-mistake"])
+def test_a_bad_csv_is_rejected_with_the_validation_report_before_flower_starts(deployment, tmp_path, kind, message):
+    site = deployment.sites["cleveland"]
+    proc = _run(site.args(deployment.address, deployment.ca, _bad_csv(site, tmp_path, kind)), timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert message in proc.stdout and "NOT usable" in proc.stdout
+    assert "not usable for this study" in proc.stderr and "SuperNode not started" in proc.stderr
+    assert "Starting Flower SuperNode" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("missing", ["data", "ca", "key"])
+def test_a_missing_file_is_named_before_flower_starts(deployment, tmp_path, missing):
+    site = deployment.sites["cleveland"]
+    args = site.args(deployment.address, deployment.ca)
+    option = {"data": "--data", "ca": "--ca", "key": "--key"}[missing]
+    absent = tmp_path / f"no-such-{missing}"
+    args[args.index(option) + 1] = str(absent)
+    proc = _run(args)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {absent}: ") and "not found" in proc.stderr, proc.stderr
+
+
+def test_the_superlink_does_not_start_with_tls_files_that_would_fail(deployment, tmp_path):
+    pki = tmp_path / "pki"
+    shutil.copytree(deployment.pki / "ca", pki / "ca")
+    shutil.copytree(deployment.pki / "server", pki / "server")
+    args = ["bash", "scripts/deploy_server.sh", "start", "--pki", str(pki), "--port", str(free_port()),
+            "--database", str(tmp_path / "state.db")]
+    uncovered = _run([*args, "--server-name", "superlink.study.example"])
+    assert uncovered.returncode == 1, uncovered.stdout + uncovered.stderr
+    assert "server certificate does not cover host 'superlink.study.example'" in uncovered.stderr
+    (pki / "server" / "server.key").unlink()
+    missing = _run(args)
+    assert missing.returncode == 2
+    assert f"error: {pki / 'server' / 'server.key'}: server private key (--key) not found" in missing.stderr
+    assert "Starting Flower SuperLink" not in uncovered.stdout + missing.stdout
+
+
+# ---------------------------------------------------------------- refused by the SuperLink
+
+
+def _flower_supernode(dep: Deployment, name: str, *args: str) -> Service:
+    """flower-supernode run directly (deploy_hospital.sh refuses these set-ups itself)."""
+    port = free_port()
+    cmd = [str(BIN / "flower-supernode"), "--superlink", dep.address, "--port", str(port), "--max-retries", "2",
+           "--node-config", "hospital-name='cleveland'", *args]
+    return dep.start(name, cmd, dep.root / "negative" / name, [runtime_mark(port)])
+
+
+@pytest.fixture(scope="module")
+def refused(deployment) -> dict[str, tuple[int | None, str]]:
+    """SuperNodes the SuperLink must refuse, started together (each is a few seconds of imports): name ->
+    (exit status or None if still running after 120 s, its output)."""
+    key = str(deployment.sites["cleveland"].key)
+    other_pki = deployment.root / "negative" / "other-pki"
+    made = _run([str(BIN / "fedhealth"), "certs", "init", "--out", str(other_pki), "--hospital", "cleveland"])
+    assert made.returncode == 0, made.stderr
+    nodes = [
+        # a real hospital's set-up, but its key was never registered
+        deployment.start_hospital(deployment.sites["rogue"], "unregistered"),
+        # TLS, but trusting only the system's CAs, or another study's CA
+        _flower_supernode(deployment, "no-ca", "--auth-supernode-private-key", key),
+        _flower_supernode(deployment, "wrong-ca", "--auth-supernode-private-key", key,
+                          "--root-certificates", str(other_pki / "ca" / "ca.crt")),
+        # plaintext: with its key (Flower refuses to send node authentication in the clear), and without
+        _flower_supernode(deployment, "plaintext-keyed", "--insecure", "--auth-supernode-private-key", key),
+        _flower_supernode(deployment, "plaintext", "--insecure"),
+    ]
+    return {n.name: (n.wait(120), n.output()) for n in nodes}
+
+
+def test_a_supernode_whose_key_is_not_registered_is_refused(deployment, refused):
+    code, out = refused["unregistered"]
+    assert code not in (None, 0), out
+    assert "[code: 2004] Failed to activate SuperNode" in out and "SuperNode ID:" not in out
+    assert "No SuperNode found with the given public key" in deployment.superlink.output()
+
+
+@pytest.mark.parametrize("name", ["no-ca", "wrong-ca"])
+def test_a_supernode_without_the_study_ca_fails_the_tls_handshake(refused, name):
+    code, out = refused[name]
+    assert code not in (None, 0), out
+    assert "SSL/TLS handshake error" in out and "CERTIFICATE_VERIFY_FAILED" in out, out
+    assert "SuperNode ID:" not in out
+
+
+def test_a_plaintext_supernode_is_refused(deployment, refused):
+    code, out = refused["plaintext-keyed"]
+    assert code not in (None, 0) and "requires a secure TLS connection" in out, out
+    # Without a key the TLS SuperLink drops the plaintext connection ("Connection reset by peer" or "Server
+    # disconnected without sending a response", depending on timing).
+    code, out = refused["plaintext"]
+    assert code not in (None, 0), out
+    assert "The SuperNode could not establish a connection to the SuperLink" in out and "SuperNode ID:" not in out
+    # and our script never passes --insecure through
+    site = deployment.sites["cleveland"]
+    proc = _run([*site.args(deployment.address, deployment.ca), "--", "--insecure"])
+    assert proc.returncode == 2 and "--insecure is refused" in proc.stderr
+
+
+# ---------------------------------------------------------------- a whole study
+
+
+def _expected_train_rows(cfg, index: int, data: Path) -> int:
+    from fedhealth.data.hospitals import load_hospital
+
+    return len(load_hospital(cfg, index, str(data)).y_train)
+
+
+def test_three_hospitals_finish_a_secure_study_and_each_keeps_a_signed_audit_trail(deployment):
+    from fedhealth.config import load_config
+    from fedhealth.federation.server import initial_weights
+    from fedhealth.privacy.audit import hash_arrays, verify_audit_log
+    from fedhealth.privacy.policy import SitePolicy
+
+    started = time.perf_counter()
+    deployment.start_hospital(deployment.sites["cleveland"])
+    deployment.start_hospital(deployment.sites["hungary"])
+    deployment.start_hospital_container_style(deployment.sites["va-long-beach"])
+    out = deployment.root / "server" / "runs" / "study"
+    # server/entrypoint.sh run: `flwr run . fedhealth-deployment --stream --run-config "config=... out=...
+    # references=false"`, then exit 1 unless the run directory says completed (flwr run alone exits 0 anyway)
+    proc = _run(["bash", "server/entrypoint.sh", "run", str(out)], timeout=480, FLWR_HOME=str(deployment.cli_home),
+                FEDHEALTH_STUDY=STUDY)
+    seconds = time.perf_counter() - started
+    print(f"\n[deployment] 3 hospitals, 1 round with SecAgg+ and DP-SGD: {seconds:.1f} s from SuperNode start to "
+          "flwr run's return")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + deployment.logs()
+    assert f"run directory: {out}" in proc.stdout
+    state = json.loads((out / "state.json").read_text())
+    assert state["status"] == "completed", proc.stdout[-4000:] + deployment.logs()
+    run_id = re.search(r"Successfully started run (\d+)", proc.stdout).group(1)
+
+    cfg = load_config(ROOT / STUDY)
+    names = [h.name for h in cfg.hospitals]
+    assert state["last_round"] == cfg.federation.rounds == 1
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1]
+    assert rounds[0]["status"] == "aggregated" and rounds[0]["secure_aggregation"] is True, rounds
+    assert rounds[0]["hospitals_aggregated"] == [0, 1, 2] and not rounds[0]["declined"]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted((m["round"], m["hospital"]) for m in metrics) == sorted((1, n) for n in names)
+    for m in metrics:
+        assert m["trained"] and m["aggregated"] and m["n_train"] is None  # record counts stay inside SecAgg+
+        assert 0.5 < m["auroc"] <= 1.0, m
+    # the server holds no patient data: no data file reached its run directory or its Flower apps
+    server_files = [p.name for p in (deployment.root / "server").rglob("*") if p.is_file()]
+    assert not [f for f in server_files if f.endswith((".csv", ".parquet"))], server_files
+
+    received = hash_arrays(initial_weights(cfg))  # round 1's global model is the seeded initial one
+    for index, name in enumerate(names):
+        site = deployment.sites[name]
+        report = verify_audit_log(site.audit, site.pub)
+        assert report.ok and report.signatures_checked and report.entries == 1, report
+        assert report.sent_rounds == (1,)
+        (entry,) = [json.loads(line) for line in site.audit.read_text().splitlines()]
+        assert entry["run_id"] == run_id and entry["hospital"] == name and entry["decision"] == "sent"
+        assert entry["global_model_sha256"] == received
+        assert entry["records_used"] == _expected_train_rows(cfg, index, site.data)
+        assert entry["policy_checks"]["secure_aggregation"] is True
+        cap = SitePolicy.from_file(site.root / "policy.toml").max_epsilon
+        assert entry["policy_checks"]["epsilon_cap"] == f"{cap:g}"
+        assert 0 < entry["epsilon_total"] <= cfg.privacy.target_epsilon + 1e-6
+        ledger = json.loads((site.ledger / f"{name}.json").read_text())
+        assert [e["round"] for e in ledger["entries"]] == [1]
+        assert ledger["entries"][0]["epsilon"] == pytest.approx(entry["epsilon_total"])
+        metric = next(m for m in metrics if m["hospital"] == name)
+        assert metric["epsilon"] == pytest.approx(entry["epsilon_total"])
+    verify = _run([str(BIN / "fedhealth"), "audit", "verify", str(deployment.sites["hungary"].audit),
+                   "--public-key", str(deployment.sites["hungary"].pub), "--expected-entries", "1"])
+    assert verify.returncode == 0 and "signatures by SHA256:" in verify.stdout, verify.stdout + verify.stderr
+
+
+# ---------------------------------------------------------------- separate network namespaces
+
+
+@dataclass
+class Netns:
+    """Network namespaces joined by a bridge in the server's namespace; deleted on close."""
+
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    names: list[str] = field(default_factory=list)
+
+    def ip(self, *args: str, ns: str | None = None) -> None:
+        cmd = ["ip", *(["-n", ns] if ns else []), *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+
+    def add(self, role: str) -> str:
+        name = f"fh-{self.tag}-{role}"
+        self.ip("netns", "add", name)
+        self.names.append(name)
+        self.ip("link", "set", "lo", "up", ns=name)
+        return name
+
+    def close(self) -> None:
+        for name in self.names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+def _netns_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if shutil.which("ip") is None:
+        return "needs iproute2's `ip`"
+    probe = Netns()
+    try:
+        server = probe.add("probe")
+        probe.ip("link", "add", f"fhp{probe.tag}", "type", "veth", "peer", "name", f"fhq{probe.tag}")
+        probe.ip("link", "set", f"fhq{probe.tag}", "netns", server)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
+        return f"`ip netns` / veth do not work here: {err}"
+    finally:
+        subprocess.run(["ip", "link", "del", f"fhp{probe.tag}"], capture_output=True, timeout=10)
+        probe.close()
+    return None
+
+
+def test_hospitals_in_their_own_network_namespaces_reach_the_superlink_only_over_its_tls_address(tmp_path):
+    """Server and each hospital in separate network namespaces (own loopback, own address), joined by a
+    bridge: the SuperNodes dial the SuperLink's address, which its certificate names, and authenticate."""
+    reason = _netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    net, services = Netns(), []
+    subnet = f"10.{int(net.tag[:2], 16) % 200 + 20}.{int(net.tag[2:4], 16)}"
+    server_ip, port = f"{subnet}.1", 9093  # a namespace has its own ports: no clash with the host's
+    pki = tmp_path / "pki"
+    try:
+        made = _run([str(BIN / "fedhealth"), "certs", "init", "--out", str(pki), "--server-name", server_ip,
+                     *[a for h in HOSPITALS for a in ("--hospital", h)]])
+        assert made.returncode == 0, made.stderr
+        server = net.add("srv")
+        bridge = f"fhb{net.tag}"
+        net.ip("link", "add", bridge, "type", "bridge", ns=server)
+        net.ip("addr", "add", f"{server_ip}/24", "dev", bridge, ns=server)
+        net.ip("link", "set", bridge, "up", ns=server)
+        namespaces = {}
+        for i, name in enumerate(HOSPITALS, start=1):
+            ns = net.add(f"h{i}")
+            outside, inside = f"fh{net.tag}o{i}", f"fh{net.tag}i{i}"
+            net.ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+            net.ip("link", "set", outside, "netns", server)
+            net.ip("link", "set", inside, "netns", ns)
+            net.ip("link", "set", outside, "master", bridge, ns=server)
+            net.ip("link", "set", outside, "up", ns=server)
+            net.ip("addr", "add", f"{subnet}.{10 + i}/24", "dev", inside, ns=ns)
+            net.ip("link", "set", inside, "up", ns=ns)
+            namespaces[name] = ns
+
+        def start(name: str, ns: str, cmd: list[str], home: Path) -> Service:
+            service = Service(name, ["ip", "netns", "exec", ns, *cmd], tmp_path / "logs" / f"{name}.log",
+                              env={"FLWR_HOME": str(home), "PATH": _env()["PATH"]}, cwd=ROOT)
+            services.append(service.start())
+            return service
+
+        superlink = start("superlink", server, ["bash", "scripts/deploy_server.sh", "start", "--pki", str(pki),
+                                                "--host", server_ip, "--port", str(port), "--server-name", server_ip,
+                                                "--database", str(tmp_path / "state.db")], tmp_path / "srv-home")
+        wait_until(lambda: "Uvicorn running on https://" in superlink.output() or not superlink.running(), 120,
+                   what="the SuperLink listening in its namespace")
+        assert superlink.running(), superlink.output()
+        cli_home = tmp_path / "operator-home"
+        for cmd in (["connect", "--address", f"{server_ip}:{port}", "--pki", str(pki)],
+                    ["register", "--pki", str(pki)]):
+            done = subprocess.run(["ip", "netns", "exec", server, "bash", "scripts/deploy_server.sh", *cmd],
+                                  cwd=ROOT, env=_env(FLWR_HOME=str(cli_home)), capture_output=True, text=True,
+                                  timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+        nodes = {}
+        for name, ns in namespaces.items():
+            site = _make_site(tmp_path / "sites", pki, name)
+            site.port = 9094  # each namespace has its own ports
+            nodes[name] = start(name, ns, site.args(f"{server_ip}:{port}", pki / "ca" / "ca.crt"),
+                                site.root / "flwr-home")
+        # a hospital's own loopback is not the server's: dialing 127.0.0.1 finds nothing there
+        local = subprocess.run(["ip", "netns", "exec", namespaces["hungary"], str(BIN / "python"), "-c",
+                                f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"],
+                               capture_output=True, text=True, timeout=30)
+        assert local.returncode != 0 and "Connection refused" in local.stderr
+        for name, node in nodes.items():
+            wait_until(lambda n=node: "SuperNode ID:" in n.output() or not n.running(), 120,
+                       what=f"hospital {name} registered")
+            assert node.running() and "SuperNode ID:" in node.output(), node.output()[-3000:]
+    finally:
+        for service in reversed(services):
+            service.stop()
+        net.close()
+        leftovers = {p for s in services if s.proc for p in processes_mentioning(s.marks) if alive(p)}
+        assert not leftovers, f"processes left running: {sorted(leftovers)}"
