@@ -155,6 +155,11 @@ class FederationConfig(_Strict):
     participants: list[str] | None = Field(
         default=None, description="hospitals that train (by name); the others only evaluate. Default: all")
     cpus_per_client: float = Field(default=1.0, gt=0, description="Ray CPUs per simulated hospital")
+    wait_for_hospitals: float = Field(
+        default=600.0, gt=0, description="seconds the server waits, before each round, for every hospital to be "
+                                         "connected; then it goes on with those present, or stops the study")
+    min_hospitals: int | None = Field(
+        default=None, ge=1, description="fewest connected hospitals a round may go on with (default: all)")
 
 
 class PrivacyConfig(_Strict):
@@ -292,6 +297,12 @@ class StudyConfig(_Strict):
                 what = f"no hospital named {', '.join(stray)}" if stray else "empty"
                 raise ValueError(f"federation.participants: {what}; name at least one of the study's hospitals, "
                                  "or remove the key")
+        least = self.federation.min_hospitals
+        if least is not None and least > len(self.hospitals):
+            raise ValueError(f"federation.min_hospitals = {least}: the study has only {len(self.hospitals)} hospitals")
+        if least is not None and secure and least < 3:
+            raise ValueError(f"federation.min_hospitals = {least}: secure aggregation needs at least 3 hospitals in "
+                             "a round (with 2, each could read the other's update from the sum)")
         unknown = sorted({d.hospital for d in self.testing.dropouts} - set(names))
         if unknown:
             raise ValueError(f"testing.dropouts: no hospital named {', '.join(unknown)}")

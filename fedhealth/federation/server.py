@@ -20,6 +20,7 @@ from flwr.serverapp.grid import Grid
 from fedhealth import rundir
 from fedhealth.config import StudyConfig, load_config
 from fedhealth.data.hospitals import input_width
+from fedhealth.federation.attendance import StudyClientManager
 from fedhealth.federation.observed import ObservedStrategy
 from fedhealth.federation.recorder import RoundCallback, RunRecorder
 from fedhealth.federation.secagg_params import derive_secagg_params
@@ -96,8 +97,10 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
         params = compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
         recorder.complete_round(server_round, parameters_to_ndarrays(params), optimizer_state(inner))
 
+    n = len(cfg.hospitals)
+    attendance = StudyClientManager(n, cfg.federation.min_hospitals or n, cfg.federation.wait_for_hospitals)
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.federation.rounds),
-                           strategy=strategy)
+                           strategy=strategy, client_manager=attendance)
     StudyWorkflow(first_round=last + 1, on_round_end=round_end, fit_workflow=fit_workflow)(grid, legacy)
 
 
