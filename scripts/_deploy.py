@@ -120,16 +120,19 @@ class Host:
             raise RuntimeError(f"hospital {name} is already running")
         return self.start(name, cmd, site / "flwr-home", [runtime_mark(self.ports[name])])
 
-    def study(self, rounds: int, timeout: float | None = None) -> str:
-        """The deployment study with another round count or SecAgg+ stage timeout, as a file in the workdir
-        (an absolute `config` works since the server runs on this host)."""
-        if rounds == 1 and timeout is None:
+    def study(self, rounds: int, timeout: float | None = None, wait_for_hospitals: float | None = None) -> str:
+        """The deployment study with another round count, SecAgg+ stage timeout or wait for hospitals, as a
+        file in the workdir (an absolute `config` works since the server runs on this host)."""
+        if rounds == 1 and timeout is None and wait_for_hospitals is None:
             return STUDY
         text = (ROOT / STUDY).read_text()
         text = text.replace('schema = "../data/heart-disease/schema.toml"', f'schema = "{DATA / "schema.toml"}"')
         text = re.sub(r"(?m)^rounds = \d+", f"rounds = {rounds}", text)
         if timeout is not None:
             text = re.sub(r"(?m)^timeout = [0-9.]+", f"timeout = {timeout}", text)
+        if wait_for_hospitals is not None:
+            text = re.sub(r"(?m)^\[federation\]\n", f"[federation]\nwait_for_hospitals = {wait_for_hospitals}\n",
+                          text)
         path = self.dir / "operator" / f"study-{rounds}-rounds.toml"
         path.write_text(text)
         return str(path)
@@ -310,15 +313,21 @@ def superlink_restart(host: Host) -> dict:
                    resubmit_log=[line for line in resubmit.output().splitlines() if "rror" in line][-5:])
 
 
-def absent_hospital(host: Host, wait: float) -> dict:
-    """Two hospitals connect, the third does not: how long the study waits, then the third arrives late."""
+def absent_hospital(host: Host, wait: float, wait_for_hospitals: float | None = None) -> dict:
+    """Two hospitals connect, the third does not: how long the study waits, then the third arrives late.
+    With `wait_for_hospitals`, the study's own bound: the study must stop by itself, marked failed."""
     host.start_superlink()
     host.connect_and_register()
     for name in ("cleveland", "hungary"):
         host.start_hospital(name)
     out = host.dir / "server" / "runs" / "absent"
     t0 = time.perf_counter()
-    run = host.submit(host.study(1), out)
+    run = host.submit(host.study(1, wait_for_hospitals=wait_for_hospitals), out)
+    if wait_for_hospitals is not None:
+        run.wait(wait_for_hospitals + 300)
+        state = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else {}
+        return summary(host, out, stopped_after_s=round(time.perf_counter() - t0, 1), state=state.get("status"),
+                       error=state.get("error"), flwr_run_exit=run.proc.returncode)
     time.sleep(wait)
     waited = {"seconds": round(time.perf_counter() - t0, 1), "state": state_of(out), "rounds": len(rounds_of(out)),
               "flwr_run_running": run.running(),
@@ -338,6 +347,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="demo: rounds of the study")
     parser.add_argument("--studies", type=int, default=1, help="demo: run the study this many times in a row")
     parser.add_argument("--wait", type=float, default=90.0, help="absent-hospital: seconds before the third starts")
+    parser.add_argument("--wait-for-hospitals", type=float, default=None,
+                        help="absent-hospital: the study's federation.wait_for_hospitals; the third never starts")
     parser.add_argument("--keep-running", action="store_true", help="demo: leave the SuperLink and SuperNodes up")
     args = parser.parse_args()
     host = Host(args.workdir)
@@ -350,7 +361,7 @@ def main() -> int:
         elif args.scenario == "superlink-restart":
             result = superlink_restart(host)
         else:
-            result = absent_hospital(host, args.wait)
+            result = absent_hospital(host, args.wait, args.wait_for_hospitals)
     finally:
         if not (args.keep_running and args.scenario == "demo"):
             host.stop_all()
