@@ -26,18 +26,7 @@
 # dependency installation is disabled for every Flower process started here. See docs/deployment.md.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -x "$ROOT/.venv/bin/flower-superlink" ]; then PATH="$ROOT/.venv/bin:$PATH"; fi
-PYTHON=$(command -v python3 || command -v python)
-[ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"
-export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
-# Flower's SuperExec looks for new work every second by default; a SecAgg+ round is five exchanges, each waiting
-# for that poll on both sides. 0.2 s costs a few local HTTP requests a second.
-export FLWR_SUPEREXEC_TASK_POLL_INTERVAL=${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-
-die() { local code=$1; shift; printf 'error: %s\n' "$@" >&2; exit "$code"; }
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+source "$(dirname "${BASH_SOURCE[0]}")/_deploy_env.sh"
 
 command=${1:-}
 [ $# -gt 0 ] && shift
