@@ -114,11 +114,8 @@ def simulate(
         if resume is not None:
             if config is not None or overrides:
                 _fail("--resume continues a run with its own saved config: drop --config and overrides")
-            state = rundir.read_state(resume)
+            run_dir = rundir.reopen_run_dir(resume)
             cfg = load_config(resume / rundir.CONFIG_FILE)
-            if state.get("fingerprint") != cfg.fingerprint():
-                _fail(f"{resume}: {rundir.CONFIG_FILE} no longer matches the run that wrote it; cannot resume")
-            run_dir = resume
         else:
             cfg = _load(config, overrides)
             run_dir = rundir.create_run_dir(cfg, out)
@@ -164,6 +161,26 @@ def _report(run_dir: Path) -> None:
     if equity.get("sentence"):
         console.print(equity["sentence"])
     console.print(f"report: {path}")
+
+
+@app.command()
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (simulation or deployment)")],
+) -> None:
+    """Where a run stands. Exit 0 completed, 1 failed or interrupted, 3 still running, 2 not a run directory.
+
+    "Interrupted" is a state that says running although the server process that wrote it is gone (killed
+    together with its SuperLink, say): such a run can be continued with `resume=true` / `--resume`.
+    """
+    try:
+        line = rundir.describe_state(run_dir)
+        state = rundir.read_state(run_dir)
+    except (rundir.RunDirError, OSError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"{run_dir}: {line}", highlight=False, soft_wrap=True)
+    if state.get("status") == "completed":
+        return
+    raise typer.Exit(3 if state.get("status") == "running" and not rundir.interrupted(state) else 1)
 
 
 @app.command()

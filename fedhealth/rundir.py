@@ -3,7 +3,8 @@
 Layout::
 
     config.resolved.toml   the whole study config, populations expanded, defaults filled
-    state.json             status (running / completed / failed), last completed round, fingerprint
+    state.json             status (running / completed / failed), last completed round, fingerprint,
+                           the server process driving it (pid, host) and each resume
     metrics.jsonl          one JSON object per round per hospital (federated model on its test split)
     rounds.jsonl           one JSON object per round: who was aggregated, who failed and why
     checkpoints/round_NNNN.npz  global weights (and server optimiser state) after each completed round
@@ -18,8 +19,10 @@ that `--resume` could mistake for a completed round.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -145,7 +148,8 @@ class RunDirError(ValueError):
     """A run directory that cannot be created or resumed; the message says which and why."""
 
 
-def create_run_dir(cfg, out: Path | None = None, base: Path = Path("runs")) -> Path:
+def create_run_dir(cfg, out: Path | None = None, base: Path = Path("runs"),
+                   resume_hint: str = "choose another --out or --resume it") -> Path:
     """Create a fresh run directory holding the resolved config; refuses to reuse a non-empty one."""
     from datetime import datetime
 
@@ -159,12 +163,97 @@ def create_run_dir(cfg, out: Path | None = None, base: Path = Path("runs")) -> P
             suffix += 1
             out = base / f"{stamp}-{cfg.name}-{suffix}"
     if out.exists() and any(out.iterdir()):
-        raise RunDirError(f"{out}: run directory exists and is not empty; choose another --out or --resume it")
+        found = ""
+        with contextlib.suppress(RunDirError, OSError, ValueError):
+            found = f" ({describe_state(out)})"
+        raise RunDirError(f"{out}: run directory exists and is not empty{found}; {resume_hint}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFIG_FILE, config_to_toml(cfg))
     write_json(out / STATE_FILE, {"status": "running", "last_round": 0, "rounds": cfg.federation.rounds,
-                                  "fingerprint": cfg.fingerprint()})
+                                  "fingerprint": cfg.fingerprint(), "server": server_identity(),
+                                  "updated_at": _now()})
     return out
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def server_identity() -> dict[str, Any]:
+    """Which process drives the run: a `running` state whose process is gone was interrupted (killed
+    with its SuperLink, its host rebooted) and could not say so itself."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now()}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def interrupted(state: dict[str, Any]) -> bool:
+    """A state that says `running` although the process that wrote it is gone (checked on this host only;
+    a run driven from another host is taken at its word)."""
+    server = state.get("server") or {}
+    if state.get("status") != "running" or not server.get("pid"):
+        return False
+    if server.get("host") != socket.gethostname():
+        return False
+    return server["pid"] != os.getpid() and not _process_alive(int(server["pid"]))
+
+
+def describe_state(run_dir: Path) -> str:
+    """One line on where a run stands, for error messages and `fedhealth status`."""
+    state = read_state(run_dir)
+    status = state.get("status", "?")
+    done = f"round {state.get('last_round', 0)} of {state.get('rounds', '?')} completed"
+    if interrupted(state):
+        server = state["server"]
+        return (f"interrupted: the state says running but its server process {server['pid']} is gone; {done}, "
+                f"last update {state.get('updated_at', '?')}")
+    if status == "failed":
+        return f"failed: {state.get('error', 'no reason recorded')}; {done}"
+    if status == "running":
+        server = state.get("server") or {}
+        where = f" by process {server['pid']} on {server['host']}" if server.get("pid") else ""
+        return f"running{where}; {done}"
+    return f"{status}; {done}"
+
+
+def reopen_run_dir(run_dir: Path, cfg=None) -> Path:
+    """Continue a run directory from its last checkpoint, under a new server process.
+
+    Refused, with the reason: not a run directory; its config no longer matches the fingerprint it was
+    written with (or, when `cfg` is given, the study submitted now is another one: a resumed study must
+    be the same study, or the hospitals' ledgers would charge it as new); already completed; or still
+    being run by a live process.
+    """
+    state = read_state(run_dir)
+    from fedhealth.config import load_config
+
+    saved = load_config(run_dir / CONFIG_FILE)
+    if state.get("fingerprint") != saved.fingerprint():
+        raise RunDirError(f"{run_dir}: {CONFIG_FILE} no longer matches the run that wrote it; cannot resume")
+    if cfg is not None and cfg.fingerprint() != saved.fingerprint():
+        raise RunDirError(f"{run_dir}: the study submitted now (fingerprint {cfg.fingerprint()}) is not the one "
+                          f"this directory ran (fingerprint {saved.fingerprint()}); resume it with its own config "
+                          "or start a new run directory")
+    if state.get("status") == "completed":
+        raise RunDirError(f"{run_dir}: the run already completed ({describe_state(run_dir)}); nothing to resume")
+    if state.get("status") == "running" and not interrupted(state):
+        raise RunDirError(f"{run_dir}: {describe_state(run_dir)}; stop that process before resuming")
+    resumes = [*state.get("resumes", []), {"at": _now(), "after_round": last_completed_round(run_dir),
+                                           "previous": describe_state(run_dir)}]
+    state.update(status="running", server=server_identity(), resumes=resumes, updated_at=_now())
+    state.pop("error", None)
+    write_json(run_dir / STATE_FILE, state)
+    return run_dir
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:
@@ -174,10 +263,15 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     return read_json(path)
 
 
-def mark_status(run_dir: Path, status: str, **extra: Any) -> None:
+def update_state(run_dir: Path, **fields: Any) -> None:
+    """Change some fields of state.json, keeping the rest (who runs it, its resumes)."""
     state = read_state(run_dir)
-    state.update(status=status, last_round=last_completed_round(run_dir), **extra)
+    state.update(fields, updated_at=_now())
     write_json(run_dir / STATE_FILE, state)
+
+
+def mark_status(run_dir: Path, status: str, **extra: Any) -> None:
+    update_state(run_dir, status=status, last_round=last_completed_round(run_dir), **extra)
 
 
 def mark_completed(run_dir: Path) -> None:

@@ -6,6 +6,10 @@
 #   run [OUT]                                  submit the study: flwr run . fedhealth-deployment, run directory OUT
 #                                              (default /var/lib/fedhealth/runs/<time>); waits for the end and
 #                                              exits 1 unless the run directory says "completed"
+#   run --resume OUT                           continue the study in OUT from its last completed round (after a
+#                                              SuperLink restart, say): the same study, the hospitals' ledgers
+#                                              charge no round twice
+#   status OUT                                 where the run in OUT stands (fedhealth status)
 #   flwr ARGS...                               any other flwr command (flwr list, flwr log RUN_ID, flwr stop ...)
 # The flwr CLI inside the container uses configs/flower/config.toml's [superlink.fedhealth-deployment]
 # (127.0.0.1:9093, CA at /etc/fedhealth/pki/ca/ca.crt), copied into $FLWR_HOME on first use.
@@ -38,19 +42,24 @@ case "$command" in
     exec bash "$HERE/scripts/deploy_server.sh" register --pki "$FEDHEALTH_PKI" ;;
   run)
     flwr_config
+    resume=""
+    if [ "${1:-}" = "--resume" ]; then
+      shift
+      if [ $# -eq 0 ]; then echo "error: run --resume needs the run directory to continue" >&2; exit 2; fi
+      resume=" resume=true"
+    fi
     out=${1:-/var/lib/fedhealth/runs/$(date +%Y%m%d-%H%M%S)}
     cd "$HERE"
     flwr run . "$FEDHEALTH_CONNECTION" --stream \
-      --run-config "config='$FEDHEALTH_STUDY' out='$out' references=false"
+      --run-config "config='$FEDHEALTH_STUDY' out='$out' references=false$resume" || true
     # flwr run exits 0 even when the ServerApp fails: the run directory is the truth.
-    status=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['status'])" "$out/state.json" \
-      2>/dev/null || echo missing)
-    if [ "$status" != completed ]; then
-      echo "error: the run did not complete (state: $status); see the log above and $out" >&2
+    if ! fedhealth status "$out"; then
+      echo "error: the run did not complete; see the log above and $out (continue it: run --resume $out)" >&2
       exit 1
     fi
     echo "run directory: $out" ;;
+  status) exec fedhealth status "$@" ;;
   flwr) flwr_config; exec flwr "$@" ;;
   -h|--help|help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' ;;
-  *) echo "error: unknown command '$command' (start, register, run, flwr)" >&2; exit 2 ;;
+  *) echo "error: unknown command '$command' (start, register, run, status, flwr)" >&2; exit 2 ;;
 esac

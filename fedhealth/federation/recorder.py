@@ -156,10 +156,7 @@ class RunRecorder:
         rundir.append_jsonl(self.run_dir / rundir.METRICS_FILE, rows)
         rundir.append_jsonl(self.run_dir / rundir.ROUNDS_FILE, [summary])
         rundir.save_weights(rundir.checkpoint_path(self.run_dir, server_round), weights, optimizer_state)
-        rundir.write_json(self.run_dir / rundir.STATE_FILE, {
-            "status": "running", "last_round": server_round, "rounds": self.cfg.federation.rounds,
-            "fingerprint": self.cfg.fingerprint(),
-        })
+        rundir.update_state(self.run_dir, status="running", last_round=server_round)
         if self.on_round is not None:
             self.on_round(server_round, summary)
         self.consecutive_failures = self.consecutive_failures + 1 if status == "failed" else 0
