@@ -251,7 +251,8 @@ def reopen_run_dir(run_dir: Path, cfg=None) -> Path:
     resumes = [*state.get("resumes", []), {"at": _now(), "after_round": last_completed_round(run_dir),
                                            "previous": describe_state(run_dir)}]
     state.update(status="running", server=server_identity(), resumes=resumes, updated_at=_now())
-    state.pop("error", None)
+    for stale in ("error", "stopped_by"):
+        state.pop(stale, None)
     write_json(run_dir / STATE_FILE, state)
     return run_dir
 

@@ -137,11 +137,12 @@ class Host:
         path.write_text(text)
         return str(path)
 
-    def submit(self, config: str, out: Path) -> Service:
+    def submit(self, config: str, out: Path, resume: bool = False) -> Service:
         """`flwr run . fedhealth-deployment --stream ...` as a service (its log is the ServerApp's log)."""
-        name = f"flwr-run-{out.name}"
+        name = f"flwr-run-{out.name}" + ("-resumed" if resume else "")
+        extra = " resume=true" if resume else ""
         return self.start(name, [str(BIN / "flwr"), "run", ".", "fedhealth-deployment", "--stream", "--run-config",
-                                 f"config='{config}' out='{out}' references=false"], self.cli_home, [])
+                                 f"config='{config}' out='{out}' references=false{extra}"], self.cli_home, [])
 
     def restart_until_online(self, name: str, pause: float = 10.0, attempts: int = 12) -> dict:
         """Start a hospital again until its SuperNode is activated. After an unclean exit the SuperLink keeps
@@ -269,7 +270,8 @@ def supernode_restart(host: Host) -> dict:
 
 def superlink_restart(host: Host) -> dict:
     """2 rounds: the SuperLink (and the ServerApp it runs) is killed during round 1 and restarted on the
-    same --database; then: what the restarted SuperLink says about the run, and whether it continues."""
+    same --database; then: what the restarted SuperLink says about the run, what the run directory says, and
+    the study submitted again with resume=true."""
     link = host.start_superlink()
     host.connect_and_register()
     for name in HOSPITALS:
@@ -306,10 +308,13 @@ def superlink_restart(host: Host) -> dict:
         statuses = [(r.get("run-id"), r.get("status")) for r in json.loads(listed.stdout).get("runs", [])]
     except ValueError:
         statuses = []
-    resubmit = host.submit(host.study(2), out)  # the same run directory: can a new run resume it?
-    resubmit.wait(300)
+    stopped = json.loads((out / "state.json").read_text())
+    resubmit = host.submit(host.study(2), out, resume=True)  # the same study continues from its checkpoint
+    resubmit.wait(1800)
     return summary(host, out, flwr_run_exit_after_kill=run_exit, nodes=reconnected, run_statuses=statuses,
-                   flwr_list=listed.stdout[-3000:], resubmit_exit=resubmit.proc.returncode,
+                   flwr_list=listed.stdout[-3000:], state_after_kill={k: stopped.get(k) for k in
+                                                                     ("status", "last_round", "stopped_by", "error")},
+                   resubmit_exit=resubmit.proc.returncode,
                    resubmit_log=[line for line in resubmit.output().splitlines() if "rror" in line][-5:])
 
 

@@ -124,6 +124,28 @@ class Deployment:
                           FEDHEALTH_KEY=str(site.key), FEDHEALTH_LEDGER_DIR=str(site.ledger),
                           FEDHEALTH_AUDIT_LOG=str(site.audit), FEDHEALTH_RUNTIME_PORT=str(site.port))
 
+    def start_superlink(self) -> Service:
+        """The server image's entry point (server/entrypoint.sh start -> deploy_server.sh start), set up by
+        environment, on this deployment's port and state database (a restart finds its registrations there).
+        The running SuperLink is always services[0]; a stopped one stays in the list for the final checks."""
+        old = self.services[0] if self.services else None
+        seen = old.output().count("Uvicorn running on https://") if old is not None else 0  # one log file
+        link = self.start("superlink", ["bash", "server/entrypoint.sh", "start"], self.root / "server" / "flwr-home",
+                          [runtime_mark(self.port)], FEDHEALTH_PKI=str(self.pki), FEDHEALTH_HOST="127.0.0.1",
+                          FEDHEALTH_PORT=str(self.port), FEDHEALTH_DATABASE=str(self.root / "server" / "state.db"),
+                          FEDHEALTH_SERVER_NAMES="127.0.0.1 localhost")
+        if old is not None:
+            self.services.remove(link)
+            self.services.insert(0, link)
+        wait_until(lambda: link.output().count("Uvicorn running on https://") > seen or not link.running(), 120,
+                   what="the SuperLink listening")
+        assert link.running(), self.logs()
+        return link
+
+    def service(self, name: str) -> Service:
+        """The latest service started under `name`."""
+        return [s for s in self.services if s.name == name][-1]
+
     def marks(self) -> list[str]:
         return [m for s in self.services for m in s.marks]
 
@@ -158,14 +180,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     dep = Deployment(root, pki, free_port(), root / "operator" / "flwr-home",
                      {h: _make_site(root, pki, h) for h in [*HOSPITALS, "rogue"]})
     try:
-        # the server image's entry point (server/entrypoint.sh start -> deploy_server.sh start), set up by environment
-        dep.start("superlink", ["bash", "server/entrypoint.sh", "start"], root / "server" / "flwr-home",
-                  [runtime_mark(dep.port)], FEDHEALTH_PKI=str(pki), FEDHEALTH_HOST="127.0.0.1",
-                  FEDHEALTH_PORT=str(dep.port), FEDHEALTH_DATABASE=str(root / "server" / "state.db"),
-                  FEDHEALTH_SERVER_NAMES="127.0.0.1 localhost")
-        wait_until(lambda: "Uvicorn running on https://" in dep.superlink.output() or not dep.superlink.running(),
-                   120, what="the SuperLink listening")
-        assert dep.superlink.running(), dep.logs()
+        dep.start_superlink()
         connected = _run(["bash", "scripts/deploy_server.sh", "connect", "--address", dep.address, "--pki", str(pki)],
                          FLWR_HOME=str(dep.cli_home))
         assert connected.returncode == 0, connected.stderr
@@ -314,39 +329,106 @@ def _expected_train_rows(cfg, index: int, data: Path) -> int:
     return len(load_hospital(cfg, index, str(data)).y_train)
 
 
-def test_three_hospitals_finish_a_secure_study_and_each_keeps_a_signed_audit_trail(deployment):
+def _study_file(root: Path, rounds: int) -> Path:
+    """The deployment study with another round count, as an absolute path (the server runs on this host)."""
+    text = (ROOT / STUDY).read_text()
+    text = text.replace('schema = "../data/heart-disease/schema.toml"', f'schema = "{DATA / "schema.toml"}"')
+    text = re.sub(r"(?m)^rounds = \d+", f"rounds = {rounds}", text)
+    path = root / "operator" / f"study-{rounds}-rounds.toml"
+    path.write_text(text)
+    return path
+
+
+def _restart_until_online(dep: Deployment, site: Site, attempts: int = 16, pause: float = 10.0) -> Service:
+    """Start a hospital again, as its service manager would, until its SuperNode is activated. A SuperNode
+    that could not deregister on the way out stays online at the SuperLink until its heartbeat window
+    (2 x 30 s) passes, and is refused meanwhile with code 2004 (docs/deployment.md, Resilience)."""
+    for attempt in range(1, attempts + 1):
+        node = dep.start_hospital(site, f"{site.name}-restart-{attempt}")
+        wait_until(lambda n=node: "SuperNode ID:" in n.output() or not n.running(), 180, 0.5,
+                   f"{site.name} activated again")
+        if node.running():
+            return node
+        assert "[code: 2004]" in node.output(), node.output()[-3000:]
+        time.sleep(pause)
+    raise AssertionError(f"{site.name} could not rejoin in {attempts} attempts")
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink_restart(deployment):
+    """Round 1 runs; then the SuperLink is stopped (its ServerApp with it) before round 2 can finish, and the
+    run directory must say so; hungary's SuperNode is stopped too. The SuperLink restarts on its database, the
+    two other SuperNodes reconnect, hungary starts again (same key, ledger and audit log, a new process), and
+    `run --resume` finishes round 2 from round 1's checkpoint. Every hospital ends with a signed audit trail
+    and a ledger that charged each round once."""
     from fedhealth.config import load_config
     from fedhealth.federation.server import initial_weights
     from fedhealth.privacy.audit import hash_arrays, verify_audit_log
     from fedhealth.privacy.policy import SitePolicy
 
     started = time.perf_counter()
+    study = _study_file(deployment.root, rounds=2)
+    cfg = load_config(study)
     deployment.start_hospital(deployment.sites["cleveland"])
     deployment.start_hospital(deployment.sites["hungary"])
     deployment.start_hospital_container_style(deployment.sites["va-long-beach"])
     out = deployment.root / "server" / "runs" / "study"
     # server/entrypoint.sh run: `flwr run . fedhealth-deployment --stream --run-config "config=... out=...
     # references=false"`, then exit 1 unless the run directory says completed (flwr run alone exits 0 anyway)
-    proc = _run(["bash", "server/entrypoint.sh", "run", str(out)], timeout=480, FLWR_HOME=str(deployment.cli_home),
-                FEDHEALTH_STUDY=STUDY)
-    seconds = time.perf_counter() - started
-    print(f"\n[deployment] 3 hospitals, 1 round with SecAgg+ and DP-SGD: {seconds:.1f} s from SuperNode start to "
-          "flwr run's return")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + deployment.logs()
-    assert f"run directory: {out}" in proc.stdout
-    state = json.loads((out / "state.json").read_text())
-    assert state["status"] == "completed", proc.stdout[-4000:] + deployment.logs()
-    run_id = re.search(r"Successfully started run (\d+)", proc.stdout).group(1)
+    first = deployment.start("submit", ["bash", "server/entrypoint.sh", "run", str(out)], deployment.cli_home, [],
+                             FEDHEALTH_STUDY=str(study))
+    wait_until(lambda: len(_lines(out / "rounds.jsonl")) >= 1 or not first.running(), 420, 0.5, "round 1")
+    round_one = time.perf_counter() - started
+    assert [r["round"] for r in _lines(out / "rounds.jsonl")] == [1], first.output()[-4000:] + deployment.logs()
 
-    cfg = load_config(ROOT / STUDY)
+    # --- the SuperLink is stopped mid-study (a host restart, an upgrade): the ServerApp is stopped with it.
+    # hungary's SuperNode goes down too while the SuperLink is away (it cannot deregister), to come back later.
+    deployment.superlink.stop()
+    deployment.service("hungary").stop()
+    assert first.wait(120) == 1, first.output()[-4000:]
+    assert f"the run did not complete; see the log above and {out} (continue it: run --resume {out})" in \
+        first.output()
+    state = json.loads((out / "state.json").read_text())
+    assert state["status"] == "failed" and state["stopped_by"] == "SIGTERM" and state["last_round"] == 1, state
+    assert state["error"].startswith("the server process received SIGTERM during round 2"), state
+    status = _run([str(BIN / "fedhealth"), "status", str(out)])
+    assert status.returncode == 1 and "failed: the server process received SIGTERM" in status.stdout, status.stdout
+
+    deployment.start_superlink()
+    for name in ("cleveland", "va-long-beach"):  # their SuperNodes kept running and dial again by themselves
+        node = deployment.service(name)
+        wait_until(lambda n=node: "Connection successful after" in n.output() or not n.running(), 180, 0.5,
+                   f"{name} reconnected")
+        assert node.running(), node.output()[-3000:]
+    resumed = deployment.start("resume", ["bash", "server/entrypoint.sh", "run", "--resume", str(out)],
+                               deployment.cli_home, [], FEDHEALTH_STUDY=str(study))
+    # hungary restarts meanwhile: same key, ledger and audit log, a new process. The SuperLink keeps its node
+    # online until its heartbeat window passes and refuses it until then; the resumed study waits for it.
+    _restart_until_online(deployment, deployment.sites["hungary"], pause=5.0)
+    assert resumed.wait(480) == 0, resumed.output()[-4000:] + deployment.logs()
+    seconds = time.perf_counter() - started
+    print(f"\n[deployment] 3 hospitals, 2 rounds with SecAgg+ and DP-SGD, round 1 after {round_one:.0f} s, a "
+          f"hospital and the SuperLink restarted, resumed: {seconds:.1f} s in all")
+    assert f"run directory: {out}" in resumed.output()
+    state = json.loads((out / "state.json").read_text())
+    assert state["status"] == "completed" and state["last_round"] == cfg.federation.rounds == 2, state
+    assert "error" not in state and "stopped_by" not in state, state
+    (resume,) = state["resumes"]
+    assert resume["after_round"] == 1 and "received SIGTERM during round 2" in resume["previous"]
+    run_ids = [re.search(r"Successfully started run (\d+)", text).group(1)
+               for text in (first.output(), resumed.output())]
+
     names = [h.name for h in cfg.hospitals]
-    assert state["last_round"] == cfg.federation.rounds == 1
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [1]
-    assert rounds[0]["status"] == "aggregated" and rounds[0]["secure_aggregation"] is True, rounds
-    assert rounds[0]["hospitals_aggregated"] == [0, 1, 2] and not rounds[0]["declined"]
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert sorted((m["round"], m["hospital"]) for m in metrics) == sorted((1, n) for n in names)
+    rounds = _lines(out / "rounds.jsonl")
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert r["status"] == "aggregated" and r["secure_aggregation"] is True, rounds
+        assert r["hospitals_aggregated"] == [0, 1, 2] and not r["declined"], rounds
+    metrics = _lines(out / "metrics.jsonl")
+    assert sorted((m["round"], m["hospital"]) for m in metrics) == sorted((r, n) for r in (1, 2) for n in names)
     for m in metrics:
         assert m["trained"] and m["aggregated"] and m["n_train"] is None  # record counts stay inside SecAgg+
         assert 0.5 < m["auroc"] <= 1.0, m
@@ -354,27 +436,36 @@ def test_three_hospitals_finish_a_secure_study_and_each_keeps_a_signed_audit_tra
     server_files = [p.name for p in (deployment.root / "server").rglob("*") if p.is_file()]
     assert not [f for f in server_files if f.endswith((".csv", ".parquet"))], server_files
 
-    received = hash_arrays(initial_weights(cfg))  # round 1's global model is the seeded initial one
+    # round 1's global model is the seeded initial one; round 2's is round 1's checkpoint: the resumed run
+    # continued from exactly what the interrupted one had aggregated
+    from fedhealth import rundir
+
+    received = {1: hash_arrays(initial_weights(cfg)),
+                2: hash_arrays(rundir.load_weights(rundir.checkpoint_path(out, 1))[0])}
     for index, name in enumerate(names):
         site = deployment.sites[name]
         report = verify_audit_log(site.audit, site.pub)
-        assert report.ok and report.signatures_checked and report.entries == 1, report
-        assert report.sent_rounds == (1,)
-        (entry,) = [json.loads(line) for line in site.audit.read_text().splitlines()]
-        assert entry["run_id"] == run_id and entry["hospital"] == name and entry["decision"] == "sent"
-        assert entry["global_model_sha256"] == received
-        assert entry["records_used"] == _expected_train_rows(cfg, index, site.data)
-        assert entry["policy_checks"]["secure_aggregation"] is True
-        cap = SitePolicy.from_file(site.root / "policy.toml").max_epsilon
-        assert entry["policy_checks"]["epsilon_cap"] == f"{cap:g}"
-        assert 0 < entry["epsilon_total"] <= cfg.privacy.target_epsilon + 1e-6
+        assert report.ok and report.signatures_checked and report.entries == 2, report
+        assert report.sent_rounds == (1, 2)
+        entries = [json.loads(line) for line in site.audit.read_text().splitlines()]
+        assert [(e["run_id"], e["round"]) for e in entries] == list(zip(run_ids, (1, 2), strict=True))
         ledger = json.loads((site.ledger / f"{name}.json").read_text())
-        assert [e["round"] for e in ledger["entries"]] == [1]
-        assert ledger["entries"][0]["epsilon"] == pytest.approx(entry["epsilon_total"])
-        metric = next(m for m in metrics if m["hospital"] == name)
-        assert metric["epsilon"] == pytest.approx(entry["epsilon_total"])
+        assert [e["round"] for e in ledger["entries"]] == [1, 2]  # each round charged once, across both runs
+        cap = SitePolicy.from_file(site.root / "policy.toml").max_epsilon
+        for entry, charged in zip(entries, ledger["entries"], strict=True):
+            assert entry["hospital"] == name and entry["decision"] == "sent"
+            assert entry["global_model_sha256"] == received[entry["round"]]
+            assert entry["records_used"] == _expected_train_rows(cfg, index, site.data)
+            assert entry["policy_checks"]["secure_aggregation"] is True
+            assert entry["policy_checks"]["epsilon_cap"] == f"{cap:g}"
+            assert entry["epsilon_total"] == pytest.approx(charged["epsilon"])
+        assert 0 < ledger["entries"][0]["epsilon"] < ledger["entries"][1]["epsilon"]
+        assert ledger["entries"][1]["epsilon"] <= cfg.privacy.target_epsilon + 1e-6
+        for m in metrics:
+            if m["hospital"] == name:
+                assert m["epsilon"] == pytest.approx(ledger["entries"][m["round"] - 1]["epsilon"])
     verify = _run([str(BIN / "fedhealth"), "audit", "verify", str(deployment.sites["hungary"].audit),
-                   "--public-key", str(deployment.sites["hungary"].pub), "--expected-entries", "1"])
+                   "--public-key", str(deployment.sites["hungary"].pub), "--expected-entries", "2"])
     assert verify.returncode == 0 and "signatures by SHA256:" in verify.stdout, verify.stdout + verify.stderr
 
 

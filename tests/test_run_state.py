@@ -96,6 +96,7 @@ def test_an_interrupted_run_is_reopened_for_the_same_study_only(tmp_path, cfg):
     assert rundir.reopen_run_dir(run, cfg) == run
     state = rundir.read_state(run)
     assert state["status"] == "running" and state["server"]["pid"] == os.getpid()
+    assert "error" not in state and "stopped_by" not in state
     (resumed,) = state["resumes"]
     assert resumed["after_round"] == 0 and f"process {gone} is gone" in resumed["previous"]
 

@@ -2,6 +2,11 @@
 
 What leaves the hospital: the updated weights, the number of training records (FedAvg's weight)
 and aggregate figures (loss, AUROC, ...). Never a record, a prediction or a label.
+
+torch, the model and the data loader are imported where they are used, not here: on the deployment
+engine every message runs in a fresh process that imports this module, and three of a SecAgg+ round's
+five messages (key set-up, key shares, unmasking) never reach the model. Importing torch costs those
+processes about 2.5 s of CPU each.
 """
 
 from __future__ import annotations
@@ -12,12 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.client import ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 
 from fedhealth.config import StudyConfig
-from fedhealth.data.hospitals import load_hospital
 from fedhealth.federation.qffl import LOSS_KEY
 from fedhealth.federation.wire import (
     DECLINED_KEY,
@@ -27,10 +30,8 @@ from fedhealth.federation.wire import (
     SECURE_KEY,
     study_from_payload,
 )
-from fedhealth.models import build_model, get_weights, set_weights
 from fedhealth.privacy.policy import SitePolicy, effective_cap, hospitals_per_round, policy_violation
 from fedhealth.seeding import derive_seed
-from fedhealth.training import evaluate, train
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ class HospitalClient(NumPyClient):
         return self.own_policy if self.own_policy is not None else cfg.hospitals[self.index].policy
 
     def _model(self, config: dict[str, Scalar], parameters: NDArrays):
+        from fedhealth.data.hospitals import load_hospital
+        from fedhealth.models import build_model, set_weights
+
         cfg = study_from_payload(config)
         self.index = resolve_hospital(self.node_config, cfg)
         if self.schema_file:
@@ -71,6 +75,9 @@ class HospitalClient(NumPyClient):
         return cfg, split, model
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        from fedhealth.models import get_weights
+        from fedhealth.training import evaluate
+
         cfg, split, model = self._model(config, parameters)
         server_round = int(config.get(ROUND_KEY, 0))
         seed = derive_seed(cfg.seed, "fit", self.index, server_round)
@@ -131,6 +138,8 @@ class HospitalClient(NumPyClient):
 
     @staticmethod
     def _train_plain(cfg, split, model, parameters: NDArrays, config: dict[str, Scalar], seed: int):
+        from fedhealth.training import train
+
         mu = float(config.get("proximal_mu", 0.0))  # FedProx puts it in the fit config
         return train(
             model, split.x_train, split.y_train,
@@ -145,6 +154,8 @@ class HospitalClient(NumPyClient):
         )
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
+        from fedhealth.training import evaluate
+
         _, split, model = self._model(config, parameters)
         m = evaluate(model, split.x_test, split.y_test)
         return m.loss, m.n, {HOSPITAL_KEY: self.index, "auroc": m.auroc, "auprc": m.auprc,
@@ -200,6 +211,8 @@ def client_fn(context: Context):
     """Node config keys a hospital sets for itself (deployment): `hospital-name`, `data-file` (its CSV or
     Parquet), `schema-file` (its copy of the study schema), `policy-file` (TOML site policy), `ledger-dir`,
     `audit-log` and `audit-key` (see `audit_mod`)."""
+    import torch
+
     torch.set_num_threads(1)  # one CPU per simulated hospital; lets two train at once on 2 cores
     node = context.node_config
     policy_file = str(node.get("policy-file", ""))

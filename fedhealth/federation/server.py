@@ -26,6 +26,7 @@ from fedhealth.config import StudyConfig, load_config
 from fedhealth.data.hospitals import input_width
 from fedhealth.federation.attendance import StudyClientManager
 from fedhealth.federation.observed import ObservedStrategy
+from fedhealth.federation.prompt_grid import PromptGrid
 from fedhealth.federation.recorder import RoundCallback, RunRecorder
 from fedhealth.federation.secagg_params import derive_secagg_params
 from fedhealth.federation.secagg_server import SecureAggregationWorkflow
@@ -64,8 +65,10 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     """Run (or continue) the study's rounds; the run directory must already hold its config."""
     if hasattr(grid, "pull_interval"):
         # Simulation's in-memory Grid polls for replies every 0.1 s; SecAgg+ needs four exchanges per
-        # round, so the wait alone would dominate a small study's round. Deployment grids do not poll so.
+        # round, so the wait alone would dominate a small study's round.
         grid.pull_interval = 0.01
+    else:  # deployment's Grid sleeps 3 s between pulls for replies
+        grid = PromptGrid(grid)
     last = rundir.last_completed_round(run_dir)
     if last:
         weights, opt_state = rundir.load_weights(rundir.checkpoint_path(run_dir, last))
