@@ -22,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +275,45 @@ def update_state(run_dir: Path, **fields: Any) -> None:
 
 def mark_status(run_dir: Path, status: str, **extra: Any) -> None:
     update_state(run_dir, status=status, last_round=last_completed_round(run_dir), **extra)
+
+
+@contextlib.contextmanager
+def failed_on_signal(run_dir: Path) -> Iterator[None]:
+    """Record in the run directory that a signal stopped the study, then let Flower's own handler exit.
+
+    The ServerApp process is stopped by signal when its SuperLink shuts down, when `flwr stop` is used, or
+    when Flower gives up reaching a SuperLink that is gone (it sends itself SIGINT). Flower's handler exits
+    the process before an exception could reach `main`, so without this the state would say `running`
+    forever. SIGKILL cannot be caught: state.json then names a process that no longer exists, which
+    `fedhealth status` and `resume=true` recognise as interrupted.
+    """
+    if threading.current_thread() is not threading.main_thread():  # simulation runs the ServerApp in a thread
+        yield
+        return
+    signals = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGQUIT", None)) if s is not None]
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def record(signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        with contextlib.suppress(Exception):
+            mark_status(run_dir, "failed", stopped_by=name,
+                               error=f"the server process received {name} during round "
+                                     f"{last_completed_round(run_dir) + 1} (SuperLink stopped or restarted, "
+                                     "`flwr stop`, or the server host shut down); resume it with resume=true")
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for s in signals:
+        signal.signal(s, record)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def mark_completed(run_dir: Path) -> None:

@@ -145,12 +145,11 @@ def test_a_signal_that_stops_the_server_is_recorded_before_flower_exits(tmp_path
         from pathlib import Path
         from fedhealth import rundir
         from fedhealth.config import load_config
-        from fedhealth.federation.server import _failed_on_signal
 
         run = rundir.create_run_dir(load_config(Path({str(SMOKE)!r})), Path({str(run)!r}))
         signal.signal({int(signum)}, lambda *_: sys.exit(3))  # Flower's graceful exit handler, in short
         try:
-            with _failed_on_signal(run):
+            with rundir.failed_on_signal(run):
                 os.kill(os.getpid(), {int(signum)})
         finally:
             print("handler restored:", signal.getsignal({int(signum)}).__name__)

@@ -6,13 +6,9 @@ comes back with Flower's strategy, and writes metrics and checkpoints after ever
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import flwr.compat.common.recorddict_compat as compat
@@ -143,7 +139,7 @@ def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None
             log.warning("fedhealth run directory: %s", target.resolve())
         started = time.perf_counter()
         try:
-            with _failed_on_signal(target):
+            with rundir.failed_on_signal(target):
                 run_study(grid, context, study, target, on_round)
             if context.run_config.get("references", True):
                 # Simulation only: the synthetic hospitals are regenerated here from the seed.
@@ -164,42 +160,3 @@ def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None
 
 def _truthy(value: object) -> bool:
     return value is True or str(value).strip().lower() in ("1", "true", "yes")
-
-
-@contextlib.contextmanager
-def _failed_on_signal(run_dir: Path) -> Iterator[None]:
-    """Record in the run directory that a signal stopped the study, then let Flower's own handler exit.
-
-    The ServerApp process is stopped by signal when its SuperLink shuts down, when `flwr stop` is used, or
-    when Flower gives up reaching a SuperLink that is gone (it sends itself SIGINT). Flower's handler exits
-    the process before an exception could reach `main`, so without this the state would say `running`
-    forever. SIGKILL cannot be caught: state.json then names a process that no longer exists, which
-    `fedhealth status` and `resume=true` recognise as interrupted.
-    """
-    if threading.current_thread() is not threading.main_thread():  # simulation runs the ServerApp in a thread
-        yield
-        return
-    signals = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGQUIT", None)) if s is not None]
-    previous = {s: signal.getsignal(s) for s in signals}
-
-    def record(signum: int, frame) -> None:
-        name = signal.Signals(signum).name
-        with contextlib.suppress(Exception):
-            rundir.mark_status(run_dir, "failed", stopped_by=name,
-                               error=f"the server process received {name} during round "
-                                     f"{rundir.last_completed_round(run_dir) + 1} (SuperLink stopped or restarted, "
-                                     "`flwr stop`, or the server host shut down); resume it with resume=true")
-        handler = previous[signum]
-        if callable(handler):
-            handler(signum, frame)
-        elif handler == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    for s in signals:
-        signal.signal(s, record)
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
