@@ -5,9 +5,10 @@ audit log), keys registered with `flwr supernode register`, the study submitted 
 Everything is started through the scripts a hospital network would use (`scripts/deploy_server.sh`,
 `scripts/deploy_hospital.sh`, the container entrypoints), on 127.0.0.1 and free ports, and every process
 (with the `flower-superexec`, `flwr-serverapp` and `flwr-clientapp` processes Flower starts below it)
-is stopped in `finally`. Slow: each Flower message runs in a fresh process that imports torch, and
-SecAgg+ needs four exchanges per round, so the one-round study costs about 130 s and the file about 200 s
-on an idle 2-core machine (docs/deployment.md, Timing).
+is stopped in `finally`. Slow: each Flower message runs in a fresh process, SecAgg+ needs four exchanges
+per round and Flower's SuperNode polls every 3 s, so a round costs about 70 s; the two-round study with its
+SuperLink and hospital restarts about 220 s, and the file about 300 s on an idle 2-core machine
+(docs/deployment.md, Timing).
 """
 
 from __future__ import annotations
@@ -403,11 +404,12 @@ def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink
         wait_until(lambda n=node: "Connection successful after" in n.output() or not n.running(), 180, 0.5,
                    f"{name} reconnected")
         assert node.running(), node.output()[-3000:]
+    # hungary restarts: same key, ledger and audit log, a new process. The SuperLink keeps its old node online
+    # until the heartbeat window passes and refuses the new process until then (code 2004). Resuming before it
+    # is back would start round 2 with a node that looks online but is not there, and drop it from the round.
+    _restart_until_online(deployment, deployment.sites["hungary"], pause=5.0)
     resumed = deployment.start("resume", ["bash", "server/entrypoint.sh", "run", "--resume", str(out)],
                                deployment.cli_home, [], FEDHEALTH_STUDY=str(study))
-    # hungary restarts meanwhile: same key, ledger and audit log, a new process. The SuperLink keeps its node
-    # online until its heartbeat window passes and refuses it until then; the resumed study waits for it.
-    _restart_until_online(deployment, deployment.sites["hungary"], pause=5.0)
     assert resumed.wait(480) == 0, resumed.output()[-4000:] + deployment.logs()
     seconds = time.perf_counter() - started
     print(f"\n[deployment] 3 hospitals, 2 rounds with SecAgg+ and DP-SGD, round 1 after {round_one:.0f} s, a "
