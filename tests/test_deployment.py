@@ -471,6 +471,51 @@ def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink
     assert verify.returncode == 0 and "signatures by SHA256:" in verify.stdout, verify.stdout + verify.stderr
 
 
+def _ensure_hospitals_online(dep: Deployment) -> None:
+    """The three registered hospitals connected, whether or not an earlier test left them running."""
+    for name in HOSPITALS:
+        running = [s for s in dep.services if s.name.split("-restart-")[0] == name and s.running()]
+        node = running[-1] if running else dep.start_hospital(dep.sites[name], f"{name}-for-absent")
+        wait_until(lambda n=node: "SuperNode ID:" in n.output() or not n.running(), 180, 0.5, f"{name} activated")
+        assert node.running(), node.output()[-3000:]
+
+
+def test_a_hospital_that_never_connects_stops_the_study_after_the_wait_with_nothing_charged(deployment):
+    """A study that names a fourth hospital whose SuperNode never starts: the server waits
+    federation.wait_for_hospitals (5 s here, 600 s by default) instead of Flower's default day, then stops the
+    study, marked failed with the counts and what to change; no hospital trains or spends budget."""
+    _ensure_hospitals_online(deployment)
+    study = _study_file(deployment.root, rounds=1)
+    text = study.read_text().replace("[federation]\n", "[federation]\nwait_for_hospitals = 5.0\n", 1)
+    text += '\n[[hospitals]]\nname = "switzerland"\nrecords = 123\ntier = "secondary"\nregion = "CH"\n'
+    study = study.with_name("study-with-an-absent-hospital.toml")
+    study.write_text(text)
+    ledgers = {name: (site.ledger / f"{name}.json").read_bytes() if (site.ledger / f"{name}.json").exists() else b""
+               for name, site in deployment.sites.items() if name in HOSPITALS}
+    audits = {name: site.audit.read_bytes() if site.audit.exists() else b""
+              for name, site in deployment.sites.items() if name in HOSPITALS}
+    out = deployment.root / "server" / "runs" / "absent"
+    started = time.perf_counter()
+    submit = deployment.start("submit-absent", ["bash", "server/entrypoint.sh", "run", str(out)],
+                              deployment.cli_home, [], FEDHEALTH_STUDY=str(study))
+    assert submit.wait(300) == 1, submit.output()[-4000:] + deployment.logs()
+    print(f"\n[deployment] a study with an absent hospital stopped {time.perf_counter() - started:.0f} s after "
+          "submission (wait_for_hospitals = 5 s)")
+    state = json.loads((out / "state.json").read_text())
+    assert state["status"] == "failed" and state["last_round"] == 0, state
+    assert ("only 3 of 4 hospitals connected after 5 s; the study needs at least 4 (federation.min_hospitals)"
+            in state["error"]), state
+    assert "lower federation.min_hospitals, or raise federation.wait_for_hospitals" in state["error"]
+    assert _lines(out / "rounds.jsonl") == [] and _lines(out / "metrics.jsonl") == []
+    status = _run([str(BIN / "fedhealth"), "status", str(out)])
+    assert status.returncode == 1 and "only 3 of 4 hospitals connected" in status.stdout, status.stdout
+    for name, site in deployment.sites.items():
+        if name in HOSPITALS:  # nothing trained, nothing charged, nothing sent
+            assert ((site.ledger / f"{name}.json").read_bytes() if (site.ledger / f"{name}.json").exists()
+                    else b"") == ledgers[name]
+            assert (site.audit.read_bytes() if site.audit.exists() else b"") == audits[name]
+
+
 # ---------------------------------------------------------------- separate network namespaces
 
 
