@@ -385,6 +385,10 @@ def test_cli_verify_exit_codes(tmp_path: Path, key: Path, pub: Path, pki: StudyP
     assert other.exit_code == 1 and "line 1" in other.stderr
     short = runner.invoke(app, ["audit", "verify", str(log), "--public-key", str(pub), "--expected-entries", "6"])
     assert short.exit_code == 1 and "expected 6" in short.stderr
+    assert "verification FAILED: the log holds 5 entries, expected 6: the last 1 entry was removed" in \
+        " ".join(short.stderr.split()) and "(5 entries verified)" in " ".join(short.stderr.split())
+    one = runner.invoke(app, ["audit", "verify", str(log), "--public-key", str(pub), "--expected-entries", "5"])
+    assert one.exit_code == 0 and "5 entries, chain intact" in one.stdout
     _tamper_edit(log)
     bad = runner.invoke(app, ["audit", "verify", str(log), "--public-key", str(pub)])
     assert bad.exit_code == 1

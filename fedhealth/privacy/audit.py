@@ -284,7 +284,8 @@ def _verify_lines(path: Path, lines: Sequence[bytes], public_key: ec.EllipticCur
             sent.append(entry["round"])
     if problem is None and expected_entries is not None and count != expected_entries:
         missing = expected_entries - count
-        problem = AuditProblem(None, f"holds {count} entries, expected {expected_entries}" + (
+        held = f"{count} entr{'y' if count == 1 else 'ies'}"
+        problem = AuditProblem(None, f"holds {held}, expected {expected_entries}" + (
             f": the last {missing} entr{'y was' if missing == 1 else 'ies were'} removed (truncated), or never "
             "written" if missing > 0 else ": more entries than the independent count"))
     return AuditReport(path, count, signed=count > 0 and signer is not None,

@@ -117,15 +117,18 @@ def audit_verify(
         report = verify_audit_log(log, public_key, expected_entries=expected_entries)
     except (AuditError, CertificateError) as err:
         _fail(str(err), 2)
+    verified = f"{report.entries} entr{'y' if report.entries == 1 else 'ies'}"
+    if report.problem is not None and report.problem.line is None:  # the log as a whole, e.g. its length
+        _fail(f"{log}: verification FAILED: the log {report.problem} ({verified} verified)", 1)
     if report.problem is not None:
-        _fail(f"{log}: verification FAILED at {report.problem} ({report.entries} entries before it verified)", 1)
+        _fail(f"{log}: verification FAILED at {report.problem} ({verified} before it verified)", 1)
     if report.signatures_checked:
         how = f"signatures by {report.signer} verified"
     elif report.signed:
         how = f"signed by {report.signer}, signatures NOT checked (pass --public-key)"
     else:
         how = "unsigned: only the hash chain was checked"
-    typer.echo(f"ok: {log}: {report.entries} entries, chain intact, {how}; last hash {report.last_hash}")
+    typer.echo(f"ok: {log}: {verified}, chain intact, {how}; last hash {report.last_hash}")
     if expected_entries is None:
         typer.echo("note: removal of the last entries cannot be seen in the file alone; compare the count with "
                    "the hospital's privacy ledger (--expected-entries)")
