@@ -192,6 +192,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         again = _run(["bash", "scripts/deploy_server.sh", "register", str(dep.sites["cleveland"].pub)],
                      FLWR_HOME=str(dep.cli_home))
         assert again.returncode == 0 and "already registered" in again.stdout, again.stdout + again.stderr
+        assert "No such file" not in again.stderr, again.stderr  # each status is recorded, failed ones too
         print(f"\n[deployment] SuperLink up and 3 keys registered in {time.perf_counter() - started:.1f} s")
         yield dep
     finally:
