@@ -71,6 +71,11 @@ class AuditError(ValueError):
     """An audit log that cannot be trusted or appended to; the message names the file and line."""
 
 
+def entries_text(count: int) -> str:
+    """'1 entry', '2 entries': verification messages are read by auditors, not parsed."""
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
+
+
 @dataclass(frozen=True)
 class AuditProblem:
     line: int | None  # 1-based line of the file; None when the problem is the log as a whole (its length)
@@ -284,8 +289,7 @@ def _verify_lines(path: Path, lines: Sequence[bytes], public_key: ec.EllipticCur
             sent.append(entry["round"])
     if problem is None and expected_entries is not None and count != expected_entries:
         missing = expected_entries - count
-        held = f"{count} entr{'y' if count == 1 else 'ies'}"
-        problem = AuditProblem(None, f"holds {held}, expected {expected_entries}" + (
+        problem = AuditProblem(None, f"holds {entries_text(count)}, expected {expected_entries}" + (
             f": the last {missing} entr{'y was' if missing == 1 else 'ies were'} removed (truncated), or never "
             "written" if missing > 0 else ": more entries than the independent count"))
     return AuditReport(path, count, signed=count > 0 and signer is not None,

@@ -109,7 +109,7 @@ def audit_verify(
         "--expected-entries", min=0, help="entries there must be (from an independent count)")] = None,
 ) -> None:
     """Verify the chain (and, with --public-key, the signatures); exit 1 naming the first bad line."""
-    from fedhealth.privacy.audit import AuditError, verify_audit_log
+    from fedhealth.privacy.audit import AuditError, entries_text, verify_audit_log
     from fedhealth.security.certs import CertificateError
 
     _require_files(("audit log", log), ("public key (--public-key)", public_key))
@@ -117,7 +117,7 @@ def audit_verify(
         report = verify_audit_log(log, public_key, expected_entries=expected_entries)
     except (AuditError, CertificateError) as err:
         _fail(str(err), 2)
-    verified = f"{report.entries} entr{'y' if report.entries == 1 else 'ies'}"
+    verified = entries_text(report.entries)
     if report.problem is not None and report.problem.line is None:  # the log as a whole, e.g. its length
         _fail(f"{log}: verification FAILED: the log {report.problem} ({verified} verified)", 1)
     if report.problem is not None:
