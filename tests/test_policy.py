@@ -23,13 +23,27 @@ def test_policy_cap_wins_over_the_study_default(tmp_path):
 @pytest.mark.parametrize("policy, kwargs, expected", [
     (SitePolicy(allowed_models=["logreg"]), {"model": "mlp"}, "not allowed"),
     (SitePolicy(max_epsilon=3), {"dp_mode": "none"}, "requires record-level DP"),
-    (SitePolicy(max_delta=1e-6), {"delta": 1e-5}, "above the site policy's max_delta"),
-    (SitePolicy(min_hospitals=5), {"hospitals_per_round": 3}, "below the site policy's min_hospitals 5"),
+    (SitePolicy(max_delta=1e-6), {"delta": 1e-5}, "above the largest delta the site policy accepts"),
+    (SitePolicy(min_hospitals=5), {"hospitals_per_round": 3}, "fewer hospitals than the site policy's min_hospitals"),
+    (SitePolicy(), {"hospitals_per_round": 2}, "fewer hospitals than the site policy's min_hospitals"),
+    (SitePolicy(), {"secure": False}, "requires secure aggregation"),
+    (SitePolicy(), {"delta": 1e-4, "records": 2000}, "above the largest delta"),
 ])
-def test_violations_are_named(policy, kwargs, expected):
+def test_violations_are_named_without_the_hospitals_figures(policy, kwargs, expected):
     args = {"model": "logreg", "dp_mode": "record", "delta": 1e-5, "hospitals_per_round": 10, **kwargs}
-    assert expected in policy_violation(policy, **args)
-    assert policy_violation(SitePolicy(), **args) is None  # an empty policy allows everything
+    reason = policy_violation(policy, **args)
+    assert expected in reason
+    assert not any(ch.isdigit() for ch in reason)  # no limit, count or delta of the hospital's
+    assert policy_violation(SitePolicy(), **{**args, **{"delta": 1e-5, "hospitals_per_round": 10, "secure": True,
+                                                       "records": 2000, "model": "logreg", "dp_mode": "record"}}) \
+        is None  # the defaults allow a secure, large-enough round at a small delta
+
+
+def test_the_default_delta_limit_is_a_tenth_of_one_over_the_records():
+    from fedhealth.privacy.policy import delta_limit
+
+    assert delta_limit(SitePolicy(), 5000) == pytest.approx(2e-5)
+    assert delta_limit(SitePolicy(max_delta=1e-7), 5000) == 1e-7
 
 
 def test_policy_file_errors_are_clear(tmp_path):
@@ -65,7 +79,7 @@ def test_the_hospitals_own_policy_and_ledger_win_over_the_server(tmp_path):
     # SECURE_KEY is what the hospital's own SecAgg+ mod sets when the request really is masked.
     payload = {**study_payload(cfg, 1, str(tmp_path / "server-chosen")), SECURE_KEY: True}
     weights, n, metrics = strict.fit(initial_weights(cfg), payload)
-    assert n == 0 and "above its cap of 1" in metrics[DECLINED_KEY]
+    assert n == 0 and "budget" in metrics[DECLINED_KEY] and "above its cap of 1" in metrics["local.detail"]
     relaxed = HospitalClient(0, SitePolicy(max_epsilon=20.0), str(own_ledgers))
     weights, n, metrics = relaxed.fit(initial_weights(cfg), payload)
     assert n > 0 and 0 < metrics["epsilon"] <= 20.0

@@ -47,7 +47,8 @@ def test_budget_is_charged_composed_across_resume_and_capped(tmp_path, interrupt
     for i, h in enumerate(cfg.hospitals):
         assert privacy[h.name]["epsilon"] <= cfg.epsilon_cap(i)
     assert privacy["county-secondary"]["stopped_at_round"] == 2
-    assert "above its cap of 5" in privacy["county-secondary"]["stop_reason"]
+    # the server learns that the budget stopped it, not the hospital's cap or spending (those stay in its audit log)
+    assert privacy["county-secondary"]["stop_reason"] == "the hospital's privacy budget does not allow this round"
     assert privacy["village-clinic"]["stopped_at_round"] == 1 and privacy["village-clinic"]["epsilon"] == 0.0
     assert privacy["city-tertiary"]["stopped_at_round"] is None
 
@@ -59,7 +60,7 @@ def test_budget_is_charged_composed_across_resume_and_capped(tmp_path, interrupt
         if r["hospital"] == "city-tertiary":
             assert r["trained"] and r["epsilon"] == pytest.approx(big[r["round"] - 1]["epsilon"])
         if r["hospital"] == "village-clinic":
-            assert not r["trained"] and "declining" in r["declined"]
+            assert not r["trained"] and "budget" in r["declined"]
     rounds = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
     assert [r["hospitals_aggregated"] for r in rounds] == [[0, 1], [0], [0]]
 
@@ -84,6 +85,7 @@ def test_budget_is_charged_composed_across_resume_and_capped(tmp_path, interrupt
     assert [e["epsilon_total"] for e in audit["city-tertiary"]] == pytest.approx([e["epsilon"] for e in big])
     assert sum(e["epsilon_charged"] for e in audit["city-tertiary"]) == pytest.approx(big[-1]["epsilon"])
     assert [e["decision"][:8] for e in audit["county-secondary"]] == ["sent", "declined", "declined"]
+    assert "above its cap of 5" in audit["county-secondary"][1]["decision"]
     assert all(e["decision"].startswith("declined") and e["update_sha256"] is None and e["records_used"] == 0
                for e in audit["village-clinic"])
     # the model each hospital received in round r is the model every other hospital received

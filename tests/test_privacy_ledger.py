@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedhealth.models import build_model, get_weights
-from fedhealth.privacy.dp import calibrate_noise, sample_rate, steps_per_epoch, train_private
+from fedhealth.privacy.dp import calibrate_noise, dp_schedule, sample_rate, steps_per_epoch, train_private
 from fedhealth.privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger, epsilon_of
 from fedhealth.training import evaluate
 
@@ -28,12 +28,16 @@ def test_ledger_composes_across_restarts_and_refuses_at_cap(tmp_path):
     second = again.charge(2, 1.0, 0.02, 100, 1.0)
     assert second.epsilon == pytest.approx(epsilon_of([(1.0, 0.02, 200)], 1e-5))
     assert second.epsilon > first.epsilon
-    # Re-running a round that was already charged (crash, then resume) does not charge it twice.
-    assert again.charge(2, 1.0, 0.02, 100, 1.0) == second
+    # Re-running a release that was already charged (crash, then resume: same key) does not charge it twice...
+    keyed = again.charge(3, 1.0, 0.02, 100, 1.0, release="a" * 64)
+    assert again.charge(3, 1.0, 0.02, 100, 1.0, release="a" * 64) == keyed
+    # ...but another release of the same round (other weights: another key) is new spending.
+    other = again.charge(3, 1.0, 0.02, 100, 1.0, release="b" * 64)
+    assert other.epsilon > keyed.epsilon
     spent = again.spent
     with pytest.raises(BudgetExceeded, match="above its cap of 3"):
         for r in range(3, 100):
-            again.charge(r, 1.0, 0.02, 100, 1.0)
+            again.charge(r + 1, 1.0, 0.02, 100, 1.0)
     final = PrivacyLedger(path, "h", cap=3.0, delta=1e-5)
     assert final.spent <= 3.0 and final.spent >= spent
     entry = json.loads(path.read_text())["entries"][0]
@@ -63,15 +67,16 @@ def test_dp_sgd_returns_clean_weights_and_takes_the_charged_steps():
     model = build_model("mlp", 6, [4], seed=0)
     names = list(model.state_dict())
     initial = get_weights(model)
-    result, steps = train_private(model, x, y, epochs=2, batch_size=50, learning_rate=0.1, momentum=0.0,
-                                  noise_multiplier=1.0, max_grad_norm=1.0, seed=3)
+    result, steps = train_private(model, x, y, epochs=2, schedule=dp_schedule(500, 50), learning_rate=0.1,
+                                  momentum=0.0, noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=3,
+                                  sampling_seed=4)
     assert steps == 2 * steps_per_epoch(500, 50) == result.steps
     assert list(model.state_dict()) == names  # no "_module." prefix on the caller's model
     assert not any(np.array_equal(a, b) for a, b in zip(initial, get_weights(model), strict=True))  # trained in place
     assert evaluate(model, x, y).auroc > 0.8
     again = build_model("mlp", 6, [4], seed=0)
-    train_private(again, x, y, epochs=2, batch_size=50, learning_rate=0.1, momentum=0.0,
-                  noise_multiplier=1.0, max_grad_norm=1.0, seed=3)
+    train_private(again, x, y, epochs=2, schedule=dp_schedule(500, 50), learning_rate=0.1, momentum=0.0,
+                  noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=3, sampling_seed=4)
     assert all(np.array_equal(a, b) for a, b in zip(get_weights(model), get_weights(again), strict=True))
 
 
@@ -113,7 +118,9 @@ def test_client_trains_nothing_on_an_unreadable_ledger(tmp_path):
     client = HospitalClient(0, None, str(tmp_path))
     weights = initial_weights(cfg)
     sent, n, metrics = client.fit(weights, study_payload(cfg, 1, str(tmp_path)))
-    assert n == 0 and "cannot be read" in metrics[DECLINED_KEY] and "city-tertiary" in metrics[DECLINED_KEY]
+    # the server learns that the ledger is unusable, not where it is; the detail stays at the hospital
+    assert n == 0 and "ledger" in metrics[DECLINED_KEY] and str(tmp_path) not in metrics[DECLINED_KEY]
+    assert "cannot be read" in metrics["local.detail"] and "city-tertiary" in metrics["local.detail"]
     assert all(np.array_equal(a, b) for a, b in zip(sent, weights, strict=True))  # nothing trained
 
 
@@ -133,14 +140,17 @@ def test_a_second_study_on_the_same_ledger_is_charged_and_capped(tmp_path):
     # village-clinic: epsilon 6.25 after one round, 8.26 after two, 9.86 after three (delta 1e-5); its own cap is 9
     client = HospitalClient(2, SitePolicy(max_epsilon=9.0, require_secure_aggregation=False), str(ledgers))
     _, n1, m1 = client.fit(initial_weights(studies[0]), study_payload(studies[0], 1, ""))
-    assert n1 > 0 and m1["epsilon_charged"] == m1["epsilon"] > 0
+    assert n1 > 0 and m1["local.epsilon_charged"] == m1["epsilon"] > 0
     _, _, retry = client.fit(initial_weights(studies[0]), study_payload(studies[0], 1, ""))
-    assert retry["epsilon"] == m1["epsilon"] and retry["epsilon_charged"] == 0  # same study, same round: once
+    assert retry["epsilon"] == m1["epsilon"] and retry["local.epsilon_charged"] == 0  # the same release: once
     _, n2, m2 = client.fit(initial_weights(studies[1]), study_payload(studies[1], 1, ""))
-    assert n2 > 0 and m2["epsilon"] > m1["epsilon"] and m2["epsilon_charged"] > 0  # a new study spends anew
+    # a new study spends anew: the server sees this study's epsilon, the hospital keeps its total
+    assert n2 > 0 and m2["epsilon"] == pytest.approx(m1["epsilon"]) and m2["local.epsilon_charged"] > 0
+    assert m2["local.epsilon_total"] > m1["local.epsilon_total"]
     _, n3, m3 = client.fit(initial_weights(studies[2]), study_payload(studies[2], 1, ""))
-    assert n3 == 0 and "above its cap of 9" in m3[DECLINED_KEY]  # and the cap spans studies
+    assert n3 == 0 and "above its cap of 9" in m3["local.detail"]  # and the cap spans studies
+    assert "budget" in m3[DECLINED_KEY] and not any(c.isdigit() for c in m3[DECLINED_KEY])
     entries = json.loads((ledgers / "village-clinic.json").read_text())["entries"]
     assert [e["study"].split(":")[0] for e in entries] == ["study-0", "study-1"]
     assert PrivacyLedger(ledgers / "village-clinic.json", "village-clinic", 9.0,
-                         studies[0].privacy_delta()).spent == pytest.approx(m2["epsilon"])
+                         studies[0].privacy_delta()).spent == pytest.approx(m2["local.epsilon_total"])

@@ -1,5 +1,8 @@
 """The hospital's audit trail, written as each training reply leaves: what came in, what went out.
 
+It is also where the hospital's own figures (`local.*` metrics: its total epsilon, training loss, exact
+counts, the full reason for a decline) are recorded and removed from the reply, so they never leave.
+
 Why a mod: it sits just outside `update_mod`, so the update it hashes is exactly what is handed to
 SecAgg+ for masking (or sent in the clear), after every check, and a round the hospital declined is
 logged as declined. One entry per training request (the SecAgg+ stage that carries the update),
@@ -21,7 +24,14 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from fedhealth.federation.wire import DECLINED_KEY, LEDGER_DIR_KEY, ROUND_KEY, SECURE_KEY, study_from_payload
+from fedhealth.federation.wire import (
+    DECLINED_KEY,
+    LEDGER_DIR_KEY,
+    ROUND_KEY,
+    SECURE_KEY,
+    split_local,
+    study_from_payload,
+)
 
 log = logging.getLogger(__name__)
 FIT_CONFIG = "fitins.config"
@@ -62,11 +72,16 @@ def audit_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mess
     index = resolve_hospital(ctxt, cfg)
     hospital = cfg.hospitals[index]
     reply = call_next(msg, ctxt)
-    audit = audit_log_for(ctxt, hospital.name, fit_ins.config)
-    if audit is None or reply.has_error():
+    if reply.has_error():
         return reply
     fit_res = compat.recorddict_to_fitres(reply.content, keep_input=True)
-    metrics = dict(fit_res.metrics)
+    metrics, local = split_local(dict(fit_res.metrics))
+    if local:  # the hospital's own figures end here: the reply goes on without them
+        fit_res.metrics = metrics
+        reply.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
+    audit = audit_log_for(ctxt, hospital.name, fit_ins.config)
+    if audit is None:
+        return reply
     declined = metrics.get(DECLINED_KEY)
     policy_file = str(ctxt.node_config.get("policy-file", ""))
     policy = SitePolicy.from_file(Path(policy_file)) if policy_file else hospital.policy
@@ -84,10 +99,11 @@ def audit_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mess
         global_model_sha256=received,
         update_sha256=None if declined else hash_arrays(parameters_to_ndarrays(fit_res.parameters)),
         records_used=0 if declined else len(load_hospital(cfg, index, _data_file(ctxt)).y_train),
-        epsilon_charged=float(metrics.get("epsilon_charged", 0.0)),
-        epsilon_total=float(metrics["epsilon"]) if "epsilon" in metrics else None,
+        epsilon_charged=float(local.get("epsilon_charged", 0.0)),
+        epsilon_total=float(local["epsilon_total"]) if "epsilon_total" in local else None,
         delta=float(metrics["delta"]) if "delta" in metrics else None,
-        policy_checks=checks, decision=f"declined: {str(declined)[:400]}" if declined else "sent")
+        policy_checks=checks,
+        decision=f"declined: {str(local.get('detail') or declined)[:400]}" if declined else "sent")
     log.info("audit: hospital %s round %s %s (entry %d)", hospital.name, entry["round"], entry["decision"][:8],
              entry["seq"])
     return reply

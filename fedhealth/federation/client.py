@@ -1,7 +1,7 @@
 """The hospital side: a Flower NumPyClient that trains and evaluates on its own records only.
 
-What leaves the hospital: the updated weights, the number of training records (FedAvg's weight)
-and aggregate figures (loss, AUROC, ...). Never a record, a prediction or a label.
+What leaves the hospital depends on the privacy mode (see `HospitalClient.fit`): never a record, a
+prediction or a label, and under DP nothing DP does not cover but the held-out test figures.
 
 torch, the model and the data loader are imported where they are used, not here: on the deployment
 engine every message runs in a fresh process that imports this module, and three of a SecAgg+ round's
@@ -26,6 +26,7 @@ from fedhealth.federation.wire import (
     DECLINED_KEY,
     HOSPITAL_KEY,
     LEDGER_DIR_KEY,
+    LOCAL_PREFIX,
     ROUND_KEY,
     SECURE_KEY,
     study_from_payload,
@@ -58,8 +59,24 @@ class HospitalClient(NumPyClient):
         self.schema_file = schema_file
         self.index = -1
 
+    @property
+    def simulated(self) -> bool:
+        """A simulated hospital (Flower's `partition-id`), not a deployed one with its own node config."""
+        return "partition-id" in self.node_config
+
     def _policy(self, cfg: StudyConfig) -> SitePolicy | None:
-        return self.own_policy if self.own_policy is not None else cfg.hospitals[self.index].policy
+        """The hospital's own policy file wins; a deployed hospital without one gets the safe defaults
+        (`SitePolicy()`); a simulated hospital may carry one inline in the study."""
+        if self.own_policy is not None:
+            return self.own_policy
+        return cfg.hospitals[self.index].policy if self.simulated else SitePolicy()
+
+    def _declined(self, received: NDArrays, reason: str, detail: str = "") -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """A decline: the model received goes back untouched with weight 0. `reason` may reach the server
+        (no path, count or value of the hospital's); `detail` stays in its log and audit trail."""
+        log.warning("hospital %s declines: %s", self.index, detail or reason)
+        local = {f"{LOCAL_PREFIX}detail": detail} if detail else {}
+        return received, 0, {HOSPITAL_KEY: self.index, DECLINED_KEY: reason, **local}
 
     def _model(self, config: dict[str, Scalar], parameters: NDArrays):
         from fedhealth.data.hospitals import load_hospital
@@ -75,66 +92,73 @@ class HospitalClient(NumPyClient):
         return cfg, split, model
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """Train on this hospital's records and return the new weights, or decline (no weights, weight 0).
+
+        What leaves the hospital, by privacy mode (the README's privacy section lists it too):
+        record-level DP: the DP-SGD model, the study's public training-set size as FedAvg weight, and this
+        study's epsilon, delta and noise multiplier (public functions of the config); hospital-level DP:
+        the clipped model update, weight 1; no DP: the model, the training-record count, the training loss.
+        Everything else (loss, steps, time, exact counts, the hospital's total epsilon) stays in
+        `local.*` metrics, which the hospital's audit mod records and removes."""
         from fedhealth.models import get_weights
         from fedhealth.training import evaluate
 
         cfg, split, model = self._model(config, parameters)
         server_round = int(config.get(ROUND_KEY, 0))
-        seed = derive_seed(cfg.seed, "fit", self.index, server_round)
-        privacy: dict[str, Scalar] = {}
         participants = cfg.federation.participants
         if participants is not None and split.hospital.name not in participants:
             # A coalition study (e.g. for contribution): this hospital evaluates but does not train.
-            return parameters, 0, {HOSPITAL_KEY: self.index,
-                                   DECLINED_KEY: f"hospital {split.hospital.name} is not in federation.participants"}
+            return self._declined(parameters, "this hospital is not in federation.participants")
         policy = self._policy(cfg)
         secure = bool(config.get(SECURE_KEY, False))
         violation = policy_violation(
             policy, model=cfg.model.name, dp_mode=cfg.privacy.mode, delta=cfg.privacy_delta(),
             hospitals_per_round=hospitals_per_round(len(cfg.hospitals), cfg.federation.strategy.fraction_fit),
-            secure=secure)
+            secure=secure, records=len(split.y_train))
         if violation:
-            reason = f"hospital {split.hospital.name}: {violation}; declining this round"
-            log.warning("%s", reason)
-            return parameters, 0, {HOSPITAL_KEY: self.index, DECLINED_KEY: reason}
+            return self._declined(parameters, f"{violation}; declining this round")
+        shared: dict[str, Scalar] = {}
+        local: dict[str, Scalar] = {}
         if cfg.privacy.mode == "record":
-            from fedhealth.privacy.client import train_with_budget
+            from fedhealth.privacy.client import public_train_records, train_with_budget
 
             # The server's ledger location is for simulation only: in deployment it is not the hospital's disk.
-            simulated = "partition-id" in self.node_config
-            ledger_dir = self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if simulated else "")
+            ledger_dir = self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if self.simulated else "")
             cap = effective_cap(policy, cfg.privacy.max_epsilon)
-            outcome = train_with_budget(cfg, split, model, server_round, ledger_dir, seed, cap)
-            if outcome.declined:
-                log.warning("%s", outcome.declined)
-                return parameters, 0, {HOSPITAL_KEY: self.index, DECLINED_KEY: outcome.declined,
-                                       "epsilon": outcome.epsilon}
-            result, privacy = outcome.result, outcome.metrics
+            outcome = train_with_budget(cfg, split, model, list(parameters), server_round, ledger_dir, cap)
+            if outcome.weights is None:
+                return self._declined(parameters, outcome.declined, outcome.detail)
+            weights, shared, local = outcome.weights, dict(outcome.shared), dict(outcome.local)
+            # FedAvg's weight: the declared (public) training-set size, never the exact private count.
+            weight = public_train_records(cfg, self.index)
         else:
-            if cfg.federation.strategy.name == "qfedavg":
+            qffl = cfg.federation.strategy.name == "qfedavg"
+            if qffl:
                 # q-FedAvg weighs this hospital by its loss at the model it received (see federation.qffl).
-                privacy[LOSS_KEY] = evaluate(model, split.x_train, split.y_train).loss
+                shared[LOSS_KEY] = evaluate(model, split.x_train, split.y_train).loss
+            seed = derive_seed(cfg.seed, "fit", self.index, server_round)  # no DP: nothing secret to protect
             result = self._train_plain(cfg, split, model, parameters, config, seed)
-        weights = get_weights(model)
+            weights = get_weights(model)
+            figures = {"train_loss": result.mean_loss, "train_steps": result.steps, "train_seconds": result.seconds}
+            if cfg.privacy.mode == "hospital":
+                # Hospital-level DP covers the clipped update only: the loss and steps stay home, and every
+                # hospital weighs 1 (a record-count weight would raise a hospital's sensitivity).
+                local.update(figures)
+                weight = 1
+            else:
+                shared.update(figures)
+                # q-FedAvg sums its terms unweighted: the loss weighting is inside them.
+                weight = 1 if qffl else len(split.y_train)
+                if not secure:  # under SecAgg+ the record count travels only inside the masked sum
+                    shared["n_train"] = len(split.y_train)
         bad = [i for i, w in enumerate(weights) if not np.all(np.isfinite(w))]
         if bad:
             raise NonFiniteUpdateError(
                 f"hospital {split.hospital.name}: update has non-finite values in parameter arrays {bad} "
                 f"(round {server_round}); not sending it. Lower training.learning_rate."
             )
-        # Hospital-level DP needs equal weights: a record-count weight would raise a hospital's sensitivity.
-        # q-FedAvg sums its terms unweighted: the loss weighting is inside them.
-        weight = 1 if cfg.privacy.mode == "hospital" or LOSS_KEY in privacy else len(split.y_train)
-        # Under SecAgg+ the record count travels only inside the masked sum (see secagg_client).
-        clear = {} if secure else {"n_train": len(split.y_train)}
-        return weights, weight, {
-            HOSPITAL_KEY: self.index,
-            **clear,
-            "train_loss": result.mean_loss,
-            "train_steps": result.steps,
-            "train_seconds": result.seconds,
-            **privacy,
-        }
+        local_keys = {f"{LOCAL_PREFIX}{k}": v for k, v in local.items()}
+        return weights, weight, {HOSPITAL_KEY: self.index, **shared, **local_keys}
 
     @staticmethod
     def _train_plain(cfg, split, model, parameters: NDArrays, config: dict[str, Scalar], seed: int):
@@ -154,12 +178,22 @@ class HospitalClient(NumPyClient):
         )
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
+        """Figures of the global model on this hospital's held-out test records.
+
+        These leave the hospital under every mode and no DP covers them: the test records never enter
+        training, and epsilon is about training records. Under DP the weight is the study's public
+        test-set size (declared records minus the public training size), not the exact count."""
         from fedhealth.training import evaluate
 
-        _, split, model = self._model(config, parameters)
+        cfg, split, model = self._model(config, parameters)
         m = evaluate(model, split.x_test, split.y_test)
-        return m.loss, m.n, {HOSPITAL_KEY: self.index, "auroc": m.auroc, "auprc": m.auprc,
-                             "accuracy": m.accuracy, "brier": m.brier}
+        n = m.n
+        if cfg.privacy.mode != "none" and cfg.hospitals[self.index].records is not None:
+            from fedhealth.privacy.client import public_train_records
+
+            n = max(1, int(cfg.hospitals[self.index].records) - public_train_records(cfg, self.index))
+        return m.loss, n, {HOSPITAL_KEY: self.index, "auroc": m.auroc, "auprc": m.auprc,
+                           "accuracy": m.accuracy, "brier": m.brier}
 
 
 def hospital_index(context: Context | Mapping) -> int:
@@ -224,10 +258,11 @@ def client_fn(context: Context):
 def build_client_app(cfg: StudyConfig | None = None) -> ClientApp:
     """The hospital's ClientApp. `cfg` (simulation only) supplies test-only injected dropouts."""
     from fedhealth.federation.audit_mod import audit_mod
+    from fedhealth.federation.guard import guard_mod
     from fedhealth.federation.secagg_client import dropout_mod, secure_aggregation_mod, update_mod
     from fedhealth.privacy.hospital_level import clipping_mod
 
-    mods = [secure_aggregation_mod, audit_mod, update_mod, clipping_mod]
+    mods = [guard_mod, secure_aggregation_mod, audit_mod, update_mod, clipping_mod]
     if cfg is not None and cfg.testing.dropouts:
         index = {h.name: i for i, h in enumerate(cfg.hospitals)}
         faults = [(index[d.hospital], d.stage, tuple(d.rounds)) for d in cfg.testing.dropouts]

@@ -105,6 +105,22 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.federation.rounds),
                            strategy=strategy, client_manager=attendance)
     StudyWorkflow(first_round=last + 1, on_round_end=round_end, fit_workflow=fit_workflow)(grid, legacy)
+    require_an_aggregate(run_dir)
+
+
+class NothingAggregated(RuntimeError):
+    """Every round ended without a single hospital's update in the aggregate: there is no federated model."""
+
+
+def require_an_aggregate(run_dir: Path) -> None:
+    """Fail a study in which no round aggregated any hospital: its "final model" would be the initial one,
+    and a report would call it federated. The rounds file says why each hospital declined."""
+    rows = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
+    if rows and not any(r.get("hospitals_aggregated") for r in rows):
+        reasons = sorted({d.get("reason", "") for r in rows for d in r.get("declined", [])})
+        detail = f"; hospitals said: {' | '.join(reasons[:3])}" if reasons else ""
+        raise NothingAggregated(f"no round of {len(rows)} aggregated any hospital's update, so there is no "
+                                f"federated model{detail}. See {rundir.ROUNDS_FILE} in {run_dir}")
 
 
 def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None,

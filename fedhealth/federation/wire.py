@@ -19,6 +19,16 @@ LEDGER_DIR_KEY = "fedhealth.ledger_dir"  # simulation: where each hospital keeps
 DECLINED_KEY = "declined"  # in FitRes metrics: why the hospital declined the round (e.g. its budget)
 HOSPITAL_KEY = "hospital_index"  # in every FitRes/EvaluateRes metrics dict
 SECURE_KEY = "fedhealth.secure"  # set by the hospital's own mod: is this fit request under SecAgg+?
+# Metrics under this prefix are for the hospital's own audit trail and log: its audit mod reads them and
+# removes them before the reply goes on, so they never leave the hospital.
+LOCAL_PREFIX = "local."
+
+
+def split_local(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics that may leave, the hospital's own figures with the prefix removed)."""
+    shared = {k: v for k, v in metrics.items() if not k.startswith(LOCAL_PREFIX)}
+    local = {k[len(LOCAL_PREFIX):]: v for k, v in metrics.items() if k.startswith(LOCAL_PREFIX)}
+    return shared, local
 
 _parsed: dict[str, StudyConfig] = {}
 

@@ -1,7 +1,8 @@
 """DP-SGD with Opacus: per-sample clipping, Poisson sampling, Gaussian noise.
 
 The ledger, not Opacus's own accountant, is the record of what was spent (see ledger.py); this
-module only trains, with exactly the (noise multiplier, sample rate, steps) the ledger charged.
+module only trains, with exactly the (noise multiplier, sample rate, steps) the ledger charged, and with
+randomness from the hospital's secret (see secret.py).
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
 from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from fedhealth.training import TrainResult
 
@@ -28,14 +28,46 @@ warnings.filterwarnings("ignore", message=".*Optimal order is the.*")
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
+@dataclass(frozen=True)
+class DPSchedule:
+    """How DP-SGD samples one hospital's records: the figures the ledger charges and Opacus runs.
+
+    Derived from the hospital's *declared* training-set size (public: it is in the study config the
+    coordinator holds), never from the records it actually has, so nothing that leaves the hospital
+    (epsilon, sample rate, steps, the update's noise scale) depends on its private record count.
+    """
+
+    public_records: int  # the declared training-set size the schedule is derived from
+    steps_per_epoch: int  # Poisson-sampled DP-SGD steps per local epoch
+    sample_rate: float  # probability that one record enters one step's batch
+
+    @property
+    def expected_batch_size(self) -> float:
+        """The divisor of the summed clipped gradients (and the noise): public, like the rest."""
+        return self.public_records * self.sample_rate
+
+
+def dp_schedule(public_records: int, batch_size: int) -> DPSchedule:
+    """The sampling schedule for a declared training-set size: ceil(n / batch) steps at rate 1 / that.
+
+    Every record is expected in one batch per epoch; the steps are counted as integers, so the steps
+    charged are exactly the steps taken (Opacus's own loader computes int(1/q), which floating point
+    makes one fewer than ceil(n/b) for about 7.8 % of sizes)."""
+    if public_records < 1 or batch_size < 1:
+        raise ValueError(f"DP-SGD needs at least one record and a batch of at least one "
+                         f"(got {public_records} records, batch {batch_size})")
+    steps = math.ceil(public_records / batch_size)
+    return DPSchedule(public_records, steps, 1.0 / steps)
+
+
 def steps_per_epoch(n_records: int, batch_size: int) -> int:
-    """Opacus's DPDataLoader keeps the loader's length: ceil(n / batch size) steps per epoch."""
-    return math.ceil(n_records / batch_size)
+    """DP-SGD steps per epoch for `n_records` declared training records (see `dp_schedule`)."""
+    return dp_schedule(n_records, batch_size).steps_per_epoch
 
 
 def sample_rate(n_records: int, batch_size: int) -> float:
-    """Poisson sampling probability per record per step, exactly as Opacus sets it: 1 / steps per epoch."""
-    return 1.0 / steps_per_epoch(n_records, batch_size)
+    """Poisson sampling probability per record per step for `n_records` declared records (see `dp_schedule`)."""
+    return dp_schedule(n_records, batch_size).sample_rate
 
 
 def calibrate_noise(target_epsilon: float, delta: float, q: float, steps: int) -> float:
@@ -44,67 +76,54 @@ def calibrate_noise(target_epsilon: float, delta: float, q: float, steps: int) -
                                       steps=steps, accountant="rdp", epsilon_tolerance=0.005))
 
 
-class _BatchFetchDataset(Dataset):
-    """Tensors that DataLoader can fetch a whole batch of in one indexing operation.
-
-    PyTorch calls `__getitems__` with all of a batch's indices when a dataset has it; with Opacus's
-    Poisson batch sampler this replaces a per-record fetch and collate that cost as much as training.
-    The sampling itself (and so the guarantee) is Opacus's, unchanged.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i], self.y[i]
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.x[idx], self.y[idx]
-
-
-def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch
-
-
-def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
+def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, schedule: DPSchedule,
                   learning_rate: float, momentum: float, noise_multiplier: float, max_grad_norm: float,
-                  seed: int) -> tuple[TrainResult, int]:
-    """Train `model` in place with DP-SGD; returns the result and the number of DP steps taken.
+                  noise_seed: int, sampling_seed: int) -> tuple[TrainResult, int]:
+    """Train `model` in place with DP-SGD (Opacus); returns the result and the number of DP steps taken.
 
-    Weights stay on the caller's module (Opacus wraps it; it does not copy), so `get_weights(model)`
-    afterwards yields clean parameter names with no `_module.` prefix.
+    Privacy meaning: each of the `epochs * schedule.steps_per_epoch` steps is the sampled Gaussian
+    mechanism at rate `schedule.sample_rate` and noise multiplier `noise_multiplier` on per-record
+    gradients clipped to `max_grad_norm`, which is exactly what the ledger charges. A step whose Poisson
+    batch is empty adds the noise alone (Opacus's empty-batch path), as the accountant assumes.
+
+    `noise_seed` and `sampling_seed` must come from the hospital's secret (`HospitalSecret.seed`): the
+    noise is only noise to whoever cannot regenerate it. Opacus's building blocks are used directly
+    (its per-sample gradients, DPOptimizer and Poisson sampler) so that the schedule is the public one
+    of `dp_schedule`, not one derived from how many records the hospital holds.
     """
+    from opacus.grad_sample.utils import wrap_model
+    from opacus.optimizers import DPOptimizer
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
     start = time.perf_counter()
-    torch.manual_seed(seed % (2**63))
-    data = _BatchFetchDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
-    loader = DataLoader(data, batch_size=batch_size, collate_fn=_already_batched)
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
-    engine = PrivacyEngine(accountant="rdp")
-    generator = torch.Generator().manual_seed(seed % (2**63))
-    private_model, private_optimizer, private_loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=generator,
-        grad_sample_mode="ew")
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.float32)
+    sampler = UniformWithReplacementSampler(
+        num_samples=len(xt), sample_rate=schedule.sample_rate,
+        generator=torch.Generator().manual_seed(sampling_seed % 2**64), steps=schedule.steps_per_epoch)
+    private_model = wrap_model(model, grad_sample_mode="ew", batch_first=True, loss_reduction="mean")
+    optimizer = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum),
+        noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+        expected_batch_size=schedule.expected_batch_size, loss_reduction="mean",
+        generator=torch.Generator().manual_seed(noise_seed % 2**64))
     loss_fn = nn.BCEWithLogitsLoss()
     private_model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
     steps, losses = 0, []
     for _ in range(epochs):
         losses = []
-        for xb, yb in private_loader:
-            private_optimizer.zero_grad(set_to_none=True)
-            if len(xb) > 0:  # an empty Poisson batch still steps: Opacus adds the noise alone
-                loss = loss_fn(private_model(xb), yb)
+        for indices in sampler:
+            optimizer.zero_grad(set_to_none=True)
+            if indices:
+                idx = torch.as_tensor(indices, dtype=torch.long)
+                loss = loss_fn(private_model(xt[idx]), yt[idx])
                 losses.append(float(loss.detach()))
                 loss.backward()
-            private_optimizer.step()
+            else:  # an empty Poisson batch: no gradient, the step adds the noise alone
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            optimizer.step()
             steps += 1
-    (used_sigma, used_q, _), *rest = engine.accountant.history
-    if rest or used_sigma != noise_multiplier or used_q != sample_rate(len(x), batch_size):
-        raise RuntimeError(f"Opacus ran (sigma={used_sigma}, q={used_q}) but the ledger charged "
-                           f"(sigma={noise_multiplier}, q={sample_rate(len(x), batch_size)})")
     mean = float(np.mean(losses)) if losses else math.nan
     return TrainResult(mean, steps, time.perf_counter() - start), steps

@@ -1,27 +1,46 @@
-"""A hospital's privacy ledger: the accountant's whole history, on disk, charged before any update leaves.
+"""A hospital's privacy ledger: every release it ever made, on disk, charged before the release leaves.
 
-Why a file and not the accountant object: the common Flower + Opacus recipe builds a new
-PrivacyEngine every round, so its epsilon covers one round and silently resets. Here the
-accountant is rebuilt from the ledger for every question, so epsilon composes over all rounds the
-hospital ever trained in for this study, across rounds, process restarts and `--resume`.
+Why a file and not the accountant object: the common Flower + Opacus recipe builds a new PrivacyEngine
+every round, so its epsilon covers one round and silently resets. Here the accountant is rebuilt from the
+ledger for every question, so epsilon composes over every release the hospital ever made, across rounds,
+studies, process restarts and `--resume`.
+
+What a charge is: one *release*, keyed by (study, round, hash of the global model received, training
+settings) — see `fedhealth.privacy.release`. The same key again is a retry of that release (the hospital
+re-sends the stored, byte-identical update) and costs nothing; any other key is new spending, charged
+before it leaves and refused at the cap. A server that re-sends round r with other weights therefore pays
+for every release it gets.
+
+Durable and exclusive: every charge holds an exclusive lock on `<ledger>.lock` (flock), re-reads the
+ledger under it, and writes with fsync and an atomic rename, so two processes charging one hospital at
+once (two studies, or a study and its retry) can never pass its cap together, and a crash or power loss
+after a charge cannot lose it. `PrivacyLedger.locked` keeps the lock from the charge until the release is
+stored, so no other process can slip a charge in between.
 
 Each entry records everything needed to recompute epsilon independently (e.g. with Google's
-dp-accounting): noise multiplier, sample rate, steps, delta, clipping norm, the accountant, and
-the cumulative epsilon after this charge.
+dp-accounting): noise multiplier, sample rate, steps, delta, clipping norm, the accountant, and the
+cumulative epsilon after this charge. Entries of the two privacy units compose separately:
+`unit = "record"` (DP-SGD: neighbouring datasets differ in one patient record of this hospital) and
+`unit = "hospital"` (hospital-level DP: they differ in this hospital's whole contribution).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from fedhealth.rundir import atomic_write_text
+from fedhealth.durable import atomic_write_text
 
 ACCOUNTANT = "rdp"
+UNITS = ("record", "hospital")
 
 
 class LedgerError(ValueError):
@@ -29,27 +48,34 @@ class LedgerError(ValueError):
 
 
 class BudgetExceeded(RuntimeError):
-    """The next round would take a hospital past its epsilon cap; the hospital declines it."""
+    """The next release would take a hospital past its epsilon cap; the hospital declines it."""
+
+
+class StaleRound(ValueError):
+    """A request for a round older than one this study already charged: refused, the ledger unchanged."""
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
     round: int
     noise_multiplier: float
-    sample_rate: float  # Poisson sampling probability of each record per step
-    steps: int  # DP-SGD steps charged this round
+    sample_rate: float  # Poisson sampling probability of each record per step (1.0: no sampling)
+    steps: int  # DP steps charged by this release
     delta: float
-    max_grad_norm: float  # per-sample clipping norm (L2)
-    epsilon: float  # cumulative epsilon at `delta` after this entry
+    max_grad_norm: float  # L2 clipping norm: per sample (record unit) or per update (hospital unit)
+    epsilon: float  # cumulative epsilon of this entry's unit at `delta` after this entry
     accountant: str = ACCOUNTANT
     charged_at: float = 0.0  # unix time
     chain: str = ""  # SHA-256 over the previous entry's chain and this entry: edits and removals show
     study: str = ""  # which study charged it ("name:config fingerprint"); a hospital's ledger outlives studies
+    release: str = ""  # the release key (see fedhealth.privacy.release); a retry with the same key is free
+    unit: str = "record"  # "record" (DP-SGD) or "hospital" (hospital-level DP)
 
 
 def _chain(previous: str, entry: LedgerEntry) -> str:
-    # `study` joined the entry later: left out of the hash when empty, so older ledgers still verify.
-    body = {k: v for k, v in asdict(entry).items() if k != "chain" and not (k == "study" and not v)}
+    # Fields that joined the entry later are left out of the hash at their old default, so older ledgers verify.
+    defaults = {"study": "", "release": "", "unit": "record"}
+    body = {k: v for k, v in asdict(entry).items() if k != "chain" and not (k in defaults and v == defaults[k])}
     return hashlib.sha256((previous + json.dumps(body, sort_keys=True)).encode()).hexdigest()
 
 
@@ -73,76 +99,148 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
 
 
 class PrivacyLedger:
-    def __init__(self, path: Path, hospital: str, cap: float, delta: float) -> None:
+    """One hospital's ledger file. `cap`: its record-level epsilon cap; `hospital_cap`: its hospital-level one.
+
+    Reading needs no lock; every charge takes it (see the module docstring). Use `PrivacyLedger.locked`
+    to hold the lock from a charge until its release is stored."""
+
+    def __init__(self, path: Path, hospital: str, cap: float, delta: float,
+                 hospital_cap: float = math.inf) -> None:
         self.path = path
         self.hospital = hospital
         self.cap = cap
+        self.hospital_cap = hospital_cap
         self.delta = delta
         self.entries: list[LedgerEntry] = []
-        if path.exists():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                self.entries = [LedgerEntry(**e) for e in data.get("entries", [])]
-            except (OSError, ValueError, TypeError, AttributeError) as err:
-                raise LedgerError(f"{path}: privacy ledger of hospital {hospital!r} cannot be read ({err}); "
-                                  "refusing to train until it is restored") from None
-            if data.get("hospital") != hospital:
-                raise ValueError(f"{path}: ledger belongs to {data.get('hospital')!r}, not {hospital!r}")
-            if float(data.get("delta", delta)) != delta:
-                raise ValueError(f"{path}: ledger was kept at delta={data['delta']}, this study asks {delta}; "
-                                 "epsilons at different deltas do not compose")
-            self._verify()
+        self._lock_fd: int | None = None
+        self._load()
+
+    # ---- reading and verifying ----
+    def _load(self) -> None:
+        self.entries = []
+        if not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            self.entries = [LedgerEntry(**e) for e in data.get("entries", [])]
+        except (OSError, ValueError, TypeError, AttributeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else type(err).__name__
+            raise LedgerError(f"{self.path}: privacy ledger of hospital {self.hospital!r} cannot be read "
+                              f"({reason}); refusing to train until it is restored") from None
+        if data.get("hospital") != self.hospital:
+            raise LedgerError(f"{self.path}: ledger belongs to {data.get('hospital')!r}, not {self.hospital!r}")
+        if float(data.get("delta", self.delta)) != self.delta:
+            raise LedgerError(f"{self.path}: ledger was kept at delta={data['delta']}, this study asks {self.delta}; "
+                             "epsilons at different deltas do not compose")
+        self._verify()
 
     def _verify(self) -> None:
-        """Detect edited, removed or reordered entries (hash chain, increasing rounds) and an epsilon
-        that does not follow from the recorded steps. A keyless chain stops accidents and casual edits;
-        the signed audit trail is what proves it to a third party."""
-        previous, last_round = "", {}
+        """Detect edited, removed or reordered entries (hash chain, rounds that never go back within a study,
+        release keys used once) and an epsilon that does not follow from the recorded steps. A keyless chain
+        stops accidents and casual edits; the signed audit trail is what proves it to a third party."""
+        previous, last_round, keys = "", {}, set()
         for entry in self.entries:
-            if entry.round <= last_round.get(entry.study, 0) or entry.chain != _chain(previous, entry):
+            track = (entry.study, entry.unit)
+            if (entry.unit not in UNITS or entry.round < last_round.get(track, 0)
+                    or (entry.release and entry.release in keys) or entry.chain != _chain(previous, entry)):
                 raise LedgerError(f"{self.path}: privacy ledger of hospital {self.hospital!r} was altered at "
                                   f"round {entry.round}; refusing to train until it is restored")
-            previous, last_round[entry.study] = entry.chain, entry.round
-        if self.entries:
-            recomputed = epsilon_of(self.history(), self.delta)
-            if not math.isclose(recomputed, self.entries[-1].epsilon, rel_tol=1e-9, abs_tol=1e-12):
-                raise LedgerError(f"{self.path}: hospital {self.hospital!r}: recorded epsilon "
-                                  f"{self.entries[-1].epsilon} does not follow from its steps ({recomputed})")
+            previous, last_round[track] = entry.chain, entry.round
+            keys.add(entry.release)
+        for unit in UNITS:
+            own = [e for e in self.entries if e.unit == unit]
+            if own:
+                recomputed = epsilon_of(self.history(unit), self.delta)
+                if not math.isclose(recomputed, own[-1].epsilon, rel_tol=1e-9, abs_tol=1e-12):
+                    raise LedgerError(f"{self.path}: hospital {self.hospital!r}: recorded epsilon "
+                                      f"{own[-1].epsilon} does not follow from its steps ({recomputed})")
 
-    def history(self) -> list[tuple[float, float, int]]:
-        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.entries]
+    def history(self, unit: str = "record") -> list[tuple[float, float, int]]:
+        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.entries if e.unit == unit]
+
+    def spent_in(self, unit: str) -> float:
+        own = [e for e in self.entries if e.unit == unit]
+        return own[-1].epsilon if own else 0.0
 
     @property
     def spent(self) -> float:
-        return self.entries[-1].epsilon if self.entries else 0.0
+        """Record-level epsilon spent over every study (the figure the hospital's cap bounds)."""
+        return self.spent_in("record")
 
-    def charged_rounds(self, study: str = "") -> set[int]:
-        return {e.round for e in self.entries if e.study == study}
+    def charged_rounds(self, study: str = "", unit: str = "record") -> set[int]:
+        return {e.round for e in self.entries if e.study == study and e.unit == unit}
 
-    def study_entries(self, study: str) -> list[LedgerEntry]:
-        return [e for e in self.entries if e.study == study]
+    def study_entries(self, study: str, unit: str = "record") -> list[LedgerEntry]:
+        return [e for e in self.entries if e.study == study and e.unit == unit]
 
+    def release_entry(self, release: str) -> LedgerEntry | None:
+        return next((e for e in self.entries if release and e.release == release), None)
+
+    # ---- the lock ----
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        if self._lock_fd is not None:  # already held by `locked()`
+            yield
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
+            self._load()  # another process may have charged since we read it
+            yield
+        finally:
+            self._lock_fd = None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @classmethod
+    @contextmanager
+    def locked(cls, path: Path, hospital: str, cap: float, delta: float,
+               hospital_cap: float = math.inf) -> Iterator[PrivacyLedger]:
+        """The ledger with its lock held for the whole block (charge, train, store the release)."""
+        ledger = cls(path, hospital, cap, delta, hospital_cap)
+        with ledger._exclusive():
+            yield ledger
+
+    # ---- charging ----
     def charge(self, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
-               max_grad_norm: float, study: str = "") -> LedgerEntry:
-        """Charge a round before it runs; raise BudgetExceeded (charging nothing) if it would pass the cap.
+               max_grad_norm: float, study: str = "", release: str = "", unit: str = "record") -> LedgerEntry:
+        """Charge one release before it leaves; raise BudgetExceeded (charging nothing) if it would pass the cap.
 
-        A round of the same study already charged (a retry after a crash, the same seeded computation)
-        is not charged twice: its budget was spent. Round 1 of another study is new spending: epsilon
-        composes over every entry of every study, so the cap covers all the hospital ever released.
+        `release` (its key) already charged: a retry of the same release, returned without a new charge — the
+        caller must re-send the stored update, never a new one. Any other release is new spending, also within
+        a round already charged: a server re-sending round r with other weights pays for each. A round older
+        than the last this study charged raises StaleRound (that request only; nothing is written).
         """
-        if server_round in self.charged_rounds(study):
-            return next(e for e in self.entries if e.round == server_round and e.study == study)
-        projected = epsilon_of([*self.history(), (noise_multiplier, sample_rate, steps)], self.delta)
-        if projected > self.cap:
-            raise BudgetExceeded(
-                f"hospital {self.hospital}: round {server_round} would raise epsilon from {self.spent:.3f} to "
-                f"{projected:.3f} (delta={self.delta:g}), above its cap of {self.cap:g}; declining this round")
-        entry = LedgerEntry(server_round, noise_multiplier, sample_rate, steps, self.delta, max_grad_norm,
-                            projected, ACCOUNTANT, time.time(), study=study)
-        entry = replace(entry, chain=_chain(self.entries[-1].chain if self.entries else "", entry))
-        self.entries.append(entry)
-        self._save()
-        return entry
+        if unit not in UNITS:
+            raise ValueError(f"privacy unit must be one of {UNITS}, got {unit!r}")
+        with self._exclusive():
+            earlier = self.release_entry(release)
+            if earlier is not None:
+                return earlier
+            charged = self.charged_rounds(study, unit)
+            if charged and server_round < max(charged):
+                raise StaleRound(f"hospital {self.hospital}: round {server_round} is older than round "
+                                 f"{max(charged)}, which this study already charged; declining this request")
+            cap = self.cap if unit == "record" else self.hospital_cap
+            before = self.spent_in(unit)
+            projected = epsilon_of([*self.history(unit), (noise_multiplier, sample_rate, steps)], self.delta)
+            if projected > cap:
+                raise BudgetExceeded(
+                    f"hospital {self.hospital}: round {server_round} would raise its {unit}-level epsilon from "
+                    f"{before:.3f} to {projected:.3f} (delta={self.delta:g}), above its cap of {cap:g}; "
+                    "declining this round")
+            entry = LedgerEntry(server_round, noise_multiplier, sample_rate, steps, self.delta, max_grad_norm,
+                                projected, ACCOUNTANT, time.time(), study=study, release=release, unit=unit)
+            entry = replace(entry, chain=_chain(self.entries[-1].chain if self.entries else "", entry))
+            self.entries.append(entry)
+            self._save()
+            return entry
 
     def _save(self) -> None:
         data = {"hospital": self.hospital, "cap": self.cap, "delta": self.delta, "accountant": ACCOUNTANT,

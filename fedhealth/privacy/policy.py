@@ -3,6 +3,11 @@
 In deployment the policy is a TOML file next to the hospital's data; in simulation each hospital
 may carry one inline (`[hospitals.policy]`). The client checks it before every round and declines,
 with the reason, any round that breaks it.
+
+Safe defaults: every field a policy leaves out takes the cautious value, and a deployed hospital with no
+policy file at all gets `SitePolicy()` — SecAgg+ required, no aggregate below 3 hospitals, no delta above
+1 / (10 x its training records). Nothing the server sends can loosen them. The reasons a decline gives
+the server name the rule, never the hospital's own figures (its limits, its record count).
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ class SitePolicy(BaseModel):
 
     max_epsilon: float | None = Field(default=None, gt=0,
                                       description="hard cap on cumulative epsilon; also requires record-level DP")
-    max_delta: float | None = Field(default=None, gt=0, lt=1, description="largest delta the hospital accepts")
+    max_delta: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="largest delta the hospital accepts; unset: 1 / (10 x its training records)")
     allowed_models: list[Literal["logreg", "mlp"]] | None = None
-    min_hospitals: int = Field(default=1, ge=1, description="fewest hospitals an aggregate may hold")
+    min_hospitals: int = Field(default=3, ge=1, description="fewest hospitals an aggregate may hold")
     require_secure_aggregation: bool = Field(
         default=True, description="send updates only under SecAgg+ (masked); false allows plain aggregation")
 
@@ -36,25 +43,40 @@ class SitePolicy(BaseModel):
             raise ValueError(f"{path}: invalid site policy: {err}") from None
 
 
+DEFAULT_DELTA_FACTOR = 10  # unset max_delta: delta at most 1 / (10 x records)
+
+
+def delta_limit(policy: SitePolicy, records: int) -> float:
+    """The largest delta this hospital accepts: its policy's, else 1 / (10 x its training records).
+
+    Why that default: a delta near 1/n allows mechanisms that publish a record outright with
+    probability delta per record; a tenth of that keeps every patient's chance of it small."""
+    if policy.max_delta is not None:
+        return policy.max_delta
+    return 1.0 / (DEFAULT_DELTA_FACTOR * max(1, records))
+
+
 def policy_violation(policy: SitePolicy | None, *, model: str, dp_mode: str, delta: float,
-                     hospitals_per_round: int, secure: bool = True) -> str | None:
+                     hospitals_per_round: int, secure: bool = True, records: int | None = None) -> str | None:
     """Why this round breaks the hospital's policy, or None. The server's wishes never enter here.
 
-    `secure` is what the hospital's own SecAgg+ mod observed, not what the server claims."""
+    `secure` is what the hospital's own SecAgg+ mod observed, not what the server claims; `records` is the
+    hospital's training-record count (for the default delta limit). The reason may be sent to the server:
+    it names the rule broken, not the hospital's limits or counts."""
     if policy is None:
         return None
     if policy.require_secure_aggregation and not secure:
         return ("the server asked for plain aggregation (the update would be visible to it) and the site "
                 "policy requires secure aggregation")
     if policy.allowed_models is not None and model not in policy.allowed_models:
-        return f"model {model!r} is not allowed by the site policy (allowed: {', '.join(policy.allowed_models)})"
+        return f"model {model!r} is not allowed by the site policy"
     if policy.max_epsilon is not None and dp_mode != "record":
         return "the site policy caps epsilon, so it requires record-level DP (privacy.mode = 'record')"
-    if policy.max_delta is not None and dp_mode == "record" and delta > policy.max_delta:
-        return f"study delta {delta:g} is above the site policy's max_delta {policy.max_delta:g}"
+    if dp_mode != "none" and (policy.max_delta is not None or records is not None) \
+            and delta > delta_limit(policy, records or 1):
+        return "the study's delta is above the largest delta the site policy accepts"
     if hospitals_per_round < policy.min_hospitals:
-        return (f"an aggregate of {hospitals_per_round} hospital(s) is below the site policy's "
-                f"min_hospitals {policy.min_hospitals}")
+        return "the planned aggregate holds fewer hospitals than the site policy's min_hospitals"
     return None
 
 
