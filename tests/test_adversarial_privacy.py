@@ -1,0 +1,344 @@
+"""A curious or deviating server against one hospital's record-level privacy.
+
+Each test plays the server: it knows the study config (seed included), chooses what to send, and in
+simulation even has the synthetic records. Each guarantee must still hold, because it is enforced in the
+hospital's code: the noise comes from the hospital's own secret, every release is charged, the ledger is
+exclusive and durable, and what leaves in an error is a reason, not data.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fedhealth import rundir
+from fedhealth.config import load_config
+from fedhealth.federation.client import HospitalClient
+from fedhealth.federation.server import initial_weights
+from fedhealth.federation.wire import DECLINED_KEY, SECURE_KEY, study_payload
+from fedhealth.privacy.ledger import BudgetExceeded, PrivacyLedger, StaleRound
+from fedhealth.privacy.policy import SitePolicy
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.toml"
+DP = ["privacy.mode=record", "privacy.noise_multiplier=1.0"]
+QUICK = ["federation.rounds=1", "references.local_only=false", "references.pooled=false",
+         "references.non_private_federation=false"]
+
+
+def _flat(weights: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.ravel(w) for w in weights]).astype(np.float64)
+
+
+# ---- 1. the noise is the hospital's alone ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_server_that_knows_the_config_and_seed_cannot_reproduce_the_noise(tmp_path):
+    """Two runs of one config (same seed) release different models: the noise is not a function of the config.
+    A server that knows everything but the hospitals' secrets, records included (simulation), re-runs every
+    hospital's DP-SGD with each seed the config gives it and aggregates: it misses the released model by as
+    much as two honest runs differ, i.e. by the noise, not by rounding (1.2e-7 before)."""
+    from fedhealth.data.hospitals import load_hospital
+    from fedhealth.models import build_model, get_weights
+    from fedhealth.privacy.client import noise_for, public_train_records, schedule_for
+    from fedhealth.privacy.dp import train_private
+    from fedhealth.seeding import derive_seed
+    from fedhealth.simulate import simulate
+
+    cfg = load_config(SMOKE, [*DP, *QUICK, "federation.secure_aggregation.enabled=false"])
+    released = []
+    for name in ("a", "b"):
+        run_dir = rundir.create_run_dir(cfg, tmp_path / name)
+        simulate(cfg, run_dir)
+        released.append(_flat(rundir.load_weights(rundir.checkpoint_path(run_dir, 1))[0]))
+    honest_gap = np.linalg.norm(released[0] - released[1])
+    assert honest_gap > 1e-3  # same config, same seed: different noise
+
+    from fedhealth.models import set_weights
+
+    start = initial_weights(cfg)
+    known_seeds = [lambda i: derive_seed(cfg.seed, "fit", i, 1), lambda i: cfg.seed, lambda i: 0]
+    guesses = []
+    for seed_of in known_seeds:
+        total, weight = np.zeros_like(released[0]), 0
+        for i in range(len(cfg.hospitals)):
+            split = load_hospital(cfg, i)
+            model = build_model(cfg.model.name, split.x_train.shape[1], cfg.model.hidden, seed=cfg.seed)
+            set_weights(model, start)
+            train_private(model, split.x_train, split.y_train, epochs=cfg.training.local_epochs,
+                          schedule=schedule_for(cfg, i), learning_rate=cfg.training.learning_rate,
+                          momentum=cfg.training.momentum, noise_multiplier=noise_for(cfg, i),
+                          max_grad_norm=cfg.privacy.max_grad_norm, noise_seed=seed_of(i), sampling_seed=seed_of(i))
+            n = public_train_records(cfg, i)
+            total += n * _flat(get_weights(model))
+            weight += n
+        guesses.append(total / weight)
+    for guess in guesses:
+        miss = np.linalg.norm(guess - released[0])
+        assert miss > 0.5 * honest_gap / np.sqrt(2), (miss, honest_gap)  # off by the noise, not by rounding
+
+
+def test_each_hospital_keeps_its_secret_to_itself(tmp_path):
+    """The secret is made at the hospital (0600), never sent, and a copy others can read is refused."""
+    from fedhealth.privacy.secret import HospitalSecret, SecretError, secret_path
+
+    cfg = load_config(SMOKE, DP)
+    client = HospitalClient(2, SitePolicy(max_epsilon=50, require_secure_aggregation=False), str(tmp_path))
+    _, n, metrics = client.fit(initial_weights(cfg), study_payload(cfg, 1, ""))
+    path = secret_path(tmp_path, "village-clinic")
+    assert n > 0 and path.stat().st_mode & 0o777 == 0o600 and len(path.read_bytes()) == 32
+    assert path.read_bytes().hex() not in json.dumps(metrics)
+    path.chmod(0o644)
+    with pytest.raises(SecretError, match="chmod 600"):
+        HospitalSecret.load_or_create(path)
+
+
+# ---- 2. every release is paid for ---------------------------------------------------------------------
+
+def _village(tmp_path: Path, cap: float = 9.0) -> HospitalClient:
+    # village-clinic: epsilon 6.25 after one release, 8.26 after two, 9.86 after three (delta 1e-5)
+    return HospitalClient(2, SitePolicy(max_epsilon=cap, require_secure_aggregation=False), str(tmp_path))
+
+
+def test_replaying_a_round_with_other_weights_pays_for_every_release_until_the_cap(tmp_path):
+    cfg = load_config(SMOKE, DP)
+    client = _village(tmp_path)
+    w0 = initial_weights(cfg)
+    sent, n, first = client.fit(w0, study_payload(cfg, 1, ""))
+    assert n > 0
+    # A retry of the same release (same study, round, model, settings) re-sends the same bytes, free.
+    again, _, retry = client.fit([w.copy() for w in w0], study_payload(cfg, 1, ""))
+    assert all(np.array_equal(a, b) for a, b in zip(sent, again, strict=True))
+    assert retry["local.epsilon_charged"] == 0 and retry["local.epsilon_total"] == first["local.epsilon_total"]
+    # Round 1 again with other weights: a new release, charged.
+    other = [w + 0.01 for w in w0]
+    _, n2, second = client.fit(other, study_payload(cfg, 1, ""))
+    assert n2 > 0 and second["local.epsilon_charged"] > 0
+    assert second["local.epsilon_total"] > first["local.epsilon_total"]
+    # A third variant would pass the cap of 9: refused, nothing sent, nothing charged.
+    _, n3, third = client.fit([w - 0.01 for w in w0], study_payload(cfg, 1, ""))
+    assert n3 == 0 and "budget" in third[DECLINED_KEY]
+    ledger = PrivacyLedger(tmp_path / "village-clinic.json", "village-clinic", 9.0, cfg.privacy_delta())
+    assert len(ledger.entries) == 2 and ledger.spent <= 9.0
+    assert len({e.release for e in ledger.entries}) == 2
+
+
+@pytest.mark.slow
+def test_a_server_replaying_round_one_with_new_weights_is_charged_each_time(tmp_path, monkeypatch):
+    """A real ServerApp that labels every round "round 1" (each with the new global model) hoping the hospital
+    treats them as one retry: every release is charged, and the hospital stops at its cap."""
+    import fedhealth.federation.server as server
+    from fedhealth.simulate import simulate
+
+    real = server.study_payload
+    monkeypatch.setattr(server, "study_payload", lambda cfg, _r, ledger_dir="": real(cfg, 1, ledger_dir))
+    cfg = load_config(SMOKE, [*DP, "federation.rounds=3", "references.local_only=false", "references.pooled=false",
+                              "references.non_private_federation=false", "privacy.max_epsilon=9.0"])
+    run_dir = rundir.create_run_dir(cfg, tmp_path / "run")
+    simulate(cfg, run_dir)
+    village = rundir.read_json(run_dir / rundir.PRIVACY_DIR / "village-clinic.json")["entries"]
+    assert [e["round"] for e in village] == [1, 1]  # two releases charged; the third would pass 9
+    assert len({e["release"] for e in village}) == 2 and village[-1]["epsilon"] <= 9.0
+    city = rundir.read_json(run_dir / rundir.PRIVACY_DIR / "city-tertiary.json")["entries"]
+    assert len(city) == 3 and len({e["release"] for e in city}) == 3  # three models, three charges
+
+
+def test_a_stale_round_is_refused_for_that_request_without_locking_the_hospital_out(tmp_path):
+    cfg = load_config(SMOKE, DP)
+    client = _village(tmp_path, cap=50.0)
+    w = initial_weights(cfg)
+    assert client.fit(w, study_payload(cfg, 3, ""))[1] > 0
+    _, n, stale = client.fit([x + 1 for x in w], study_payload(cfg, 2, ""))
+    assert n == 0 and "older" in stale[DECLINED_KEY]
+    assert client.fit([x + 2 for x in w], study_payload(cfg, 4, ""))[1] > 0  # not locked out
+    ledger = PrivacyLedger(tmp_path / "village-clinic.json", "village-clinic", 50.0, cfg.privacy_delta())
+    assert [e.round for e in ledger.entries] == [3, 4]
+
+
+# ---- 5. the ledger is durable and exclusive -------------------------------------------------------------
+
+def _charge_many(path: str, start: int, count: int, barrier) -> None:
+    ledger = PrivacyLedger(Path(path), "h", cap=3.0, delta=1e-5)
+    barrier.wait()
+    for k in range(count):
+        try:
+            ledger.charge(1, 1.0, 0.02, 100, 1.0, study="s", release=f"{start + k:064x}")
+        except BudgetExceeded:
+            return
+
+
+def test_two_processes_charging_one_ledger_at_once_never_pass_its_cap(tmp_path):
+    path = tmp_path / "h.json"
+    ctx = mp.get_context("fork")  # the children share nothing with the parent but the ledger file
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_charge_many, args=(str(path), 1000 * p, 40, barrier)) for p in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    ledger = PrivacyLedger(path, "h", cap=3.0, delta=1e-5)  # verifies the chain and the epsilon
+    assert ledger.spent <= 3.0
+    # exactly as many releases as one process alone could afford: none lost, none past the cap
+    alone = PrivacyLedger(tmp_path / "alone.json", "h", cap=3.0, delta=1e-5)
+    with pytest.raises(BudgetExceeded):
+        for k in range(100):
+            alone.charge(1, 1.0, 0.02, 100, 1.0, study="s", release=f"{k:064x}")
+    assert len(ledger.entries) == len(alone.entries) > 1
+
+
+def _charge_then_hang(path: str, ready) -> None:
+    with PrivacyLedger.locked(Path(path), "h", cap=10.0, delta=1e-5) as ledger:
+        ledger.charge(1, 1.0, 0.02, 100, 1.0, study="s", release="f" * 64)
+        ready.set()
+        time.sleep(60)  # "training" while holding the lock, until killed
+
+
+def test_a_killed_process_loses_no_charge_and_leaves_no_lock(tmp_path):
+    path = tmp_path / "h.json"
+    ctx = mp.get_context("fork")  # the children share nothing with the parent but the ledger file
+    ready = ctx.Event()
+    proc = ctx.Process(target=_charge_then_hang, args=(str(path), ready))
+    proc.start()
+    assert ready.wait(60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(30)
+    ledger = PrivacyLedger(path, "h", cap=10.0, delta=1e-5)
+    assert [e.release for e in ledger.entries] == ["f" * 64]  # the charge survived the kill
+    ledger.charge(2, 1.0, 0.02, 100, 1.0, study="s", release="e" * 64)  # and the lock died with the process
+    assert len(PrivacyLedger(path, "h", cap=10.0, delta=1e-5).entries) == 2
+    assert not list(tmp_path.glob(".h.json.*"))  # no half-written temporary file left
+
+
+def test_stale_charges_raise_without_touching_the_file(tmp_path):
+    path = tmp_path / "h.json"
+    ledger = PrivacyLedger(path, "h", cap=10.0, delta=1e-5)
+    ledger.charge(5, 1.0, 0.02, 10, 1.0, study="s", release="1" * 64)
+    before = path.read_bytes()
+    with pytest.raises(StaleRound):
+        ledger.charge(4, 1.0, 0.02, 10, 1.0, study="s", release="2" * 64)
+    assert path.read_bytes() == before
+
+
+# ---- 8. DP-SGD trains every hospital size ---------------------------------------------------------------
+
+def test_the_schedule_charges_whole_steps_for_every_size_and_batch():
+    """For every (records, batch) from 50 to 20,000 records and batch 1 to 512, the steps charged are the
+    steps Opacus's Poisson sampler yields (Opacus's own loader computed int(1/q), one fewer for ~7.8 % of
+    sizes, e.g. 5,952 at 64)."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    from fedhealth.privacy.dp import dp_schedule
+
+    for n in range(50, 20_001, 7):
+        for b in (1, 2, 3, 7, 16, 32, 50, 64, 100, 128, 256, 333, 512):
+            s = dp_schedule(n, b)
+            assert s.steps_per_epoch == -(-n // b) and s.sample_rate == 1 / s.steps_per_epoch
+            assert len(UniformWithReplacementSampler(num_samples=n, sample_rate=s.sample_rate,
+                                                     steps=s.steps_per_epoch)) == s.steps_per_epoch
+    assert dp_schedule(5952, 64).steps_per_epoch == 93 and int(1 / (1 / 93)) == 92  # the old off-by-one
+
+
+@pytest.mark.parametrize("n, batch", [(50, 1), (50, 512), (60, 7), (5952, 64), (20_000, 512), (1999, 333)])
+def test_dp_sgd_takes_exactly_the_charged_steps_and_survives_empty_batches(n, batch):
+    from fedhealth.models import build_model
+    from fedhealth.privacy.dp import dp_schedule, train_private
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    s = dp_schedule(n, batch)
+    result, taken = train_private(build_model("logreg", 5, [], seed=0), x, y, epochs=1, schedule=s,
+                                  learning_rate=0.1, momentum=0.0, noise_multiplier=1.0, max_grad_norm=1.0,
+                                  noise_seed=1, sampling_seed=2)
+    assert taken == result.steps == s.steps_per_epoch
+
+
+def test_a_hospital_smaller_than_declared_trains_on_the_public_schedule(tmp_path):
+    """The schedule (and so epsilon, steps and the noise scale) comes from the declared records: what leaves
+    is the same whatever the hospital's true count is, so none of it reveals that count."""
+    from fedhealth.privacy.client import schedule_for
+
+    cfg = load_config(SMOKE, DP)
+    assert schedule_for(cfg, 2).public_records == round(300 * (1 - cfg.training.test_fraction))
+    _, _, metrics = _village(tmp_path).fit(initial_weights(cfg), study_payload(cfg, 1, ""))
+    assert {k for k in metrics if not k.startswith("local.")} == {"hospital_index", "epsilon", "delta",
+                                                                   "noise_multiplier"}
+
+
+# ---- 4, 6. what leaves, and the deployed defaults ------------------------------------------------------
+
+def test_under_record_dp_only_what_dp_covers_leaves(tmp_path):
+    cfg = load_config(SMOKE, DP)
+    client = _village(tmp_path, cap=50.0)
+    _, weight, metrics = client.fit(initial_weights(cfg), study_payload(cfg, 1, ""))
+    shared = {k: v for k, v in metrics.items() if not k.startswith("local.")}
+    assert not {"train_loss", "train_steps", "train_seconds", "n_train"} & set(shared)
+    from fedhealth.privacy.client import public_train_records
+
+    assert weight == public_train_records(cfg, 2)  # FedAvg's weight is the declared size, not the true count
+    _, n_eval, _ = client.evaluate(initial_weights(cfg), study_payload(cfg, 1, ""))
+    assert n_eval == 300 - public_train_records(cfg, 2)
+
+
+def _deployed(tmp_path: Path, name: str = "city-tertiary") -> HospitalClient:
+    """A deployed hospital with no policy file: a node config naming it, its own ledger, no partition-id."""
+    return HospitalClient(SimpleNamespace(node_config={"hospital-name": name}), None, str(tmp_path / "ledger"))
+
+
+def test_a_deployed_hospital_without_a_policy_file_refuses_plain_aggregation(tmp_path):
+    cfg = load_config(SMOKE, DP)
+    _, n, metrics = _deployed(tmp_path).fit(initial_weights(cfg), study_payload(cfg, 1, ""))
+    assert n == 0 and "requires secure aggregation" in metrics[DECLINED_KEY]
+    assert not (tmp_path / "ledger").exists()  # nothing charged
+    secure = {**study_payload(cfg, 1, ""), SECURE_KEY: True}
+    assert _deployed(tmp_path).fit(initial_weights(cfg), secure)[1] > 0
+
+
+def test_a_deployed_hospital_without_a_policy_file_refuses_a_small_aggregate_or_a_large_delta(tmp_path):
+    # a server announcing 2 of 3 hospitals per round (its own validator would refuse SecAgg+ with 2: it deviates)
+    cfg = load_config(SMOKE, [*DP, "federation.strategy.fraction_fit=0.5", "federation.secure_aggregation.enabled=false"])
+    secure = {**study_payload(cfg, 1, ""), SECURE_KEY: True}
+    _, n, metrics = _deployed(tmp_path).fit(initial_weights(cfg), secure)
+    assert n == 0 and "fewer hospitals" in metrics[DECLINED_KEY]
+    loose = load_config(SMOKE, [*DP, "privacy.delta=0.001"])  # far above 1 / (10 x 1125 records)
+    _, n, metrics = _deployed(tmp_path).fit(initial_weights(loose), {**study_payload(loose, 1, ""), SECURE_KEY: True})
+    assert n == 0 and "delta" in metrics[DECLINED_KEY]
+
+
+# ---- 11. nothing aggregated is a failure ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_study_where_no_hospital_trained_fails_and_labels_nothing_federated(tmp_path):
+    from fedhealth.simulate import simulate
+
+    cfg = load_config(SMOKE, [*DP, *QUICK, "privacy.max_epsilon=0.01"])  # no hospital can afford a round
+    run_dir = rundir.create_run_dir(cfg, tmp_path / "run")
+    with pytest.raises(Exception, match="no round of 1 aggregated any hospital"):
+        simulate(cfg, run_dir)
+    assert rundir.read_state(run_dir)["status"] == "failed"
+    assert not (run_dir / rundir.MODEL_FILE).exists() and not (run_dir / rundir.SUMMARY_FILE).exists()
+
+
+@pytest.mark.slow
+def test_the_cli_exits_non_zero_when_nothing_was_aggregated(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "fedhealth.cli", "simulate", "--config", str(SMOKE), "--out", str(out),
+                           "--set", "privacy.mode=record", "--set", "privacy.noise_multiplier=1.0",
+                           "--set", "privacy.max_epsilon=0.01", *[a for o in QUICK for a in ("--set", o)]],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "no round of 1 aggregated" in proc.stdout + proc.stderr
+    assert rundir.read_state(out)["status"] == "failed"
