@@ -341,6 +341,56 @@ def validate(
 
 from fedhealth.security.cli import audit_app, certs_app  # noqa: E402
 
+
+@app.command()
+def budget(
+    ledger: Annotated[Path, typer.Argument(help="the hospital's privacy ledger (<ledger-dir>/<hospital>.json)")],
+    policy: Annotated[Path | None, typer.Option(help="the hospital's site policy (its cap wins)")] = None,
+    audit_log: Annotated[Path | None, typer.Option(help="cross-check against the hospital's audit log")] = None,
+    audit_key: Annotated[Path | None, typer.Option(help="public key that signs the audit log")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Spent and remaining epsilon at this hospital, per study and in all, from its verified ledger.
+
+    Exit 0 verified; 1 the ledger or the audit cross-check failed; 2 a file is missing or unreadable."""
+    import json as json_lib
+
+    from fedhealth.privacy.budget import read_budget
+    from fedhealth.privacy.ledger import LedgerError
+    from fedhealth.privacy.policy import SitePolicy
+
+    for label, path in (("ledger", ledger), ("policy", policy), ("audit log", audit_log), ("audit key", audit_key)):
+        if path is not None and not path.is_file():
+            _fail(f"{path}: {label} not found (no such file)")
+    try:
+        cap = SitePolicy.from_file(policy).max_epsilon if policy is not None else None
+        result = read_budget(ledger, cap, audit_log, audit_key)
+    except LedgerError as err:
+        _fail(f"the ledger does not verify, so no budget can be read from it: {err}", 1)
+    except (ValueError, OSError) as err:
+        _fail(str(err))
+    if json_out:
+        console.print_json(json_lib.dumps(result.as_dict()))
+    else:
+        table = Table(title=f"privacy budget of hospital {result.hospital} (epsilon at delta {result.delta:g})")
+        for col in ("study", "unit", "releases", "rounds", "epsilon"):
+            table.add_column(col, justify="right" if col in ("releases", "epsilon") else "left")
+        for s in result.studies:
+            rounds = f"{s.rounds[0]}–{s.rounds[-1]}" if len(s.rounds) > 1 else str(s.rounds[0])
+            table.add_row(s.study, s.unit, str(s.releases), rounds, f"{s.epsilon:.3f}")
+        for unit, eps in result.total.items():
+            table.add_row("all studies", unit, "", "", f"{eps:.3f}", style="bold")
+        console.print(table)
+        console.print(f"record-level: spent {result.total.get('record', 0.0):.3f} of a cap of {result.cap:g}, "
+                      f"{result.remaining:.3f} left", highlight=False)
+        if result.audit:
+            console.print(f"audit log: {result.audit}", highlight=False)
+    for problem in result.problems:
+        err_console.print(f"error: {problem}", style="bold red", markup=False, highlight=False)
+    if result.problems:
+        raise typer.Exit(1)
+
+
 app.add_typer(certs_app, name="certs")
 app.add_typer(audit_app, name="audit")
 

@@ -342,3 +342,41 @@ def test_the_cli_exits_non_zero_when_nothing_was_aggregated(tmp_path):
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert "no round of 1 aggregated" in proc.stdout + proc.stderr
     assert rundir.read_state(out)["status"] == "failed"
+
+
+# ---- 12. what leaves in an error is a reason --------------------------------------------------------------
+
+@pytest.mark.slow
+def test_no_error_that_reaches_the_server_names_a_path_or_a_count(tmp_path):
+    """A study that declares fewer records than hospital b has: b fails every request. Before, its error text
+    (absolute data path, exact row count) reached rounds.jsonl and the operator's terminal; now the server holds
+    a category only, and the detail stays in b's own log."""
+    from test_study_schema import SCHEMA, _toy_frame
+
+    from fedhealth.data.files import file_sha256
+    from fedhealth.simulate import run_federation
+
+    data = tmp_path / "site-data"
+    data.mkdir()
+    (data / "schema.toml").write_text(SCHEMA)
+    hospitals = ""
+    for i, name in enumerate(("a", "b", "c")):
+        path = data / f"{name}-private-records.csv"
+        _toy_frame(60 + 17 * i, seed=i).to_csv(path, index=False)
+        declared = "records = 41\n" + f'data_sha256 = "{file_sha256(path)}"\n' if name == "b" else ""
+        hospitals += f'[[hospitals]]\nname = "{name}"\ndata = "{path}"\n{declared}'
+    study = tmp_path / "study.toml"
+    study.write_text(f'schema = "{data / "schema.toml"}"\n[model]\nname = "logreg"\n[federation]\nrounds = 1\n'
+                     '[federation.secure_aggregation]\nenabled = false\n[references]\nlocal_only = false\n'
+                     'pooled = false\n' + hospitals)
+    cfg = load_config(study)
+    run_dir = rundir.create_run_dir(cfg, tmp_path / "run")
+    run_federation(cfg, run_dir)  # the federation alone: a simulation's own summary reads every file itself
+    held = "\n".join(p.read_text(errors="replace") for p in run_dir.rglob("*")
+                     if p.is_file() and p.suffix in (".json", ".jsonl", ".toml", ".html") and p.name != "config.toml"
+                     and "resolved" not in p.name)
+    rounds = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
+    assert rounds[0]["hospitals_aggregated"] == [0, 2]  # b took no part
+    assert "do not match the study's declaration" in json.dumps(rounds)
+    for secret in (str(data), "private-records", "77 usable", "usable rows", "more than the 41"):
+        assert secret not in held, secret
