@@ -24,10 +24,11 @@ caller's address. It adds no trust of its own: the SuperLink still authenticates
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 FLEET_PREFIX = "/v1/fleet/"
@@ -65,11 +66,13 @@ def create_app(upstream: str, ca: str, timeout: float = 600.0) -> Any:
         out = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP_BY_HOP}
         return Response(reply.content, status_code=reply.status_code, headers=out)
 
-    async def shutdown() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        yield
         await client.aclose()
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], on_shutdown=[shutdown])
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
 def _split(address: str) -> tuple[str, int]:
