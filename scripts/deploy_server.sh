@@ -106,10 +106,11 @@ start)
   done
   case "$host" in
     127.*|localhost|::1|"[::1]") ;;
-    *) [ "$expose_control" = 1 ] || die 2 "--host $host is refused: flwr 1.41 serves the Control API (flwr run," \
-         "flwr supernode register; no authentication of its own) on the same port as the Fleet API, so anyone" \
-         "reaching $host:$port could submit code to every hospital. Bind 127.0.0.1 and let hospitals in through" \
-         "'$0 gateway'; or pass --expose-control-api if $host is on a network no hospital can reach" ;;
+    *) why="--host $host is refused: flwr 1.41 serves the Control API (flwr run, flwr supernode register; no"
+       why+=" authentication of its own) on the same port as the Fleet API, so anyone reaching $host:$port could"
+       why+=" submit code to every hospital. Bind 127.0.0.1 and let hospitals in through '$0 gateway'; or pass"
+       why+=" --expose-control-api if $host is on a network no hospital can reach"
+       [ "$expose_control" = 1 ] || die 2 "$why" ;;
   esac
   if [ -n "$registry_url" ]; then export FLWR_SUPERGRID_API_URL="$registry_url"; fi
   host_checks=(--host 127.0.0.1)
@@ -158,8 +159,7 @@ register)
   for pub in "${keys[@]}"; do
     [ -f "$pub" ] || die 2 "$pub: SuperNode public key not found (no such file)"
     # public keys only: a file holding a private key means a hospital's secret reached the operator
-    ! grep -q "PRIVATE KEY" "$pub" || die 2 "$pub: holds a PRIVATE key; register only the .pub file the hospital" \
-      "sent (the hospital keeps its private key: fedhealth certs hospital-keys)"
+    ! grep -q "PRIVATE KEY" "$pub" || die 2 "$pub: holds a PRIVATE key; register only the .pub file the hospital sent (the hospital keeps its private key: fedhealth certs hospital-keys)"
   done
   # One `flwr` call per key, all at once (each is a second or two of imports), then report in order.
   tmp=$(mktemp -d)
