@@ -339,7 +339,7 @@ def validate(
         raise typer.Exit(1)
 
 
-from fedhealth.security.cli import audit_app, certs_app  # noqa: E402
+from fedhealth.security.cli import app_app, audit_app, certs_app  # noqa: E402
 
 
 @app.command()
@@ -393,6 +393,7 @@ def budget(
 
 app.add_typer(certs_app, name="certs")
 app.add_typer(audit_app, name="audit")
+app.add_typer(app_app, name="app")
 
 
 def main() -> None:

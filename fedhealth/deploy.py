@@ -30,7 +30,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 FLOWER_CONFIG = PROJECT / "configs" / "flower" / "config.toml"  # copied into $FLWR_HOME by the scripts
 DEFAULT_CONNECTION = "fedhealth-deployment"  # the [superlink.<name>] section for a study's own SuperLink
-DEFAULT_PORT = 9093  # the SuperLink's one HTTPS port (Fleet, Control and Runtime APIs share it in flwr 1.41)
+DEFAULT_PORT = 9092  # the SuperLink's one loopback HTTPS port (Fleet, Control and Runtime APIs share it in flwr 1.41)
+GATEWAY_PORT = 9093  # the hospitals' address: the Fleet API only (fedhealth/security/gateway.py)
 # Every Flower process we start gets these: no telemetry (a hospital's software must not phone home) and no
 # run-time `uv sync` of the app's dependencies (it would try to pull a CUDA torch from the internet).
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
@@ -70,15 +71,28 @@ def write_connection(flwr_home: str | Path, address: str, root_certificates: str
 
 
 def hospital_problems(ca: str | Path, policy: str | Path | None = None, audit_log: str | Path | None = None,
-                      public_key: str | Path | None = None, ledger_dir: str | Path | None = None) -> list[str]:
-    """What would make this hospital's SuperNode fail after launch, one line per problem (empty: fine).
+                      public_key: str | Path | None = None, ledger_dir: str | Path | None = None, *,
+                      audit_key: str | Path | None = None, node_key: str | Path | None = None,
+                      trusted_entities: str | Path | None = None) -> list[str]:
+    """What would make this hospital's SuperNode fail, or run unprotected, after launch (empty: fine).
 
-    Checks the study CA (`--root-certificates`), the site policy file, that an existing audit log
-    verifies with the hospital's public key (the ClientApp refuses to append to one that does not,
-    and would fail the round instead), and that the ledger and audit-log folders can be written."""
+    Checks the study CA (`--root-certificates`), the site policy file, the audit-signing key (it loads,
+    matches its `.pub`, and is not the SuperNode key: the evidence is signed by a key of its own), the
+    trusted-entities file (Ed25519 keys as Flower needs, and not empty: an empty one would make Flower
+    run any app), that an existing audit log verifies with the audit public key (`public_key`, default
+    AUDIT_KEY.pub; the ClientApp refuses to append to one that does not), and that the ledger and
+    audit-log folders can be written."""
     from fedhealth.privacy.audit import AuditError, verify_audit_log
     from fedhealth.privacy.policy import SitePolicy
-    from fedhealth.security.certs import CertificateError, check_ca_certificate
+    from fedhealth.security.app_trust import AppTrustError, load_trusted_entities
+    from fedhealth.security.certs import (
+        CertificateError,
+        _spki,
+        check_ca_certificate,
+        load_node_private_key,
+        load_node_public_key,
+        public_key_fingerprint,
+    )
 
     problems: list[str] = []
     try:
@@ -89,6 +103,25 @@ def hospital_problems(ca: str | Path, policy: str | Path | None = None, audit_lo
         try:
             SitePolicy.from_file(Path(policy))
         except (OSError, ValueError) as err:
+            problems.append(str(err))
+    if audit_key:
+        public_key = public_key or f"{audit_key}.pub"
+        try:
+            signing = load_node_private_key(audit_key, "audit signing key")
+            published = load_node_public_key(public_key, "audit public key")
+            if _spki(signing) != _spki(published):
+                problems.append(f"{audit_key}: this audit signing key does not match {public_key} "
+                                f"({public_key_fingerprint(signing)} vs {public_key_fingerprint(published)}); "
+                                "auditors verify with the .pub, so pass the pair made together")
+            if node_key and _spki(signing) == _spki(load_node_private_key(node_key)):
+                problems.append(f"{audit_key}: the audit signing key is the SuperNode key ({node_key}); sign the "
+                                "audit log with a key of its own (fedhealth certs hospital-keys makes audit_signing)")
+        except CertificateError as err:
+            problems.append(str(err))
+    if trusted_entities:
+        try:
+            load_trusted_entities(trusted_entities)
+        except AppTrustError as err:
             problems.append(str(err))
     if audit_log and Path(audit_log).exists():
         try:
@@ -312,7 +345,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     pre.add_argument("--ca", required=True)
     pre.add_argument("--policy")
     pre.add_argument("--audit-log")
-    pre.add_argument("--public-key")
+    pre.add_argument("--public-key", help="the audit public key (default: AUDIT_KEY.pub)")
+    pre.add_argument("--audit-key")
+    pre.add_argument("--node-key")
+    pre.add_argument("--trusted-entities")
     pre.add_argument("--ledger-dir")
     cfg = sub.add_parser("node-config", help="print the --node-config text for KEY=VALUE pairs")
     cfg.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
@@ -324,7 +360,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
               f"{Path(args.ca).expanduser().resolve()}")
         return 0
     if args.command == "preflight":
-        problems = hospital_problems(args.ca, args.policy, args.audit_log, args.public_key, args.ledger_dir)
+        problems = hospital_problems(args.ca, args.policy, args.audit_log, args.public_key, args.ledger_dir,
+                                     audit_key=args.audit_key, node_key=args.node_key,
+                                     trusted_entities=args.trusted_entities)
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
         return 1 if problems else 0

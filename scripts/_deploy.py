@@ -54,14 +54,21 @@ class Host:
             raise SystemExit(f"error: {self.dir} exists and is not empty; choose a new --workdir")
         self.pki = self.dir / "operator" / "pki"
         self.cli_home = self.dir / "operator" / "flwr-home"
-        self.port = free_port()
+        self.port = free_port()  # the gateway: the hospitals' address (Fleet API only)
+        self.link_port = free_port()  # the SuperLink on loopback (its Control API is the operator's only)
+        self.registry_port = free_port()
         self.ports = {h: free_port() for h in HOSPITALS}
+        self.app = ""  # the approved app version, @publisher/name==x.y.z
         self.services: dict[str, Service] = {}
         self.run_ids: list[str] = []
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def control_address(self) -> str:
+        return f"127.0.0.1:{self.link_port}"
 
     def sh(self, *cmd: str, timeout: float = 120, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
         done = subprocess.run(list(cmd), cwd=ROOT, env=env(**extra), capture_output=True, text=True, timeout=timeout)
@@ -70,9 +77,17 @@ class Host:
         return done
 
     def prepare(self) -> None:
-        """`fedhealth certs init`, and each hospital's folder: its data copy (read-only), schema copy, policy."""
-        self.sh(str(BIN / "fedhealth"), "certs", "init", "--out", str(self.pki),
-                *[a for h in HOSPITALS for a in ("--hospital", h)])
+        """The operator's `fedhealth certs init`; each hospital's folder (data copy, read-only; schema copy;
+        policy) and its own keys (`fedhealth certs hospital-keys`), of which the operator files only the .pub;
+        the app built, reviewed and approved by each hospital, published with the approvals."""
+        fedhealth = str(BIN / "fedhealth")
+        self.sh(fedhealth, "certs", "init", "--out", str(self.pki))
+        registry = self.dir / "operator" / "registry"
+        fab = self.dir / "operator" / "app.fab"
+        self.sh(fedhealth, "app", "build", "--out", str(fab))
+        review = json.loads(self.sh(fedhealth, "app", "review", str(fab), "--json").stdout)
+        self.app = f"{review['app_id']}=={review['version']}"
+        self.sh(fedhealth, "app", "publish", str(fab), "--dir", str(registry))
         for name, csv in HOSPITALS.items():
             site = self.site(name)
             site.mkdir(parents=True)
@@ -80,6 +95,12 @@ class Host:
             (site / "data.csv").chmod(0o444)
             shutil.copy(DATA / "schema.toml", site / "schema.toml")
             shutil.copy(ROOT / "configs" / "deployment" / f"policy-{name}.toml", site / "policy.toml")
+            self.sh(fedhealth, "certs", "hospital-keys", "--out", str(site / "keys"), "--hospital", name)
+            self.sh(fedhealth, "certs", "add-hospital", str(site / "keys" / "supernode_auth.pub"), "--pki",
+                    str(self.pki), "--hospital", name)
+            self.sh(fedhealth, "app", "approve", str(fab), "--key", str(site / "keys" / "app_approval"), "--hospital",
+                    name, "--sha256", review["sha256"], "--out", str(site / "approval.json"))
+            self.sh(fedhealth, "app", "add-signature", str(site / "approval.json"), "--dir", str(registry))
 
     def site(self, name: str) -> Path:
         return self.dir / "hospitals" / name
@@ -91,10 +112,20 @@ class Host:
         return service
 
     def start_superlink(self) -> Service:
+        """The SuperLink on loopback (with the registry it fetches approved apps from) and, once, the gateway
+        and the registry."""
+        if "registry" not in self.services:
+            self.start("registry", ["bash", "scripts/deploy_server.sh", "registry", "--dir",
+                                    str(self.dir / "operator" / "registry"), "--port", str(self.registry_port)],
+                       self.cli_home, [])
+            self.start("gateway", ["bash", "scripts/deploy_server.sh", "gateway", "--pki", str(self.pki), "--host",
+                                   "127.0.0.1", "--port", str(self.port), "--superlink", self.control_address],
+                       self.cli_home, [])
         link = self.start("superlink", ["bash", "scripts/deploy_server.sh", "start", "--pki", str(self.pki),
-                                        "--port", str(self.port), "--server-name", "127.0.0.1",
+                                        "--host", "127.0.0.1", "--port", str(self.link_port),
+                                        "--app-registry", f"http://127.0.0.1:{self.registry_port}",
                                         "--database", str(self.dir / "server" / "state.db")],
-                          self.dir / "server" / "flwr-home", [runtime_mark(self.port)])
+                          self.dir / "server" / "flwr-home", [runtime_mark(self.link_port)])
         wait_until(lambda: "Uvicorn running on https://" in link.output() or not link.running(), 60,
                    what="the SuperLink listening")
         if not link.running():
@@ -102,8 +133,8 @@ class Host:
         return link
 
     def connect_and_register(self) -> None:
-        self.sh("bash", "scripts/deploy_server.sh", "connect", "--address", self.address, "--pki", str(self.pki),
-                FLWR_HOME=str(self.cli_home))
+        self.sh("bash", "scripts/deploy_server.sh", "connect", "--address", self.control_address, "--pki",
+                str(self.pki), FLWR_HOME=str(self.cli_home))
         done = self.sh("bash", "scripts/deploy_server.sh", "register", "--pki", str(self.pki),
                        FLWR_HOME=str(self.cli_home))
         log(done.stdout.strip())
@@ -113,7 +144,7 @@ class Host:
         cmd = ["bash", "scripts/deploy_hospital.sh", "--name", name, "--data", str(site / "data.csv"),
                "--schema", str(site / "schema.toml"), "--policy", str(site / "policy.toml"),
                "--ledger-dir", str(site / "ledger"), "--audit-log", str(site / "audit" / "audit.jsonl"),
-               "--key", str(self.pki / "hospitals" / name / "supernode_auth"),
+               "--key", str(site / "keys" / "supernode_auth"),
                "--ca", str(self.pki / "ca" / "ca.crt"), "--superlink", self.address, "--port", str(self.ports[name])]
         old = self.services.get(name)
         if old is not None and old.running():
@@ -138,10 +169,12 @@ class Host:
         return str(path)
 
     def submit(self, config: str, out: Path, resume: bool = False) -> Service:
-        """`flwr run . fedhealth-deployment --stream ...` as a service (its log is the ServerApp's log)."""
+        """`flwr run @fedhealth/fedhealth==x.y.z fedhealth-deployment --stream ...` (the approved version, from the
+        registry) as a service (its log is the ServerApp's log)."""
         name = f"flwr-run-{out.name}" + ("-resumed" if resume else "")
         extra = " resume=true" if resume else ""
-        return self.start(name, [str(BIN / "flwr"), "run", ".", "fedhealth-deployment", "--stream", "--run-config",
+        return self.start(name, [str(BIN / "flwr"), "run", self.app, "fedhealth-deployment", "--stream",
+                                 "--run-config",
                                  f"config='{config}' out='{out}' references=false{extra}"], self.cli_home, [])
 
     def restart_until_online(self, name: str, pause: float = 10.0, attempts: int = 12) -> dict:
@@ -171,7 +204,7 @@ class Host:
         path = self.site(name) / "audit" / "audit.jsonl"
         if not path.exists():
             return {"entries": 0}
-        report = verify_audit_log(path, self.pki / "hospitals" / name / "supernode_auth.pub")
+        report = verify_audit_log(path, self.site(name) / "keys" / "audit_signing.pub")
         entries = [json.loads(line) for line in path.read_text().splitlines()]
         return {"ok": report.ok, "entries": report.entries, "problem": str(report.problem) if report.problem else None,
                 "rounds": [(e["run_id"][-6:], e["round"], e["decision"][:8]) for e in entries]}

@@ -32,22 +32,30 @@ if [ "$compose" = 0 ]; then
 fi
 
 declare -A csv=([cleveland]=cleveland.csv [hungary]=hungary.csv [va-long-beach]=va_long_beach.csv)
-fedhealth certs init --out "$dir/pki" --server-name superlink --server-name localhost --server-name 127.0.0.1 \
-  --hospital cleveland --hospital hungary --hospital va-long-beach
+fedhealth certs init --out "$dir/pki" --server-name superlink --server-name localhost --server-name 127.0.0.1
+mkdir -p "$dir/server/state"
+fedhealth app build --out "$dir/app.fab"
+sha=$(python -c "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())" "$dir/app.fab")
+fedhealth app publish "$dir/app.fab" --dir "$dir/server/state/registry"
 for h in cleveland hungary va-long-beach; do
   site="$dir/hospitals/$h"
   mkdir -p "$site/state"
   install -m 0444 "$ROOT/configs/data/heart-disease/${csv[$h]}" "$site/data.csv"
   install -m 0444 "$ROOT/configs/data/heart-disease/schema.toml" "$site/schema.toml"
   install -m 0444 "$ROOT/configs/deployment/policy-$h.toml" "$site/policy.toml"
+  # at the hospital: its own keys; only supernode_auth.pub and its approval of the app go to the operator
+  fedhealth certs hospital-keys --out "$site/keys" --hospital "$h"
+  fedhealth app approve "$dir/app.fab" --key "$site/keys/app_approval" --hospital "$h" --sha256 "$sha" \
+    --out "$site/approval.json"
+  fedhealth certs add-hospital "$site/keys/supernode_auth.pub" --pki "$dir/pki" --hospital "$h"
+  fedhealth app add-signature "$site/approval.json" --dir "$dir/server/state/registry"
 done
-mkdir -p "$dir/server/state"
 cat <<EOF
 
 $dir is ready for configs/deployment/compose.yaml. From the repository root:
 
   export FEDHEALTH_DEMO=$dir FEDHEALTH_UID=$(id -u)
-  docker compose -f configs/deployment/compose.yaml up -d --build superlink
+  docker compose -f configs/deployment/compose.yaml up -d --build superlink gateway registry
   docker compose -f configs/deployment/compose.yaml exec superlink /opt/fedhealth/server/entrypoint.sh register
   docker compose -f configs/deployment/compose.yaml up -d cleveland hungary va-long-beach
   docker compose -f configs/deployment/compose.yaml exec superlink /opt/fedhealth/server/entrypoint.sh run

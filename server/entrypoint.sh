@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Entrypoint of the server image (server/Dockerfile). Commands:
-#   start [deploy_server.sh start options]     the SuperLink on 0.0.0.0:9093 (default command)
+#   start [deploy_server.sh start options]     the SuperLink on 127.0.0.1:9092 (default command): its one port also
+#                                              serves the Control API, so it is never on the hospitals' network
+#   gateway [deploy_server.sh gateway options] the hospitals' address, 0.0.0.0:9093: the Fleet API only, forwarded
+#                                              to the SuperLink (same network namespace: compose network_mode)
+#   registry [--dir DIR]                       the approved-app registry the SuperLink fetches apps from
+#                                              (default /var/lib/fedhealth/registry, 127.0.0.1:9097)
 #   register [PUBLIC_KEY...]                   register the hospitals' public keys (default: every
 #                                              $FEDHEALTH_PKI/hospitals/*/supernode_auth.pub mounted)
-#   run [OUT]                                  submit the study: flwr run . fedhealth-deployment, run directory OUT
+#   run [OUT]                                  submit the study: flwr run $FEDHEALTH_APP fedhealth-deployment
+#                                              ($FEDHEALTH_APP: an approved version, @fedhealth/fedhealth==x.y.z,
+#                                              from the registry; "." submits the unsigned local app, which
+#                                              every hospital's SuperNode refuses), run directory OUT
 #                                              (default /var/lib/fedhealth/runs/<time>); waits for the end and
 #                                              exits 1 unless the run directory says "completed"
 #   run --resume OUT                           continue the study in OUT from its last completed round (after a
@@ -12,18 +20,25 @@
 #   status OUT                                 where the run in OUT stands (fedhealth status)
 #   flwr ARGS...                               any other flwr command (flwr list, flwr log RUN_ID, flwr stop ...)
 # The flwr CLI inside the container uses configs/flower/config.toml's [superlink.fedhealth-deployment]
-# (127.0.0.1:9093, CA at /etc/fedhealth/pki/ca/ca.crt), copied into $FLWR_HOME on first use.
+# (127.0.0.1:9092, CA at /etc/fedhealth/pki/ca/ca.crt), copied into $FLWR_HOME on first use.
 # Outside a container it runs the same way from a checkout (set FEDHEALTH_PKI and friends).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${FEDHEALTH_PKI:=/etc/fedhealth/pki}"
-: "${FEDHEALTH_HOST:=0.0.0.0}"
-: "${FEDHEALTH_PORT:=9093}"
+: "${FEDHEALTH_HOST:=127.0.0.1}"
+: "${FEDHEALTH_PORT:=9092}"
+: "${FEDHEALTH_GATEWAY_HOST:=0.0.0.0}"
+: "${FEDHEALTH_GATEWAY_PORT:=9093}"
+: "${FEDHEALTH_SUPERLINK_LOCAL:=127.0.0.1:$FEDHEALTH_PORT}"
+: "${FEDHEALTH_REGISTRY:=/var/lib/fedhealth/registry}"
+: "${FEDHEALTH_APP_REGISTRY:=http://127.0.0.1:9097}"
+: "${FEDHEALTH_APP:=@fedhealth/fedhealth==0.1.0}"
 : "${FEDHEALTH_DATABASE:=/var/lib/fedhealth/state/state.db}"
 : "${FEDHEALTH_STUDY:=configs/deployment/heart-disease.toml}"
 : "${FEDHEALTH_CONNECTION:=fedhealth-deployment}"
 : "${FLWR_HOME:=/var/lib/fedhealth/flwr-home}"
-export FEDHEALTH_PKI FEDHEALTH_HOST FEDHEALTH_PORT FEDHEALTH_DATABASE FEDHEALTH_CONNECTION FLWR_HOME
+export FEDHEALTH_PKI FEDHEALTH_HOST FEDHEALTH_PORT FEDHEALTH_DATABASE FEDHEALTH_CONNECTION FLWR_HOME \
+  FEDHEALTH_GATEWAY_HOST FEDHEALTH_GATEWAY_PORT FEDHEALTH_SUPERLINK_LOCAL FEDHEALTH_APP_REGISTRY
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 if [ -x "$HERE/.venv/bin/flwr" ]; then PATH="$HERE/.venv/bin:$PATH"; fi
 
@@ -36,6 +51,8 @@ command=${1:-start}
 [ $# -gt 0 ] && shift
 case "$command" in
   start) exec bash "$HERE/scripts/deploy_server.sh" start "$@" ;;
+  gateway) exec bash "$HERE/scripts/deploy_server.sh" gateway "$@" ;;
+  registry) exec bash "$HERE/scripts/deploy_server.sh" registry --dir "$FEDHEALTH_REGISTRY" "$@" ;;
   register)
     flwr_config
     if [ $# -gt 0 ]; then exec bash "$HERE/scripts/deploy_server.sh" register "$@"; fi
@@ -50,7 +67,7 @@ case "$command" in
     fi
     out=${1:-/var/lib/fedhealth/runs/$(date +%Y%m%d-%H%M%S)}
     cd "$HERE"
-    flwr run . "$FEDHEALTH_CONNECTION" --stream \
+    flwr run "$FEDHEALTH_APP" "$FEDHEALTH_CONNECTION" --stream \
       --run-config "config='$FEDHEALTH_STUDY' out='$out' references=false$resume" || true
     # flwr run exits 0 even when the ServerApp fails: the run directory is the truth.
     if ! fedhealth status "$out"; then
@@ -61,5 +78,5 @@ case "$command" in
   status) exec fedhealth status "$@" ;;
   flwr) flwr_config; exec flwr "$@" ;;
   -h|--help|help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' ;;
-  *) echo "error: unknown command '$command' (start, register, run, status, flwr)" >&2; exit 2 ;;
+  *) echo "error: unknown command '$command' (start, gateway, registry, register, run, status, flwr)" >&2; exit 2 ;;
 esac

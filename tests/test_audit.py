@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +22,32 @@ from fedhealth.privacy.audit import (
     hash_arrays,
     verify_audit_log,
 )
-from fedhealth.security.certs import StudyPKI, init_study_pki, load_node_private_key
+from fedhealth.security.certs import NodeKeyFiles, init_hospital_keys, load_node_private_key
 
 HOSPITAL = "north"
 
 
+@dataclass
+class AuditKeys:
+    hospitals: dict[str, NodeKeyFiles]
+
+
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> StudyPKI:
-    return init_study_pki(tmp_path_factory.mktemp("pki") / "study", hospitals=[HOSPITAL, "south"])
+def pki(tmp_path_factory: pytest.TempPathFactory) -> AuditKeys:
+    """Each hospital's audit-signing key pair, as `fedhealth certs hospital-keys` makes it at the hospital."""
+    root = tmp_path_factory.mktemp("keys")
+    made = {h: init_hospital_keys(root / h, h) for h in (HOSPITAL, "south")}
+    return AuditKeys({h: NodeKeyFiles(k.audit_private_key, k.audit_public_key, k.audit_fingerprint)
+                      for h, k in made.items()})
 
 
 @pytest.fixture
-def key(pki: StudyPKI) -> Path:
+def key(pki: AuditKeys) -> Path:
     return pki.hospitals[HOSPITAL].private_key
 
 
 @pytest.fixture
-def pub(pki: StudyPKI) -> Path:
+def pub(pki: AuditKeys) -> Path:
     return pki.hospitals[HOSPITAL].public_key
 
 
@@ -72,7 +82,7 @@ def _edit(path: Path, line: int, **changes: Any) -> None:
 # ---------------------------------------------------------------- a good log
 
 
-def test_signed_log_verifies(tmp_path: Path, key: Path, pub: Path, pki: StudyPKI) -> None:
+def test_signed_log_verifies(tmp_path: Path, key: Path, pub: Path, pki: AuditKeys) -> None:
     log = tmp_path / "audit.jsonl"
     written = _write(log, key)
     report = verify_audit_log(log, pub)
@@ -198,7 +208,7 @@ def test_chain_only_check_cannot_see_a_rehashed_edit_but_a_key_can(tmp_path: Pat
     assert verify_audit_log(log, pub).problem.line == 5
 
 
-def test_another_hospitals_key_fails_at_line_one(tmp_path: Path, key: Path, pki: StudyPKI) -> None:
+def test_another_hospitals_key_fails_at_line_one(tmp_path: Path, key: Path, pki: AuditKeys) -> None:
     log = tmp_path / "audit.jsonl"
     _write(log, key)
     report = verify_audit_log(log, pki.hospitals["south"].public_key)
@@ -288,7 +298,7 @@ def test_tampering_between_appends_is_refused(tmp_path: Path, key: Path) -> None
         writer.append(**_round(4))
 
 
-def test_signers_are_not_mixed(tmp_path: Path, key: Path, pki: StudyPKI) -> None:
+def test_signers_are_not_mixed(tmp_path: Path, key: Path, pki: AuditKeys) -> None:
     log = tmp_path / "audit.jsonl"
     _write(log, key, n=2)
     with pytest.raises(AuditError, match="signed by SHA256:.*this writer signs with SHA256:"):
@@ -371,7 +381,7 @@ def test_hash_arrays_is_deterministic_and_sensitive() -> None:
 # ---------------------------------------------------------------- the CLI
 
 
-def test_cli_verify_exit_codes(tmp_path: Path, key: Path, pub: Path, pki: StudyPKI) -> None:
+def test_cli_verify_exit_codes(tmp_path: Path, key: Path, pub: Path, pki: AuditKeys) -> None:
     runner = CliRunner()
     log = tmp_path / "audit.jsonl"
     _write(log, key)

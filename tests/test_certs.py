@@ -25,11 +25,15 @@ from typer.testing import CliRunner
 from fedhealth.cli import app
 from fedhealth.security.certs import (
     CertificateError,
+    HospitalKeys,
+    NodeKeyFiles,
     PKIError,
     StudyPKI,
+    add_hospital_public_key,
     check_ca_certificate,
     check_node_keypair,
     check_server_tls,
+    init_hospital_keys,
     init_study_pki,
     load_node_private_key,
     load_node_public_key,
@@ -41,12 +45,24 @@ HOSPITALS = ["north-tertiary", "south_community"]
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> StudyPKI:
     return init_study_pki(tmp_path_factory.mktemp("pki") / "study", ["superlink.study.example", "localhost",
-                                                                     "127.0.0.1"], HOSPITALS, days=30)
+                                                                     "127.0.0.1"], days=30)
 
 
 @pytest.fixture(scope="module")
 def other_pki(tmp_path_factory: pytest.TempPathFactory) -> StudyPKI:
-    return init_study_pki(tmp_path_factory.mktemp("pki") / "other", hospitals=["elsewhere"])
+    return init_study_pki(tmp_path_factory.mktemp("pki") / "other")
+
+
+@pytest.fixture(scope="module")
+def hospital_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, HospitalKeys]:
+    """Each hospital's keys, made at the hospital (its own folder, never the operator's PKI)."""
+    root = tmp_path_factory.mktemp("hospitals")
+    return {h: init_hospital_keys(root / h, h) for h in HOSPITALS}
+
+
+@pytest.fixture(scope="module")
+def nodes(hospital_keys: dict[str, HospitalKeys]) -> dict[str, NodeKeyFiles]:
+    return {h: k.node for h, k in hospital_keys.items()}
 
 
 def _mode(path: Path) -> int:
@@ -61,15 +77,14 @@ def _load_cert(path: Path) -> x509.Certificate:
 
 
 def test_init_writes_every_file_with_its_permissions(pki: StudyPKI) -> None:
-    private = [pki.ca_key, pki.server_key, *(n.private_key for n in pki.hospitals.values())]
-    public = [pki.ca_cert, pki.server_cert, pki.manifest, *(n.public_key for n in pki.hospitals.values())]
-    assert sorted(pki.hospitals) == sorted(HOSPITALS)
+    private = [pki.ca_key, pki.server_key]  # no hospital's private key: the operator never holds one
+    public = [pki.ca_cert, pki.server_cert, pki.manifest]
     for path in private:
         assert _mode(path) == 0o600, path
     for path in public:
         assert _mode(path) == 0o644, path
     dirs = [p for p in pki.root.rglob("*") if p.is_dir()] + [pki.root]
-    assert len(dirs) == 1 + 3 + len(HOSPITALS)  # root, ca, server, hospitals, one per hospital
+    assert len(dirs) == 1 + 3  # root, ca, server, hospitals (empty until the hospitals send their .pub files)
     for d in dirs:
         assert _mode(d) == 0o700, d
     files = {p for p in pki.root.rglob("*") if p.is_file()}
@@ -80,15 +95,10 @@ def test_manifest_names_and_fingerprints_without_secrets(pki: StudyPKI) -> None:
     text = pki.manifest.read_text()
     manifest = json.loads(text)
     assert manifest["server"]["names"] == ["superlink.study.example", "localhost", "127.0.0.1"]
-    assert sorted(manifest["hospitals"]) == sorted(HOSPITALS)
     ca = _load_cert(pki.ca_cert)
     assert manifest["ca"]["not_after"] == ca.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert manifest["ca"]["sha256_fingerprint"] == ca.fingerprint(hashes.SHA256()).hex(":").upper()
     assert "BEGIN" not in text
-    for node in pki.hospitals.values():
-        blob = node.public_key.read_text().split()[1]
-        assert blob not in text  # not even public key material, only fingerprints
-        assert manifest["hospitals"][node.private_key.parent.name]["fingerprint"] == node.fingerprint
     for path in (pki.ca_key, pki.server_key):
         body = "".join(path.read_text().splitlines()[1:-1])
         assert body[:40] not in text
@@ -152,11 +162,11 @@ def test_tls_handshake_with_the_study_ca(pki: StudyPKI) -> None:
         _handshake(pki, "not-in-the-certificate.example")
 
 
-def test_hospital_keys_load_with_flowers_own_loaders(pki: StudyPKI) -> None:
+def test_hospital_keys_load_with_flowers_own_loaders(nodes: dict[str, NodeKeyFiles]) -> None:
     from flwr.cli.supernode.register import try_load_public_key
     from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 
-    for node in pki.hospitals.values():
+    for node in nodes.values():
         # exactly what `flower-supernode --auth-supernode-private-key FILE` runs
         args = argparse.Namespace(auth_supernode_private_key=str(node.private_key), auth_supernode_public_key=None)
         private, public = _try_setup_client_authentication(args)
@@ -171,14 +181,12 @@ def test_hospital_keys_load_with_flowers_own_loaders(pki: StudyPKI) -> None:
 
 
 def test_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
-    first = init_study_pki(tmp_path / "pki", hospitals=["a"])
+    first = init_study_pki(tmp_path / "pki")
     before = first.ca_cert.read_bytes()
     with pytest.raises(PKIError, match=r"already there.*--force"):
-        init_study_pki(tmp_path / "pki", hospitals=["a"])
-    with pytest.raises(PKIError, match="already there"):
-        init_study_pki(tmp_path / "pki", hospitals=["b"])  # the CA and server files would still be replaced
+        init_study_pki(tmp_path / "pki")
     assert first.ca_cert.read_bytes() == before
-    second = init_study_pki(tmp_path / "pki", hospitals=["a"], force=True)
+    second = init_study_pki(tmp_path / "pki", force=True)
     assert second.ca_cert.read_bytes() != before
     assert _mode(second.ca_key) == 0o600
     check_server_tls(second.ca_cert, second.server_cert, second.server_key, host="localhost")
@@ -194,8 +202,6 @@ def test_existing_empty_directory_is_used(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"server_names": ["https://superlink:9092"]}, "neither an IP address nor a DNS name"),
     ({"server_names": ["localhost", "LOCALHOST"]}, "duplicate"),
-    ({"hospitals": ["../escape"]}, "cannot name a key directory"),
-    ({"hospitals": ["a", "A"]}, "listed twice"),
     ({"days": 0}, "at least 1 day"),
 ])
 def test_init_rejects_bad_requests(tmp_path: Path, kwargs: dict, message: str) -> None:
@@ -214,14 +220,14 @@ def test_good_server_tls_passes(pki: StudyPKI) -> None:
     assert found.not_after > datetime.now(UTC) + timedelta(days=29)
 
 
-def test_missing_file(pki: StudyPKI, tmp_path: Path) -> None:
+def test_missing_file(pki: StudyPKI, nodes: dict[str, NodeKeyFiles], tmp_path: Path) -> None:
     missing = tmp_path / "nope.crt"
     with pytest.raises(CertificateError, match=rf"{missing}: CA certificate not found"):
         check_server_tls(missing, pki.server_cert, pki.server_key)
     with pytest.raises(CertificateError, match="server private key not found"):
         check_server_tls(pki.ca_cert, pki.server_cert, tmp_path / "nope.key")
     with pytest.raises(CertificateError, match="SuperNode private key not found"):
-        check_node_keypair(tmp_path / "nope", pki.hospitals[HOSPITALS[0]].public_key)
+        check_node_keypair(tmp_path / "nope", nodes[HOSPITALS[0]].public_key)
 
 
 def test_not_pem_and_swapped_files(pki: StudyPKI, tmp_path: Path) -> None:
@@ -298,15 +304,15 @@ def test_server_key_of_another_certificate(pki: StudyPKI, other_pki: StudyPKI) -
         check_server_tls(pki.ca_cert, pki.server_cert, other_pki.server_key)
 
 
-def test_node_keys_of_two_hospitals(pki: StudyPKI) -> None:
-    a, b = (pki.hospitals[h] for h in HOSPITALS)
+def test_node_keys_of_two_hospitals(nodes: dict[str, NodeKeyFiles]) -> None:
+    a, b = (nodes[h] for h in HOSPITALS)
     with pytest.raises(CertificateError, match=rf"{a.private_key}: this SuperNode private key does not match the "
                                                rf"public key {b.public_key}"):
         check_node_keypair(a.private_key, b.public_key)
 
 
-def test_node_key_in_the_wrong_format(pki: StudyPKI, tmp_path: Path) -> None:
-    node = pki.hospitals[HOSPITALS[0]]
+def test_node_key_in_the_wrong_format(nodes: dict[str, NodeKeyFiles], tmp_path: Path) -> None:
+    node = nodes[HOSPITALS[0]]
     pem = tmp_path / "pem_key"
     pem.write_bytes(load_node_private_key(node.private_key).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
@@ -317,10 +323,10 @@ def test_node_key_in_the_wrong_format(pki: StudyPKI, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH's ssh-keygen")
-def test_node_keys_agree_with_openssh(pki: StudyPKI, tmp_path: Path) -> None:
+def test_node_keys_agree_with_openssh(nodes: dict[str, NodeKeyFiles], tmp_path: Path) -> None:
     """OpenSSH's own tool: our fingerprints are its fingerprints, its keys pass our checks, and a
     passphrase (which flower-supernode cannot supply: it crashes with a TypeError) is named."""
-    node = pki.hospitals[HOSPITALS[0]]
+    node = nodes[HOSPITALS[0]]
     listed = subprocess.run(["ssh-keygen", "-lf", str(node.public_key)], capture_output=True, text=True, check=True)
     assert listed.stdout.split()[1] == node.fingerprint
     made = tmp_path / "made"
@@ -359,16 +365,17 @@ def _run(*args: str):
 def test_cli_init_prints_paths_but_no_key_material(tmp_path: Path) -> None:
     out = tmp_path / "pki"
     result = _run("certs", "init", "--out", str(out), "--server-name", "superlink.example.org",
-                  "--server-name", "10.1.2.3", "--hospital", "a", "--hospital", "b", "--days", "90")
+                  "--server-name", "10.1.2.3", "--days", "90")
     assert result.exit_code == 0, result.output
     assert "BEGIN" not in result.output
-    for path in [out / "ca" / "ca.crt", out / "ca" / "ca.key", out / "server" / "server.key",
-                 out / "hospitals" / "a" / "supernode_auth", out / "hospitals" / "b" / "supernode_auth.pub"]:
+    for path in [out / "ca" / "ca.crt", out / "ca" / "ca.key", out / "server" / "server.key"]:
         assert path.is_file() and str(path) in result.output
-    for key_file in [out / "ca" / "ca.key", out / "server" / "server.key", out / "hospitals" / "a" / "supernode_auth"]:
+    for key_file in [out / "ca" / "ca.key", out / "server" / "server.key"]:
         for line in key_file.read_text().splitlines()[1:-1]:
             assert line not in result.output
-    assert (out / "hospitals" / "a" / "supernode_auth.pub").read_text().split()[1] not in result.output
+    assert not [p for p in out.rglob("*") if p.is_file() and "PRIVATE KEY" in p.read_text()
+                and p not in (out / "ca" / "ca.key", out / "server" / "server.key")]
+    assert _run("certs", "init", "--out", str(tmp_path / "p2"), "--hospital", "a").exit_code == 2  # no such option
     check_server_tls(out / "ca" / "ca.crt", out / "server" / "server.crt", out / "server" / "server.key",
                      host=["superlink.example.org", "10.1.2.3"])
 
@@ -378,13 +385,14 @@ def test_cli_init_prints_paths_but_no_key_material(tmp_path: Path) -> None:
     assert _run("certs", "init", "--out", str(out), "--force").exit_code == 0
 
 
-def test_cli_init_bad_name_exits_2(tmp_path: Path) -> None:
-    result = _run("certs", "init", "--out", str(tmp_path / "p"), "--hospital", "a/b")
+def test_cli_hospital_keys_bad_name_exits_2(tmp_path: Path) -> None:
+    result = _run("certs", "hospital-keys", "--out", str(tmp_path / "p"), "--hospital", "a/b")
     assert result.exit_code == 2
     assert "cannot name a key directory" in result.stderr
 
 
-def test_cli_check_exit_codes(pki: StudyPKI, other_pki: StudyPKI, tmp_path: Path) -> None:
+def test_cli_check_exit_codes(pki: StudyPKI, other_pki: StudyPKI, nodes: dict[str, NodeKeyFiles],
+                              tmp_path: Path) -> None:
     ok = _run("certs", "check", "--ca", str(pki.ca_cert), "--cert", str(pki.server_cert),
               "--key", str(pki.server_key), "--host", "localhost", "--host", "127.0.0.1")
     assert ok.exit_code == 0, ok.output
@@ -399,7 +407,66 @@ def test_cli_check_exit_codes(pki: StudyPKI, other_pki: StudyPKI, tmp_path: Path
     missing = _run("certs", "check", "--ca", str(tmp_path / "none.crt"), "--cert", str(pki.server_cert),
                    "--key", str(pki.server_key))
     assert missing.exit_code == 2 and "not found" in missing.stderr
-    a, b = (pki.hospitals[h] for h in HOSPITALS)
+    a, b = (nodes[h] for h in HOSPITALS)
     assert _run("certs", "check-node", str(a.private_key), str(a.public_key)).exit_code == 0
     mismatch = _run("certs", "check-node", str(a.private_key), str(b.public_key))
     assert mismatch.exit_code == 1 and "does not match" in mismatch.stderr
+
+
+# ---------------------------------------------------------------- keys born at the hospital
+
+
+def test_hospital_keys_are_three_separate_pairs_flower_accepts(hospital_keys: dict[str, HospitalKeys]) -> None:
+    """SuperNode authentication, audit signing and app approval: three key pairs, private halves 0600, the
+    approval key Ed25519 and named in a trusted-entities file that flower-supernode's own reader accepts."""
+    from flwr.supernode.cli.flower_supernode import _try_obtain_trusted_entities, _validate_public_keys_ed25519
+
+    keys = hospital_keys[HOSPITALS[0]]
+    for path in (keys.node.private_key, keys.audit_private_key, keys.approval_private_key):
+        assert _mode(path) == 0o600, path
+    for path in (keys.node.public_key, keys.audit_public_key, keys.approval_public_key, keys.trusted_entities,
+                 keys.manifest):
+        assert _mode(path) == 0o644 and "PRIVATE" not in path.read_text(), path
+    assert len({keys.node.fingerprint, keys.audit_fingerprint, keys.approval_fingerprint}) == 3
+    assert check_node_keypair(keys.audit_private_key, keys.audit_public_key) == keys.audit_fingerprint
+    trusted = _try_obtain_trusted_entities(keys.trusted_entities)
+    _validate_public_keys_ed25519(trusted)  # exits the process on a bad key
+    assert trusted == {keys.approval_key_id: keys.approval_public_key.read_text().strip()}
+    other = hospital_keys[HOSPITALS[1]]
+    assert keys.node.fingerprint != other.node.fingerprint and keys.audit_fingerprint != other.audit_fingerprint
+
+
+def test_hospital_keys_are_never_overwritten_unless_forced(tmp_path: Path) -> None:
+    first = init_hospital_keys(tmp_path / "keys", "north")
+    before = first.node.private_key.read_bytes()
+    with pytest.raises(PKIError, match=r"already there.*--force"):
+        init_hospital_keys(tmp_path / "keys", "north")
+    assert first.node.private_key.read_bytes() == before
+    assert init_hospital_keys(tmp_path / "keys", "north", force=True).node.private_key.read_bytes() != before
+
+
+def test_the_operator_files_public_keys_only(pki: StudyPKI, nodes: dict[str, NodeKeyFiles], tmp_path: Path) -> None:
+    operator = init_study_pki(tmp_path / "pki")
+    a, b = (nodes[h] for h in HOSPITALS)
+    target, fingerprint = add_hospital_public_key(operator.root, HOSPITALS[0], a.public_key)
+    assert target.read_bytes() == a.public_key.read_bytes() and fingerprint == a.fingerprint
+    with pytest.raises(CertificateError, match="holds a PRIVATE key"):
+        add_hospital_public_key(operator.root, HOSPITALS[1], b.private_key)
+    with pytest.raises(PKIError, match="already has another public key filed"):
+        add_hospital_public_key(operator.root, HOSPITALS[0], b.public_key)
+    assert not [p for p in operator.root.rglob("supernode_auth")]
+
+
+def test_cli_hospital_keys_prints_paths_and_fingerprints_but_no_key_material(tmp_path: Path) -> None:
+    out = tmp_path / "keys"
+    result = _run("certs", "hospital-keys", "--out", str(out), "--hospital", "north")
+    assert result.exit_code == 0, result.output
+    for name in ("supernode_auth", "audit_signing", "app_approval"):
+        assert str(out / name) in result.output
+        for line in (out / name).read_text().splitlines()[1:-1]:
+            assert line not in result.output
+    again = _run("certs", "hospital-keys", "--out", str(out), "--hospital", "north")
+    assert again.exit_code == 2 and "refusing to overwrite" in again.stderr
+    added = _run("certs", "add-hospital", str(out / "supernode_auth"), "--pki", str(tmp_path / "pki"),
+                 "--hospital", "north")
+    assert added.exit_code == 1 and "holds a PRIVATE key" in added.stderr

@@ -32,6 +32,7 @@ from fedhealth.deploy import (
     alive,
     descendants,
     free_port,
+    port_open,
     processes_mentioning,
     runtime_mark,
     wait_until,
@@ -43,6 +44,8 @@ DATA = ROOT / "configs" / "data" / "heart-disease"
 STUDY = "configs/deployment/heart-disease.toml"  # relative to the project: the ServerApp reads it from the FAB
 HOSPITALS = {"cleveland": "cleveland.csv", "hungary": "hungary.csv", "va-long-beach": "va_long_beach.csv"}
 pytestmark = pytest.mark.slow
+# The app version the hospitals approved: published in the operator's registry, signed by each hospital's own key.
+APP_SPEC = "@fedhealth/fedhealth=={version}"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -60,9 +63,27 @@ class Site:
 
     name: str
     root: Path
-    key: Path
-    pub: Path
     port: int = 0
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"  # made here by `fedhealth certs hospital-keys`: only supernode_auth.pub leaves
+
+    @property
+    def key(self) -> Path:
+        return self.keys / "supernode_auth"
+
+    @property
+    def pub(self) -> Path:
+        return self.keys / "supernode_auth.pub"
+
+    @property
+    def audit_pub(self) -> Path:
+        return self.keys / "audit_signing.pub"
+
+    @property
+    def app_log(self) -> Path:
+        return self.root / "audit" / "app-checks.jsonl"
 
     @property
     def data(self) -> Path:
@@ -87,9 +108,12 @@ class Site:
 class Deployment:
     root: Path
     pki: Path
-    port: int
+    port: int  # the gateway: the only address hospitals dial (Fleet API only)
+    link_port: int  # the SuperLink's loopback port (Fleet, Control and Runtime APIs): the operator's
+    registry_port: int
     cli_home: Path
     sites: dict[str, Site]
+    app_spec: str = ""
     services: list[Service] = field(default_factory=list)
 
     @property
@@ -99,6 +123,14 @@ class Deployment:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def control_address(self) -> str:
+        return f"127.0.0.1:{self.link_port}"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "operator" / "registry"
 
     @property
     def ca(self) -> Path:
@@ -132,9 +164,11 @@ class Deployment:
         old = self.services[0] if self.services else None
         seen = old.output().count("Uvicorn running on https://") if old is not None else 0  # one log file
         link = self.start("superlink", ["bash", "server/entrypoint.sh", "start"], self.root / "server" / "flwr-home",
-                          [runtime_mark(self.port)], FEDHEALTH_PKI=str(self.pki), FEDHEALTH_HOST="127.0.0.1",
-                          FEDHEALTH_PORT=str(self.port), FEDHEALTH_DATABASE=str(self.root / "server" / "state.db"),
-                          FEDHEALTH_SERVER_NAMES="127.0.0.1 localhost")
+                          [runtime_mark(self.link_port)], FEDHEALTH_PKI=str(self.pki), FEDHEALTH_HOST="127.0.0.1",
+                          FEDHEALTH_PORT=str(self.link_port),
+                          FEDHEALTH_DATABASE=str(self.root / "server" / "state.db"),
+                          FEDHEALTH_SERVER_NAMES="127.0.0.1 localhost",
+                          FEDHEALTH_APP_REGISTRY=f"http://127.0.0.1:{self.registry_port}")
         if old is not None:
             self.services.remove(link)
             self.services.insert(0, link)
@@ -156,10 +190,13 @@ class Deployment:
                          for s in chosen)
 
 
-def _make_site(root: Path, pki: Path, name: str) -> Site:
-    site = Site(name, root / name, pki / "hospitals" / name / "supernode_auth",
-                pki / "hospitals" / name / "supernode_auth.pub")
+def _make_site(root: Path, name: str) -> Site:
+    """A hospital's folder, with the keys it made itself (the operator gets only supernode_auth.pub)."""
+    from fedhealth.security.certs import init_hospital_keys
+
+    site = Site(name, root / name)
     site.root.mkdir(parents=True)
+    init_hospital_keys(site.keys, name)
     shutil.copy(DATA / HOSPITALS.get(name, "cleveland.csv"), site.data)  # 'rogue' impersonates a real site
     site.data.chmod(0o444)  # the SuperNode only reads it
     shutil.copy(DATA / "schema.toml", site.root / "schema.toml")
@@ -172,18 +209,40 @@ def _make_site(root: Path, pki: Path, name: str) -> Site:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """A running TLS SuperLink with the three hospitals' keys registered (not the 'rogue' one)."""
+    from fedhealth.security.app_trust import Registry, build_fab, sign_fab, summarize_fab
+    from fedhealth.security.certs import add_hospital_public_key, approval_key_id
+
     started = time.perf_counter()
     root = tmp_path_factory.mktemp("deploy")
     pki = root / "operator" / "pki"
-    made = _run([str(BIN / "fedhealth"), "certs", "init", "--out", str(pki), *[a for h in [*HOSPITALS, "rogue"]
-                                                                               for a in ("--hospital", h)]])
+    made = _run([str(BIN / "fedhealth"), "certs", "init", "--out", str(pki)])
     assert made.returncode == 0, made.stderr
-    dep = Deployment(root, pki, free_port(), root / "operator" / "flwr-home",
-                     {h: _make_site(root, pki, h) for h in [*HOSPITALS, "rogue"]})
+    assert not list(pki.rglob("supernode_auth")), "the operator's PKI must hold no hospital private key"
+    dep = Deployment(root, pki, free_port(), free_port(), free_port(), root / "operator" / "flwr-home",
+                     {h: _make_site(root, h) for h in [*HOSPITALS, "rogue"]})
+    for h in HOSPITALS:  # each hospital sends its SuperNode public key, nothing else
+        add_hospital_public_key(pki, h, dep.sites[h].pub)
+    # The app version the hospitals run: built by the publisher, reviewed and signed off by each hospital with its
+    # own approval key (its trusted-entities.yaml names only that key), published with the signatures.
+    fab = build_fab(ROOT)
+    summary = summarize_fab(fab)
+    registry = Registry(dep.registry)
+    registry.publish(fab)
+    for h in HOSPITALS:
+        registry.add_signature(sign_fab(fab, dep.sites[h].keys / "app_approval", approval_key_id(h)))
+    dep.app_spec = APP_SPEC.format(version=summary.version)
     try:
         dep.start_superlink()
-        connected = _run(["bash", "scripts/deploy_server.sh", "connect", "--address", dep.address, "--pki", str(pki)],
-                         FLWR_HOME=str(dep.cli_home))
+        dep.start("registry", ["bash", "scripts/deploy_server.sh", "registry", "--dir", str(dep.registry),
+                               "--port", str(dep.registry_port)], dep.cli_home, [])
+        gateway = dep.start("gateway", ["bash", "server/entrypoint.sh", "gateway"], dep.cli_home, [],
+                            FEDHEALTH_PKI=str(pki), FEDHEALTH_GATEWAY_HOST="127.0.0.1",
+                            FEDHEALTH_GATEWAY_PORT=str(dep.port), FEDHEALTH_PORT=str(dep.link_port))
+        wait_until(lambda: port_open("127.0.0.1", dep.port) and port_open("127.0.0.1", dep.registry_port), 60,
+                   what="the gateway and the registry listening")
+        assert gateway.running(), gateway.output()
+        connected = _run(["bash", "scripts/deploy_server.sh", "connect", "--address", dep.control_address,
+                          "--pki", str(pki)], FLWR_HOME=str(dep.cli_home))
         assert connected.returncode == 0, connected.stderr
         registered = _run(["bash", "scripts/deploy_server.sh", "register", "--pki", str(pki),
                            *[a for h in HOSPITALS for a in ("--hospital", h)]], FLWR_HOME=str(dep.cli_home))
@@ -277,7 +336,7 @@ def refused(deployment) -> dict[str, tuple[int | None, str]]:
     (exit status or None if still running after 120 s, its output)."""
     key = str(deployment.sites["cleveland"].key)
     other_pki = deployment.root / "negative" / "other-pki"
-    made = _run([str(BIN / "fedhealth"), "certs", "init", "--out", str(other_pki), "--hospital", "cleveland"])
+    made = _run([str(BIN / "fedhealth"), "certs", "init", "--out", str(other_pki)])
     assert made.returncode == 0, made.stderr
     nodes = [
         # a real hospital's set-up, but its key was never registered
@@ -381,7 +440,7 @@ def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink
     # server/entrypoint.sh run: `flwr run . fedhealth-deployment --stream --run-config "config=... out=...
     # references=false"`, then exit 1 unless the run directory says completed (flwr run alone exits 0 anyway)
     first = deployment.start("submit", ["bash", "server/entrypoint.sh", "run", str(out)], deployment.cli_home, [],
-                             FEDHEALTH_STUDY=str(study))
+                             FEDHEALTH_STUDY=str(study), FEDHEALTH_APP=deployment.app_spec)
     wait_until(lambda: len(_lines(out / "rounds.jsonl")) >= 1 or not first.running(), 420, 0.5, "round 1")
     round_one = time.perf_counter() - started
     assert [r["round"] for r in _lines(out / "rounds.jsonl")] == [1], first.output()[-4000:] + deployment.logs()
@@ -410,7 +469,7 @@ def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink
     # is back would start round 2 with a node that looks online but is not there, and drop it from the round.
     _restart_until_online(deployment, deployment.sites["hungary"], pause=5.0)
     resumed = deployment.start("resume", ["bash", "server/entrypoint.sh", "run", "--resume", str(out)],
-                               deployment.cli_home, [], FEDHEALTH_STUDY=str(study))
+                               deployment.cli_home, [], FEDHEALTH_STUDY=str(study), FEDHEALTH_APP=deployment.app_spec)
     assert resumed.wait(480) == 0, resumed.output()[-4000:] + deployment.logs()
     seconds = time.perf_counter() - started
     print(f"\n[deployment] 3 hospitals, 2 rounds with SecAgg+ and DP-SGD, round 1 after {round_one:.0f} s, a "
@@ -447,7 +506,13 @@ def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink
                 2: hash_arrays(rundir.load_weights(rundir.checkpoint_path(out, 1))[0])}
     for index, name in enumerate(names):
         site = deployment.sites[name]
-        report = verify_audit_log(site.audit, site.pub)
+        approved = _lines(site.app_log)  # the hospital's record of the app its SuperNode was sent, per run
+        assert {e["run_id"] for e in approved} >= set(run_ids), approved
+        for e in approved:
+            if e["run_id"] in run_ids:
+                assert e["decision"] == "approved" and e["verified_by"] == [f"{name}-approval"], e
+                assert e["app_id"] == "@fedhealth/fedhealth", e
+        report = verify_audit_log(site.audit, site.audit_pub)
         assert report.ok and report.signatures_checked and report.entries == 2, report
         assert report.sent_rounds == (1, 2)
         entries = [json.loads(line) for line in site.audit.read_text().splitlines()]
@@ -468,7 +533,7 @@ def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink
             if m["hospital"] == name:
                 assert m["epsilon"] == pytest.approx(ledger["entries"][m["round"] - 1]["epsilon"])
     verify = _run([str(BIN / "fedhealth"), "audit", "verify", str(deployment.sites["hungary"].audit),
-                   "--public-key", str(deployment.sites["hungary"].pub), "--expected-entries", "2"])
+                   "--public-key", str(deployment.sites["hungary"].audit_pub), "--expected-entries", "2"])
     assert verify.returncode == 0 and "signatures by SHA256:" in verify.stdout, verify.stdout + verify.stderr
 
 
@@ -500,7 +565,7 @@ def test_a_hospital_that_never_connects_stops_the_study_after_the_wait_with_noth
     out = deployment.root / "server" / "runs" / "absent"
     started = time.perf_counter()
     submit = deployment.start("submit-absent", ["bash", "server/entrypoint.sh", "run", str(out)],
-                              deployment.cli_home, [], FEDHEALTH_STUDY=str(study))
+                              deployment.cli_home, [], FEDHEALTH_STUDY=str(study), FEDHEALTH_APP=deployment.app_spec)
     assert submit.wait(300) == 1, submit.output()[-4000:] + deployment.logs()
     print(f"\n[deployment] a study with an absent hospital stopped {time.perf_counter() - started:.0f} s after "
           "submission (wait_for_hospitals = 5 s)")
@@ -513,6 +578,140 @@ def test_a_hospital_that_never_connects_stops_the_study_after_the_wait_with_noth
     status = _run([str(BIN / "fedhealth"), "status", str(out)])
     assert status.returncode == 1 and "only 3 of 4 hospitals connected" in status.stdout, status.stdout
     assert hospital_files() == before  # nothing trained, nothing charged, nothing sent
+
+
+# ---------------------------------------------------------------- who reaches the Control API, which code runs
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses a TCP port listens on (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add("127.0.0.1" if address == "0100007F" else address)
+    return found
+
+
+def test_a_hospitals_credentials_reach_only_the_fleet_api(deployment, tmp_path):
+    """A hospital (or anyone on the hospitals' network) holds the study CA and its own registered node key. At
+    the address it dials it can be a SuperNode, but it cannot submit a run, register a key or talk to the Runtime
+    API: Flower 1.41 serves all three APIs on one port and the Control API has no authentication of its own, so
+    the SuperLink listens on loopback only and the gateway passes the Fleet API alone."""
+    import httpx
+
+    from fedhealth.security.certs import init_hospital_keys
+
+    home = tmp_path / "hospital-flwr-home"
+    connected = _run(["bash", "scripts/deploy_server.sh", "connect", "--address", deployment.address,
+                      "--ca", str(deployment.ca)], FLWR_HOME=str(home))
+    assert connected.returncode == 0, connected.stderr
+    intruder = init_hospital_keys(tmp_path / "intruder-keys", "intruder")
+    register = _run([str(BIN / "flwr"), "supernode", "register", str(intruder.node.public_key),
+                     "fedhealth-deployment"], FLWR_HOME=str(home))
+    submit = _run([str(BIN / "flwr"), "run", ".", "fedhealth-deployment", "--run-config",
+                   "config='configs/smoke.toml'"], FLWR_HOME=str(home), timeout=120)
+    for done in (register, submit):
+        assert done.returncode != 0, done.stdout + done.stderr
+        assert "registered successfully" not in done.stdout and "Successfully started run" not in done.stdout
+    gateway = deployment.service("gateway").output()
+    assert "refused POST /v1/control/register-node from 127.0.0.1" in gateway, gateway
+    assert "refused POST /v1/control/start-run from 127.0.0.1" in gateway, gateway
+    # the Runtime API (what a ServerApp process uses) is closed too; the Fleet API is forwarded (401 without a key)
+    with httpx.Client(verify=str(deployment.ca), base_url=f"https://{deployment.address}") as client:
+        assert client.post("/v1/runtime/get-run", content=b"").status_code == 403
+        assert client.post("/v1/fleet/get-run", content=b"").status_code not in (403, 404)
+    # the SuperLink itself (Control API included) listens on loopback only, and a wider bind is refused
+    assert _listening_addresses(deployment.link_port) == {"127.0.0.1"}
+    exposed = _run(["bash", "scripts/deploy_server.sh", "start", "--pki", str(deployment.pki), "--host", "0.0.0.0",
+                    "--port", str(free_port()), "--database", str(tmp_path / "state.db")])
+    assert exposed.returncode == 2 and "--host 0.0.0.0 is refused" in exposed.stderr, exposed.stderr
+    assert "Starting Flower SuperLink" not in exposed.stdout + exposed.stderr
+    # and the intruder's key never reached the SuperLink's registry
+    listed = _run([str(BIN / "flwr"), "supernode", "list", "fedhealth-deployment", "--format", "json"],
+                  FLWR_HOME=str(deployment.cli_home))
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert intruder.node.public_key.read_text().split()[1] not in listed.stdout
+
+
+def _operator_patched_fab(version: str) -> bytes:
+    """The study app with a change only the operator made, built exactly as Flower builds FABs."""
+    from flwr.cli.build import build_fab_from_files
+    from flwr.cli.utils import collect_files
+
+    files: dict[str, bytes | Path] = dict(collect_files(ROOT))
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    files["pyproject.toml"] = re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject, count=1).encode()
+    files["clients/app.py"] = (ROOT / "clients" / "app.py").read_bytes() + b"\n# the operator's own change\n"
+    return build_fab_from_files(files)[0]
+
+
+def test_a_hospital_runs_only_app_versions_it_approved(deployment, tmp_path):
+    """The operator submits (1) the local app unsigned, as `flwr run .` does, and (2) a patched version it
+    published with signatures of its own, one under a hospital's key id. Every hospital's SuperNode (Flower's
+    --trusted-entities) refuses both before any app process starts: the data file is never opened, nothing is
+    charged or audited, the FAB is never installed; the hospital's own app-check log names each refused app.
+    (The approved version runs in the study test above.)"""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from fedhealth.security.app_trust import Registry, sign_fab, summarize_fab
+
+    _ensure_hospitals_online(deployment)
+    patched = _operator_patched_fab("0.1.99")
+    operator_key = ed25519.Ed25519PrivateKey.generate()
+    registry = Registry(deployment.registry)
+    registry.publish(patched)
+    for key_id in ("operator", "cleveland-approval"):  # a signature under the hospital's id, by the operator's key
+        registry.add_signature(sign_fab(patched, operator_key, key_id))
+    patched_sha = summarize_fab(patched).sha256
+    study = _study_file(deployment.root, rounds=1)
+
+    def hospital_files() -> dict[str, bytes]:
+        paths = [p for name in HOSPITALS for p in (deployment.sites[name].ledger / f"{name}.json",
+                                                   deployment.sites[name].audit)]
+        return {str(p): p.read_bytes() if p.exists() else b"" for p in paths}
+
+    before = hospital_files()
+    for name in HOSPITALS:  # atime 0 and mtime now: any read of the file sets its atime (relatime)
+        data = deployment.sites[name].data
+        os.utime(data, (0, data.stat().st_mtime))
+    runs = {"unsigned": ".", "patched": "@fedhealth/fedhealth==0.1.99"}
+    submits = {label: deployment.start(f"submit-{label}", ["bash", "server/entrypoint.sh", "run",
+                                                           str(deployment.root / "server" / "runs" / label)],
+                                       deployment.cli_home, [], FEDHEALTH_STUDY=str(study), FEDHEALTH_APP=app)
+               for label, app in runs.items()}
+    started = time.perf_counter()
+
+    def refusals(name: str) -> list[dict]:
+        return [e for e in _lines(deployment.sites[name].app_log) if e["decision"].startswith("refused")]
+
+    wait_until(lambda: all(len(refusals(n)) >= 2 for n in HOSPITALS) or
+               not any(s.running() for s in submits.values()), 300, 0.5, "every hospital refused both apps")
+    for submit in submits.values():
+        assert submit.wait(300) is not None, submit.output()[-3000:]
+    print(f"\n[deployment] two unapproved apps refused by 3 hospitals, runs ended after "
+          f"{time.perf_counter() - started:.0f} s")
+    run_ids = {label: re.search(r"Successfully started run (\d+)", s.output()).group(1) for label, s in submits.items()}
+    for name in HOSPITALS:
+        site = deployment.sites[name]
+        by_run = {e["run_id"]: e for e in refusals(name)}
+        unsigned, signed = by_run[run_ids["unsigned"]], by_run[run_ids["patched"]]
+        assert unsigned["decision"].startswith("refused: the FAB carries no signature"), unsigned
+        assert unsigned["app_id"] == "@fedhealth/fedhealth" and unsigned["signed_by"] == []
+        assert signed["fab_sha256"] == patched_sha and signed["version"] == "0.1.99", signed
+        assert signed["signed_by"] == ["cleveland-approval", "operator"] and signed["verified_by"] == [], signed
+        log = "\n".join(s.output() for s in deployment.services if s.name == name or s.name.startswith(f"{name}-"))
+        assert "App verification is not supported by the connected SuperLink" in log  # Flower's own refusals
+        assert "FAB verification failed" in log
+        assert site.data.stat().st_atime == 0, f"{name}: the data file was read"
+        installed = [p.name for p in (site.root / "flwr-home").rglob("*") if patched_sha[:8] in p.name]
+        assert not installed, installed
+    assert hospital_files() == before  # nothing trained, charged or audited
+    data = deployment.sites["cleveland"].data
+    data.read_bytes()
+    assert data.stat().st_atime > 0  # the check above could see a read
 
 
 # ---------------------------------------------------------------- separate network namespaces
@@ -573,8 +772,13 @@ def test_hospitals_in_their_own_network_namespaces_reach_the_superlink_only_over
     pki = tmp_path / "pki"
     try:
         made = _run([str(BIN / "fedhealth"), "certs", "init", "--out", str(pki), "--server-name", server_ip,
-                     *[a for h in HOSPITALS for a in ("--hospital", h)]])
+                     "--server-name", "127.0.0.1"])
         assert made.returncode == 0, made.stderr
+        sites = {name: _make_site(tmp_path / "sites", name) for name in HOSPITALS}
+        from fedhealth.security.certs import add_hospital_public_key
+
+        for name, site in sites.items():
+            add_hospital_public_key(pki, name, site.pub)
         server = net.add("srv")
         bridge = f"fhb{net.tag}"
         net.ip("link", "add", bridge, "type", "bridge", ns=server)
@@ -599,14 +803,21 @@ def test_hospitals_in_their_own_network_namespaces_reach_the_superlink_only_over
             services.append(service.start())
             return service
 
+        # the SuperLink (Fleet, Control and Runtime APIs on one port) on the server's loopback only; the hospitals'
+        # address is the gateway, which passes the Fleet API alone
+        link_port = 9092
         superlink = start("superlink", server, ["bash", "scripts/deploy_server.sh", "start", "--pki", str(pki),
-                                                "--host", server_ip, "--port", str(port), "--server-name", server_ip,
+                                                "--host", "127.0.0.1", "--port", str(link_port),
                                                 "--database", str(tmp_path / "state.db")], tmp_path / "srv-home")
+        gateway = start("gateway", server, ["bash", "scripts/deploy_server.sh", "gateway", "--pki", str(pki),
+                                            "--host", server_ip, "--port", str(port), "--server-name", server_ip,
+                                            "--superlink", f"127.0.0.1:{link_port}"], tmp_path / "srv-home")
         wait_until(lambda: "Uvicorn running on https://" in superlink.output() or not superlink.running(), 120,
                    what="the SuperLink listening in its namespace")
         assert superlink.running(), superlink.output()
+        assert gateway.running(), gateway.output()
         cli_home = tmp_path / "operator-home"
-        for cmd in (["connect", "--address", f"{server_ip}:{port}", "--pki", str(pki)],
+        for cmd in (["connect", "--address", f"127.0.0.1:{link_port}", "--pki", str(pki)],
                     ["register", "--pki", str(pki)]):
             done = subprocess.run(["ip", "netns", "exec", server, "bash", "scripts/deploy_server.sh", *cmd],
                                   cwd=ROOT, env=_env(FLWR_HOME=str(cli_home)), capture_output=True, text=True,
@@ -614,15 +825,22 @@ def test_hospitals_in_their_own_network_namespaces_reach_the_superlink_only_over
             assert done.returncode == 0, done.stdout + done.stderr
         nodes = {}
         for name, ns in namespaces.items():
-            site = _make_site(tmp_path / "sites", pki, name)
+            site = sites[name]
             site.port = 9094  # each namespace has its own ports
             nodes[name] = start(name, ns, site.args(f"{server_ip}:{port}", pki / "ca" / "ca.crt"),
                                 site.root / "flwr-home")
+
+        def dial(ns: str, host: str, to: int) -> subprocess.CompletedProcess:
+            return subprocess.run(["ip", "netns", "exec", ns, str(BIN / "python"), "-c",
+                                   f"import socket; socket.create_connection(('{host}', {to}), timeout=2)"],
+                                  capture_output=True, text=True, timeout=30)
+
         # a hospital's own loopback is not the server's: dialing 127.0.0.1 finds nothing there
-        local = subprocess.run(["ip", "netns", "exec", namespaces["hungary"], str(BIN / "python"), "-c",
-                                f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"],
-                               capture_output=True, text=True, timeout=30)
+        local = dial(namespaces["hungary"], "127.0.0.1", port)
         assert local.returncode != 0 and "Connection refused" in local.stderr
+        # and from the hospitals' network the SuperLink's own port (the Control API) is closed
+        control = dial(namespaces["hungary"], server_ip, link_port)
+        assert control.returncode != 0 and "Connection refused" in control.stderr, control.stderr
         for name, node in nodes.items():
             wait_until(lambda n=node: "SuperNode ID:" in n.output() or not n.running(), 120,
                        what=f"hospital {name} registered")

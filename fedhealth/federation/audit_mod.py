@@ -9,8 +9,9 @@ logged as declined. One entry per training request (the SecAgg+ stage that carri
 appended and fsync'ed before the reply goes on: a reply that could not be logged is not sent.
 
 Where the log lives: the node config's `audit-log` (deployment; signed with `audit-key`, the
-hospital's SuperNode authentication key), else `<run dir>/audit/<hospital>.jsonl` (simulation,
-chained but unsigned: there is no hospital key in a simulation).
+hospital's own audit-signing key, separate from its SuperNode authentication key), else
+`<run dir>/audit/<hospital>.jsonl` (simulation, chained but unsigned: there is no hospital key in a
+simulation).
 """
 
 from __future__ import annotations

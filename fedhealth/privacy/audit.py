@@ -4,8 +4,10 @@ Why: the privacy ledger (`ledger.py`) stops the hospital's own software from ove
 data-protection officer or an auditor needs evidence they can check without trusting that
 software: which global model came in, which update went out (or why none did), how many records
 were used and what it cost in epsilon. Each entry is chained to the previous one by hash and
-signed with the hospital's SuperNode authentication key (the P-384 EC key of `fedhealth certs
-init`), so an edited, removed, reordered or forged entry shows on verification.
+signed with the hospital's own audit-signing key (`audit_signing`, a P-384 EC key that `fedhealth
+certs hospital-keys` makes at the hospital, separate from its SuperNode authentication key), so an
+edited, removed, reordered or forged entry shows on verification. Why a key of its own: the operator
+never holds it, and the credential the network sees is not the one that vouches for the evidence.
 
 Entry fields (one JSON object per line, UTF-8)::
 
@@ -302,7 +304,7 @@ def verify_audit_log(path: str | Path, public_key: str | Path | ec.EllipticCurve
     """Verify a hospital's audit log; the report names the first bad line and what is wrong with it.
 
     Detects an edited entry (hash mismatch), a removed, inserted or reordered entry (seq/prev
-    mismatch), a malformed line, and, when `public_key` (the hospital's OpenSSH `.pub` file or key)
+    mismatch), a malformed line, and, when `public_key` (the hospital's `audit_signing.pub` file or key)
     is given, a missing or bad signature and a signer other than that key. Without a key only the
     chain is checked: anyone can rebuild a valid unsigned chain, so a signed log proves more.
 
@@ -312,7 +314,7 @@ def verify_audit_log(path: str | Path, public_key: str | Path | ec.EllipticCurve
     Raises `AuditError` only when the log cannot be read at all; a bad log gives a report with a problem.
     """
     log_path = Path(path)
-    key = load_node_public_key(public_key) if isinstance(public_key, str | Path) else public_key
+    key = load_node_public_key(public_key, "audit public key") if isinstance(public_key, str | Path) else public_key
     return _verify_lines(log_path, _read_lines(log_path), key, expected_entries)
 
 
@@ -322,7 +324,7 @@ def verify_audit_log(path: str | Path, public_key: str | Path | ec.EllipticCurve
 class AuditLog:
     """The hospital's append-only audit log. Opening verifies the whole existing file and resumes its chain.
 
-    `private_key`: the hospital's SuperNode authentication key (OpenSSH file path, or a loaded EC key)
+    `private_key`: the hospital's audit-signing key (OpenSSH file path, or a loaded EC key)
     to sign each entry; None (simulation) writes a chained but unsigned log. Refuses (AuditError) to
     append to a log that fails verification, that was signed by another key, or whose signing mode
     differs, because appending would bury the evidence of what went wrong under fresh valid entries.
@@ -330,7 +332,8 @@ class AuditLog:
 
     def __init__(self, path: str | Path, private_key: str | Path | ec.EllipticCurvePrivateKey | None = None) -> None:
         self.path = Path(path)
-        key = load_node_private_key(private_key) if isinstance(private_key, str | Path) else private_key
+        key = (load_node_private_key(private_key, "audit signing key") if isinstance(private_key, str | Path)
+               else private_key)
         self._key = key
         self._public = key.public_key() if key is not None else None
         self.signer = public_key_fingerprint(key) if key is not None else None

@@ -17,14 +17,24 @@ The formats are the ones Flower 1.41 reads (see `flwr/supernode/cli/flower_super
   (`ecdsa-sha2-nistp384 AAAA...`), loaded with `load_ssh_public_key`; it must be EC on a NIST
   curve. We use P-384 (SECP384R1), the curve Flower's own key helpers generate.
 
-Layout written by `init_study_pki(out_dir, ...)`::
+Layout written by `init_study_pki(out_dir, ...)` (the operator's; no hospital private key is ever in it)::
 
     pki.json                          manifest: names, fingerprints, validity (no secrets)
     ca/ca.crt                         the study CA: give it to every hospital (--root-certificates)
     ca/ca.key                         the CA's key: only needed to issue new server certificates; keep offline
     server/server.crt, server.key     the SuperLink's TLS certificate and key
-    hospitals/<name>/supernode_auth       the hospital's SuperNode key: never leaves the hospital
-    hospitals/<name>/supernode_auth.pub   its public half: the federation operator registers it
+    hospitals/<name>/supernode_auth.pub   a hospital's SuperNode public key, as the hospital sent it
+                                          (`add_hospital_public_key`); the operator registers it
+
+Layout written by `init_hospital_keys(out_dir, hospital)`, *at the hospital* (keys are born where they are
+used, so the operator never holds a hospital's private key)::
+
+    supernode_auth, .pub       SuperNode authentication (P-384, OpenSSH): send only the .pub to the operator
+    audit_signing, .pub        signs the hospital's audit log (P-384, OpenSSH): a key of its own, so the key
+                               that authenticates the node is not also the key that vouches for its evidence
+    app_approval, .pub         Ed25519 (OpenSSH): the hospital signs the app versions it approved with it
+    trusted-entities.yaml      flower-supernode --trusted-entities: {"<hospital>-approval": <app_approval.pub>}
+    keys.json                  manifest: fingerprints (no secrets)
 
 Private keys are written with mode 0600, certificates and public keys 0644, and every directory
 this module creates 0700 (a pre-existing `out_dir` keeps its mode).
@@ -40,14 +50,14 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -64,6 +74,12 @@ SERVER_KEY = Path("server/server.key")
 HOSPITALS_DIR = Path("hospitals")
 NODE_PRIVATE_KEY = "supernode_auth"
 NODE_PUBLIC_KEY = "supernode_auth.pub"
+AUDIT_PRIVATE_KEY = "audit_signing"
+AUDIT_PUBLIC_KEY = "audit_signing.pub"
+APPROVAL_PRIVATE_KEY = "app_approval"
+APPROVAL_PUBLIC_KEY = "app_approval.pub"
+TRUSTED_ENTITIES = "trusted-entities.yaml"
+HOSPITAL_MANIFEST = "keys.json"
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
 
 _HOSPITAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -100,7 +116,24 @@ class StudyPKI:
     server_cert: Path
     server_key: Path
     server_names: tuple[str, ...]
-    hospitals: dict[str, NodeKeyFiles] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HospitalKeys:
+    """The paths `init_hospital_keys` wrote at a hospital, and the fingerprints to read out to others."""
+
+    root: Path
+    hospital: str
+    node: NodeKeyFiles  # SuperNode authentication: the .pub goes to the operator
+    audit_private_key: Path
+    audit_public_key: Path
+    audit_fingerprint: str
+    approval_private_key: Path
+    approval_public_key: Path
+    approval_fingerprint: str
+    approval_key_id: str  # its name in trusted-entities.yaml and in an app's signature records
+    trusted_entities: Path
+    manifest: Path
 
 
 @dataclass(frozen=True)
@@ -229,19 +262,12 @@ def _issue_server(key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePriva
             .sign(ca_key, SIGNATURE_HASH()))
 
 
-def _node_key_files(key: ec.EllipticCurvePrivateKey, hospital: str) -> tuple[bytes, bytes]:
-    """The OpenSSH private key (no passphrase: Flower passes None) and the one-line OpenSSH public key."""
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, public + f" fedhealth-supernode-{hospital}\n".encode()
+def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SERVER_NAMES, days: int = 365, *,
+                   force: bool = False, study: str = "fedhealth", now: datetime | None = None) -> StudyPKI:
+    """Create a study CA and a SuperLink server certificate: the operator's part of the PKI.
 
-
-def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SERVER_NAMES,
-                   hospitals: Sequence[str] = (), days: int = 365, *, force: bool = False,
-                   study: str = "fedhealth", now: datetime | None = None) -> StudyPKI:
-    """Create a study CA, a SuperLink server certificate, and one SuperNode key pair per hospital.
-
+    No hospital key is made here: each hospital makes its own (`init_hospital_keys`) and sends only its
+    SuperNode public key (`add_hospital_public_key` files it under `hospitals/<name>/`).
     `server_names`: every name the SuperNodes will dial (DNS names or IP addresses); the first is
     also the certificate's common name. `days`: validity of the CA and server certificates.
     `now`: the issue time (default: the current UTC time); certificates start `CLOCK_SKEW` earlier.
@@ -252,25 +278,22 @@ def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SE
     general_names = [parse_server_name(n) for n in names]
     if len({str(g.value) for g in general_names}) != len(general_names):
         raise PKIError(f"server names {names} contain a duplicate; list each name once")
-    _check_hospital_names(hospitals)
     if days < 1:
         raise PKIError(f"days={days}: certificates must be valid for at least 1 day")
     if root.exists() and not root.is_dir():
         raise PKIError(f"{root}: exists and is not a directory; choose another --out")
 
-    node_dirs = {h: HOSPITALS_DIR / h for h in hospitals}
-    targets = [Path(MANIFEST), CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY,
-               *(d / f for d in node_dirs.values() for f in (NODE_PRIVATE_KEY, NODE_PUBLIC_KEY))]
+    targets = [Path(MANIFEST), CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY]
     existing = [str(root / t) for t in targets if (root / t).exists()]
     if existing and not force:
         raise PKIError(f"{root}: a study PKI is already there ({', '.join(existing[:3])}"
                        f"{', ...' if len(existing) > 3 else ''}); refusing to overwrite keys that may be in use. "
                        "Choose another --out, or pass --force to replace them (every hospital then needs "
-                       "the new CA and re-registered keys)")
+                       "the new CA)")
 
     if not root.exists():
         _make_private_dir(root)
-    for sub in {CA_CERT.parent, SERVER_CERT.parent, HOSPITALS_DIR, *node_dirs.values()}:
+    for sub in (CA_CERT.parent, SERVER_CERT.parent, HOSPITALS_DIR):
         _make_private_dir(root / sub)
 
     issued = (now or datetime.now(UTC)).astimezone(UTC)
@@ -285,18 +308,9 @@ def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SE
     _write_file(root / SERVER_KEY, _pem_private(server_key), 0o600)
     _write_file(root / SERVER_CERT, server.public_bytes(serialization.Encoding.PEM), 0o644)
 
-    nodes: dict[str, NodeKeyFiles] = {}
-    for hospital, rel in node_dirs.items():
-        key = ec.generate_private_key(CURVE())
-        private, public = _node_key_files(key, hospital)
-        _write_file(root / rel / NODE_PRIVATE_KEY, private, 0o600)
-        _write_file(root / rel / NODE_PUBLIC_KEY, public, 0o644)
-        nodes[hospital] = NodeKeyFiles(root / rel / NODE_PRIVATE_KEY, root / rel / NODE_PUBLIC_KEY,
-                                       public_key_fingerprint(key))
-
     san = tuple(str(g.value) for g in general_names)
     manifest = {
-        "format": 1,
+        "format": 2,
         "study": study,
         "created": _iso(issued),
         "days": days,
@@ -307,13 +321,110 @@ def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SE
         "server": {"certificate": str(SERVER_CERT), "private_key": str(SERVER_KEY), "names": list(san),
                    "sha256_fingerprint": certificate_fingerprint(server),
                    "not_before": _iso(server.not_valid_before_utc), "not_after": _iso(server.not_valid_after_utc)},
-        "hospitals": {h: {"private_key": str(node_dirs[h] / NODE_PRIVATE_KEY),
-                          "public_key": str(node_dirs[h] / NODE_PUBLIC_KEY),
-                          "fingerprint": n.fingerprint} for h, n in nodes.items()},
+        "hospitals": "hospitals/<name>/supernode_auth.pub: public keys sent by the hospitals (certs add-hospital)",
     }
     _write_file(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
-    return StudyPKI(root, root / MANIFEST, root / CA_CERT, root / CA_KEY, root / SERVER_CERT, root / SERVER_KEY,
-                    san, nodes)
+    return StudyPKI(root, root / MANIFEST, root / CA_CERT, root / CA_KEY, root / SERVER_CERT, root / SERVER_KEY, san)
+
+
+def _openssh_pair(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, comment: str) -> tuple[bytes, bytes]:
+    """The OpenSSH private key (no passphrase: Flower loads it with None) and the one-line public key."""
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public + f" {comment}\n".encode()
+
+
+def openssh_fingerprint(public_line: bytes) -> str:
+    """"SHA256:..." of an OpenSSH public key line, as `ssh-keygen -lf` prints it (any key type)."""
+    digest = hashlib.sha256(base64.b64decode(public_line.split()[1])).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def approval_key_id(hospital: str) -> str:
+    """The name under which a hospital's approval key appears in trusted-entities.yaml and in signatures."""
+    return f"{hospital}-approval"
+
+
+def init_hospital_keys(out_dir: str | Path, hospital: str, *, force: bool = False) -> HospitalKeys:
+    """Make a hospital's own keys, at the hospital: SuperNode authentication, audit signing, app approval.
+
+    Why here and not at the operator: whoever generates a key can keep a copy. The operator only ever
+    receives `supernode_auth.pub`. The audit log gets its own key so that the evidence a hospital
+    keeps is not signed with the credential the network sees; the app-approval key (Ed25519, what
+    Flower's `--trusted-entities` accepts) signs the app versions this hospital reviewed, and
+    `trusted-entities.yaml` names it, so its SuperNode runs only those. Refuses, naming the files, to
+    overwrite existing keys unless `force=True`.
+    """
+    _check_hospital_names([hospital])
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise PKIError(f"{root}: exists and is not a directory; choose another --out")
+    files = (NODE_PRIVATE_KEY, NODE_PUBLIC_KEY, AUDIT_PRIVATE_KEY, AUDIT_PUBLIC_KEY, APPROVAL_PRIVATE_KEY,
+             APPROVAL_PUBLIC_KEY, TRUSTED_ENTITIES, HOSPITAL_MANIFEST)
+    existing = [str(root / f) for f in files if (root / f).exists()]
+    if existing and not force:
+        raise PKIError(f"{root}: hospital keys are already there ({', '.join(existing[:3])}"
+                       f"{', ...' if len(existing) > 3 else ''}); refusing to overwrite keys that may be in use "
+                       "(a new SuperNode key must be registered again, a new audit key starts a new log). Choose "
+                       "another --out, or pass --force to replace them")
+    if not root.exists():
+        _make_private_dir(root)
+
+    node_key = ec.generate_private_key(CURVE())
+    audit_key = ec.generate_private_key(CURVE())
+    approval_key = ed25519.Ed25519PrivateKey.generate()
+    written: dict[str, tuple[bytes, bytes]] = {
+        NODE_PRIVATE_KEY: _openssh_pair(node_key, f"fedhealth-supernode-{hospital}"),
+        AUDIT_PRIVATE_KEY: _openssh_pair(audit_key, f"fedhealth-audit-{hospital}"),
+        APPROVAL_PRIVATE_KEY: _openssh_pair(approval_key, f"fedhealth-approval-{hospital}"),
+    }
+    for name, (private, public) in written.items():
+        _write_file(root / name, private, 0o600)
+        _write_file(root / f"{name}.pub", public, 0o644)
+    key_id = approval_key_id(hospital)
+    approval_public = written[APPROVAL_PRIVATE_KEY][1].decode("ascii").strip()
+    trusted = (f"# flower-supernode --trusted-entities: the keys whose signature makes an app version runnable here.\n"
+               f"# This hospital's own approval key only; add another with `fedhealth app trust`.\n"
+               f"{json.dumps(key_id)}: {json.dumps(approval_public)}\n")
+    _write_file(root / TRUSTED_ENTITIES, trusted.encode(), 0o644)
+    fingerprints = {name: openssh_fingerprint(public) for name, (_, public) in written.items()}
+    manifest = {"format": 1, "hospital": hospital, "created": _iso(datetime.now(UTC)),
+                "supernode_auth": {"public_key": NODE_PUBLIC_KEY, "fingerprint": fingerprints[NODE_PRIVATE_KEY],
+                                   "send_to": "the study operator (fedhealth certs add-hospital, then register)"},
+                "audit_signing": {"public_key": AUDIT_PUBLIC_KEY, "fingerprint": fingerprints[AUDIT_PRIVATE_KEY],
+                                  "send_to": "your auditors (fedhealth audit verify --public-key)"},
+                "app_approval": {"public_key": APPROVAL_PUBLIC_KEY, "key_id": key_id,
+                                 "fingerprint": fingerprints[APPROVAL_PRIVATE_KEY],
+                                 "used_by": TRUSTED_ENTITIES}}
+    _write_file(root / HOSPITAL_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
+    return HospitalKeys(root, hospital,
+                        NodeKeyFiles(root / NODE_PRIVATE_KEY, root / NODE_PUBLIC_KEY, fingerprints[NODE_PRIVATE_KEY]),
+                        root / AUDIT_PRIVATE_KEY, root / AUDIT_PUBLIC_KEY, fingerprints[AUDIT_PRIVATE_KEY],
+                        root / APPROVAL_PRIVATE_KEY, root / APPROVAL_PUBLIC_KEY, fingerprints[APPROVAL_PRIVATE_KEY],
+                        key_id, root / TRUSTED_ENTITIES, root / HOSPITAL_MANIFEST)
+
+
+def add_hospital_public_key(pki_dir: str | Path, hospital: str, public_key: str | Path, *,
+                            force: bool = False) -> tuple[Path, str]:
+    """File a hospital's SuperNode public key (as it sent it) under `hospitals/<name>/` of the operator's PKI.
+
+    Returns the filed path and the key's fingerprint (read it back to the hospital to confirm). Refuses
+    a file holding a private key (the hospital must keep that), a key Flower would refuse, and replacing
+    a different key already filed for that hospital unless `force=True`."""
+    _check_hospital_names([hospital])
+    key = load_node_public_key(public_key)
+    line = Path(public_key).read_bytes().strip() + b"\n"
+    target = Path(pki_dir) / HOSPITALS_DIR / hospital / NODE_PUBLIC_KEY
+    if target.exists() and not force:
+        old = load_node_public_key(target)
+        if _spki(old) != _spki(key):
+            raise PKIError(f"{target}: hospital {hospital!r} already has another public key filed "
+                           f"({public_key_fingerprint(old)}, new {public_key_fingerprint(key)}); pass --force to "
+                           "replace it (then register the new one and confirm the change with the hospital)")
+    _make_private_dir(target.parent)
+    _write_file(target, line, 0o644)
+    return target, public_key_fingerprint(key)
 
 
 # ---------------------------------------------------------------- loading, with errors that say what to do
@@ -322,7 +433,8 @@ def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SE
 def _read(path: str | Path, what: str) -> bytes:
     p = Path(path).expanduser()
     if not p.exists():
-        raise CertificateError(f"{p}: {what} not found; check the path (fedhealth certs init writes it)")
+        raise CertificateError(f"{p}: {what} not found; check the path (fedhealth certs init writes the study's "
+                               "CA and server files, fedhealth certs hospital-keys a hospital's keys)")
     if not p.is_file():
         raise CertificateError(f"{p}: {what} is not a file; pass the file itself")
     try:
@@ -363,15 +475,15 @@ def _check_nist_ec(key: PrivateKeyTypes | PublicKeyTypes, path: str | Path, what
     if not isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         raise CertificateError(f"{path}: {what} is a {type(key).__name__.lstrip('_')}; Flower's node authentication "
                                "needs an ECDSA key on a NIST curve (we use P-384): create one with "
-                               "fedhealth certs init")
+                               "fedhealth certs hospital-keys")
     if not isinstance(key.curve, NIST_CURVES):
         raise CertificateError(f"{path}: {what} uses curve {key.curve.name}, which Flower refuses; it needs a "
-                               "NIST curve (P-256, P-384, P-521): create one with fedhealth certs init")
+                               "NIST curve (P-256, P-384, P-521): create one with fedhealth certs hospital-keys")
 
 
-def load_node_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
-    """A SuperNode authentication key, read exactly as `flower-supernode --auth-supernode-private-key` reads it."""
-    what = "SuperNode private key"
+def load_node_private_key(path: str | Path, what: str = "SuperNode private key") -> ec.EllipticCurvePrivateKey:
+    """A SuperNode authentication key, read exactly as `flower-supernode --auth-supernode-private-key` reads it
+    (the audit-signing key has the same format; `what` names the key in errors)."""
     data = _read(path, what)
     if b"-----BEGIN OPENSSH PRIVATE KEY-----" not in data:
         hint = (" It is a PEM key: convert it with `ssh-keygen -p -N '' -f FILE` (writes OpenSSH format)"
@@ -390,9 +502,8 @@ def load_node_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def load_node_public_key(path: str | Path) -> ec.EllipticCurvePublicKey:
+def load_node_public_key(path: str | Path, what: str = "SuperNode public key") -> ec.EllipticCurvePublicKey:
     """A SuperNode public key, read exactly as `flwr supernode register FILE` reads it (one OpenSSH line)."""
-    what = "SuperNode public key"
     data = _read(path, what)
     if b"PRIVATE KEY-----" in data:
         raise CertificateError(f"{path}: {what} holds a PRIVATE key; pass the .pub file, and never send the "
