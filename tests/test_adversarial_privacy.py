@@ -305,7 +305,8 @@ def test_a_deployed_hospital_without_a_policy_file_refuses_plain_aggregation(tmp
 
 def test_a_deployed_hospital_without_a_policy_file_refuses_a_small_aggregate_or_a_large_delta(tmp_path):
     # a server announcing 2 of 3 hospitals per round (its own validator would refuse SecAgg+ with 2: it deviates)
-    cfg = load_config(SMOKE, [*DP, "federation.strategy.fraction_fit=0.5", "federation.secure_aggregation.enabled=false"])
+    cfg = load_config(SMOKE, [*DP, "federation.strategy.fraction_fit=0.5",
+                              "federation.secure_aggregation.enabled=false"])
     secure = {**study_payload(cfg, 1, ""), SECURE_KEY: True}
     _, n, metrics = _deployed(tmp_path).fit(initial_weights(cfg), secure)
     assert n == 0 and "fewer hospitals" in metrics[DECLINED_KEY]
