@@ -381,3 +381,24 @@ def test_no_error_that_reaches_the_server_names_a_path_or_a_count(tmp_path):
     assert "do not match the study's declaration" in json.dumps(rounds)
     for secret in (str(data), "private-records", "77 usable", "usable rows", "more than the 41"):
         assert secret not in held, secret
+
+
+# ---- 7. hospital-level releases compose in the hospital's ledger ------------------------------------------
+
+def test_hospital_level_releases_compose_across_studies_in_the_hospitals_ledger(tmp_path):
+    from fedhealth.privacy.ledger import epsilon_of
+
+    studies = [load_config(SMOKE, ["privacy.mode=hospital", "privacy.noise_multiplier=2.0", f"name=study-{k}"])
+               for k in range(3)]
+    one = epsilon_of([(2.0, 1.0, 1)], studies[0].privacy_delta())
+    two = epsilon_of([(2.0, 1.0, 2)], studies[0].privacy_delta())
+    policy = SitePolicy(max_hospital_epsilon=(two + epsilon_of([(2.0, 1.0, 3)], studies[0].privacy_delta())) / 2,
+                        require_secure_aggregation=False)
+    client = HospitalClient(0, policy, str(tmp_path))
+    for k in range(2):
+        assert client.fit(initial_weights(studies[k]), study_payload(studies[k], 1, ""))[1] > 0
+    _, n, refused = client.fit(initial_weights(studies[2]), study_payload(studies[2], 1, ""))
+    assert n == 0 and "budget" in refused[DECLINED_KEY]  # a third study would pass its participation cap
+    ledger = PrivacyLedger(tmp_path / "city-tertiary.json", "city-tertiary", 10.0, studies[0].privacy_delta())
+    assert [e.unit for e in ledger.entries] == ["hospital", "hospital"]
+    assert ledger.spent_in("hospital") == pytest.approx(two) and two > one and ledger.spent == 0.0

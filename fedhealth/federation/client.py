@@ -12,6 +12,7 @@ processes about 2.5 s of CPU each.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -132,6 +133,14 @@ class HospitalClient(NumPyClient):
             # FedAvg's weight: the declared (public) training-set size, never the exact private count.
             weight = public_train_records(cfg, self.index)
         else:
+            if cfg.privacy.mode == "hospital":
+                from fedhealth.privacy.client import charge_hospital_release
+
+                ledger_dir = self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if self.simulated else "")
+                cap = policy.max_hospital_epsilon if policy is not None and policy.max_hospital_epsilon else math.inf
+                refused = charge_hospital_release(cfg, split, list(parameters), server_round, ledger_dir, cap)
+                if refused is not None:
+                    return self._declined(parameters, refused.declined, refused.detail)
             qffl = cfg.federation.strategy.name == "qfedavg"
             if qffl:
                 # q-FedAvg weighs this hospital by its loss at the model it received (see federation.qffl).

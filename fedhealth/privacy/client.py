@@ -15,6 +15,7 @@ about its other studies and its cap.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -151,3 +152,37 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
     local.update({"train_loss": result.mean_loss, "train_steps": float(result.steps),
                   "train_seconds": result.seconds, "n_train": float(len(split.y_train))})
     return PrivateRound(weights=weights, shared=shared, local=local)
+
+
+def charge_hospital_release(cfg: StudyConfig, split: HospitalSplit, received: list[np.ndarray], server_round: int,
+                            ledger_dir: str, cap: float) -> PrivateRound | None:
+    """Record a hospital-level release in the hospital's ledger (unit "hospital") before it leaves; a
+    PrivateRound with the decline when it would pass `cap`, else None (go ahead).
+
+    Why: hospital-level epsilon is about this hospital's participation, and a hospital takes part in many
+    studies: its ledger composes them, as it does record-level releases. Each request is charged (a nonce
+    in the key): its noise share is drawn afresh, so even a retry is a new release. The epsilon is the one
+    the study announces (noise multiplier at q = 1, one step per round); in `central` mode the server adds
+    that noise, and the hospital cannot check that it did (see docs/threat-model.md)."""
+    import secrets as _secrets
+
+    from fedhealth.privacy.hospital_level import hospital_noise
+
+    if not ledger_dir:
+        return None  # a simulation without a run directory, or a node without a ledger-dir: nothing to compose
+    name = split.hospital.name
+    study = study_id(cfg)
+    key = release_key(study, server_round, model_hash(received),
+                      {**training_settings(cfg, split.index, cap), "nonce": _secrets.token_hex(16)})
+    try:
+        ledger = PrivacyLedger(Path(ledger_dir) / f"{name}.json", name, math.inf, cfg.privacy_delta(),
+                               hospital_cap=cap)
+        ledger.charge(server_round, hospital_noise(cfg), 1.0, 1, cfg.privacy.clipping_norm, study=study,
+                      release=key, unit="hospital")
+    except BudgetExceeded as refusal:
+        return PrivateRound(declined=BUDGET_REASON, detail=str(refusal))
+    except StaleRound as stale:
+        return PrivateRound(declined=STALE_REASON, detail=str(stale))
+    except (LedgerError, SecretError) as err:
+        return PrivateRound(declined=LEDGER_REASON, detail=str(err))
+    return None

@@ -25,6 +25,8 @@ class SitePolicy(BaseModel):
 
     max_epsilon: float | None = Field(default=None, gt=0,
                                       description="hard cap on cumulative epsilon; also requires record-level DP")
+    max_hospital_epsilon: float | None = Field(
+        default=None, gt=0, description="hard cap on this hospital's hospital-level epsilon over all its studies")
     max_delta: float | None = Field(
         default=None, gt=0, lt=1,
         description="largest delta the hospital accepts; unset: 1 / (10 x its training records)")
