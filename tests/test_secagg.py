@@ -69,8 +69,8 @@ def test_smoke_study_parameters():
     assert hospital.max_weight == 1 and hospital.clipping_range == 1.0
     distributed = derive_secagg_params(_smoke("privacy.mode=hospital", "privacy.noise_multiplier=1.0",
                                               "privacy.hospital_noise=distributed"))
-    # two shares (the threshold) of variance sigma^2 C^2 / 2 add up to the central noise
-    assert distributed.noise_std_per_hospital == pytest.approx(1 / np.sqrt(2))
+    # privacy.min_contributors (3) shares of variance sigma^2 C^2 / 3 add up to the central noise
+    assert distributed.noise_std_per_hospital == pytest.approx(1 / np.sqrt(3))
     assert distributed.clipping_range > 1.0 + 7 * distributed.noise_std_per_hospital
 
 
@@ -339,14 +339,15 @@ def test_the_server_never_holds_an_individual_update(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_distributed_hospital_noise_adds_up_to_the_central_noise(tmp_path):
-    """Three hospitals, threshold 2: each adds noise of std sigma*C/sqrt(2), so the mean of three clipped
-    updates carries std sigma*C*sqrt(3/2)/3 per coordinate; the central mechanism would add sigma*C/3."""
+    """Three hospitals, privacy.min_contributors 3, no colluders: each adds noise of std sigma*C/sqrt(3), so
+    the sum carries sigma*C and the mean of three clipped updates sigma*C/3 per coordinate, as central noise
+    calibrated to 3 would."""
     base = ["federation.rounds=1", "model.name=mlp", "privacy.mode=hospital", "privacy.hospital_noise=distributed"]
     quiet = _federate(_smoke(*base, "privacy.noise_multiplier=0.000001"), tmp_path / "quiet")
     noisy = _federate(_smoke(*base, "privacy.noise_multiplier=1.0"), tmp_path / "noisy")
     diff = np.concatenate([(a - b).ravel() for a, b in zip(_round_weights(noisy, 1), _round_weights(quiet, 1),
                                                            strict=True)])
-    expected = np.sqrt(3 / 2) / 3
+    expected = 1 / 3
     assert diff.size > 500
     assert 0.85 * expected < diff.std() < 1.15 * expected
     assert _rounds(noisy)[0]["hospital_epsilon"] > 0
