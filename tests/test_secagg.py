@@ -114,6 +114,24 @@ def test_dropout_injection_names_a_real_hospital():
         _smoke('testing.dropouts=[{hospital = "nowhere", stage = "unmask"}]')
 
 
+def test_a_hospitals_minimum_aggregate_and_its_public_decline_reasons():
+    from fedhealth.federation.secagg_client import declined_from_error, minimum_aggregate, public_decline_reason
+    from fedhealth.privacy.policy import SitePolicy
+
+    assert minimum_aggregate(None) == 3 and minimum_aggregate(SitePolicy(min_hospitals=1)) == 3
+    assert minimum_aggregate(SitePolicy(min_hospitals=7)) == 7
+    own = ("hospital county: ledger /secure/ledgers/county.json: epsilon 5.71 would pass its cap of 5.0 "
+           "after round 3 (1,234 records); declining this round")
+    public = public_decline_reason(4, own)
+    assert public == "fedhealth-declined: hospital 4 declined this round (its privacy ledger)"
+    assert not any(part in public for part in ("/", "5.7", "1,234", "county"))
+    assert declined_from_error(f"Exception ...<'{public}'>") == (4, "its privacy ledger")
+    assert public_decline_reason(0, "epsilon 9.1 above its cap").endswith("(its privacy budget)")
+    assert public_decline_reason(0, "model 'mlp' is not allowed by the site policy").endswith("(its site policy)")
+    assert public_decline_reason(0, "something unforeseen: 42").endswith("(its own checks)")
+    assert declined_from_error("hospital 2 vanished at SecAgg+ stage 'setup'") is None
+
+
 # -- the screen on masked vectors ----------------------------------------------------------------------------
 
 def _reply(arrays: list[np.ndarray]):
@@ -355,8 +373,9 @@ def test_distributed_hospital_noise_adds_up_to_the_central_noise(tmp_path):
 
 @pytest.mark.slow
 def test_an_aggregate_of_one_hospital_is_not_released(tmp_path):
-    """Without DP, if all but one hospital decline, the 'aggregate' is that hospital's update and the next
-    global model would show it to everyone: the round fails with the reason and the model is kept."""
+    """If all but one hospital decline (each drops out of the round), the 'aggregate' would be that
+    hospital's update: the server refuses it before unmasking (no unmask request is sent), the round
+    fails with the reason, the declines are recorded by category, and the model is kept."""
     policy = 'policy = { allowed_models = ["mlp"] }\n'
     text = 'name = "lonely"\n[model]\nname = "logreg"\n[federation]\nrounds = 1\n' \
            '[references]\nlocal_only = false\npooled = false\n' + "".join(
@@ -368,7 +387,10 @@ def test_an_aggregate_of_one_hospital_is_not_released(tmp_path):
     run_dir = _federate(cfg, tmp_path / "run")
     (only,) = _rounds(run_dir)
     assert only["status"] == "failed" and "only 1 hospital(s) contributed" in only["failure"]
-    assert [d["hospital_index"] for d in only["declined"]] == [1, 2]
+    assert "no unmask request sent" in only["failure"] and only["secagg_stage_seconds"].keys() == {
+        "setup", "share_keys", "collect_masked_vectors"}
+    assert only["declined"] == [{"hospital_index": i, "reason": "its site policy", "epsilon": None} for i in (1, 2)]
+    assert only["fit_failures"] == []
     from fedhealth.federation.server import initial_weights
 
     for kept, start in zip(_round_weights(run_dir, 1), initial_weights(cfg), strict=True):

@@ -158,6 +158,24 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
         state.nid_to_neighbours = {nid: nbrs & shared for nid, nbrs in state.nid_to_neighbours.items()
                                    if nid in shared}
 
+    def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext,  # type: ignore[override]
+                                     state: WorkflowState) -> bool:
+        """Flower's stage, then the study's minimum: too few masked vectors fail the round with that
+        reason (rather than Flower's threshold message), before any unmask request is sent."""
+        ok = super().collect_masked_vectors_stage(grid, context, state)
+        self._check_minimum(state)
+        return ok
+
+    def _check_minimum(self, state: WorkflowState) -> None:
+        """AggregateRefused when fewer hospitals sent a masked vector than `observer.min_contributors`."""
+        senders = len(state.active_node_ids)
+        minimum = self.observer.min_contributors
+        if senders < minimum:
+            raise AggregateRefused(
+                f"only {senders} hospital(s) contributed an update (sent a masked vector); the study releases no "
+                f"aggregate of fewer than {minimum} (an aggregate of one is that hospital's update; hospital-level "
+                "DP noise is calibrated to privacy.min_contributors); not unmasked, no unmask request sent")
+
     def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:  # type: ignore[override]
         """Flower's unmask stage, reconstructing each secret from exactly `threshold` shares.
 
@@ -167,15 +185,8 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
         `num_shares` 15 and threshold 8 this halves the unmask stage. The reconstruction itself is
         Flower's `combine_shares`, swapped in only for the duration of this call.
 
-        First, the study's minimum: fewer masked vectors than `observer.min_contributors` are not
-        unmasked at all (AggregateRefused), so no hospital is even asked for its shares."""
-        senders = len(state.active_node_ids)
-        minimum = self.observer.min_contributors
-        if senders < minimum:
-            raise AggregateRefused(
-                f"only {senders} hospital(s) contributed an update (sent a masked vector); the study releases no "
-                f"aggregate of fewer than {minimum} (an aggregate of one is that hospital's update; hospital-level "
-                "DP noise is calibrated to privacy.min_contributors); not unmasked, no unmask request sent")
+        First, the study's minimum (`_check_minimum`), as after the collect stage."""
+        self._check_minimum(state)
         threshold = state.threshold
 
         def combine_threshold_shares(share_list: list[bytes]) -> bytes:
