@@ -275,15 +275,16 @@ def test_dropouts_up_to_the_tolerance_still_give_the_survivors_aggregate(tmp_pat
 
 @pytest.mark.slow
 def test_beyond_the_tolerance_the_round_fails_loudly_and_the_model_is_kept(tmp_path):
-    """Round 1: three of five vanish (threshold 3): failed, model kept. Round 2: one hospital sends a
-    malformed masked vector: screened out with its reason, the other four are aggregated."""
+    """Round 1: three of five vanish (threshold 3, the study's minimum 3): failed before unmasking, model
+    kept. Round 2: one hospital sends a malformed masked vector: screened out with its reason, the other
+    four are aggregated."""
     drops = _drops(("h0", "share_keys", [1]), ("h1", "collect_masked_vectors", [1]), ("h2", "after_training", [1]),
                    ("h4", "malformed_masked_vector", [2]))
     cfg = _five(tmp_path, drops)
     run_dir = _federate(cfg, tmp_path / "run")
     first, second = _rounds(run_dir)
     assert first["status"] == "failed" and not first["aggregated"] and first["hospitals_aggregated"] == []
-    assert "could not complete" in first["failure"] and "needs 3" in first["failure"]
+    assert "only 2 hospital(s) contributed" in first["failure"] and "fewer than 3" in first["failure"]
     from fedhealth.federation.server import initial_weights
 
     for kept, start in zip(_round_weights(run_dir, 1), initial_weights(cfg), strict=True):

@@ -37,10 +37,12 @@ What these checks do NOT prevent:
 - A server that sends different hospitals inconsistent views. Every check is on one hospital's own
   request; Flower 1.41's SecAgg+ is the semi-honest variant, with no consistency-check round and no
   signatures, so a server can give each hospital a list that passes its checks and still combine the
-  replies. With threshold t, a neighbourhood of k and a minimum m, each secret of a dropped node needs
-  t shares from hospitals that list it dropped, and each hospital lists at most k - m as dropped:
-  where (k - |S|) * t <= k * (k - m) there is room to unmask a sum over fewer than m hospitals S
-  (for k = 3 or 4 at m = 3 there is none; at k = 5, t = 3, m = 3 a sum of two is possible).
+  replies. With threshold t, a neighbourhood of k and a minimum m: to unmask the sum over a set S of
+  hospitals the server needs, for each of the k - |S| others, t shares of its pairwise key from
+  hospitals that list it dropped, and each hospital lists at most k - m as dropped. So such a
+  combination needs (k - |S|) * t <= k * (k - m): never for k = 3 or 4 at m = 3, but at k = 5, t = 3,
+  m = 3 a sum of two hospitals can be unmasked. One hospital's update alone (|S| = 1) stays out of
+  reach whenever m >= (k + 1) / 2, t being a strict majority of k.
 - Sybil nodes. Public keys are not bound to hospital identities (no PKI in Flower's SecAgg+): a
   server that generates key pairs for fake peers, and runs the protocol for them, inflates the count
   a hospital observes and answers unmask requests itself. In simulation every node is the server's
