@@ -9,7 +9,9 @@ them, so FedAvg, FedProx and FedAdam get the weights they expect.
 
 Under SecAgg+ (`secure=True`) the server never holds one hospital's update: every result carries
 the same unmasked, already weighted mean, and the clear part of each reply (hospital index,
-training loss, epsilon, declined) is what the run directory records per hospital.
+training loss, epsilon) is what the run directory records per hospital. A hospital that declines a
+secure round drops out of it: its error reply names only its index and a category of reason
+(`secagg_client.public_decline_reason`), recorded as declined, not as a failure.
 """
 
 from __future__ import annotations
