@@ -183,6 +183,12 @@ class PrivacyConfig(_Strict):
     hospital_noise: Literal["central", "distributed"] = Field(
         default="central", description="hospital mode: noise added by the server after unmasking, or split "
                                        "across hospitals before masking (needs secure aggregation)")
+    min_contributors: int | None = Field(
+        default=None, ge=1, description="hospital mode: the fixed number of contributors the noise is calibrated "
+                                        "to; rounds with fewer are refused before unmasking (default 3)")
+    colluding_hospitals: int = Field(
+        default=0, ge=0, description="hospital mode, distributed noise: hospitals that may collude with the "
+                                     "server; each noise share is sized so the others alone supply it all")
 
     @model_validator(mode="after")
     def _one_noise_source(self) -> PrivacyConfig:
@@ -306,6 +312,9 @@ class StudyConfig(_Strict):
         unknown = sorted({d.hospital for d in self.testing.dropouts} - set(names))
         if unknown:
             raise ValueError(f"testing.dropouts: no hospital named {', '.join(unknown)}")
+        from fedhealth.privacy.hospital_level import check_hospital_dp
+
+        check_hospital_dp(self)  # raises ValueError naming the key to change
         if secure:
             from fedhealth.federation.secagg_params import derive_secagg_params
 

@@ -47,3 +47,114 @@ def test_updates_are_clipped_on_the_client_and_epsilon_reported(tmp_path):
     # Weights were equal (1 each), inside SecAgg+'s masked sum; record counts never went out in the clear.
     assert [r["n_train"] for r in metrics] == [None, None, None]
     assert all(r["aggregated"] for r in metrics)
+
+
+# -- the fixed minimum the noise is calibrated to (issue 14, item 7) ----------------------------------------
+
+def _hospital(*overrides: str):
+    return load_config(SMOKE, ["privacy.mode=hospital", "privacy.noise_multiplier=1.0", *overrides])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["privacy.min_contributors=4"], "only 3 hospitals take part in a round"),
+    (["privacy.min_contributors=2"], "secure aggregation releases no aggregate of fewer than 3"),
+    (["privacy.colluding_hospitals=1"], "applies only to privacy.hospital_noise = 'distributed'"),
+    (["privacy.hospital_noise=distributed", "privacy.colluding_hospitals=3"], "must be below privacy.min_contributors"),
+])
+def test_min_contributors_and_colluders_are_validated_with_the_fix(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _hospital(*overrides)
+    with pytest.raises(ConfigError, match="applies only to privacy.mode = 'hospital'"):
+        load_config(SMOKE, ["privacy.min_contributors=3"])
+    # plain aggregation may calibrate to fewer than SecAgg+'s floor of 3
+    assert _hospital("privacy.min_contributors=2", "federation.secure_aggregation.enabled=false",
+                     ).privacy.min_contributors == 2
+
+
+def test_noise_is_calibrated_to_the_announced_minimum_not_the_count_observed():
+    from fedhealth.federation.secagg_params import derive_secagg_params
+    from fedhealth.federation.server import min_contributors
+    from fedhealth.privacy.hospital_level import distributed_noise_std
+
+    # distributed: each share sigma*C/sqrt(m - k), so the m - k honest shares add up to sigma*C
+    cfg = _hospital("privacy.hospital_noise=distributed", "privacy.clipping_norm=0.5")
+    assert distributed_noise_std(cfg) == pytest.approx(0.5 / np.sqrt(3))
+    colluding = _hospital("privacy.hospital_noise=distributed", "privacy.clipping_norm=0.5",
+                          "privacy.colluding_hospitals=2")
+    assert distributed_noise_std(colluding) == pytest.approx(0.5)
+    assert derive_secagg_params(colluding).noise_std_per_hospital == pytest.approx(0.5)
+    assert min_contributors(colluding) == 3
+    # central: Flower's wrapper is told m, whatever the number aggregated
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
+
+    from fedhealth.federation.observed import ObservedStrategy
+
+    inner = DifferentialPrivacyClientSideFixedClipping(FedAvg(initial_parameters=ndarrays_to_parameters([])),
+                                                       noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=5)
+    strategy = ObservedStrategy(inner, recorder=None, shapes=[], secure=True,  # type: ignore[arg-type]
+                                min_contributors=min_contributors(_hospital()))
+    strategy._set_noise_count()
+    assert inner.num_sampled_clients == 3
+
+
+def test_a_declining_hospital_is_passed_on_not_clipped():
+    """Flower's fixedclipping_mod divides by the update's norm: a decline (zero update) crashed it."""
+    from types import SimpleNamespace
+
+    from flwr.app.message_type import MessageType
+    from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    from fedhealth.federation.wire import DECLINED_KEY
+    from fedhealth.privacy.hospital_level import clipping_mod
+
+    class Reply(SimpleNamespace):  # a Message outside a run: what the mods read and write
+        def has_error(self) -> bool:
+            return False
+
+    weights = [np.ones((2, 2), np.float32)]
+    ins = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(weights), {KEY_CLIPPING_NORM: 1.0}), True)
+    msg = SimpleNamespace(content=ins, metadata=SimpleNamespace(message_type=MessageType.TRAIN))
+    ctxt = None
+
+    def reply_with(new, metrics):
+        def app(_m, _c):
+            res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new), 0, metrics)
+            return Reply(content=compat.fitres_to_recorddict(res, True))
+        return app
+
+    out = clipping_mod(msg, ctxt, reply_with(weights, {DECLINED_KEY: "not a participant"}))
+    assert DECLINED_KEY in compat.recorddict_to_fitres(out.content, True).metrics
+    clipped = clipping_mod(msg, ctxt, reply_with([w + 3.0 for w in weights], {}))
+    from flwr.common import parameters_to_ndarrays
+
+    update = parameters_to_ndarrays(compat.recorddict_to_fitres(clipped.content, True).parameters)[0] - weights[0]
+    assert np.linalg.norm(update) == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_hospital_level_dp_with_a_declining_hospital_completes_its_round(tmp_path):
+    """Four hospitals, h3 not a participant: it declines (a dropout, its audit trail says why), the other
+    three are aggregated (m = 3), and no hospital crashed."""
+    from fedhealth.simulate import run_federation
+
+    text = ('name = "four-dp"\nseed = 5\n[model]\nname = "logreg"\n[federation]\nrounds = 1\n'
+            'participants = ["h0", "h1", "h2"]\n[privacy]\nmode = "hospital"\nnoise_multiplier = 0.0001\n'
+            '[references]\nlocal_only = false\npooled = false\nnon_private_federation = false\n' + "".join(
+                f'[[hospitals]]\nname = "h{i}"\ntier = "secondary"\nregion = "north"\nrecords = {300 + 100 * i}\n'
+                for i in range(4)))
+    path = tmp_path / "four.toml"
+    path.write_text(text)
+    cfg = load_config(path)
+    run_dir = rundir.create_run_dir(cfg, tmp_path / "run")
+    run_federation(cfg, run_dir)
+    (row,) = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
+    assert row["status"] == "aggregated" and row["hospitals_aggregated"] == [0, 1, 2], row
+    assert row["fit_failures"] == [], row["fit_failures"]
+    assert row["declined"] == [{"hospital_index": 3, "reason": "not a participant in this study", "epsilon": None}]
+    import json
+
+    (entry,) = [json.loads(line) for line in (run_dir / "audit" / "h3.jsonl").read_text().splitlines()]
+    assert entry["decision"] == "declined: hospital h3 is not in federation.participants"

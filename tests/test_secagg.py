@@ -69,8 +69,8 @@ def test_smoke_study_parameters():
     assert hospital.max_weight == 1 and hospital.clipping_range == 1.0
     distributed = derive_secagg_params(_smoke("privacy.mode=hospital", "privacy.noise_multiplier=1.0",
                                               "privacy.hospital_noise=distributed"))
-    # two shares (the threshold) of variance sigma^2 C^2 / 2 add up to the central noise
-    assert distributed.noise_std_per_hospital == pytest.approx(1 / np.sqrt(2))
+    # privacy.min_contributors (3) shares of variance sigma^2 C^2 / 3 add up to the central noise
+    assert distributed.noise_std_per_hospital == pytest.approx(1 / np.sqrt(3))
     assert distributed.clipping_range > 1.0 + 7 * distributed.noise_std_per_hospital
 
 
@@ -112,6 +112,24 @@ def test_distributed_noise_needs_hospital_mode_and_secure_aggregation():
 def test_dropout_injection_names_a_real_hospital():
     with pytest.raises(ConfigError, match="no hospital named nowhere"):
         _smoke('testing.dropouts=[{hospital = "nowhere", stage = "unmask"}]')
+
+
+def test_a_hospitals_minimum_aggregate_and_its_public_decline_reasons():
+    from fedhealth.federation.secagg_client import declined_from_error, minimum_aggregate, public_decline_reason
+    from fedhealth.privacy.policy import SitePolicy
+
+    assert minimum_aggregate(None) == 3 and minimum_aggregate(SitePolicy(min_hospitals=1)) == 3
+    assert minimum_aggregate(SitePolicy(min_hospitals=7)) == 7
+    own = ("hospital county: ledger /secure/ledgers/county.json: epsilon 5.71 would pass its cap of 5.0 "
+           "after round 3 (1,234 records); declining this round")
+    public = public_decline_reason(4, own)
+    assert public == "fedhealth-declined: hospital 4 declined this round (its privacy ledger)"
+    assert not any(part in public for part in ("/", "5.7", "1,234", "county"))
+    assert declined_from_error(f"Exception ...<'{public}'>") == (4, "its privacy ledger")
+    assert public_decline_reason(0, "epsilon 9.1 above its cap").endswith("(its privacy budget)")
+    assert public_decline_reason(0, "model 'mlp' is not allowed by the site policy").endswith("(its site policy)")
+    assert public_decline_reason(0, "something unforeseen: 42").endswith("(its own checks)")
+    assert declined_from_error("hospital 2 vanished at SecAgg+ stage 'setup'") is None
 
 
 # -- the screen on masked vectors ----------------------------------------------------------------------------
@@ -257,15 +275,16 @@ def test_dropouts_up_to_the_tolerance_still_give_the_survivors_aggregate(tmp_pat
 
 @pytest.mark.slow
 def test_beyond_the_tolerance_the_round_fails_loudly_and_the_model_is_kept(tmp_path):
-    """Round 1: three of five vanish (threshold 3): failed, model kept. Round 2: one hospital sends a
-    malformed masked vector: screened out with its reason, the other four are aggregated."""
+    """Round 1: three of five vanish (threshold 3, the study's minimum 3): failed before unmasking, model
+    kept. Round 2: one hospital sends a malformed masked vector: screened out with its reason, the other
+    four are aggregated."""
     drops = _drops(("h0", "share_keys", [1]), ("h1", "collect_masked_vectors", [1]), ("h2", "after_training", [1]),
                    ("h4", "malformed_masked_vector", [2]))
     cfg = _five(tmp_path, drops)
     run_dir = _federate(cfg, tmp_path / "run")
     first, second = _rounds(run_dir)
     assert first["status"] == "failed" and not first["aggregated"] and first["hospitals_aggregated"] == []
-    assert "could not complete" in first["failure"] and "needs 3" in first["failure"]
+    assert "only 2 hospital(s) contributed" in first["failure"] and "fewer than 3" in first["failure"]
     from fedhealth.federation.server import initial_weights
 
     for kept, start in zip(_round_weights(run_dir, 1), initial_weights(cfg), strict=True):
@@ -339,14 +358,15 @@ def test_the_server_never_holds_an_individual_update(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_distributed_hospital_noise_adds_up_to_the_central_noise(tmp_path):
-    """Three hospitals, threshold 2: each adds noise of std sigma*C/sqrt(2), so the mean of three clipped
-    updates carries std sigma*C*sqrt(3/2)/3 per coordinate; the central mechanism would add sigma*C/3."""
+    """Three hospitals, privacy.min_contributors 3, no colluders: each adds noise of std sigma*C/sqrt(3), so
+    the sum carries sigma*C and the mean of three clipped updates sigma*C/3 per coordinate, as central noise
+    calibrated to 3 would."""
     base = ["federation.rounds=1", "model.name=mlp", "privacy.mode=hospital", "privacy.hospital_noise=distributed"]
     quiet = _federate(_smoke(*base, "privacy.noise_multiplier=0.000001"), tmp_path / "quiet")
     noisy = _federate(_smoke(*base, "privacy.noise_multiplier=1.0"), tmp_path / "noisy")
     diff = np.concatenate([(a - b).ravel() for a, b in zip(_round_weights(noisy, 1), _round_weights(quiet, 1),
                                                            strict=True)])
-    expected = np.sqrt(3 / 2) / 3
+    expected = 1 / 3
     assert diff.size > 500
     assert 0.85 * expected < diff.std() < 1.15 * expected
     assert _rounds(noisy)[0]["hospital_epsilon"] > 0
@@ -354,8 +374,9 @@ def test_distributed_hospital_noise_adds_up_to_the_central_noise(tmp_path):
 
 @pytest.mark.slow
 def test_an_aggregate_of_one_hospital_is_not_released(tmp_path):
-    """Without DP, if all but one hospital decline, the 'aggregate' is that hospital's update and the next
-    global model would show it to everyone: the round fails with the reason and the model is kept."""
+    """If all but one hospital decline (each drops out of the round), the 'aggregate' would be that
+    hospital's update: the server refuses it before unmasking (no unmask request is sent), the round
+    fails with the reason, the declines are recorded by category, and the model is kept."""
     policy = 'policy = { allowed_models = ["mlp"] }\n'
     text = 'name = "lonely"\n[model]\nname = "logreg"\n[federation]\nrounds = 1\n' \
            '[references]\nlocal_only = false\npooled = false\n' + "".join(
@@ -367,7 +388,10 @@ def test_an_aggregate_of_one_hospital_is_not_released(tmp_path):
     run_dir = _federate(cfg, tmp_path / "run")
     (only,) = _rounds(run_dir)
     assert only["status"] == "failed" and "only 1 hospital(s) contributed" in only["failure"]
-    assert [d["hospital_index"] for d in only["declined"]] == [1, 2]
+    assert "no unmask request sent" in only["failure"] and only["secagg_stage_seconds"].keys() == {
+        "setup", "share_keys", "collect_masked_vectors"}
+    assert only["declined"] == [{"hospital_index": i, "reason": "its site policy", "epsilon": None} for i in (1, 2)]
+    assert only["fit_failures"] == []
     from fedhealth.federation.server import initial_weights
 
     for kept, start in zip(_round_weights(run_dir, 1), initial_weights(cfg), strict=True):

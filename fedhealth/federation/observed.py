@@ -9,7 +9,9 @@ them, so FedAvg, FedProx and FedAdam get the weights they expect.
 
 Under SecAgg+ (`secure=True`) the server never holds one hospital's update: every result carries
 the same unmasked, already weighted mean, and the clear part of each reply (hospital index,
-training loss, epsilon, declined) is what the run directory records per hospital.
+training loss, epsilon) is what the run directory records per hospital. A hospital that declines a
+secure round drops out of it: its error reply names only its index and a category of reason
+(`secagg_client.public_decline_reason`), recorded as declined, not as a failure.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ def short_error(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _declined(failure: object) -> tuple[int, str] | None:
+    """(hospital index, category) when a failure is a hospital declining the round under SecAgg+."""
+    if not isinstance(failure, BaseException):
+        return None
+    from fedhealth.federation.secagg_client import declined_from_error
+
+    return declined_from_error(_reason(failure))
+
+
 def _reason(failure: object) -> str:
     if isinstance(failure, BaseException):
         inner = failure.args[0] if failure.args else failure
@@ -71,7 +82,8 @@ class ObservedStrategy(Strategy):
     def __init__(self, inner: Strategy, recorder: RunRecorder, shapes: list[tuple[int, ...]],
                  secure: bool = False, min_contributors: int = 1, raw_updates: bool = False) -> None:
         """`min_contributors`: fewest non-declined hospitals whose updates an aggregate may be released
-        from (distributed DP needs that many noise shares). `raw_updates`: pass what hospitals send to
+        from (see `fedhealth.federation.server.min_contributors`); in hospital-level DP also the
+        fixed count the central noise is calibrated to. `raw_updates`: pass what hospitals send to
         the strategy as it is (q-FedAvg's terms), rather than adding the global model back; `shapes`
         are then the shapes of those terms."""
         self.inner = inner
@@ -96,11 +108,20 @@ class ObservedStrategy(Strategy):
             return ndarrays_to_parameters(update)
         return ndarrays_to_parameters([(g + u).astype(g.dtype) for g, u in zip(self._global, update, strict=True)])
 
-    def _set_noise_count(self, aggregated: int) -> None:
+    def _set_noise_count(self) -> None:
         if isinstance(self.inner, DifferentialPrivacyClientSideFixedClipping):
-            # Flower's wrapper calibrates noise to the number sampled and only warns when fewer reply;
-            # the mean of m clipped updates needs sigma * C / m, so tell it m.
-            self.inner.num_sampled_clients = aggregated
+            # Flower's wrapper adds sigma * C / num_sampled_clients to the mean. Calibrated to the fixed,
+            # announced minimum m (never to the count observed): the mean of n >= m clipped updates then
+            # carries noise n * sigma * C / m >= sigma * C on the sum (see fedhealth.privacy.hospital_level).
+            self.inner.num_sampled_clients = self.min_contributors
+
+    def _record_failures(self, failures: list) -> None:
+        for failure in failures:
+            declined = _declined(failure)
+            if declined:
+                self.recorder.record_declined(*declined)
+            else:
+                self.recorder.record_fit_failure(_reason(failure))
 
     # -- SecAgg+ observer -------------------------------------------------------------------------
     def masked_vector_rejected(self, index: int | None, reason: str) -> None:
@@ -111,9 +132,10 @@ class ObservedStrategy(Strategy):
 
     def secure_round_failed(self, reason: str, results: list[tuple[ClientProxy, FitRes]],
                             failures: list[BaseException]) -> None:
-        for failure in failures:
-            self.recorder.record_fit_failure(_reason(failure))
+        self._record_failures(failures)
         self._record_clear_parts(results)  # trained (and charged) but not aggregated
+        if not results and failures and all(_declined(f) for f in failures):
+            return  # every hospital declined: their right, not a failed round ("all_declined")
         self.recorder.record_round_failure(reason)
 
     def _record_clear_parts(self, results: list[tuple[ClientProxy, FitRes]]) -> list[tuple[int, ClientProxy]]:
@@ -150,20 +172,19 @@ class ObservedStrategy(Strategy):
         if problem:
             self.recorder.record_round_failure(f"the unmasked aggregate is unusable: {problem}")
             return None, {}
-        self._set_noise_count(len(contributors))
+        self._set_noise_count()
         merged = FitRes(status=Status(Code.OK, "secure aggregate"), parameters=self._weights(mean_update),
                         num_examples=1, metrics={})
         # Flower's strategy averages what it is given: the one unmasked mean stands for every contributor
         # (Flower's DP wrapper also checks that count against the hospitals it calibrated its noise to).
-        copies = len(contributors) if isinstance(self.inner, DifferentialPrivacyClientSideFixedClipping) else 1
+        copies = self.min_contributors if isinstance(self.inner, DifferentialPrivacyClientSideFixedClipping) else 1
         params, metrics = self.inner.aggregate_fit(server_round, [(p, merged) for _, p in contributors[:copies]], [])
         self.recorder.record_aggregated(params is not None)
         return params, metrics
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list
                       ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        for failure in failures:
-            self.recorder.record_fit_failure(_reason(failure))
+        self._record_failures(failures)
         if self.secure:
             return self._aggregate_secure(server_round, results)
         accepted = []
@@ -187,7 +208,12 @@ class ObservedStrategy(Strategy):
         if not accepted:
             self.recorder.record_aggregated(False)
             return None, {}
-        self._set_noise_count(len(accepted))
+        if len(accepted) < self.min_contributors:
+            self.recorder.record_round_failure(
+                f"only {len(accepted)} hospital(s) contributed an update, {self.min_contributors} are needed "
+                "(hospital-level DP noise is calibrated to privacy.min_contributors); not released")
+            return None, {}
+        self._set_noise_count()
         as_weights = [(p, FitRes(status=r.status, parameters=self._weights(parameters_to_ndarrays(r.parameters)),
                                  num_examples=r.num_examples, metrics=r.metrics)) for _, p, r in accepted]
         params, metrics = self.inner.aggregate_fit(server_round, as_weights, [])

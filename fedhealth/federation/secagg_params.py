@@ -185,12 +185,11 @@ def derive_secagg_params(cfg: StudyConfig, noise_multiplier: float | None = None
                              "clipped updates would be clipped again; remove the key")
         bound = max(clip, sa.update_bound or 0.0)
         if cfg.privacy.hospital_noise == "distributed":
-            if noise_multiplier is None:
-                from fedhealth.privacy.hospital_level import hospital_noise
+            from fedhealth.privacy.hospital_level import distributed_noise_std
 
-                noise_multiplier = hospital_noise(cfg)
-            # t hospitals' shares add up to the central noise sigma * C on the sum; more only add noise.
-            noise_std = noise_multiplier * clip / math.sqrt(t)
+            # privacy.min_contributors - privacy.colluding_hospitals honest shares add up to the noise
+            # sigma * C on the sum; more only add noise (see fedhealth.privacy.hospital_level).
+            noise_std = distributed_noise_std(cfg, noise_multiplier)
             bound += DISTRIBUTED_NOISE_TAIL * noise_std
     else:
         bound = sa.update_bound or DEFAULT_UPDATE_BOUND

@@ -8,7 +8,11 @@ logging "halted" and returning, and the study carries on as if the round had tra
 - a masked vector that is malformed (wrong number or shape of arrays, not integers, outside the
   modulus) is screened out before it touches the sum: to the protocol that hospital dropped, so the
   survivors' aggregate is still exact, and the rejection is recorded with its reason;
-- an exception inside the protocol fails the round, not the study.
+- an exception inside the protocol fails the round, not the study;
+- before unmasking, an aggregate of fewer masked vectors than the study's minimum
+  (`observer.min_contributors`, see `fedhealth.federation.server.min_contributors`) is refused and
+  no unmask request is sent. A deviating coordinator can drop this check: each hospital's own
+  check (`secagg_client`) is the one that holds; this one keeps an honest server from asking.
 The cryptography, masking and unmasking are Flower's, untouched.
 """
 
@@ -38,7 +42,13 @@ from fedhealth.federation.wire import HOSPITAL_KEY
 log = logging.getLogger(__name__)
 
 
+class AggregateRefused(RuntimeError):
+    """The server will not unmask this round's aggregate (too few hospitals sent a masked vector)."""
+
+
 class SecureRoundObserver(Protocol):
+    min_contributors: int  # fewest masked vectors the server unmasks a sum of
+
     def masked_vector_rejected(self, index: int | None, reason: str) -> None: ...
 
     def secure_round_failed(self, reason: str, results: list[tuple[ClientProxy, FitRes]],
@@ -122,15 +132,17 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
             started = time.perf_counter()
             try:
                 ok = step(screened, context, state)  # type: ignore[arg-type]
+            except AggregateRefused as refusal:
+                ok, error, refused = False, None, str(refusal)
             except Exception as err:  # noqa: BLE001 - a protocol error fails this round, not the study
                 log.exception("SecAgg+ %s stage raised", name)
-                ok, error = False, f"{type(err).__name__}: {err}"
+                ok, error, refused = False, f"{type(err).__name__}: {err}", None
             else:
-                error = None
+                error = refused = None
             seconds[name] = round(time.perf_counter() - started, 4)
             self.observer.secure_stage_seconds(seconds)
             if not ok:
-                self._halted(name, state, error)
+                self._halted(name, state, error, refused)
                 return
             if name == "share_keys":
                 self._forget_hospitals_without_shared_keys(state)
@@ -146,6 +158,24 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
         state.nid_to_neighbours = {nid: nbrs & shared for nid, nbrs in state.nid_to_neighbours.items()
                                    if nid in shared}
 
+    def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext,  # type: ignore[override]
+                                     state: WorkflowState) -> bool:
+        """Flower's stage, then the study's minimum: too few masked vectors fail the round with that
+        reason (rather than Flower's threshold message), before any unmask request is sent."""
+        ok = super().collect_masked_vectors_stage(grid, context, state)
+        self._check_minimum(state)
+        return ok
+
+    def _check_minimum(self, state: WorkflowState) -> None:
+        """AggregateRefused when fewer hospitals sent a masked vector than `observer.min_contributors`."""
+        senders = len(state.active_node_ids)
+        minimum = self.observer.min_contributors
+        if senders < minimum:
+            raise AggregateRefused(
+                f"only {senders} hospital(s) contributed an update (sent a masked vector); the study releases no "
+                f"aggregate of fewer than {minimum} (an aggregate of one is that hospital's update; hospital-level "
+                "DP noise is calibrated to privacy.min_contributors); not unmasked, no unmask request sent")
+
     def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:  # type: ignore[override]
         """Flower's unmask stage, reconstructing each secret from exactly `threshold` shares.
 
@@ -153,7 +183,10 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
         pure-Python GF(2^128) interpolation costs grow with the square of the shares given; any
         `threshold` of them determine the same secret, and supplying more verifies nothing. With
         `num_shares` 15 and threshold 8 this halves the unmask stage. The reconstruction itself is
-        Flower's `combine_shares`, swapped in only for the duration of this call."""
+        Flower's `combine_shares`, swapped in only for the duration of this call.
+
+        First, the study's minimum (`_check_minimum`), as after the collect stage."""
+        self._check_minimum(state)
         threshold = state.threshold
 
         def combine_threshold_shares(share_list: list[bytes]) -> bytes:
@@ -165,12 +198,13 @@ class SecureAggregationWorkflow(SecAggPlusWorkflow):
         finally:
             flower_secaggplus.combine_shares = combine_shares
 
-    def _halted(self, stage: str, state: WorkflowState, error: str | None) -> None:
+    def _halted(self, stage: str, state: WorkflowState, error: str | None, refused: str | None = None) -> None:
         sampled = len(state.sampled_node_ids)
         active = len(state.active_node_ids)
-        reason = (f"SecAgg+ {stage} stage could not complete: {active} of {sampled} hospitals still active, "
-                  f"each neighbourhood of {state.num_shares or self.params.num_shares} needs "
-                  f"{state.threshold or self.params.reconstruction_threshold}")
+        reason = refused or (
+            f"SecAgg+ {stage} stage could not complete: {active} of {sampled} hospitals still active, "
+            f"each neighbourhood of {state.num_shares or self.params.num_shares} needs "
+            f"{state.threshold or self.params.reconstruction_threshold}")
         if error:
             reason += f"; protocol error: {error}"
         errors = sorted({short_error(str(getattr(f.args[0] if f.args else f, 'reason', f))) for f in state.failures})

@@ -43,17 +43,23 @@ def initial_weights(cfg: StudyConfig) -> list:
 
 
 def min_contributors(cfg: StudyConfig) -> int:
-    """Fewest hospitals whose updates a secure aggregate may be released from.
+    """Fewest hospitals whose updates the server releases an aggregate of (it refuses a round below
+    this before unmasking, or in plain aggregation before aggregating).
 
-    Without DP, an aggregate of one hospital *is* its update, and the next global model would show
-    it to every hospital: at least two. Distributed DP needs `threshold` shares of the noise. With
-    record-level DP each update is private by itself, and central hospital-level noise is calibrated
-    to the hospitals aggregated, so one is enough there."""
-    if cfg.privacy.mode == "none":
-        return 2
-    if cfg.privacy.mode == "hospital" and cfg.privacy.hospital_noise == "distributed":
-        return derive_secagg_params(cfg).reconstruction_threshold
-    return 1
+    Under SecAgg+ at least 3 (`secagg_client.SECAGG_MINIMUM`): with 2, each hospital reads the other's
+    update from the sum, and an aggregate of one *is* that hospital's update. In hospital-level DP the
+    study's `privacy.min_contributors`, the fixed count its noise is calibrated to (validated to be at
+    least 3 under SecAgg+). Each hospital enforces its own minimum as well, and that is the check
+    that holds against a deviating server. Plain aggregation outside hospital-level DP keeps 1: a
+    hospital refuses plain aggregation by its policy."""
+    from fedhealth.federation.secagg_client import SECAGG_MINIMUM
+
+    floor = SECAGG_MINIMUM if cfg.federation.secure_aggregation.enabled else 1
+    if cfg.privacy.mode == "hospital":
+        from fedhealth.privacy.hospital_level import min_contributors as noise_contributors
+
+        return max(floor, noise_contributors(cfg))
+    return floor
 
 
 def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
@@ -94,7 +100,7 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     else:
         log.warning("secure aggregation is off (federation.secure_aggregation.enabled = false): "
                     "the server sees every hospital's update")
-        strategy = ObservedStrategy(inner, recorder, shapes, raw_updates=raw)
+        strategy = ObservedStrategy(inner, recorder, shapes, min_contributors=min_contributors(cfg), raw_updates=raw)
 
     def round_end(server_round: int, ctx: LegacyContext) -> None:
         params = compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
