@@ -23,6 +23,9 @@ def _study():
     # county-secondary: epsilon 4.4 after one round, 5.7 after two (delta 1e-5), so it stops at round 2
     data["hospitals"][1]["policy"] = {"max_epsilon": 5.0}
     data["hospitals"][2]["policy"] = {"max_epsilon": 1.0}  # village-clinic: cannot afford a single round
+    # Two more hospitals with the study's cap, so every round still has the 3 contributors SecAgg+ needs.
+    data["hospitals"] += [{"name": "east-secondary", "tier": "secondary", "region": "east", "records": 600},
+                          {"name": "west-community", "tier": "community", "region": "west", "records": 400}]
     return parse_config(data, "test study")
 
 
@@ -48,7 +51,7 @@ def test_budget_is_charged_composed_across_resume_and_capped(tmp_path, interrupt
         assert privacy[h.name]["epsilon"] <= cfg.epsilon_cap(i)
     assert privacy["county-secondary"]["stopped_at_round"] == 2
     # the server learns that the budget stopped it, not the hospital's cap or spending (those stay in its audit log)
-    assert privacy["county-secondary"]["stop_reason"] == "the hospital's privacy budget does not allow this round"
+    assert privacy["county-secondary"]["stop_reason"] == "its privacy budget"
     assert privacy["village-clinic"]["stopped_at_round"] == 1 and privacy["village-clinic"]["epsilon"] == 0.0
     assert privacy["city-tertiary"]["stopped_at_round"] is None
 
@@ -60,15 +63,15 @@ def test_budget_is_charged_composed_across_resume_and_capped(tmp_path, interrupt
         if r["hospital"] == "city-tertiary":
             assert r["trained"] and r["epsilon"] == pytest.approx(big[r["round"] - 1]["epsilon"])
         if r["hospital"] == "village-clinic":
-            assert not r["trained"] and "budget" in r["declined"]
+            assert not r["trained"] and r["declined"] == "its privacy budget"
     rounds = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
-    assert [r["hospitals_aggregated"] for r in rounds] == [[0, 1], [0], [0]]
+    assert [r["hospitals_aggregated"] for r in rounds] == [[0, 1, 3, 4], [0, 3, 4], [0, 3, 4]]
 
     # The utility cost of privacy: the same federation without DP ran beside it, every hospital in.
     sibling = run_dir / "sibling-no-dp"
     assert rundir.read_state(sibling)["status"] == "completed"
     assert not (sibling / rundir.PRIVACY_DIR).exists()
-    assert all(r["hospitals_aggregated"] == [0, 1, 2] for r in rundir.read_jsonl(sibling / rundir.ROUNDS_FILE))
+    assert all(r["hospitals_aggregated"] == [0, 1, 2, 3, 4] for r in rundir.read_jsonl(sibling / rundir.ROUNDS_FILE))
     assert summary["overall"]["auroc"]["federated_no_dp"] > 0.7
 
     # Each hospital's audit trail: one entry per training request, chained across the crash and resume,
