@@ -254,8 +254,11 @@ def sweep(
     epsilon: Annotated[str, typer.Option(help="target epsilons, comma-separated; inf = no DP")] = "0.5,1,2,4,8,inf",
     out: Annotated[Path | None, typer.Option(help="directory for the sibling runs, sweep.json and the figure")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: dotted.key=value")] = None,
+    audit_references: Annotated[int, typer.Option(help="reference models of each sibling's membership-inference "
+                                                       "audit (0: no audit)")] = 3,
 ) -> None:
-    """The privacy-utility curve: the same study at each target epsilon (record-level DP), side by side."""
+    """The privacy-utility curve: the same study at each target epsilon (record-level DP), side by side, each
+    sibling's final model audited by membership inference (calibrated attack AUC, 0.5 = chance)."""
     from datetime import datetime
 
     from fedhealth.sweep import parse_epsilons, run_sweep
@@ -268,19 +271,25 @@ def sweep(
         _fail(str(err))
     out = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.name}-sweep"
     console.print(f"[bold]{cfg.name}[/]: {len(epsilons)} sibling federations → {out}")
-    result = run_sweep(cfg, epsilons, out)
+    if audit_references < 0:
+        _fail(f"--audit-references {audit_references}: give 0 (no audit) or more")
+    result = run_sweep(cfg, epsilons, out, audit_references)
     table = Table(title=f"{cfg.name}: test AUROC against target epsilon (record-level DP)")
     tiers = sorted({t for p in result["points"] for t in p["by_tier"]})
-    for col in ("epsilon", "all records", "mean of hospitals", "worst hospital", *tiers):
+    audited = result["membership_inference"] is not None
+    for col in ("epsilon", "all records", "mean of hospitals", "worst hospital", *tiers,
+                *(["membership AUC"] if audited else [])):
         table.add_column(col, justify="right")
     for p in result["points"]:
+        mia = [_auc_ci(p["membership_inference"]) if p["membership_inference"] else "—"] if audited else []
         table.add_row("∞ (no DP)" if p["epsilon"] is None else f"{p['epsilon']:g}", _fmt(p["all_records_auroc"]),
                       _fmt(p["mean_hospital_auroc"]), _fmt(p["worst_hospital_auroc"]),
-                      *[_fmt(p["by_tier"].get(t)) for t in tiers])
+                      *[_fmt(p["by_tier"].get(t)) for t in tiers], *mia)
     for key in ("local_only", "pooled"):
         ref = result["references"][key]
         table.add_row(key.replace("_", "-"), _fmt(ref["all_records_auroc"]), _fmt(ref["mean_hospital_auroc"]),
-                      _fmt(ref["worst_hospital_auroc"]), *[_fmt(ref["by_tier"].get(t)) for t in tiers])
+                      _fmt(ref["worst_hospital_auroc"]), *[_fmt(ref["by_tier"].get(t)) for t in tiers],
+                      *([""] if audited else []))
     console.print(table)
     console.print(f"written: {out / 'sweep.json'}, {out / 'privacy_utility.png'}")
 
