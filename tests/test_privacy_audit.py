@@ -11,8 +11,7 @@ from fedhealth.config import load_config
 from fedhealth.privacy_audit import AUDIT_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_POOLED = ["references.pooled=false"]  # the audit needs neither reference; the report needs local-only
-NO_REFERENCES = [*NO_POOLED, "references.local_only=false"]
+NO_REFERENCES = ["references.pooled=false", "references.local_only=false"]  # the audit needs neither
 
 
 def _cli(*args: str):
@@ -52,11 +51,11 @@ def test_an_existing_audit_is_kept_unless_forced(tmp_path):
     assert _cli("audit-privacy", str(run_dir), "--references", "0", "--force").exit_code == 2
 
 
-def _audited_run(config: str, tmp_path: Path, overrides: list[str]) -> tuple[dict, dict]:
+def _audited_run(config: str, tmp_path: Path) -> tuple[dict, dict]:
     from fedhealth.privacy_audit import audit_run
     from fedhealth.simulate import simulate
 
-    cfg = load_config(ROOT / "configs" / config, overrides)
+    cfg = load_config(ROOT / "configs" / config)
     run_dir = rundir.create_run_dir(cfg, tmp_path / cfg.name)
     summary = simulate(cfg, run_dir)
     return audit_run(run_dir), summary
@@ -64,7 +63,7 @@ def _audited_run(config: str, tmp_path: Path, overrides: list[str]) -> tuple[dic
 
 @pytest.mark.slow
 def test_the_overfitting_study_leaks_membership_without_dp(tmp_path):
-    audit, _ = _audited_run("overfit.toml", tmp_path, NO_POOLED)
+    audit, _ = _audited_run("overfit.toml", tmp_path)
     overall = audit["overall"]
     calibrated = overall["attacks"]["calibrated"]
     assert calibrated["ci_low"] > 0.5 and overall["leak_detected"]  # clearly above chance
@@ -85,7 +84,7 @@ def test_the_overfitting_study_leaks_membership_without_dp(tmp_path):
 
 @pytest.mark.slow
 def test_the_same_study_at_epsilon_3_is_near_chance(tmp_path):
-    audit, summary = _audited_run("overfit-dp.toml", tmp_path, NO_REFERENCES)
+    audit, summary = _audited_run("overfit-dp.toml", tmp_path)
     assert max(h["epsilon"] for h in summary["privacy"]["hospitals"]) <= 3.0
     assert all(h["epsilon"] is not None and h["epsilon"] <= 3.0 for h in audit["hospitals"])
     for attack in audit["overall"]["attacks"].values():
