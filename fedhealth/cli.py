@@ -254,8 +254,11 @@ def sweep(
     epsilon: Annotated[str, typer.Option(help="target epsilons, comma-separated; inf = no DP")] = "0.5,1,2,4,8,inf",
     out: Annotated[Path | None, typer.Option(help="directory for the sibling runs, sweep.json and the figure")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: dotted.key=value")] = None,
+    audit_references: Annotated[int, typer.Option(help="reference models of each sibling's membership-inference "
+                                                       "audit (0: no audit)")] = 3,
 ) -> None:
-    """The privacy-utility curve: the same study at each target epsilon (record-level DP), side by side."""
+    """The privacy-utility curve: the same study at each target epsilon (record-level DP), side by side, each
+    sibling's final model audited by membership inference (calibrated attack AUC, 0.5 = chance)."""
     from datetime import datetime
 
     from fedhealth.sweep import parse_epsilons, run_sweep
@@ -268,21 +271,76 @@ def sweep(
         _fail(str(err))
     out = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.name}-sweep"
     console.print(f"[bold]{cfg.name}[/]: {len(epsilons)} sibling federations → {out}")
-    result = run_sweep(cfg, epsilons, out)
+    if audit_references < 0:
+        _fail(f"--audit-references {audit_references}: give 0 (no audit) or more")
+    result = run_sweep(cfg, epsilons, out, audit_references)
     table = Table(title=f"{cfg.name}: test AUROC against target epsilon (record-level DP)")
     tiers = sorted({t for p in result["points"] for t in p["by_tier"]})
-    for col in ("epsilon", "all records", "mean of hospitals", "worst hospital", *tiers):
+    audited = result["membership_inference"] is not None
+    for col in ("epsilon", "all records", "mean of hospitals", "worst hospital", *tiers,
+                *(["membership AUC"] if audited else [])):
         table.add_column(col, justify="right")
     for p in result["points"]:
+        mia = [_auc_ci(p["membership_inference"]) if p["membership_inference"] else "—"] if audited else []
         table.add_row("∞ (no DP)" if p["epsilon"] is None else f"{p['epsilon']:g}", _fmt(p["all_records_auroc"]),
                       _fmt(p["mean_hospital_auroc"]), _fmt(p["worst_hospital_auroc"]),
-                      *[_fmt(p["by_tier"].get(t)) for t in tiers])
+                      *[_fmt(p["by_tier"].get(t)) for t in tiers], *mia)
     for key in ("local_only", "pooled"):
         ref = result["references"][key]
         table.add_row(key.replace("_", "-"), _fmt(ref["all_records_auroc"]), _fmt(ref["mean_hospital_auroc"]),
-                      _fmt(ref["worst_hospital_auroc"]), *[_fmt(ref["by_tier"].get(t)) for t in tiers])
+                      _fmt(ref["worst_hospital_auroc"]), *[_fmt(ref["by_tier"].get(t)) for t in tiers],
+                      *([""] if audited else []))
     console.print(table)
     console.print(f"written: {out / 'sweep.json'}, {out / 'privacy_utility.png'}")
+
+
+@app.command("audit-privacy")
+def audit_privacy(
+    run_dir: Annotated[Path, typer.Argument(help="a completed simulation run directory")],
+    references: Annotated[int, typer.Option(help="reference models for the calibrated attack")] = 3,
+    seed: Annotated[int | None, typer.Option(help="seed of the reference draws and bootstrap (default: study's)")]
+    = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing privacy_audit.json")] = False,
+) -> None:
+    """Membership-inference audit of the final model: can an attacker tell a hospital's training records
+    from its held-out ones? Attack AUC per hospital and overall (0.5 = chance), written to
+    RUN_DIR/privacy_audit.json and the report. Simulation only: it needs the records themselves."""
+    from fedhealth.privacy_audit import AUDIT_FILE, AuditError, audit_run
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = audit_run(run_dir, references=references, seed=seed, force=force)
+    except (AuditError, rundir.RunDirError, ConfigError) as err:
+        _fail(str(err))
+    print_audit_table(result)
+    console.print(f"written: {run_dir / AUDIT_FILE}")
+    from fedhealth.reporting.report import REPORT_FILE
+
+    if (run_dir / REPORT_FILE).is_file():  # the run has a report: add the audit's section to it
+        _report(run_dir)
+
+
+def _auc_ci(attack: dict[str, Any]) -> str:
+    return f"{attack['auc']:.3f} [{attack['ci_low']:.3f}, {attack['ci_high']:.3f}]"
+
+
+def print_audit_table(result: dict[str, Any]) -> None:
+    """One row per hospital and one for all records: the two attacks' AUC with their intervals."""
+    level = f"{result['overall']['attacks']['loss']['confidence']:.0%}"
+    table = Table(title=f"{result['study']}: membership-inference attack AUC (0.5 = chance; {level} interval)")
+    for col in ("hospital", "members", "non-members", "epsilon", "loss attack", "calibrated attack"):
+        table.add_column(col, justify="left" if col == "hospital" else "right")
+    for h in result["hospitals"]:
+        a = h["attacks"]
+        table.add_row(h["name"], str(a["loss"]["members"]), str(a["loss"]["non_members"]), _fmt(h["epsilon"]),
+                      _auc_ci(a["loss"]), _auc_ci(a["calibrated"]))
+    table.add_section()
+    a = result["overall"]["attacks"]
+    table.add_row("all records", str(a["loss"]["members"]), str(a["loss"]["non_members"]), "",
+                  _auc_ci(a["loss"]), _auc_ci(a["calibrated"]))
+    console.print(table)
+    console.print("membership leaks measurably (an interval lies above 0.5)" if result["overall"]["leak_detected"]
+                  else "no leak measurable by these attacks at this sample size (not a proof of privacy)")
 
 
 @app.command()

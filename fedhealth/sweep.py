@@ -70,7 +70,9 @@ def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:
     }
 
 
-def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path) -> dict[str, Any]:
+def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path,
+              audit_references: int = 3) -> dict[str, Any]:
+    """`audit_references`: reference models of each sibling's membership-inference audit (0: no audit)."""
     from fedhealth.data.hospitals import load_hospital
     from fedhealth.federation.server import initial_weights
     from fedhealth.references import local_only, pooled
@@ -84,10 +86,11 @@ def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path) -> dict[str, A
                   "pooled": _scores(cfg, splits, pooled(cfg, splits, init))}
     reference_seconds = time.perf_counter() - started
     with shared_ray():  # sibling after sibling on one Ray instance
-        points = _run_points(cfg, epsilons, out, splits)
+        points = _run_points(cfg, epsilons, out, splits, audit_references)
     result = {"study": cfg.name, "dp": "record-level DP-SGD at each target epsilon (inf: no DP)",
               "points": points, "references": references, "reference_seconds": reference_seconds,
-              "membership_inference": None}
+              "membership_inference": _membership_column(points) if audit_references and not cfg.from_files
+              else None}
     rundir.write_json(out / SWEEP_FILE, result)
     from fedhealth.reporting.figures import privacy_utility
     from fedhealth.reporting.report import _save
@@ -96,7 +99,29 @@ def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path) -> dict[str, A
     return result
 
 
-def _run_points(cfg: StudyConfig, epsilons: list[float], out: Path, splits: list) -> list[dict[str, Any]]:
+def _membership(run_dir: Path, cfg: StudyConfig, references: int) -> dict[str, Any] | None:
+    """The sibling's membership-inference audit (privacy_audit.json in its directory), in brief: the calibrated
+    attack's AUC over all records with its interval, and the loss attack's. None where it cannot run."""
+    if not references or cfg.from_files:  # hospitals' own files: the records are not at hand (privacy_audit)
+        return None
+    from fedhealth.privacy_audit import audit_run
+
+    attacks = audit_run(run_dir, references=references, force=True)["overall"]["attacks"]
+    calibrated, loss = attacks["calibrated"], attacks["loss"]
+    return {"auc": calibrated["auc"], "ci_low": calibrated["ci_low"], "ci_high": calibrated["ci_high"],
+            "loss_attack_auc": loss["auc"]}
+
+
+def _membership_column(points: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"attack": "difficulty-calibrated loss attack on the final model, all hospitals' records "
+                      "(members: training, non-members: held out); 0.5 = chance",
+            "file": "privacy_audit.json in each sibling's directory",
+            "by_epsilon": [{"epsilon": p["epsilon"], **p["membership_inference"]} for p in points
+                           if p.get("membership_inference")]}
+
+
+def _run_points(cfg: StudyConfig, epsilons: list[float], out: Path, splits: list,
+                audit_references: int = 3) -> list[dict[str, Any]]:
     from fedhealth.references import federated
     from fedhealth.simulate import run_federation
 
@@ -112,6 +137,7 @@ def _run_points(cfg: StudyConfig, epsilons: list[float], out: Path, splits: list
                  if sibling.privacy.mode == "record" else None,
                  **_scores(cfg, splits, federated(cfg, splits, weights)), "seconds": time.perf_counter() - t0,
                  "run_dir": str(run_dir)}
+        point["membership_inference"] = _membership(run_dir, sibling, audit_references)
         points.append(point)
         log.warning("epsilon %s: AUROC %.4f (all records) in %.0f s", "inf" if math.isinf(eps) else f"{eps:g}",
                     point["all_records_auroc"], point["seconds"])

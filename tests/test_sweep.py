@@ -40,6 +40,10 @@ def test_a_one_point_sweep_on_the_smoke_study(tmp_path):
     result = run_sweep(cfg, [8.0], tmp_path)
     (dp,) = result["points"]
     assert dp["epsilon"] == 8.0 and dp["all_records_auroc"] > 0.5
+    mia = dp["membership_inference"]  # the sibling's membership-inference audit, in brief
+    assert 0.0 <= mia["ci_low"] <= mia["auc"] <= mia["ci_high"] <= 1.0
+    assert result["membership_inference"]["by_epsilon"] == [{"epsilon": 8.0, **mia}]
+    assert (tmp_path / "eps-8" / "privacy_audit.json").is_file()
     ledger = json.loads((tmp_path / "eps-8" / "privacy" / "city-tertiary.json").read_text())
     assert ledger["entries"][-1]["epsilon"] <= 8.0
     assert set(result["references"]) == {"local_only", "pooled"}

@@ -3,7 +3,8 @@
 One HTML page with every figure inlined (base64 PNG), no script, font or stylesheet from anywhere:
 it opens offline on a hospital laptop and can be mailed as one file. Each figure is also written as
 a PNG under `figures/` for papers and slides. Numbers in the page are read from `summary.json`,
-`metrics.jsonl`, `rounds.jsonl` and `secure_aggregation.json`, never recomputed differently.
+`metrics.jsonl`, `rounds.jsonl`, `secure_aggregation.json` and, when the run was audited,
+`privacy_audit.json`, never recomputed differently.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ def _load(run_dir: Path) -> dict[str, Any]:
                           "a report needs a run that `fedhealth simulate` completed")
     secagg = run_dir / rundir.SECAGG_FILE
     contribution = run_dir / "contribution.json"
+    from fedhealth.privacy_audit import AUDIT_FILE
+
+    membership = run_dir / AUDIT_FILE
     return {
+        "membership": json.loads(membership.read_text(encoding="utf-8")) if membership.is_file() else None,
         "contribution": json.loads(contribution.read_text(encoding="utf-8")) if contribution.is_file() else None,
         "cfg": load_config(run_dir / rundir.CONFIG_FILE),
         "summary": json.loads((run_dir / rundir.SUMMARY_FILE).read_text(encoding="utf-8")),
@@ -113,6 +118,7 @@ def build_report(run_dir: Path) -> Path:
         cfg=cfg, summary=summary, hospitals=hospitals, keys=keys, images=images, rounds=data["rounds"],
         failed=[r for r in data["rounds"] if r.get("status") == "failed"], secagg=data["secagg"],
         equity=summary.get("equity", {}), privacy=summary.get("privacy"), contribution=data["contribution"],
+        membership=data["membership"],
         labels={"local_only": "local-only", "federated": "federated", "federated_no_dp": "federated, no DP",
                 "pooled": "pooled", "best_possible": "best possible"},
         generated=time.strftime("%Y-%m-%d %H:%M", time.localtime()))
