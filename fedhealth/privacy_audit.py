@@ -131,12 +131,18 @@ def train_reference(cfg: StudyConfig, draw: StudyConfig, k: int, seed: int) -> l
     epochs = cfg.federation.rounds * t.local_epochs
     train_seed = derive_seed(seed, "membership-reference-training", k)
     if cfg.privacy.mode == "record":
-        from fedhealth.privacy.client import noise_for
-        from fedhealth.privacy.dp import train_private
+        from fedhealth.privacy.dp import calibrate_noise, dp_schedule, train_private
 
-        train_private(model, x, y, epochs=epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                      momentum=t.momentum, noise_multiplier=noise_for(cfg, len(y)),
-                      max_grad_norm=cfg.privacy.max_grad_norm, seed=train_seed)
+        # The attacker's own model, not a release: it may use any seed, and the pooled draw's own schedule.
+        schedule = dp_schedule(len(y), t.batch_size)
+        sigma = cfg.privacy.noise_multiplier
+        if sigma is None:
+            assert cfg.privacy.target_epsilon is not None
+            sigma = calibrate_noise(cfg.privacy.target_epsilon, cfg.privacy_delta(), schedule.sample_rate,
+                                    epochs * schedule.steps_per_epoch)
+        train_private(model, x, y, epochs=epochs, schedule=schedule, learning_rate=t.learning_rate,
+                      momentum=t.momentum, noise_multiplier=sigma, max_grad_norm=cfg.privacy.max_grad_norm,
+                      noise_seed=train_seed, sampling_seed=derive_seed(seed, "membership-reference-sampling", k))
     else:
         train(model, x, y, epochs=epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
               momentum=t.momentum, weight_decay=t.weight_decay, seed=train_seed)
