@@ -349,12 +349,11 @@ def test_the_cli_exits_non_zero_when_nothing_was_aggregated(tmp_path):
 
 @pytest.mark.slow
 def test_no_error_that_reaches_the_server_names_a_path_or_a_count(tmp_path):
-    """A study that declares fewer records than hospital b has: b fails every request. Before, its error text
-    (absolute data path, exact row count) reached rounds.jsonl and the operator's terminal; now the server holds
-    a category only, and the detail stays in b's own log."""
+    """Hospital b's file changes after the study was configured, so b fails every request. Before, its error
+    text (absolute data path, the file's name) reached rounds.jsonl and the operator's terminal; now the server
+    holds a category only, and the detail stays in b's own log."""
     from test_study_schema import SCHEMA, _toy_frame
 
-    from fedhealth.data.files import file_sha256
     from fedhealth.simulate import run_federation
 
     data = tmp_path / "site-data"
@@ -362,15 +361,14 @@ def test_no_error_that_reaches_the_server_names_a_path_or_a_count(tmp_path):
     (data / "schema.toml").write_text(SCHEMA)
     hospitals = ""
     for i, name in enumerate(("a", "b", "c")):
-        path = data / f"{name}-private-records.csv"
-        _toy_frame(60 + 17 * i, seed=i).to_csv(path, index=False)
-        declared = "records = 41\n" + f'data_sha256 = "{file_sha256(path)}"\n' if name == "b" else ""
-        hospitals += f'[[hospitals]]\nname = "{name}"\ndata = "{path}"\n{declared}'
+        _toy_frame(60 + 17 * i, seed=i).to_csv(data / f"{name}-private-records.csv", index=False)
+        hospitals += f'[[hospitals]]\nname = "{name}"\ndata = "{data / f"{name}-private-records.csv"}"\n'
     study = tmp_path / "study.toml"
     study.write_text(f'schema = "{data / "schema.toml"}"\n[model]\nname = "logreg"\n[federation]\nrounds = 1\n'
                      '[federation.secure_aggregation]\nenabled = false\n[references]\nlocal_only = false\n'
                      'pooled = false\n' + hospitals)
     cfg = load_config(study)
+    _toy_frame(90, seed=9).to_csv(data / "b-private-records.csv", index=False)  # b's file changes under the study
     run_dir = rundir.create_run_dir(cfg, tmp_path / "run")
     run_federation(cfg, run_dir)  # the federation alone: a simulation's own summary reads every file itself
     held = "\n".join(p.read_text(errors="replace") for p in run_dir.rglob("*")
@@ -379,8 +377,63 @@ def test_no_error_that_reaches_the_server_names_a_path_or_a_count(tmp_path):
     rounds = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
     assert rounds[0]["hospitals_aggregated"] == [0, 2]  # b took no part
     assert "do not match the study's declaration" in json.dumps(rounds)
-    for secret in (str(data), "private-records", "77 usable", "usable rows", "more than the 41"):
+    for secret in (str(data), "private-records", "SHA-256", "changed since"):
         assert secret not in held, secret
+
+
+def test_more_rows_than_declared_is_no_oracle_on_the_true_count(tmp_path):
+    """A server that varies a hospital's declared `records` gets the same kind of reply whatever the value:
+    the hospital uses at most that many rows and never errors on it (before, "has N usable rows, more than the
+    M the study declares" told the server, request by request, where the true count lies)."""
+    from test_study_schema import SCHEMA, _toy_frame
+
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "schema.toml").write_text(SCHEMA)
+    _toy_frame(77, seed=1).to_csv(data / "b.csv", index=False)
+    for declared in (40, 76, 77, 500):
+        study = tmp_path / f"s{declared}.toml"
+        study.write_text(f'schema = "{data / "schema.toml"}"\n[model]\nname = "logreg"\n'
+                         '[federation.secure_aggregation]\nenabled = false\n'
+                         + "".join(f'[[hospitals]]\nname = "{n}"\nrecords = {declared}\n' for n in "abc"))
+        cfg = load_config(study, DP)
+        node = SimpleNamespace(node_config={"hospital-name": "b"})
+        client = HospitalClient(node, SitePolicy(min_hospitals=1, require_secure_aggregation=False,
+                                                 max_delta=0.5), str(tmp_path / f"l{declared}"),
+                                data_file=str(data / "b.csv"))
+        _, n, metrics = client.fit(initial_weights(cfg), study_payload(cfg, 1, ""))
+        assert n > 0 and DECLINED_KEY not in metrics, declared
+        assert client.evaluate(initial_weights(cfg), study_payload(cfg, 1, ""))[1] >= 1
+
+
+def test_crafted_weights_that_overflow_one_records_gradient_tell_the_server_nothing(tmp_path):
+    """The attack: weights so large that a record with a high feature overflows its gradient (NaN after
+    Opacus's clipping), so the hospital errors exactly when that record is sampled. Such a model is refused
+    before anything is charged; and inside DP-SGD a non-finite per-record gradient is zeroed, not propagated."""
+    import torch
+
+    from fedhealth.models import build_model
+    from fedhealth.privacy.dp import dp_schedule, train_private
+
+    cfg = load_config(SMOKE, DP)
+    crafted = [w.copy() for w in initial_weights(cfg)]
+    crafted[0][0, 0] = 3e37
+    _, n, metrics = _village(tmp_path, cap=50.0).fit(crafted, study_payload(cfg, 1, ""))
+    assert n == 0 and "implausibly large" in metrics[DECLINED_KEY]
+    assert not (tmp_path / "village-clinic.json").exists()  # refused before the charge
+
+    x = np.zeros((64, 3), np.float32)
+    x[0, 0] = 20.0  # the one record the crafted model overflows on: its hidden unit is inf, its gradient NaN
+    y = np.zeros(64, np.float32)
+    model = build_model("mlp", 3, [4], seed=0)
+    w1, b1, w2, _ = model.parameters()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        w1[0, 0], b1[0], w2[0, 0] = 3e37, -3e37 * 0.5, 1e4
+    train_private(model, x, y, epochs=1, schedule=dp_schedule(64, 64), learning_rate=0.0, momentum=0.0,
+                  noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=1, sampling_seed=2)
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
 
 # ---- 7. hospital-level releases compose in the hospital's ledger ------------------------------------------

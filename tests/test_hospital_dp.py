@@ -98,8 +98,11 @@ def test_noise_is_calibrated_to_the_announced_minimum_not_the_count_observed():
     assert inner.num_sampled_clients == 3
 
 
-def test_a_declining_hospital_is_passed_on_not_clipped():
-    """Flower's fixedclipping_mod divides by the update's norm: a decline (zero update) crashed it."""
+@pytest.mark.parametrize("server_norm", [1.0, 1e9, None])
+def test_a_declining_hospital_is_passed_on_and_updates_are_clipped_at_the_studys_norm(server_norm):
+    """Flower's fixedclipping_mod divides by the update's norm: a decline (zero update) crashed it. And it
+    clips to whatever KEY_CLIPPING_NORM the server sends, or not at all without it: the hospital clips to
+    the study's `privacy.clipping_norm` instead (the norm its noise share and its ledger assume)."""
     from types import SimpleNamespace
 
     from flwr.app.message_type import MessageType
@@ -107,17 +110,21 @@ def test_a_declining_hospital_is_passed_on_not_clipped():
     from flwr.compat.common import recorddict_compat as compat
     from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-    from fedhealth.federation.wire import DECLINED_KEY
+    from fedhealth.config import load_config
+    from fedhealth.federation.wire import DECLINED_KEY, STUDY_KEY
     from fedhealth.privacy.hospital_level import clipping_mod
 
     class Reply(SimpleNamespace):  # a Message outside a run: what the mods read and write
         def has_error(self) -> bool:
             return False
 
+    cfg = load_config(SMOKE, ["privacy.mode=hospital", "privacy.noise_multiplier=1.0", "privacy.clipping_norm=1.0"])
+    config = {STUDY_KEY: cfg.model_dump_json(), **({} if server_norm is None else {KEY_CLIPPING_NORM: server_norm})}
     weights = [np.ones((2, 2), np.float32)]
-    ins = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(weights), {KEY_CLIPPING_NORM: 1.0}), True)
-    msg = SimpleNamespace(content=ins, metadata=SimpleNamespace(message_type=MessageType.TRAIN))
-    ctxt = None
+
+    def message():
+        ins = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(weights), dict(config)), True)
+        return SimpleNamespace(content=ins, metadata=SimpleNamespace(message_type=MessageType.TRAIN))
 
     def reply_with(new, metrics):
         def app(_m, _c):
@@ -125,9 +132,9 @@ def test_a_declining_hospital_is_passed_on_not_clipped():
             return Reply(content=compat.fitres_to_recorddict(res, True))
         return app
 
-    out = clipping_mod(msg, ctxt, reply_with(weights, {DECLINED_KEY: "not a participant"}))
+    out = clipping_mod(message(), None, reply_with(weights, {DECLINED_KEY: "not a participant"}))
     assert DECLINED_KEY in compat.recorddict_to_fitres(out.content, True).metrics
-    clipped = clipping_mod(msg, ctxt, reply_with([w + 3.0 for w in weights], {}))
+    clipped = clipping_mod(message(), None, reply_with([w + 3.0 for w in weights], {}))
     from flwr.common import parameters_to_ndarrays
 
     update = parameters_to_ndarrays(compat.recorddict_to_fitres(clipped.content, True).parameters)[0] - weights[0]

@@ -6,7 +6,8 @@ process (Ray actor, driver, resumed run) see exactly the same records without mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from fedhealth.config import HospitalConfig, StudyConfig
 from fedhealth.data.schema import ENCODED_WIDTH, encode_features
 from fedhealth.data.synthetic import HospitalProfile, generate_hospital, stratified_test_mask, train_test_split
 from fedhealth.metrics.classification import roc_auc
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,17 @@ def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha:
         raise FileNotFoundError(f"hospital {h.name!r} has no data file: give hospitals.data in the config "
                                 "(simulation) or data-file in its node config (deployment)")
     records = load_file_records(path, schema, h.name, h.data_sha256 if check_sha else None)
-    if len(records.label) > (h.records or 0):
-        # SecAgg+'s max_weight was sized from the declared count: a larger weight could overflow the sum.
-        raise ValueError(f"hospital {h.name!r}: {path} has {len(records.label)} usable rows, more than the "
-                         f"{h.records} the study declares for it; ask the study coordinator to raise its `records`")
+    declared = int(h.records or 0)
+    if len(records.label) > declared:
+        # SecAgg+'s max_weight was sized from the declared count, and DP-SGD's schedule is derived from it.
+        # Refusing would tell the server, request by request, whether its declared count is below the
+        # hospital's true count (a free oracle on it): the hospital uses its first `declared` usable rows
+        # and says so in its own log only.
+        log.warning("hospital %s: %s has %d usable rows, more than the %d the study declares for it; using the "
+                    "first %d (ask the study coordinator to raise its `records`)", h.name, path,
+                    len(records.label), declared, declared)
+        records = replace(records, values=records.values[:declared], label=records.label[:declared],
+                          is_test=None if records.is_test is None else records.is_test[:declared])
     if records.is_test is not None:
         test = records.is_test
     else:

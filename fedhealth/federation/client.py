@@ -43,6 +43,17 @@ class NonFiniteUpdateError(RuntimeError):
     """Raised instead of sending an update that holds NaN or infinite values."""
 
 
+# No model this project trains comes near it; a server that sends larger weights is crafting overflows
+# (to make one record's gradient, and so the hospital's reply, depend on whether it was sampled).
+MAX_RECEIVED_WEIGHT = 1e5
+
+
+def implausible_model(parameters: NDArrays) -> bool:
+    """Whether the global model received holds NaN, infinities or weights above MAX_RECEIVED_WEIGHT."""
+    return any(not np.all(np.isfinite(w)) or (w.size and float(np.abs(w).max()) > MAX_RECEIVED_WEIGHT)
+               for w in (np.asarray(p) for p in parameters))
+
+
 class HospitalClient(NumPyClient):
     """One hospital. `index` is its position in the study's hospital list.
 
@@ -110,18 +121,25 @@ class HospitalClient(NumPyClient):
         if participants is not None and split.hospital.name not in participants:
             # A coalition study (e.g. for contribution): this hospital evaluates but does not train.
             return self._declined(parameters, "this hospital is not in federation.participants")
+        if implausible_model(parameters):
+            # Checked before anything is charged or trained: the refusal depends on the server's input only.
+            return self._declined(parameters, "the global model received holds non-finite or implausibly "
+                                              "large weights; declining this round")
         policy = self._policy(cfg)
         secure = bool(config.get(SECURE_KEY, False))
+        from fedhealth.privacy.client import public_train_records
+
         violation = policy_violation(
             policy, model=cfg.model.name, dp_mode=cfg.privacy.mode, delta=cfg.privacy_delta(),
             hospitals_per_round=hospitals_per_round(len(cfg.hospitals), cfg.federation.strategy.fraction_fit),
-            secure=secure, records=len(split.y_train))
+            # the declared size, never the true count: the refusal must not tell the server how many records
+            secure=secure, records=public_train_records(cfg, self.index))
         if violation:
             return self._declined(parameters, f"{violation}; declining this round")
         shared: dict[str, Scalar] = {}
         local: dict[str, Scalar] = {}
         if cfg.privacy.mode == "record":
-            from fedhealth.privacy.client import public_train_records, train_with_budget
+            from fedhealth.privacy.client import train_with_budget
 
             # The server's ledger location is for simulation only: in deployment it is not the hospital's disk.
             ledger_dir = self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if self.simulated else "")
@@ -161,7 +179,12 @@ class HospitalClient(NumPyClient):
                 if not secure:  # under SecAgg+ the record count travels only inside the masked sum
                     shared["n_train"] = len(split.y_train)
         bad = [i for i, w in enumerate(weights) if not np.all(np.isfinite(w))]
-        if bad:
+        if bad and cfg.privacy.mode == "hospital":
+            # An error here would tell the server something about the records outside the DP release; a zero
+            # update is within the clipping norm, so sending it is covered by hospital-level DP.
+            log.warning("hospital %s: non-finite update in round %d; sending a zero update", self.index, server_round)
+            weights, local = [np.array(p, copy=True) for p in parameters], {**local, "non_finite_update": 1}
+        elif bad:
             raise NonFiniteUpdateError(
                 f"hospital {split.hospital.name}: update has non-finite values in parameter arrays {bad} "
                 f"(round {server_round}); not sending it. Lower training.learning_rate."
@@ -189,17 +212,23 @@ class HospitalClient(NumPyClient):
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
         """Figures of the global model on this hospital's held-out test records.
 
-        These leave the hospital under every mode and no DP covers them: the test records never enter
-        training, and epsilon is about training records. Under DP the weight is the study's public
-        test-set size (declared records minus the public training size), not the exact count."""
+        These leave the hospital under every mode and no DP covers them (see docs/threat-model.md: the
+        server chooses the split and the models evaluated, so evaluation is a query channel a site that
+        must not expose it closes with its policy's `share_evaluation = false`). The weight is the
+        study's public test-set size (declared records minus the public training size), not the count."""
+        from fedhealth.federation.guard import HospitalRefusal
+        from fedhealth.privacy.client import public_train_records
         from fedhealth.training import evaluate
 
         cfg, split, model = self._model(config, parameters)
+        policy = self._policy(cfg)
+        if policy is not None and not policy.share_evaluation:
+            raise HospitalRefusal("this hospital's site policy does not share evaluation figures")
+        if implausible_model(parameters):
+            raise HospitalRefusal("the global model received holds non-finite or implausibly large weights")
         m = evaluate(model, split.x_test, split.y_test)
         n = m.n
-        if cfg.privacy.mode != "none" and cfg.hospitals[self.index].records is not None:
-            from fedhealth.privacy.client import public_train_records
-
+        if cfg.hospitals[self.index].records is not None:
             n = max(1, int(cfg.hospitals[self.index].records) - public_train_records(cfg, self.index))
         return m.loss, n, {HOSPITAL_KEY: self.index, "auroc": m.auroc, "auprc": m.auprc,
                            "accuracy": m.accuracy, "brier": m.brier}

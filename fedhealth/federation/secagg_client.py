@@ -305,9 +305,10 @@ def _unmask(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
     configs = msg.content.config_records[RECORD_KEY_CONFIGS]
     active = [int(n) for n in configs.get(Key.ACTIVE_NODE_ID_LIST, [])]
     dropped = [int(n) for n in configs.get(Key.DEAD_NODE_ID_LIST, [])]
-    problem = None
+    problem, category = None, ""
     if guard.get("declined") or not guard.get("sent"):
         problem = "this hospital declined or sent no masked vector in this round, so it helps unmask nothing"
+        category = "it declined or sent nothing this round"
     else:
         me, minimum = int(guard["node"]), int(guard["minimum"])
         known = set(guard.get("peers", [])) | {me}
@@ -315,18 +316,22 @@ def _unmask(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
         if overlap:
             problem = (f"nodes {overlap} are listed both active and dropped: that would release both secrets of "
                        "each (its private-mask seed and its pairwise-mask key), unmasking its update alone")
+            category = "nodes listed both active and dropped"
         elif me not in active:
             problem = "this hospital sent its masked vector but is not in the active list"
+            category = "it is not in the active list"
         elif not set(active) | set(dropped) <= known:
             problem = (f"nodes {sorted(set(active) | set(dropped) - known)} never exchanged keys with this "
                        "hospital in this round")
+            category = "nodes that never exchanged keys with it"
         elif len(set(active)) < minimum:
             problem = (f"the aggregate would hold {len(set(active))} hospitals, fewer than this hospital's "
                        f"minimum {minimum}")
+            category = "fewer contributors than its minimum aggregate"
     if problem:
-        reason = f"refusing to unmask: {problem}"
-        log.warning("%s", reason)
-        return _refuse(msg, reason)
+        # The detail (node ids, its minimum) stays in the hospital's log; the server reads the category only.
+        log.warning("refusing to unmask: %s", problem)
+        return _refuse(msg, f"refusing to unmask: {category}")
     guard["sent"] = False  # one unmask reply per round (Flower's stage order also enforces it)
     return secaggplus_mod(msg, ctxt, call_next)
 

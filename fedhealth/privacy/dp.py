@@ -76,6 +76,27 @@ def calibrate_noise(target_epsilon: float, delta: float, q: float, steps: int) -
                                       steps=steps, accountant="rdp", epsilon_tolerance=0.005))
 
 
+def _zero_non_finite_samples(params: list[nn.Parameter]) -> None:
+    """Zero every per-sample gradient that holds a NaN or an infinity, before clipping.
+
+    Why: Opacus clips by `C / (norm + 1e-6)`, which for an infinite norm is 0, and 0 x inf is NaN; a
+    server that crafts weights so that one record's gradient overflows would then see the hospital fail
+    (or send NaN) exactly when that record was sampled: an uncharged, un-noised bit about one record.
+    A zeroed row contributes nothing, well within the clipping bound, so the guarantee is unchanged."""
+    rows = None
+    for p in params:
+        g = getattr(p, "grad_sample", None)
+        if g is None or len(g) == 0:
+            continue
+        finite = torch.isfinite(g.reshape(len(g), -1)).all(dim=1)
+        rows = finite if rows is None else rows & finite
+    if rows is None or bool(rows.all()):
+        return
+    for p in params:
+        if getattr(p, "grad_sample", None) is not None and len(p.grad_sample):
+            p.grad_sample[~rows] = 0.0
+
+
 def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, schedule: DPSchedule,
                   learning_rate: float, momentum: float, noise_multiplier: float, max_grad_norm: float,
                   noise_seed: int, sampling_seed: int) -> tuple[TrainResult, int]:
@@ -120,6 +141,7 @@ def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int
                 loss = loss_fn(private_model(xt[idx]), yt[idx])
                 losses.append(float(loss.detach()))
                 loss.backward()
+                _zero_non_finite_samples(params)
             else:  # an empty Poisson batch: no gradient, the step adds the noise alone
                 for p in params:
                     p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)

@@ -115,16 +115,23 @@ def check_hospital_dp(cfg: StudyConfig) -> None:
 
 
 def clipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-    """Flower's fixedclipping_mod, applied to the training messages that ask for clipping (hospital mode).
+    """Flower's fixedclipping_mod on every training message of a hospital-level DP study, at the study's
+    `privacy.clipping_norm` (whatever clipping key the server sends or leaves out).
 
     A hospital that declines the round (or sends the model back unchanged) has a zero update, whose
     norm Flower divides by: it is passed on as it is, never clipped (there is nothing to clip), so a
     decline reaches `secure_aggregation_mod` as a decline (a dropout) instead of a crash."""
-    if msg.metadata.message_type != MessageType.TRAIN:
+    if msg.metadata.message_type != MessageType.TRAIN or "fitins.config" not in msg.content.config_records:
         return call_next(msg, ctxt)
+    from fedhealth.federation.wire import study_from_payload
+
     fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    if KEY_CLIPPING_NORM not in fit_ins.config:
+    cfg = study_from_payload(fit_ins.config)
+    if cfg.privacy.mode != "hospital":
         return call_next(msg, ctxt)
+    # The norm the noise share and the ledger entry assume, never a separate key the server could omit or
+    # inflate (Flower's mod would clip to whatever `KEY_CLIPPING_NORM` says, or not at all).
+    msg.content.config_records["fitins.config"][KEY_CLIPPING_NORM] = float(cfg.privacy.clipping_norm)
     reply = call_next(msg, ctxt)
     if reply.has_error():
         return reply

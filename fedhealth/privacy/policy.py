@@ -32,6 +32,8 @@ class SitePolicy(BaseModel):
         description="largest delta the hospital accepts; unset: 1 / (10 x its training records)")
     allowed_models: list[Literal["logreg", "mlp"]] | None = None
     min_hospitals: int = Field(default=3, ge=1, description="fewest hospitals an aggregate may hold")
+    share_evaluation: bool = Field(
+        default=True, description="send held-out test figures (not covered by DP; the server picks the models)")
     require_secure_aggregation: bool = Field(
         default=True, description="send updates only under SecAgg+ (masked); false allows plain aggregation")
 
@@ -82,9 +84,17 @@ def policy_violation(policy: SitePolicy | None, *, model: str, dp_mode: str, del
     return None
 
 
+DEFAULT_MAX_EPSILON = 10.0  # a policy without max_epsilon: the study's cap, but never above this
+
+
 def effective_cap(policy: SitePolicy | None, study_default: float) -> float:
-    """The hospital's epsilon cap: its policy's when it sets one (the server cannot raise it), else the study's."""
-    return policy.max_epsilon if policy is not None and policy.max_epsilon is not None else study_default
+    """The hospital's epsilon cap: its policy's when it sets one (the server cannot raise it); a policy (or a
+    deployed hospital's default policy) that sets none takes the study's cap, but at most DEFAULT_MAX_EPSILON,
+    so a server cannot lift a hospital's cap by sending a large `privacy.max_epsilon`. A simulated hospital
+    without any policy takes the study's cap."""
+    if policy is None:
+        return study_default
+    return policy.max_epsilon if policy.max_epsilon is not None else min(study_default, DEFAULT_MAX_EPSILON)
 
 
 def hospitals_per_round(n_hospitals: int, fraction_fit: float) -> int:
