@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from fedhealth import durable
+
 CONFIG_FILE = "config.resolved.toml"
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.jsonl"
@@ -68,15 +70,8 @@ def _nan_to_none(obj: Any) -> Any:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace `path` atomically and durably (fsync'ed; see fedhealth.durable), readable as before (0644)."""
+    durable.atomic_write_text(path, text, mode=0o644)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -48,7 +48,6 @@ import ipaddress
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -60,6 +59,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedhealth.durable import atomic_write_bytes
 
 CURVE = ec.SECP384R1  # Flower's node-auth keys are P-384; the TLS keys use the same curve
 SIGNATURE_HASH = hashes.SHA384  # the hash that matches a P-384 key's strength
@@ -201,18 +202,8 @@ def _make_private_dir(path: Path) -> None:
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically (temp file, fsync, rename) with `mode` set before any byte lands on disk."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically and durably with `mode` set before any byte lands on disk (see fedhealth.durable)."""
+    atomic_write_bytes(path, data, mode)
 
 
 def _pem_private(key: ec.EllipticCurvePrivateKey) -> bytes:
