@@ -164,4 +164,4 @@ def test_hospital_level_dp_with_a_declining_hospital_completes_its_round(tmp_pat
     import json
 
     (entry,) = [json.loads(line) for line in (run_dir / "audit" / "h3.jsonl").read_text().splitlines()]
-    assert entry["decision"] == "declined: hospital h3 is not in federation.participants"
+    assert entry["decision"] == "declined: this hospital is not in federation.participants"

@@ -378,7 +378,8 @@ def test_distributed_hospital_noise_adds_up_to_the_central_noise(tmp_path):
 def test_an_aggregate_of_one_hospital_is_not_released(tmp_path):
     """If all but one hospital decline (each drops out of the round), the 'aggregate' would be that
     hospital's update: the server refuses it before unmasking (no unmask request is sent), the round
-    fails with the reason, the declines are recorded by category, and the model is kept."""
+    fails with the reason, the declines are recorded by category, and the model is kept. With no other
+    round, nothing was ever aggregated: the study itself fails (NothingAggregated), naming the declines."""
     policy = 'policy = { allowed_models = ["mlp"] }\n'
     text = 'name = "lonely"\n[model]\nname = "logreg"\n[federation]\nrounds = 1\n' \
            '[references]\nlocal_only = false\npooled = false\n' + "".join(
@@ -387,7 +388,11 @@ def test_an_aggregate_of_one_hospital_is_not_released(tmp_path):
     path = tmp_path / "lonely.toml"
     path.write_text(text)
     cfg = load_config(path)
-    run_dir = _federate(cfg, tmp_path / "run")
+    from fedhealth.federation.server import NothingAggregated
+
+    with pytest.raises(NothingAggregated, match="its site policy"):
+        _federate(cfg, tmp_path / "run")
+    run_dir = tmp_path / "run"
     (only,) = _rounds(run_dir)
     assert only["status"] == "failed" and "only 1 hospital(s) contributed" in only["failure"]
     assert "no unmask request sent" in only["failure"] and only["secagg_stage_seconds"].keys() == {
