@@ -88,6 +88,8 @@ def training_settings(cfg: StudyConfig, index: int, cap: float) -> dict:
 def _study_epsilon(ledger: PrivacyLedger, study: str) -> float:
     """Epsilon of this study's releases alone: a public function of its config and rounds, so it may leave."""
     own = ledger.study_entries(study)
+    if own and len(own) == len(ledger.history("record")):  # only this study: the ledger's own figure
+        return own[-1].epsilon
     return epsilon_of([(e.noise_multiplier, e.sample_rate, e.steps) for e in own], ledger.delta)
 
 

@@ -41,6 +41,9 @@ from fedhealth.durable import atomic_write_text
 
 ACCOUNTANT = "rdp"
 UNITS = ("record", "hospital")
+# Ledgers whose epsilon this process already recomputed (or wrote), by (path, last chain hash): the chain
+# check runs on every read, the RDP recomputation (the costly part) once per ledger state and process.
+_verified: set[tuple[str, str]] = set()
 
 
 class LedgerError(ValueError):
@@ -105,7 +108,7 @@ class PrivacyLedger:
     to hold the lock from a charge until its release is stored."""
 
     def __init__(self, path: Path, hospital: str, cap: float, delta: float,
-                 hospital_cap: float = math.inf) -> None:
+                 hospital_cap: float = math.inf, *, load: bool = True) -> None:
         self.path = path
         self.hospital = hospital
         self.cap = cap
@@ -113,7 +116,8 @@ class PrivacyLedger:
         self.delta = delta
         self.entries: list[LedgerEntry] = []
         self._lock_fd: int | None = None
-        self._load()
+        if load:
+            self._load()
 
     # ---- reading and verifying ----
     def _load(self) -> None:
@@ -147,6 +151,8 @@ class PrivacyLedger:
                                   f"round {entry.round}; refusing to train until it is restored")
             previous, last_round[track] = entry.chain, entry.round
             keys.add(entry.release)
+        if self.entries and (str(self.path), self.entries[-1].chain) in _verified:
+            return
         for unit in UNITS:
             own = [e for e in self.entries if e.unit == unit]
             if own:
@@ -154,6 +160,8 @@ class PrivacyLedger:
                 if not math.isclose(recomputed, own[-1].epsilon, rel_tol=1e-9, abs_tol=1e-12):
                     raise LedgerError(f"{self.path}: hospital {self.hospital!r}: recorded epsilon "
                                       f"{own[-1].epsilon} does not follow from its steps ({recomputed})")
+        if self.entries:
+            _verified.add((str(self.path), self.entries[-1].chain))
 
     def history(self, unit: str = "record") -> list[tuple[float, float, int]]:
         return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.entries if e.unit == unit]
@@ -203,7 +211,7 @@ class PrivacyLedger:
     def locked(cls, path: Path, hospital: str, cap: float, delta: float,
                hospital_cap: float = math.inf) -> Iterator[PrivacyLedger]:
         """The ledger with its lock held for the whole block (charge, train, store the release)."""
-        ledger = cls(path, hospital, cap, delta, hospital_cap)
+        ledger = cls(path, hospital, cap, delta, hospital_cap, load=False)  # read under the lock only
         with ledger._exclusive():
             yield ledger
 
@@ -240,6 +248,7 @@ class PrivacyLedger:
             entry = replace(entry, chain=_chain(self.entries[-1].chain if self.entries else "", entry))
             self.entries.append(entry)
             self._save()
+            _verified.add((str(self.path), entry.chain))  # its epsilon was computed just now
             return entry
 
     def _save(self) -> None:
