@@ -57,6 +57,18 @@ def _audited_run(config: str, tmp_path: Path) -> tuple[dict, dict]:
 
     cfg = load_config(ROOT / "configs" / config)
     run_dir = rundir.create_run_dir(cfg, tmp_path / cfg.name)
+    if cfg.privacy.mode == "record":
+        # The test plays the hospitals and provisions their secrets itself, so the DP noise (each hospital's
+        # own, from OS entropy in a real run) is one reproducible draw rather than a new one every run.
+        import hashlib
+
+        from fedhealth.privacy.secret import secret_path
+
+        for h in cfg.hospitals:
+            path = secret_path(run_dir / rundir.PRIVACY_DIR, h.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(hashlib.sha256(f"test secret of {h.name}".encode()).digest())
+            path.chmod(0o600)
     summary = simulate(cfg, run_dir)
     return audit_run(run_dir), summary
 
