@@ -196,6 +196,17 @@ def _iso(moment: datetime) -> str:
 # ---------------------------------------------------------------- writing files
 
 
+def _refuse_to_overwrite(root: Path, files: Sequence[Path | str], force: bool, what: str, fix: str) -> None:
+    """PKIError unless `root` can take `files`: a directory (or nothing yet) holding none of them, or `force`."""
+    if root.exists() and not root.is_dir():
+        raise PKIError(f"{root}: exists and is not a directory; choose another --out")
+    existing = [str(root / f) for f in files if (root / f).exists()]
+    if existing and not force:
+        raise PKIError(f"{root}: {what} already there ({', '.join(existing[:3])}"
+                       f"{', ...' if len(existing) > 3 else ''}); refusing to overwrite keys that may be in use"
+                       f"{'. ' if fix[:1].isupper() else ' '}{fix}")
+
+
 def _make_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)  # mkdir's mode is masked by the umask, and an existing directory keeps its own
@@ -271,16 +282,9 @@ def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SE
         raise PKIError(f"server names {names} contain a duplicate; list each name once")
     if days < 1:
         raise PKIError(f"days={days}: certificates must be valid for at least 1 day")
-    if root.exists() and not root.is_dir():
-        raise PKIError(f"{root}: exists and is not a directory; choose another --out")
-
-    targets = [Path(MANIFEST), CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY]
-    existing = [str(root / t) for t in targets if (root / t).exists()]
-    if existing and not force:
-        raise PKIError(f"{root}: a study PKI is already there ({', '.join(existing[:3])}"
-                       f"{', ...' if len(existing) > 3 else ''}); refusing to overwrite keys that may be in use. "
-                       "Choose another --out, or pass --force to replace them (every hospital then needs "
-                       "the new CA)")
+    _refuse_to_overwrite(root, [Path(MANIFEST), CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY], force,
+                         "a study PKI is", "Choose another --out, or pass --force to replace them (every hospital "
+                         "then needs the new CA)")
 
     if not root.exists():
         _make_private_dir(root)
@@ -349,16 +353,10 @@ def init_hospital_keys(out_dir: str | Path, hospital: str, *, force: bool = Fals
     """
     _check_hospital_names([hospital])
     root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise PKIError(f"{root}: exists and is not a directory; choose another --out")
-    files = (NODE_PRIVATE_KEY, NODE_PUBLIC_KEY, AUDIT_PRIVATE_KEY, AUDIT_PUBLIC_KEY, APPROVAL_PRIVATE_KEY,
-             APPROVAL_PUBLIC_KEY, TRUSTED_ENTITIES, HOSPITAL_MANIFEST)
-    existing = [str(root / f) for f in files if (root / f).exists()]
-    if existing and not force:
-        raise PKIError(f"{root}: hospital keys are already there ({', '.join(existing[:3])}"
-                       f"{', ...' if len(existing) > 3 else ''}); refusing to overwrite keys that may be in use "
-                       "(a new SuperNode key must be registered again, a new audit key starts a new log). Choose "
-                       "another --out, or pass --force to replace them")
+    _refuse_to_overwrite(root, [NODE_PRIVATE_KEY, NODE_PUBLIC_KEY, AUDIT_PRIVATE_KEY, AUDIT_PUBLIC_KEY,
+                                APPROVAL_PRIVATE_KEY, APPROVAL_PUBLIC_KEY, TRUSTED_ENTITIES, HOSPITAL_MANIFEST],
+                         force, "hospital keys are", "(a new SuperNode key must be registered again, a new audit key "
+                         "starts a new log). Choose another --out, or pass --force to replace them")
     if not root.exists():
         _make_private_dir(root)
 
