@@ -43,6 +43,7 @@ BIN = ROOT / ".venv" / "bin"
 DATA = ROOT / "configs" / "data" / "heart-disease"
 STUDY = "configs/deployment/heart-disease.toml"  # relative to the project: the ServerApp reads it from the FAB
 HOSPITALS = {"cleveland": "cleveland.csv", "hungary": "hungary.csv", "va-long-beach": "va_long_beach.csv"}
+LATE_JOINER = {"switzerland": "switzerland.csv"}  # joins the federation in one test only
 pytestmark = pytest.mark.slow
 # The app version the hospitals approved: published in the operator's registry, signed by each hospital's own key.
 APP_SPEC = "@fedhealth/fedhealth=={version}"
@@ -197,7 +198,8 @@ def _make_site(root: Path, name: str) -> Site:
     site = Site(name, root / name)
     site.root.mkdir(parents=True)
     init_hospital_keys(site.keys, name)
-    shutil.copy(DATA / HOSPITALS.get(name, "cleveland.csv"), site.data)  # 'rogue' impersonates a real site
+    # 'rogue' impersonates a real site with cleveland's file
+    shutil.copy(DATA / {**HOSPITALS, **LATE_JOINER}.get(name, "cleveland.csv"), site.data)
     site.data.chmod(0o444)  # the SuperNode only reads it
     shutil.copy(DATA / "schema.toml", site.root / "schema.toml")
     policy = ROOT / "configs" / "deployment" / f"policy-{name}.toml"
@@ -578,6 +580,79 @@ def test_a_hospital_that_never_connects_stops_the_study_after_the_wait_with_noth
     status = _run([str(BIN / "fedhealth"), "status", str(out)])
     assert status.returncode == 1 and "only 3 of 4 hospitals connected" in status.stdout, status.stdout
     assert hospital_files() == before  # nothing trained, nothing charged, nothing sent
+
+
+def test_an_aggregate_below_a_hospitals_minimum_after_a_dropout_releases_nothing_of_it(deployment):
+    """A fourth hospital joins (registered, its own keys, approval and policy) and takes part in SecAgg+ key
+    sharing, then declines at training (its policy allows only the MLP): a real dropout after key sharing.
+    Three masked vectors meet the study's minimum of 3, so the honest coordinator asks for unmasking; but
+    cleveland's data-protection officer has raised its minimum aggregate to 4 (the policy file is read each
+    round). Cleveland refuses to unmask, and with reconstruction threshold 3 the two others' shares are too
+    few to remove any mask: the round fails, nothing is aggregated, and the server never reads cleveland's
+    minimum (only the category of its refusal)."""
+    from fedhealth.security.app_trust import Registry, sign_fab
+    from fedhealth.security.certs import add_hospital_public_key, approval_key_id
+
+    _ensure_hospitals_online(deployment)
+    name = "switzerland"
+    site = deployment.sites[name] = _make_site(deployment.root, name)
+    (site.root / "policy.toml").write_text('max_epsilon = 5.0\nmax_delta = 1e-5\nallowed_models = ["mlp"]\n')
+    add_hospital_public_key(deployment.pki, name, site.pub)
+    registered = _run(["bash", "scripts/deploy_server.sh", "register", "--pki", str(deployment.pki),
+                       "--hospital", name], FLWR_HOME=str(deployment.cli_home))
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    registry = Registry(deployment.registry)
+    fab_path, _ = registry.lookup("@fedhealth/fedhealth", deployment.app_spec.rpartition("==")[2])
+    registry.add_signature(sign_fab(fab_path.read_bytes(), site.keys / "app_approval", approval_key_id(name)))
+
+    cleveland = deployment.sites["cleveland"]
+    policy = cleveland.root / "policy.toml"
+    kept = policy.read_text()
+    study = _study_file(deployment.root, rounds=1)
+    text = study.read_text().replace('name = "heart-disease-deployment"', 'name = "heart-disease-dropout"', 1)
+    text += '\n[[hospitals]]\nname = "switzerland"\nrecords = 123\ntier = "secondary"\nregion = "Zurich, CH"\n'
+    study = study.with_name("study-with-a-dropout.toml")
+    study.write_text(text)
+    out = deployment.root / "server" / "runs" / "dropout"
+    node = deployment.start_hospital(site)
+    try:
+        wait_until(lambda: "SuperNode ID:" in node.output() or not node.running(), 180, 0.5, f"{name} activated")
+        assert node.running(), node.output()[-3000:]
+        policy.write_text(kept.replace("min_hospitals = 3", "min_hospitals = 4"))
+        assert "min_hospitals = 4" in policy.read_text()
+        started = time.perf_counter()
+        submit = deployment.start("submit-dropout", ["bash", "server/entrypoint.sh", "run", str(out)],
+                                  deployment.cli_home, [], FEDHEALTH_STUDY=str(study),
+                                  FEDHEALTH_APP=deployment.app_spec)
+        assert submit.wait(480) == 1, submit.output()[-4000:] + deployment.logs()
+        print(f"\n[deployment] 4 hospitals, one dropped out after key sharing, aggregate refused by the hospital "
+              f"with the higher minimum: {time.perf_counter() - started:.0f} s")
+    finally:
+        policy.write_text(kept)
+        node.stop()
+
+    state = json.loads((out / "state.json").read_text())
+    assert state["status"] == "failed" and "NothingAggregated" in state["error"], state
+    (round_one,) = _lines(out / "rounds.jsonl")
+    assert round_one["status"] == "failed" and round_one["hospitals_aggregated"] == [], round_one
+    assert round_one["hospitals_trained"] == [0, 1, 2], round_one
+    assert round_one["failure"].startswith("SecAgg+ unmask stage could not complete"), round_one["failure"]
+    assert round_one["declined"] == [{"hospital_index": 3, "reason": "its site policy", "epsilon": None}]
+    # the server reads the category of cleveland's refusal, never its minimum
+    assert round_one["fit_failures"] == ["refusing to unmask: fewer contributors than its minimum aggregate"]
+    # nothing was unmasked: the round's checkpoint is the global model every hospital was sent, unchanged
+    from fedhealth import rundir
+    from fedhealth.privacy.audit import hash_arrays
+
+    sent = _lines(cleveland.audit)[-1]
+    assert sent["decision"] == "sent" and sent["round"] == 1 and sent["update_sha256"], sent
+    kept_model = hash_arrays(rundir.load_weights(rundir.checkpoint_path(out, 1))[0])
+    assert kept_model == sent["global_model_sha256"]
+    # the hospital that dropped out trained and spent nothing; the full reason stays in its own audit log
+    assert not list(site.ledger.glob("*.json")), sorted(p.name for p in site.ledger.glob("*"))
+    (refusal,) = _lines(site.audit)
+    assert refusal["update_sha256"] is None and refusal["epsilon_charged"] == 0.0, refusal
+    assert refusal["decision"] == "declined: model 'logreg' is not allowed by the site policy; declining this round"
 
 
 # ---------------------------------------------------------------- who reaches the Control API, which code runs
