@@ -4,6 +4,6 @@ import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from fedhealth.federation.client import build_client_app  # noqa: E402
+from fedhealth.hospital.app import build_client_app  # noqa: E402
 
 app = build_client_app()

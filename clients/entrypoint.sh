@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Entrypoint of the hospital image (clients/Dockerfile): scripts/deploy_hospital.sh with the container's
+# Entrypoint of the hospital image (clients/Dockerfile): clients/deploy.sh with the container's
 # mount points as defaults. Set FEDHEALTH_HOSPITAL (the hospital's name in the study) and FEDHEALTH_SUPERLINK
 # (HOST:PORT of the study's SuperLink); override any other FEDHEALTH_* variable, or pass options, as
 # deploy_hospital.sh --help describes. Outside a container it runs the same way from a checkout.
@@ -14,4 +14,4 @@ set -euo pipefail
 : "${FLWR_HOME:=/var/lib/fedhealth/flwr-home}"
 export FEDHEALTH_DATA FEDHEALTH_SCHEMA FEDHEALTH_POLICY FEDHEALTH_CA FEDHEALTH_KEY FEDHEALTH_LEDGER_DIR \
   FEDHEALTH_AUDIT_LOG FLWR_HOME
-exec bash "$(dirname "${BASH_SOURCE[0]}")/../scripts/deploy_hospital.sh" "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../clients/deploy.sh" "$@"

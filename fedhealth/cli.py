@@ -18,8 +18,8 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from fedhealth import rundir  # noqa: E402
-from fedhealth.config import ConfigError, StudyConfig, load_config  # noqa: E402
+from fedhealth.runs import rundir  # noqa: E402
+from fedhealth.study.config import ConfigError, StudyConfig, load_config  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Privacy-preserving federated learning across hospitals.")
@@ -99,9 +99,9 @@ def simulate(
     """Simulate a federation of hospitals on Flower's simulation engine and write a run directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedhealth.simulate import SimulationError
-    from fedhealth.simulate import simulate as run
-    from fedhealth.tracking import TrackingError
+    from fedhealth.experiments.simulate import SimulationError
+    from fedhealth.experiments.simulate import simulate as run
+    from fedhealth.runs.tracking import TrackingError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -210,7 +210,7 @@ def contribution(
     Simulation only: in a deployment every coalition would spend its members' privacy budget again."""
     from datetime import datetime
 
-    from fedhealth.contribution import estimate_contributions
+    from fedhealth.experiments.contribution import estimate_contributions
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config, list(set_ or []))
@@ -261,7 +261,7 @@ def sweep(
     sibling's final model audited by membership inference (calibrated attack AUC, 0.5 = chance)."""
     from datetime import datetime
 
-    from fedhealth.sweep import parse_epsilons, run_sweep
+    from fedhealth.experiments.sweep import parse_epsilons, run_sweep
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config, list(set_ or []))
@@ -305,7 +305,7 @@ def audit_privacy(
     """Membership-inference audit of the final model: can an attacker tell a hospital's training records
     from its held-out ones? Attack AUC per hospital and overall (0.5 = chance), written to
     RUN_DIR/privacy_audit.json and the report. Simulation only: it needs the records themselves."""
-    from fedhealth.privacy_audit import AUDIT_FILE, AuditError, audit_run
+    from fedhealth.experiments.privacy_audit import AUDIT_FILE, AuditError, audit_run
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -371,8 +371,8 @@ def validate(
     every file is usable, 1 when one is not, 2 when the schema or a file cannot be read."""
     import json
 
-    from fedhealth.data.study_schema import SchemaError, load_schema
     from fedhealth.data.validation import DataFileError, read_table, validate_table
+    from fedhealth.study.schema import SchemaError, load_schema
 
     try:
         study = load_schema(schema)
@@ -397,7 +397,7 @@ def validate(
         raise typer.Exit(1)
 
 
-from fedhealth.security.cli import app_app, audit_app, certs_app  # noqa: E402
+from fedhealth.deployment.cli import app_app, audit_app, certs_app  # noqa: E402
 
 
 @app.command()
@@ -415,7 +415,7 @@ def budget(
 
     from fedhealth.privacy.budget import read_budget
     from fedhealth.privacy.ledger import LedgerError
-    from fedhealth.privacy.policy import SitePolicy
+    from fedhealth.study.policy import SitePolicy
 
     for label, path in (("ledger", ledger), ("policy", policy), ("audit log", audit_log), ("audit key", audit_key)):
         if path is not None and not path.is_file():

@@ -5,7 +5,7 @@
     python scripts/_deploy.py superlink-restart --workdir /tmp/r2   # the SuperLink restarted mid-study
     python scripts/_deploy.py absent-hospital --workdir /tmp/r3     # one hospital never connects (then late)
 
-Every process is started with `scripts/deploy_server.sh` / `scripts/deploy_hospital.sh` exactly as
+Every process is started with `server/deploy.sh` / `clients/deploy.sh` exactly as
 docs/deployment.md shows, on 127.0.0.1 and free ports, and stopped (with everything Flower started below
 it) on exit. Each command ends by printing one JSON line of figures (seconds, statuses, audit entries).
 The workdir keeps the PKI, each hospital's folder (data copy, policy, ledger, audit log), the logs and
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedhealth.deploy import FLOWER_ENV, Service, free_port, runtime_mark, wait_until  # noqa: E402
+from fedhealth.deployment.processes import FLOWER_ENV, Service, free_port, runtime_mark, wait_until  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 DATA = ROOT / "configs" / "data" / "heart-disease"
@@ -115,13 +115,13 @@ class Host:
         """The SuperLink on loopback (with the registry it fetches approved apps from) and, once, the gateway
         and the registry."""
         if "registry" not in self.services:
-            self.start("registry", ["bash", "scripts/deploy_server.sh", "registry", "--dir",
+            self.start("registry", ["bash", "server/deploy.sh", "registry", "--dir",
                                     str(self.dir / "operator" / "registry"), "--port", str(self.registry_port)],
                        self.cli_home, [])
-            self.start("gateway", ["bash", "scripts/deploy_server.sh", "gateway", "--pki", str(self.pki), "--host",
+            self.start("gateway", ["bash", "server/deploy.sh", "gateway", "--pki", str(self.pki), "--host",
                                    "127.0.0.1", "--port", str(self.port), "--superlink", self.control_address],
                        self.cli_home, [])
-        link = self.start("superlink", ["bash", "scripts/deploy_server.sh", "start", "--pki", str(self.pki),
+        link = self.start("superlink", ["bash", "server/deploy.sh", "start", "--pki", str(self.pki),
                                         "--host", "127.0.0.1", "--port", str(self.link_port),
                                         "--app-registry", f"http://127.0.0.1:{self.registry_port}",
                                         "--database", str(self.dir / "server" / "state.db")],
@@ -133,15 +133,15 @@ class Host:
         return link
 
     def connect_and_register(self) -> None:
-        self.sh("bash", "scripts/deploy_server.sh", "connect", "--address", self.control_address, "--pki",
+        self.sh("bash", "server/deploy.sh", "connect", "--address", self.control_address, "--pki",
                 str(self.pki), FLWR_HOME=str(self.cli_home))
-        done = self.sh("bash", "scripts/deploy_server.sh", "register", "--pki", str(self.pki),
+        done = self.sh("bash", "server/deploy.sh", "register", "--pki", str(self.pki),
                        FLWR_HOME=str(self.cli_home))
         log(done.stdout.strip())
 
     def start_hospital(self, name: str) -> Service:
         site = self.site(name)
-        cmd = ["bash", "scripts/deploy_hospital.sh", "--name", name, "--data", str(site / "data.csv"),
+        cmd = ["bash", "clients/deploy.sh", "--name", name, "--data", str(site / "data.csv"),
                "--schema", str(site / "schema.toml"), "--policy", str(site / "policy.toml"),
                "--ledger-dir", str(site / "ledger"), "--audit-log", str(site / "audit" / "audit.jsonl"),
                "--key", str(site / "keys" / "supernode_auth"),

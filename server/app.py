@@ -4,6 +4,6 @@ import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from fedhealth.federation.server import build_server_app  # noqa: E402
+from fedhealth.coordinator.app import build_server_app  # noqa: E402
 
 app = build_server_app()

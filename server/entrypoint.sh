@@ -50,13 +50,13 @@ flwr_config() {  # the CLI's connections, once
 command=${1:-start}
 [ $# -gt 0 ] && shift
 case "$command" in
-  start) exec bash "$HERE/scripts/deploy_server.sh" start "$@" ;;
-  gateway) exec bash "$HERE/scripts/deploy_server.sh" gateway "$@" ;;
-  registry) exec bash "$HERE/scripts/deploy_server.sh" registry --dir "$FEDHEALTH_REGISTRY" "$@" ;;
+  start) exec bash "$HERE/server/deploy.sh" start "$@" ;;
+  gateway) exec bash "$HERE/server/deploy.sh" gateway "$@" ;;
+  registry) exec bash "$HERE/server/deploy.sh" registry --dir "$FEDHEALTH_REGISTRY" "$@" ;;
   register)
     flwr_config
-    if [ $# -gt 0 ]; then exec bash "$HERE/scripts/deploy_server.sh" register "$@"; fi
-    exec bash "$HERE/scripts/deploy_server.sh" register --pki "$FEDHEALTH_PKI" ;;
+    if [ $# -gt 0 ]; then exec bash "$HERE/server/deploy.sh" register "$@"; fi
+    exec bash "$HERE/server/deploy.sh" register --pki "$FEDHEALTH_PKI" ;;
   run)
     flwr_config
     resume=""

@@ -9,7 +9,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 @pytest.fixture
 def interrupted_run():
     """Run `simulate` until a fault injected in the server's round hook stops it after round 1."""
-    from fedhealth.simulate import simulate
+    from fedhealth.experiments.simulate import simulate
 
     def run(cfg, run_dir: Path) -> None:
         def crash_after_round_one(server_round, _info):
@@ -24,13 +24,13 @@ def interrupted_run():
 
 @pytest.fixture(scope="session", autouse=True)
 def one_ray_for_the_session():
-    """In-process federations share one Ray instance (see fedhealth.simulate.shared_ray): each still gets
+    """In-process federations share one Ray instance (see fedhealth.experiments.simulate.shared_ray): each still gets
     fresh actors, but the suite stops paying Ray's start and stop for every federation.
     FEDHEALTH_TEST_FRESH_RAY=1 gives every federation its own Ray, as a user's single run has."""
     if os.environ.get("FEDHEALTH_TEST_FRESH_RAY") == "1":
         yield
         return
-    from fedhealth.simulate import shared_ray
+    from fedhealth.experiments.simulate import shared_ray
 
     with shared_ray():
         yield

@@ -19,13 +19,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fedhealth import rundir
-from fedhealth.config import load_config
-from fedhealth.federation.client import HospitalClient
-from fedhealth.federation.server import initial_weights
-from fedhealth.federation.wire import DECLINED_KEY, SECURE_KEY, study_payload
+from fedhealth.coordinator.app import initial_weights
+from fedhealth.hospital.app import HospitalClient
 from fedhealth.privacy.ledger import BudgetExceeded, PrivacyLedger, StaleRound
-from fedhealth.privacy.policy import SitePolicy
+from fedhealth.runs import rundir
+from fedhealth.study.config import load_config
+from fedhealth.study.policy import SitePolicy
+from fedhealth.wire import DECLINED_KEY, SECURE_KEY, study_payload
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -47,11 +47,11 @@ def test_a_server_that_knows_the_config_and_seed_cannot_reproduce_the_noise(tmp_
     hospital's DP-SGD with each seed the config gives it and aggregates: it misses the released model by as
     much as two honest runs differ, i.e. by the noise, not by rounding (1.2e-7 before)."""
     from fedhealth.data.hospitals import load_hospital
-    from fedhealth.models import build_model, get_weights
-    from fedhealth.privacy.client import noise_for, public_train_records, schedule_for
+    from fedhealth.experiments.simulate import simulate
+    from fedhealth.model import build_model, get_weights
     from fedhealth.privacy.dp import train_private
+    from fedhealth.privacy.round import noise_for, public_train_records, schedule_for
     from fedhealth.seeding import derive_seed
-    from fedhealth.simulate import simulate
 
     cfg = load_config(SMOKE, [*DP, *QUICK, "federation.secure_aggregation.enabled=false"])
     released = []
@@ -62,7 +62,7 @@ def test_a_server_that_knows_the_config_and_seed_cannot_reproduce_the_noise(tmp_
     honest_gap = np.linalg.norm(released[0] - released[1])
     assert honest_gap > 1e-3  # same config, same seed: different noise
 
-    from fedhealth.models import set_weights
+    from fedhealth.model import set_weights
 
     start = initial_weights(cfg)
     known_seeds = [lambda i: derive_seed(cfg.seed, "fit", i, 1), lambda i: cfg.seed, lambda i: 0]
@@ -135,8 +135,8 @@ def test_replaying_a_round_with_other_weights_pays_for_every_release_until_the_c
 def test_a_server_replaying_round_one_with_new_weights_is_charged_each_time(tmp_path, monkeypatch):
     """A real ServerApp that labels every round "round 1" (each with the new global model) hoping the hospital
     treats them as one retry: every release is charged, and the hospital stops at its cap."""
-    import fedhealth.federation.server as server
-    from fedhealth.simulate import simulate
+    import fedhealth.coordinator.app as server
+    from fedhealth.experiments.simulate import simulate
 
     real = server.study_payload
     monkeypatch.setattr(server, "study_payload", lambda cfg, _r, ledger_dir="": real(cfg, 1, ledger_dir))
@@ -249,7 +249,7 @@ def test_the_schedule_charges_whole_steps_for_every_size_and_batch():
 
 @pytest.mark.parametrize("n, batch", [(50, 1), (50, 512), (60, 7), (5952, 64), (20_000, 512), (1999, 333)])
 def test_dp_sgd_takes_exactly_the_charged_steps_and_survives_empty_batches(n, batch):
-    from fedhealth.models import build_model
+    from fedhealth.model import build_model
     from fedhealth.privacy.dp import dp_schedule, train_private
 
     rng = np.random.default_rng(n)
@@ -265,7 +265,7 @@ def test_dp_sgd_takes_exactly_the_charged_steps_and_survives_empty_batches(n, ba
 def test_a_hospital_smaller_than_declared_trains_on_the_public_schedule(tmp_path):
     """The schedule (and so epsilon, steps and the noise scale) comes from the declared records: what leaves
     is the same whatever the hospital's true count is, so none of it reveals that count."""
-    from fedhealth.privacy.client import schedule_for
+    from fedhealth.privacy.round import schedule_for
 
     cfg = load_config(SMOKE, DP)
     assert schedule_for(cfg, 2).public_records == round(300 * (1 - cfg.training.test_fraction))
@@ -282,7 +282,7 @@ def test_under_record_dp_only_what_dp_covers_leaves(tmp_path):
     _, weight, metrics = client.fit(initial_weights(cfg), study_payload(cfg, 1, ""))
     shared = {k: v for k, v in metrics.items() if not k.startswith("local.")}
     assert not {"train_loss", "train_steps", "train_seconds", "n_train"} & set(shared)
-    from fedhealth.privacy.client import public_train_records
+    from fedhealth.privacy.round import public_train_records
 
     assert weight == public_train_records(cfg, 2)  # FedAvg's weight is the declared size, not the true count
     _, n_eval, _ = client.evaluate(initial_weights(cfg), study_payload(cfg, 1, ""))
@@ -319,7 +319,7 @@ def test_a_deployed_hospital_without_a_policy_file_refuses_a_small_aggregate_or_
 
 @pytest.mark.slow
 def test_a_study_where_no_hospital_trained_fails_and_labels_nothing_federated(tmp_path):
-    from fedhealth.simulate import simulate
+    from fedhealth.experiments.simulate import simulate
 
     cfg = load_config(SMOKE, [*DP, *QUICK, "privacy.max_epsilon=0.01"])  # no hospital can afford a round
     run_dir = rundir.create_run_dir(cfg, tmp_path / "run")
@@ -354,7 +354,7 @@ def test_no_error_that_reaches_the_server_names_a_path_or_a_count(tmp_path):
     holds a category only, and the detail stays in b's own log."""
     from test_study_schema import SCHEMA, _toy_frame
 
-    from fedhealth.simulate import run_federation
+    from fedhealth.experiments.simulate import run_federation
 
     data = tmp_path / "site-data"
     data.mkdir()
@@ -412,7 +412,7 @@ def test_crafted_weights_that_overflow_one_records_gradient_tell_the_server_noth
     before anything is charged; and inside DP-SGD a non-finite per-record gradient is zeroed, not propagated."""
     import torch
 
-    from fedhealth.models import build_model
+    from fedhealth.model import build_model
     from fedhealth.privacy.dp import dp_schedule, train_private
 
     cfg = load_config(SMOKE, DP)

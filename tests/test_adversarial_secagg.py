@@ -38,11 +38,11 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
-from fedhealth import rundir
-from fedhealth.config import load_config
-from fedhealth.federation.grid_tap import GridTap
-from fedhealth.federation.secagg_server import SecureAggregationWorkflow
-from fedhealth.federation.wire import HOSPITAL_KEY
+from fedhealth.coordinator.grid_tap import GridTap
+from fedhealth.coordinator.secure_aggregation import SecureAggregationWorkflow
+from fedhealth.runs import rundir
+from fedhealth.study.config import load_config
+from fedhealth.wire import HOSPITAL_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -168,7 +168,7 @@ def _unmask(subset: set[int], masked: dict[int, list[np.ndarray]], seed: dict[in
 
 @pytest.fixture
 def adversary(monkeypatch):
-    import fedhealth.federation.server as server
+    import fedhealth.coordinator.app as server
 
     monkeypatch.setattr(server, "SecureAggregationWorkflow", Adversary)
     Adversary.reset()
@@ -178,8 +178,8 @@ def adversary(monkeypatch):
 def _run(cfg, path: Path) -> Path:
     """Run the federation. A study in which the attack left nothing to aggregate fails (NothingAggregated):
     that is the outcome these tests want, and what they check is what the server holds."""
-    from fedhealth.federation.server import NothingAggregated
-    from fedhealth.simulate import run_federation
+    from fedhealth.coordinator.app import NothingAggregated
+    from fedhealth.experiments.simulate import run_federation
 
     run_dir = rundir.create_run_dir(cfg, path)
     try:
@@ -194,10 +194,10 @@ def _update(cfg, index: int, run_dir: Path, server_round: int = 1) -> np.ndarray
     (same seed), checked against the hash its audit log recorded for what it handed to SecAgg+."""
     import torch
 
-    from fedhealth.federation.client import HospitalClient
-    from fedhealth.federation.server import initial_weights
-    from fedhealth.federation.wire import SECURE_KEY, study_payload
+    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.hospital.app import HospitalClient
     from fedhealth.privacy.audit import hash_arrays
+    from fedhealth.wire import SECURE_KEY, study_payload
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the simulated hospital

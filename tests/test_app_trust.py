@@ -12,8 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from typer.testing import CliRunner
 
 from fedhealth.cli import app
-from fedhealth.deploy import hospital_problems
-from fedhealth.security.app_trust import (
+from fedhealth.deployment.app_trust import (
     AppTrustError,
     Registry,
     build_fab,
@@ -26,6 +25,7 @@ from fedhealth.security.app_trust import (
     verifications_for_flower,
     verify_with_flower,
 )
+from fedhealth.deployment.processes import hospital_problems
 from fedhealth.security.certs import HospitalKeys, init_hospital_keys, init_study_pki
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def _flower_verifies(data: bytes, verifications: dict[str, str], trusted: Path) 
     from flwr.supercore.fab import Fab
     from flwr.supernode.start_client_internal import _verify_fab
 
-    from fedhealth.security.app_trust import fab_sha256
+    from fedhealth.deployment.app_trust import fab_sha256
 
     if not verifications.get("valid_license", ""):
         return False
@@ -148,7 +148,7 @@ def test_the_launcher_names_what_flower_refuses(fab: bytes, keys: HospitalKeys) 
     import yaml
     from flwr.supercore.fab import Fab
 
-    from fedhealth.security.supernode import app_verdict
+    from fedhealth.deployment.supernode import app_verdict
 
     trusted = yaml.safe_load(keys.trusted_entities.read_text())
     unsigned = app_verdict(Fab("h", fab, {}), trusted)

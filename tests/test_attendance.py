@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from flwr.server.client_proxy import ClientProxy
 
-from fedhealth.config import ConfigError, load_config
-from fedhealth.federation.attendance import HospitalsMissing, StudyClientManager
+from fedhealth.coordinator.attendance import HospitalsMissing, StudyClientManager
+from fedhealth.study.config import ConfigError, load_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedhealth.config import ConfigError, apply_overrides, load_config
+from fedhealth.study.config import ConfigError, apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhealth.config import ConfigError, load_config
-from fedhealth.contribution import CoalitionValues, coalition_config, estimate_contributions
+from fedhealth.experiments.contribution import CoalitionValues, coalition_config, estimate_contributions
+from fedhealth.study.config import ConfigError, load_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 WORTH = {"city-tertiary": 0.20, "county-secondary": 0.10, "village-clinic": 0.05}
@@ -49,9 +49,9 @@ def test_a_coalition_trains_only_its_members_on_unchanged_data():
 
 
 def test_a_hospital_outside_the_coalition_declines_to_train():
-    from fedhealth.federation.client import HospitalClient
-    from fedhealth.federation.server import initial_weights
-    from fedhealth.federation.wire import DECLINED_KEY, study_payload
+    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.hospital.app import HospitalClient
+    from fedhealth.wire import DECLINED_KEY, study_payload
 
     cfg = coalition_config(load_config(SMOKE), frozenset({"village-clinic"}))
     _, n, metrics = HospitalClient(0).fit(initial_weights(cfg), study_payload(cfg, 1))
@@ -64,7 +64,7 @@ def test_one_real_coalition_federation(tmp_path):
     values = CoalitionValues(cfg, tmp_path, budget=1)
     auroc = values(frozenset({"village-clinic"}))
     assert 0.5 < auroc < 1.0 and values.runs == 1
-    from fedhealth import rundir
+    from fedhealth.runs import rundir
 
     (only,) = rundir.read_jsonl(tmp_path / "coalitions" / "0001" / rundir.ROUNDS_FILE)
     assert only["hospitals_aggregated"] == [2] and [d["hospital_index"] for d in only["declined"]] == [0, 1]

@@ -2,8 +2,8 @@
 database, three hospital SuperNodes (each with its own CSV, schema copy, site policy, ledger and signed
 audit log), keys registered with `flwr supernode register`, the study submitted with `flwr run`.
 
-Everything is started through the scripts a hospital network would use (`scripts/deploy_server.sh`,
-`scripts/deploy_hospital.sh`, the container entrypoints), on 127.0.0.1 and free ports, and every process
+Everything is started through the scripts a hospital network would use (`server/deploy.sh`,
+`clients/deploy.sh`, the container entrypoints), on 127.0.0.1 and free ports, and every process
 (with the `flower-superexec`, `flwr-serverapp` and `flwr-clientapp` processes Flower starts below it)
 is stopped in `finally`. Slow: each Flower message runs in a fresh process, SecAgg+ needs four exchanges
 per round and Flower's SuperNode polls every 3 s, so a round costs about 70 s; the two-round study with its
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from fedhealth.deploy import (
+from fedhealth.deployment.processes import (
     FLOWER_ENV,
     Service,
     alive,
@@ -99,7 +99,7 @@ class Site:
         return self.root / "ledger"
 
     def args(self, superlink: str, ca: Path, data: Path | None = None) -> list[str]:
-        return ["bash", "scripts/deploy_hospital.sh", "--name", self.name, "--data", str(data or self.data),
+        return ["bash", "clients/deploy.sh", "--name", self.name, "--data", str(data or self.data),
                 "--schema", str(self.root / "schema.toml"), "--policy", str(self.root / "policy.toml"),
                 "--ledger-dir", str(self.ledger), "--audit-log", str(self.audit), "--key", str(self.key),
                 "--ca", str(ca), "--superlink", superlink, "--port", str(self.port)]
@@ -211,7 +211,7 @@ def _make_site(root: Path, name: str) -> Site:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """A running TLS SuperLink with the three hospitals' keys registered (not the 'rogue' one)."""
-    from fedhealth.security.app_trust import Registry, build_fab, sign_fab, summarize_fab
+    from fedhealth.deployment.app_trust import Registry, build_fab, sign_fab, summarize_fab
     from fedhealth.security.certs import add_hospital_public_key, approval_key_id
 
     started = time.perf_counter()
@@ -235,7 +235,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     dep.app_spec = APP_SPEC.format(version=summary.version)
     try:
         dep.start_superlink()
-        dep.start("registry", ["bash", "scripts/deploy_server.sh", "registry", "--dir", str(dep.registry),
+        dep.start("registry", ["bash", "server/deploy.sh", "registry", "--dir", str(dep.registry),
                                "--port", str(dep.registry_port)], dep.cli_home, [])
         gateway = dep.start("gateway", ["bash", "server/entrypoint.sh", "gateway"], dep.cli_home, [],
                             FEDHEALTH_PKI=str(pki), FEDHEALTH_GATEWAY_HOST="127.0.0.1",
@@ -243,14 +243,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         wait_until(lambda: port_open("127.0.0.1", dep.port) and port_open("127.0.0.1", dep.registry_port), 60,
                    what="the gateway and the registry listening")
         assert gateway.running(), gateway.output()
-        connected = _run(["bash", "scripts/deploy_server.sh", "connect", "--address", dep.control_address,
+        connected = _run(["bash", "server/deploy.sh", "connect", "--address", dep.control_address,
                           "--pki", str(pki)], FLWR_HOME=str(dep.cli_home))
         assert connected.returncode == 0, connected.stderr
-        registered = _run(["bash", "scripts/deploy_server.sh", "register", "--pki", str(pki),
+        registered = _run(["bash", "server/deploy.sh", "register", "--pki", str(pki),
                            *[a for h in HOSPITALS for a in ("--hospital", h)]], FLWR_HOME=str(dep.cli_home))
         assert registered.returncode == 0, registered.stdout + registered.stderr
         assert registered.stdout.count("registered successfully") == 3, registered.stdout
-        again = _run(["bash", "scripts/deploy_server.sh", "register", str(dep.sites["cleveland"].pub)],
+        again = _run(["bash", "server/deploy.sh", "register", str(dep.sites["cleveland"].pub)],
                      FLWR_HOME=str(dep.cli_home))
         assert again.returncode == 0 and "already registered" in again.stdout, again.stdout + again.stderr
         assert "No such file" not in again.stderr, again.stderr  # each status is recorded, failed ones too
@@ -309,7 +309,7 @@ def test_the_superlink_does_not_start_with_tls_files_that_would_fail(deployment,
     pki = tmp_path / "pki"
     shutil.copytree(deployment.pki / "ca", pki / "ca")
     shutil.copytree(deployment.pki / "server", pki / "server")
-    args = ["bash", "scripts/deploy_server.sh", "start", "--pki", str(pki), "--port", str(free_port()),
+    args = ["bash", "server/deploy.sh", "start", "--pki", str(pki), "--port", str(free_port()),
             "--database", str(tmp_path / "state.db")]
     uncovered = _run([*args, "--server-name", "superlink.study.example"])
     assert uncovered.returncode == 1, uncovered.stdout + uncovered.stderr
@@ -427,10 +427,10 @@ def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink
     two other SuperNodes reconnect, hungary starts again (same key, ledger and audit log, a new process), and
     `run --resume` finishes round 2 from round 1's checkpoint. Every hospital ends with a signed audit trail
     and a ledger that charged each round once."""
-    from fedhealth.config import load_config
-    from fedhealth.federation.server import initial_weights
+    from fedhealth.coordinator.app import initial_weights
     from fedhealth.privacy.audit import hash_arrays, verify_audit_log
-    from fedhealth.privacy.policy import SitePolicy
+    from fedhealth.study.config import load_config
+    from fedhealth.study.policy import SitePolicy
 
     started = time.perf_counter()
     study = _study_file(deployment.root, rounds=2)
@@ -502,7 +502,7 @@ def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink
 
     # round 1's global model is the seeded initial one; round 2's is round 1's checkpoint: the resumed run
     # continued from exactly what the interrupted one had aggregated
-    from fedhealth import rundir
+    from fedhealth.runs import rundir
 
     received = {1: hash_arrays(initial_weights(cfg)),
                 2: hash_arrays(rundir.load_weights(rundir.checkpoint_path(out, 1))[0])}
@@ -590,7 +590,7 @@ def test_an_aggregate_below_a_hospitals_minimum_after_a_dropout_releases_nothing
     round). Cleveland refuses to unmask, and with reconstruction threshold 3 the two others' shares are too
     few to remove any mask: the round fails, nothing is aggregated, and the server never reads cleveland's
     minimum (only the category of its refusal)."""
-    from fedhealth.security.app_trust import Registry, sign_fab
+    from fedhealth.deployment.app_trust import Registry, sign_fab
     from fedhealth.security.certs import add_hospital_public_key, approval_key_id
 
     _ensure_hospitals_online(deployment)
@@ -598,7 +598,7 @@ def test_an_aggregate_below_a_hospitals_minimum_after_a_dropout_releases_nothing
     site = deployment.sites[name] = _make_site(deployment.root, name)
     (site.root / "policy.toml").write_text('max_epsilon = 5.0\nmax_delta = 1e-5\nallowed_models = ["mlp"]\n')
     add_hospital_public_key(deployment.pki, name, site.pub)
-    registered = _run(["bash", "scripts/deploy_server.sh", "register", "--pki", str(deployment.pki),
+    registered = _run(["bash", "server/deploy.sh", "register", "--pki", str(deployment.pki),
                        "--hospital", name], FLWR_HOME=str(deployment.cli_home))
     assert registered.returncode == 0, registered.stdout + registered.stderr
     registry = Registry(deployment.registry)
@@ -641,8 +641,8 @@ def test_an_aggregate_below_a_hospitals_minimum_after_a_dropout_releases_nothing
     # the server reads the category of cleveland's refusal, never its minimum
     assert round_one["fit_failures"] == ["refusing to unmask: fewer contributors than its minimum aggregate"]
     # nothing was unmasked: the round's checkpoint is the global model every hospital was sent, unchanged
-    from fedhealth import rundir
     from fedhealth.privacy.audit import hash_arrays
+    from fedhealth.runs import rundir
 
     sent = _lines(cleveland.audit)[-1]
     assert sent["decision"] == "sent" and sent["round"] == 1 and sent["update_sha256"], sent
@@ -680,7 +680,7 @@ def test_a_hospitals_credentials_reach_only_the_fleet_api(deployment, tmp_path):
     from fedhealth.security.certs import init_hospital_keys
 
     home = tmp_path / "hospital-flwr-home"
-    connected = _run(["bash", "scripts/deploy_server.sh", "connect", "--address", deployment.address,
+    connected = _run(["bash", "server/deploy.sh", "connect", "--address", deployment.address,
                       "--ca", str(deployment.ca)], FLWR_HOME=str(home))
     assert connected.returncode == 0, connected.stderr
     intruder = init_hospital_keys(tmp_path / "intruder-keys", "intruder")
@@ -700,7 +700,7 @@ def test_a_hospitals_credentials_reach_only_the_fleet_api(deployment, tmp_path):
         assert client.post("/v1/fleet/get-run", content=b"").status_code not in (403, 404)
     # the SuperLink itself (Control API included) listens on loopback only, and a wider bind is refused
     assert _listening_addresses(deployment.link_port) == {"127.0.0.1"}
-    exposed = _run(["bash", "scripts/deploy_server.sh", "start", "--pki", str(deployment.pki), "--host", "0.0.0.0",
+    exposed = _run(["bash", "server/deploy.sh", "start", "--pki", str(deployment.pki), "--host", "0.0.0.0",
                     "--port", str(free_port()), "--database", str(tmp_path / "state.db")])
     assert exposed.returncode == 2 and "--host 0.0.0.0 is refused" in exposed.stderr, exposed.stderr
     assert "Starting Flower SuperLink" not in exposed.stdout + exposed.stderr
@@ -731,7 +731,7 @@ def test_a_hospital_runs_only_app_versions_it_approved(deployment, tmp_path):
     (The approved version runs in the study test above.)"""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from fedhealth.security.app_trust import Registry, sign_fab, summarize_fab
+    from fedhealth.deployment.app_trust import Registry, sign_fab, summarize_fab
 
     _ensure_hospitals_online(deployment)
     patched = _operator_patched_fab("0.1.99")
@@ -881,10 +881,10 @@ def test_hospitals_in_their_own_network_namespaces_reach_the_superlink_only_over
         # the SuperLink (Fleet, Control and Runtime APIs on one port) on the server's loopback only; the hospitals'
         # address is the gateway, which passes the Fleet API alone
         link_port = 9092
-        superlink = start("superlink", server, ["bash", "scripts/deploy_server.sh", "start", "--pki", str(pki),
+        superlink = start("superlink", server, ["bash", "server/deploy.sh", "start", "--pki", str(pki),
                                                 "--host", "127.0.0.1", "--port", str(link_port),
                                                 "--database", str(tmp_path / "state.db")], tmp_path / "srv-home")
-        gateway = start("gateway", server, ["bash", "scripts/deploy_server.sh", "gateway", "--pki", str(pki),
+        gateway = start("gateway", server, ["bash", "server/deploy.sh", "gateway", "--pki", str(pki),
                                             "--host", server_ip, "--port", str(port), "--server-name", server_ip,
                                             "--superlink", f"127.0.0.1:{link_port}"], tmp_path / "srv-home")
         wait_until(lambda: "Uvicorn running on https://" in superlink.output() or not superlink.running(), 120,
@@ -894,7 +894,7 @@ def test_hospitals_in_their_own_network_namespaces_reach_the_superlink_only_over
         cli_home = tmp_path / "operator-home"
         for cmd in (["connect", "--address", f"127.0.0.1:{link_port}", "--pki", str(pki)],
                     ["register", "--pki", str(pki)]):
-            done = subprocess.run(["ip", "netns", "exec", server, "bash", "scripts/deploy_server.sh", *cmd],
+            done = subprocess.run(["ip", "netns", "exec", server, "bash", "server/deploy.sh", *cmd],
                                   cwd=ROOT, env=_env(FLWR_HOME=str(cli_home)), capture_output=True, text=True,
                                   timeout=60)
             assert done.returncode == 0, done.stdout + done.stderr

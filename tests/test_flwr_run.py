@@ -61,7 +61,7 @@ def test_the_app_bundle_carries_code_and_study_configs_only(tmp_path):
         (project / rel).write_text("{}\n")
 
     names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(project))).namelist()
-    assert "fedhealth/federation/server.py" in names and "server/app.py" in names and "clients/app.py" in names
+    assert "fedhealth/coordinator/app.py" in names and "server/app.py" in names and "clients/app.py" in names
     assert "configs/deployment/heart-disease.toml" in names and "configs/data/heart-disease/schema.toml" in names
     outside = [n for n in names if n not in ("pyproject.toml", ".info/CONTENT")
                and not (n.endswith(".py") and n.split("/")[0] in ("fedhealth", "server", "clients"))

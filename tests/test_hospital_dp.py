@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhealth import rundir
-from fedhealth.config import ConfigError, load_config
-from fedhealth.federation.server import initial_weights
+from fedhealth.coordinator.app import initial_weights
 from fedhealth.privacy.hospital_level import hospital_epsilon, hospital_noise
 from fedhealth.privacy.ledger import epsilon_of
+from fedhealth.runs import rundir
+from fedhealth.study.config import ConfigError, load_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 
@@ -27,7 +27,7 @@ def test_hospital_mode_needs_one_noise_source_and_calibrates():
 
 @pytest.mark.slow
 def test_updates_are_clipped_on_the_client_and_epsilon_reported(tmp_path):
-    from fedhealth.simulate import simulate
+    from fedhealth.experiments.simulate import simulate
 
     # A tiny clipping norm and almost no noise: the global model can move by at most about C per round.
     cfg = load_config(SMOKE, ["privacy.mode=hospital", "privacy.noise_multiplier=0.0001",
@@ -72,9 +72,9 @@ def test_min_contributors_and_colluders_are_validated_with_the_fix(overrides, me
 
 
 def test_noise_is_calibrated_to_the_announced_minimum_not_the_count_observed():
-    from fedhealth.federation.secagg_params import derive_secagg_params
-    from fedhealth.federation.server import min_contributors
+    from fedhealth.coordinator.app import min_contributors
     from fedhealth.privacy.hospital_level import distributed_noise_std
+    from fedhealth.study.secagg import derive_secagg_params
 
     # distributed: each share sigma*C/sqrt(m - k), so the m - k honest shares add up to sigma*C
     cfg = _hospital("privacy.hospital_noise=distributed", "privacy.clipping_norm=0.5")
@@ -88,7 +88,7 @@ def test_noise_is_calibrated_to_the_announced_minimum_not_the_count_observed():
     from flwr.common import ndarrays_to_parameters
     from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 
-    from fedhealth.federation.observed import ObservedStrategy
+    from fedhealth.coordinator.observed import ObservedStrategy
 
     inner = DifferentialPrivacyClientSideFixedClipping(FedAvg(initial_parameters=ndarrays_to_parameters([])),
                                                        noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=5)
@@ -110,9 +110,9 @@ def test_a_declining_hospital_is_passed_on_and_updates_are_clipped_at_the_studys
     from flwr.compat.common import recorddict_compat as compat
     from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-    from fedhealth.config import load_config
-    from fedhealth.federation.wire import DECLINED_KEY, STUDY_KEY
     from fedhealth.privacy.hospital_level import clipping_mod
+    from fedhealth.study.config import load_config
+    from fedhealth.wire import DECLINED_KEY, STUDY_KEY
 
     class Reply(SimpleNamespace):  # a Message outside a run: what the mods read and write
         def has_error(self) -> bool:
@@ -145,7 +145,7 @@ def test_a_declining_hospital_is_passed_on_and_updates_are_clipped_at_the_studys
 def test_hospital_level_dp_with_a_declining_hospital_completes_its_round(tmp_path):
     """Four hospitals, h3 not a participant: it declines (a dropout, its audit trail says why), the other
     three are aggregated (m = 3), and no hospital crashed."""
-    from fedhealth.simulate import run_federation
+    from fedhealth.experiments.simulate import run_federation
 
     text = ('name = "four-dp"\nseed = 5\n[model]\nname = "logreg"\n[federation]\nrounds = 1\n'
             'participants = ["h0", "h1", "h2"]\n[privacy]\nmode = "hospital"\nnoise_multiplier = 0.0001\n'

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedhealth.federation.observed import update_problem
-from fedhealth.models import build_model, get_weights, set_weights
-from fedhealth.training import evaluate, train
+from fedhealth.coordinator.observed import update_problem
+from fedhealth.model import build_model, get_weights, set_weights
+from fedhealth.model.training import evaluate, train
 
 
 def _data(n=2000, d=10, seed=0):

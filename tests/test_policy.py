@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from fedhealth.config import ConfigError, load_config
-from fedhealth.privacy.policy import SitePolicy, policy_violation
+from fedhealth.study.config import ConfigError, load_config
+from fedhealth.study.policy import SitePolicy, policy_violation
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 
@@ -40,7 +40,7 @@ def test_violations_are_named_without_the_hospitals_figures(policy, kwargs, expe
 
 
 def test_the_default_delta_limit_is_a_tenth_of_one_over_the_records():
-    from fedhealth.privacy.policy import delta_limit
+    from fedhealth.study.policy import delta_limit
 
     assert delta_limit(SitePolicy(), 5000) == pytest.approx(2e-5)
     assert delta_limit(SitePolicy(max_delta=1e-7), 5000) == 1e-7
@@ -69,9 +69,9 @@ def test_unknown_policy_key_is_a_config_error(tmp_path):
 def test_the_hospitals_own_policy_and_ledger_win_over_the_server(tmp_path):
     """In deployment the policy file and ledger live at the hospital (node config); the server's config
     (here: a generous cap of 50 and a ledger location of its choosing) cannot override them."""
-    from fedhealth.federation.client import HospitalClient
-    from fedhealth.federation.server import initial_weights
-    from fedhealth.federation.wire import DECLINED_KEY, SECURE_KEY, study_payload
+    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.hospital.app import HospitalClient
+    from fedhealth.wire import DECLINED_KEY, SECURE_KEY, study_payload
 
     cfg = load_config(SMOKE, ["privacy.mode=record", "privacy.noise_multiplier=1.0", "privacy.max_epsilon=50"])
     own_ledgers = tmp_path / "hospital-ledgers"
@@ -93,9 +93,9 @@ def test_the_hospitals_own_policy_and_ledger_win_over_the_server(tmp_path):
 def test_a_hospital_refuses_plain_aggregation_unless_its_policy_allows_it(tmp_path):
     """Whatever the server's study config says, a request without SecAgg+ (SECURE_KEY false, as the
     hospital's mod marks it) is declined under the default policy."""
-    from fedhealth.federation.client import HospitalClient
-    from fedhealth.federation.server import initial_weights
-    from fedhealth.federation.wire import DECLINED_KEY, SECURE_KEY, study_payload
+    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.hospital.app import HospitalClient
+    from fedhealth.wire import DECLINED_KEY, SECURE_KEY, study_payload
 
     cfg = load_config(SMOKE)
     plain = {**study_payload(cfg, 1, ""), SECURE_KEY: False}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fedhealth import rundir
-from fedhealth.config import load_config
-from fedhealth.privacy_audit import AUDIT_FILE
+from fedhealth.experiments.privacy_audit import AUDIT_FILE
+from fedhealth.runs import rundir
+from fedhealth.study.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_REFERENCES = ["references.pooled=false", "references.local_only=false"]  # the audit needs neither
@@ -52,8 +52,8 @@ def test_an_existing_audit_is_kept_unless_forced(tmp_path):
 
 
 def _audited_run(config: str, tmp_path: Path) -> tuple[dict, dict]:
-    from fedhealth.privacy_audit import audit_run
-    from fedhealth.simulate import simulate
+    from fedhealth.experiments.privacy_audit import audit_run
+    from fedhealth.experiments.simulate import simulate
 
     cfg = load_config(ROOT / "configs" / config)
     run_dir = rundir.create_run_dir(cfg, tmp_path / cfg.name)

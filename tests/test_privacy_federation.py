@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fedhealth import rundir
-from fedhealth.config import parse_config
+from fedhealth.experiments.simulate import simulate
 from fedhealth.privacy.ledger import epsilon_of
-from fedhealth.simulate import simulate
+from fedhealth.runs import rundir
+from fedhealth.study.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhealth.models import build_model, get_weights
+from fedhealth.model import build_model, get_weights
+from fedhealth.model.training import evaluate
 from fedhealth.privacy.dp import calibrate_noise, dp_schedule, sample_rate, steps_per_epoch, train_private
 from fedhealth.privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger, epsilon_of
-from fedhealth.training import evaluate
 
 
 def test_epsilon_matches_reference_value_from_dp_accounting():
@@ -107,10 +107,10 @@ def test_tampered_or_unreadable_ledger_is_refused_naming_the_hospital(tmp_path, 
 
 
 def test_client_trains_nothing_on_an_unreadable_ledger(tmp_path):
-    from fedhealth.config import load_config
-    from fedhealth.federation.client import HospitalClient
-    from fedhealth.federation.server import initial_weights
-    from fedhealth.federation.wire import DECLINED_KEY, study_payload
+    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.hospital.app import HospitalClient
+    from fedhealth.study.config import load_config
+    from fedhealth.wire import DECLINED_KEY, study_payload
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
     cfg = load_config(smoke, ["privacy.mode=record", "privacy.noise_multiplier=1.0"])
@@ -127,11 +127,11 @@ def test_client_trains_nothing_on_an_unreadable_ledger(tmp_path):
 def test_a_second_study_on_the_same_ledger_is_charged_and_capped(tmp_path):
     """A hospital's ledger outlives studies (deployment): round 1 of a new study is new spending, and the
     hospital's cap covers everything it released across studies."""
-    from fedhealth.config import load_config
-    from fedhealth.federation.client import HospitalClient
-    from fedhealth.federation.server import initial_weights
-    from fedhealth.federation.wire import DECLINED_KEY, study_payload
-    from fedhealth.privacy.policy import SitePolicy
+    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.hospital.app import HospitalClient
+    from fedhealth.study.config import load_config
+    from fedhealth.study.policy import SitePolicy
+    from fedhealth.wire import DECLINED_KEY, study_payload
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
     studies = [load_config(smoke, ["privacy.mode=record", "privacy.noise_multiplier=1.0", f"name=study-{k}"])

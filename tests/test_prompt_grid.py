@@ -6,9 +6,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from fedhealth.coordinator import prompt_grid
 
-from fedhealth.federation import prompt_grid
-from fedhealth.federation.prompt_grid import PromptGrid
+from fedhealth.coordinator.prompt_grid import PromptGrid
 
 
 class Clock:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from fedhealth import rundir
-from fedhealth.config import ConfigError, load_config
-from fedhealth.federation.qffl import QFairFedAvg, initial_scale, qffl_terms
-from fedhealth.federation.server import initial_weights
-from fedhealth.federation.strategies import build_strategy, optimizer_state, restore_optimizer_state
+from fedhealth.coordinator.app import initial_weights
+from fedhealth.coordinator.qffl import QFairFedAvg, initial_scale, qffl_terms
+from fedhealth.coordinator.strategies import build_strategy, optimizer_state, restore_optimizer_state
+from fedhealth.runs import rundir
+from fedhealth.study.config import ConfigError, load_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 QFFL = 'federation.strategy.name="qfedavg"'
@@ -129,7 +129,7 @@ def test_qfedavg_is_refused_with_differential_privacy(mode):
 def test_secure_qfedavg_federation_equals_the_clear_one(tmp_path):
     """A real federation: under SecAgg+ the server gets only the mean of the q-FFL terms, and the
     model it builds from them is the one it builds from every hospital's terms in the clear."""
-    from fedhealth.simulate import run_federation
+    from fedhealth.experiments.simulate import run_federation
 
     cfg = load_config(SMOKE, [QFFL, "federation.rounds=1", "references.local_only=false",
                               "references.pooled=false"])

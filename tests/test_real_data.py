@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedhealth import rundir
+from fedhealth.runs import rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhealth import rundir
-from fedhealth.config import ConfigError, load_config
-from fedhealth.federation.secagg_params import (
+from fedhealth.runs import rundir
+from fedhealth.study.config import ConfigError, load_config
+from fedhealth.study.secagg import (
     MODULUS,
     ROUND_FAILURE_TARGET,
     derive_secagg_params,
@@ -43,7 +43,7 @@ def test_derived_shares_and_threshold_are_valid_for_flower(m, dropout):
 
 @pytest.mark.parametrize("m", [20, 100, 1000])
 def test_neighbourhoods_grow_slowly_and_meet_the_failure_target(m):
-    from fedhealth.federation.secagg_params import _failure_probability
+    from fedhealth.study.secagg import _failure_probability
 
     k, t = shares_and_threshold(m, 0.1)
     assert k <= 4 * np.log2(m) + 3
@@ -115,8 +115,8 @@ def test_dropout_injection_names_a_real_hospital():
 
 
 def test_a_hospitals_minimum_aggregate_and_its_public_decline_reasons():
-    from fedhealth.federation.secagg_client import declined_from_error, minimum_aggregate, public_decline_reason
-    from fedhealth.privacy.policy import SitePolicy
+    from fedhealth.hospital.secure_aggregation import declined_from_error, minimum_aggregate, public_decline_reason
+    from fedhealth.study.policy import SitePolicy
 
     assert minimum_aggregate(None) == 3 and minimum_aggregate(SitePolicy(min_hospitals=1)) == 3
     assert minimum_aggregate(SitePolicy(min_hospitals=7)) == 7
@@ -144,7 +144,7 @@ def _reply(arrays: list[np.ndarray]):
 
 
 def test_malformed_masked_vectors_are_named():
-    from fedhealth.federation.secagg_server import masked_vector_problem
+    from fedhealth.coordinator.secure_aggregation import masked_vector_problem
 
     shapes = [(1, 27), (1,)]
     good = [np.array([5]), np.zeros((1, 27), dtype=np.int64), np.array([MODULUS - 1])]
@@ -160,7 +160,7 @@ def test_malformed_masked_vectors_are_named():
 
 
 def test_a_hospital_refuses_a_weight_above_max_weight():
-    from fedhealth.federation.secagg_client import UpdateRefused, _prepare_for_masking
+    from fedhealth.hospital.secure_aggregation import UpdateRefused, _prepare_for_masking
 
     cfg = _smoke()
     with pytest.raises(UpdateRefused, match="exceeds the study's SecAgg\\+ max_weight 1500"):
@@ -174,7 +174,7 @@ def test_a_hospital_refuses_a_weight_above_max_weight():
 # -- real federations ----------------------------------------------------------------------------------------
 
 def _federate(cfg, path: Path) -> Path:
-    from fedhealth.simulate import run_federation
+    from fedhealth.experiments.simulate import run_federation
 
     run_dir = rundir.create_run_dir(cfg, path)
     run_federation(cfg, run_dir)
@@ -199,7 +199,7 @@ def _assert_same_aggregate(secure_dir: Path, plain_dir: Path, cfg) -> float:
                                                            _round_weights(plain_dir, 1), strict=True))
     assert worst <= bound, f"secure and plain aggregates differ by {worst:.3g} > {bound:.3g}"
     # and the round really changed the model (so the comparison is not between two untrained models)
-    from fedhealth.federation.server import initial_weights
+    from fedhealth.coordinator.app import initial_weights
 
     moved = max(float(np.abs(a - b).max()) for a, b in zip(_round_weights(secure_dir, 1), initial_weights(cfg),
                                                            strict=True))
@@ -231,7 +231,7 @@ def test_secure_aggregate_equals_plain_aggregate(tmp_path, count):
 
 
 def load_config_from(cfg, overrides: list[str]):
-    from fedhealth.config import apply_overrides, parse_config
+    from fedhealth.study.config import apply_overrides, parse_config
 
     return parse_config(apply_overrides(cfg.model_dump(mode="json", exclude_none=True), overrides))
 
@@ -285,7 +285,7 @@ def test_beyond_the_tolerance_the_round_fails_loudly_and_the_model_is_kept(tmp_p
     first, second = _rounds(run_dir)
     assert first["status"] == "failed" and not first["aggregated"] and first["hospitals_aggregated"] == []
     assert "only 2 hospital(s) contributed" in first["failure"] and "fewer than 3" in first["failure"]
-    from fedhealth.federation.server import initial_weights
+    from fedhealth.coordinator.app import initial_weights
 
     for kept, start in zip(_round_weights(run_dir, 1), initial_weights(cfg), strict=True):
         np.testing.assert_array_equal(kept, start)
@@ -319,8 +319,8 @@ def test_the_server_never_holds_an_individual_update(tmp_path, monkeypatch):
     """Instrument the server's Grid: record every array that reaches it. In the clear run those are the
     hospitals' updates (the instrument can see them); in the secure run no reply carries a plain array
     and no masked vector correlates with any hospital's update."""
-    import fedhealth.federation.server as server
-    from fedhealth.federation.grid_tap import GridTap
+    import fedhealth.coordinator.app as server
+    from fedhealth.coordinator.grid_tap import GridTap
 
     captured: list[tuple[str, list[np.ndarray]]] = []
 
@@ -388,7 +388,7 @@ def test_an_aggregate_of_one_hospital_is_not_released(tmp_path):
     path = tmp_path / "lonely.toml"
     path.write_text(text)
     cfg = load_config(path)
-    from fedhealth.federation.server import NothingAggregated
+    from fedhealth.coordinator.app import NothingAggregated
 
     with pytest.raises(NothingAggregated, match="its site policy"):
         _federate(cfg, tmp_path / "run")
@@ -399,7 +399,7 @@ def test_an_aggregate_of_one_hospital_is_not_released(tmp_path):
         "setup", "share_keys", "collect_masked_vectors"}
     assert only["declined"] == [{"hospital_index": i, "reason": "its site policy", "epsilon": None} for i in (1, 2)]
     assert only["fit_failures"] == []
-    from fedhealth.federation.server import initial_weights
+    from fedhealth.coordinator.app import initial_weights
 
     for kept, start in zip(_round_weights(run_dir, 1), initial_weights(cfg), strict=True):
         np.testing.assert_array_equal(kept, start)

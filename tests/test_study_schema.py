@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedhealth.config import ConfigError, load_config
 from fedhealth.data.export import write_synthetic_study
 from fedhealth.data.hospitals import load_hospital
-from fedhealth.data.schema import encode_features
-from fedhealth.data.study_schema import SchemaError, default_schema, load_schema, schema_from_dict
 from fedhealth.data.synthetic import HospitalProfile, generate_hospital
 from fedhealth.data.validation import DataFileError, read_hospital_file, validate_table
+from fedhealth.study.builtin_schema import encode_features
+from fedhealth.study.config import ConfigError, load_config
+from fedhealth.study.schema import SchemaError, default_schema, load_schema, schema_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"

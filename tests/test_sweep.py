@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fedhealth.config import load_config
-from fedhealth.sweep import parse_epsilons, sibling_config
+from fedhealth.experiments.sweep import parse_epsilons, sibling_config
+from fedhealth.study.config import load_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 
@@ -34,7 +34,7 @@ def test_siblings_share_everything_but_privacy():
 @pytest.mark.slow
 def test_a_one_point_sweep_on_the_smoke_study(tmp_path):
     """One DP sibling (the no-DP sibling is the same code path with privacy off, covered above)."""
-    from fedhealth.sweep import run_sweep
+    from fedhealth.experiments.sweep import run_sweep
 
     cfg = load_config(SMOKE, ["federation.rounds=1"])
     result = run_sweep(cfg, [8.0], tmp_path)

@@ -7,7 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhealth.data.schema import (
+from fedhealth.data.synthetic import (
+    HospitalProfile,
+    HospitalRecords,
+    bayes_auroc,
+    ckd_epi_2021,
+    generate_hospital,
+    generate_hospitals,
+    train_test_split,
+)
+from fedhealth.study.builtin_schema import (
     ENCODED_WIDTH,
     FEATURE_NAMES,
     FEATURES,
@@ -19,15 +28,6 @@ from fedhealth.data.schema import (
     feature_index,
     valid_bounds,
     write_data_dictionary,
-)
-from fedhealth.data.synthetic import (
-    HospitalProfile,
-    HospitalRecords,
-    bayes_auroc,
-    ckd_epi_2021,
-    generate_hospital,
-    generate_hospitals,
-    train_test_split,
 )
 
 LABS = ("fasting_glucose", "hba1c", "ldl_cholesterol", "hdl_cholesterol", "creatinine", "egfr")
@@ -246,7 +246,7 @@ def test_to_frame_columns() -> None:
 
 def test_population_recipe_deterministic_and_spread() -> None:
     """Many-hospital federations come from the config's population recipe (one place for it)."""
-    from fedhealth.config import PopulationConfig, expand_population
+    from fedhealth.study.config import PopulationConfig, expand_population
 
     recipe = PopulationConfig(count=30, tier_weights={"tertiary": 1, "secondary": 2, "community": 3})
     profiles = expand_population(recipe, seed=4)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedhealth.config import StudyConfig
-from fedhealth.data.schema import write_data_dictionary
-from fedhealth.data.study_schema import default_schema, write_schema
 from fedhealth.data.synthetic import HospitalProfile, generate_hospital
+from fedhealth.study.builtin_schema import write_data_dictionary
+from fedhealth.study.config import StudyConfig
+from fedhealth.study.schema import default_schema, write_schema
 
 SCHEMA_FILE = "schema.toml"
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from fedhealth.data.study_schema import SchemaError, StudySchema, load_schema, schema_from_dict
 from fedhealth.data.validation import DataFileError, ValidRecords, read_hospital_file
+from fedhealth.study.schema import SchemaError, StudySchema, load_schema, schema_from_dict
 
 log = logging.getLogger(__name__)
 SMALL_SITE_ROWS = 100  # below this many usable rows a site's own AUROC is too noisy to read much into

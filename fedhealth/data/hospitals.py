@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhealth.config import HospitalConfig, StudyConfig
-from fedhealth.data.schema import ENCODED_WIDTH, encode_features
 from fedhealth.data.synthetic import HospitalProfile, generate_hospital, stratified_test_mask, train_test_split
 from fedhealth.metrics.classification import roc_auc
+from fedhealth.study.builtin_schema import ENCODED_WIDTH, encode_features
+from fedhealth.study.config import HospitalConfig, StudyConfig
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedhealth.data.schema import FEATURE_NAMES, FEATURES, LABEL, REGIONS, TIERS, feature_index, valid_bounds
+from fedhealth.study.builtin_schema import FEATURE_NAMES, FEATURES, LABEL, REGIONS, TIERS, feature_index, valid_bounds
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,8 +69,8 @@ class HospitalProfile:
 
     Attributes:
         name: unique, human-readable hospital name (used in messages and run directories).
-        tier: one of :data:`~fedhealth.data.schema.TIERS`; sets case mix, noise and missingness.
-        region: one of :data:`~fedhealth.data.schema.REGIONS`; shifts risk-factor prevalence.
+        tier: one of :data:`~fedhealth.study.builtin_schema.TIERS`; sets case mix, noise and missingness.
+        region: one of :data:`~fedhealth.study.builtin_schema.REGIONS`; shifts risk-factor prevalence.
         records: number of patient records (rows) to generate, at least 1.
     """
 
@@ -98,7 +98,7 @@ class HospitalRecords:
 
     Attributes:
         profile: the hospital these records belong to.
-        features: shape (n, F) float64 in the units of :data:`~fedhealth.data.schema.FEATURES`, as
+        features: shape (n, F) float64 in the units of :data:`~fedhealth.study.builtin_schema.FEATURES`, as
             measured (noise, site bias, rounding, missingness applied); NaN marks a missing value.
         label: shape (n,) int64, 1 if the patient had a complication within 12 months.
         true_risk: shape (n,) float64, P(label = 1 | the patient's latent true values); known only

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedhealth.data.study_schema import ColumnSpec, StudySchema, Value, as_number
+from fedhealth.study.schema import ColumnSpec, StudySchema, Value, as_number
 
 UNIT_SUSPICION = 0.5  # a column with at least this share of measured values outside its range is suspect
 MIN_SUSPECT_VALUES = 5

@@ -17,7 +17,7 @@ import torch
 from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 
-from fedhealth.training import TrainResult
+from fedhealth.model.training import TrainResult
 
 # Opacus warns on every step that its noise does not come from a cryptographically secure RNG
 # (`secure_mode` needs torchcsprng, which is not installable here). The guarantee holds against

@@ -35,7 +35,7 @@ Who sees what. Under SecAgg+ with central noise the server unmasks the un-noised
 noise itself: the DP holds against everyone downstream of the server (other hospitals, whoever gets the
 model), not against the server. With distributed noise it holds against the server too, provided at
 most k hospitals collude with it and the hospitals' own minimum checks hold (see
-`fedhealth.federation.secagg_client` for what those do not prevent). A hospital that declines a round
+`fedhealth.hospital.secure_aggregation` for what those do not prevent). A hospital that declines a round
 drops out of it (an error reply, as a dropout), so it adds neither an update nor noise.
 """
 
@@ -49,8 +49,8 @@ from flwr.common import parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedhealth.config import StudyConfig
 from fedhealth.privacy.ledger import epsilon_of
+from fedhealth.study.config import StudyConfig
 
 DEFAULT_MIN_CONTRIBUTORS = 3  # the SecAgg+ floor: a secure aggregate of 2 hides neither update from the other
 
@@ -93,7 +93,7 @@ def check_hospital_dp(cfg: StudyConfig) -> None:
                 raise ValueError(f"privacy.{key} applies only to privacy.mode = 'hospital' (hospital-level DP); "
                                  "remove it")
         return
-    from fedhealth.privacy.policy import hospitals_per_round
+    from fedhealth.study.policy import hospitals_per_round
 
     m = min_contributors(cfg)
     per_round = hospitals_per_round(len(cfg.hospitals), cfg.federation.strategy.fraction_fit)
@@ -123,7 +123,7 @@ def clipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> M
     decline reaches `secure_aggregation_mod` as a decline (a dropout) instead of a crash."""
     if msg.metadata.message_type != MessageType.TRAIN or "fitins.config" not in msg.content.config_records:
         return call_next(msg, ctxt)
-    from fedhealth.federation.wire import study_from_payload
+    from fedhealth.wire import study_from_payload
 
     fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     cfg = study_from_payload(fit_ins.config)
@@ -135,7 +135,7 @@ def clipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> M
     reply = call_next(msg, ctxt)
     if reply.has_error():
         return reply
-    from fedhealth.federation.wire import DECLINED_KEY
+    from fedhealth.wire import DECLINED_KEY
 
     fit_res = compat.recorddict_to_fitres(reply.content, keep_input=True)
     if DECLINED_KEY in fit_res.metrics:

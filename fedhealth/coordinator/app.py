@@ -1,0 +1,184 @@
+"""The server side: build the ServerApp that runs a study into a run directory.
+
+The server holds no patient data. It sends the study config and global weights, aggregates what
+comes back with Flower's strategy, and writes metrics and checkpoints after every round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import flwr.compat.common.recorddict_compat as compat
+from flwr.common import Context, parameters_to_ndarrays
+from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+from flwr.serverapp.grid import Grid
+
+from fedhealth.coordinator.attendance import StudyClientManager
+from fedhealth.coordinator.observed import ObservedStrategy
+from fedhealth.coordinator.prompt_grid import PromptGrid
+from fedhealth.coordinator.recorder import RoundCallback, RunRecorder
+from fedhealth.coordinator.secure_aggregation import SecureAggregationWorkflow
+from fedhealth.coordinator.strategies import build_strategy, is_qffl, optimizer_state, restore_optimizer_state
+from fedhealth.coordinator.workflow import StudyWorkflow
+from fedhealth.data.hospitals import input_width
+from fedhealth.model import build_model, get_weights
+from fedhealth.runs import rundir
+from fedhealth.seeding import derive_seed
+from fedhealth.study.config import StudyConfig, load_config
+from fedhealth.study.secagg import derive_secagg_params
+from fedhealth.wire import study_payload
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+log = logging.getLogger(__name__)
+
+
+def initial_weights(cfg: StudyConfig) -> list:
+    """The round-0 global model, a pure function of the study seed."""
+    model = build_model(cfg.model.name, input_width(cfg), cfg.model.hidden, seed=derive_seed(cfg.seed, "init"))
+    return get_weights(model)
+
+
+def min_contributors(cfg: StudyConfig) -> int:
+    """Fewest hospitals whose updates the server releases an aggregate of (it refuses a round below
+    this before unmasking, or in plain aggregation before aggregating).
+
+    Under SecAgg+ at least 3 (`secagg_client.SECAGG_MINIMUM`): with 2, each hospital reads the other's
+    update from the sum, and an aggregate of one *is* that hospital's update. In hospital-level DP the
+    study's `privacy.min_contributors`, the fixed count its noise is calibrated to (validated to be at
+    least 3 under SecAgg+). Each hospital enforces its own minimum as well, and that is the check
+    that holds against a deviating server. Plain aggregation outside hospital-level DP keeps 1: a
+    hospital refuses plain aggregation by its policy."""
+    from fedhealth.hospital.secure_aggregation import SECAGG_MINIMUM
+
+    floor = SECAGG_MINIMUM if cfg.federation.secure_aggregation.enabled else 1
+    if cfg.privacy.mode == "hospital":
+        from fedhealth.privacy.hospital_level import min_contributors as noise_contributors
+
+        return max(floor, noise_contributors(cfg))
+    return floor
+
+
+def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
+              on_round: RoundCallback | None = None) -> None:
+    """Run (or continue) the study's rounds; the run directory must already hold its config."""
+    if hasattr(grid, "pull_interval"):
+        # Simulation's in-memory Grid polls for replies every 0.1 s; SecAgg+ needs four exchanges per
+        # round, so the wait alone would dominate a small study's round.
+        grid.pull_interval = 0.01
+    else:  # deployment's Grid sleeps 3 s between pulls for replies
+        grid = PromptGrid(grid)
+    last = rundir.last_completed_round(run_dir)
+    if last:
+        weights, opt_state = rundir.load_weights(rundir.checkpoint_path(run_dir, last))
+        log.info("resuming %s after round %d", run_dir, last)
+    else:
+        weights, opt_state = initial_weights(cfg), {}
+    shapes = [tuple(w.shape) for w in weights]
+    for name in (rundir.METRICS_FILE, rundir.ROUNDS_FILE):
+        rundir.truncate_jsonl_after_round(run_dir / name, last)
+
+    ledger_dir = str((run_dir / rundir.PRIVACY_DIR).resolve())
+    inner = build_strategy(cfg, weights, lambda r: study_payload(cfg, r, ledger_dir),
+                           lambda r: study_payload(cfg, r, ledger_dir))
+    restore_optimizer_state(inner, opt_state)
+    raw = is_qffl(inner)
+    if raw:
+        shapes = [*shapes, (1,)]  # q-FedAvg: hospitals send Delta per array, then h
+    recorder = RunRecorder(run_dir, cfg, on_round)
+    fit_workflow = None
+    if cfg.federation.secure_aggregation.enabled:
+        params = derive_secagg_params(cfg)
+        rundir.write_json(run_dir / rundir.SECAGG_FILE, params.as_dict())
+        log.info("SecAgg+: %s", params.as_dict())
+        strategy = ObservedStrategy(inner, recorder, shapes, secure=True, min_contributors=min_contributors(cfg),
+                                    raw_updates=raw)
+        fit_workflow = SecureAggregationWorkflow(params, shapes, strategy)
+    else:
+        log.warning("secure aggregation is off (federation.secure_aggregation.enabled = false): "
+                    "the server sees every hospital's update")
+        strategy = ObservedStrategy(inner, recorder, shapes, min_contributors=min_contributors(cfg), raw_updates=raw)
+
+    def round_end(server_round: int, ctx: LegacyContext) -> None:
+        params = compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+        recorder.complete_round(server_round, parameters_to_ndarrays(params), optimizer_state(inner))
+
+    n = len(cfg.hospitals)
+    attendance = StudyClientManager(n, cfg.federation.min_hospitals or n, cfg.federation.wait_for_hospitals)
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.federation.rounds),
+                           strategy=strategy, client_manager=attendance)
+    StudyWorkflow(first_round=last + 1, on_round_end=round_end, fit_workflow=fit_workflow)(grid, legacy)
+    require_an_aggregate(run_dir)
+
+
+class NothingAggregated(RuntimeError):
+    """Every round ended without a single hospital's update in the aggregate: there is no federated model."""
+
+
+def require_an_aggregate(run_dir: Path) -> None:
+    """Fail a study in which no round aggregated any hospital: its "final model" would be the initial one,
+    and a report would call it federated. The rounds file says why each hospital declined."""
+    rows = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
+    if rows and not any(r.get("hospitals_aggregated") for r in rows):
+        reasons = sorted({d.get("reason", "") for r in rows for d in r.get("declined", [])})
+        detail = f"; hospitals said: {' | '.join(reasons[:3])}" if reasons else ""
+        raise NothingAggregated(f"no round of {len(rows)} aggregated any hospital's update, so there is no "
+                                f"federated model{detail}. See {rundir.ROUNDS_FILE} in {run_dir}")
+
+
+def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None,
+                     on_round: RoundCallback | None = None) -> ServerApp:
+    """A ServerApp for one study. Without arguments (as under `flwr run`), the study comes from the run
+    config keys `config` (a TOML path relative to the project) and `out` (run directory); `resume=true`
+    continues `out` from its last checkpoint (after a SuperLink restart, say) instead of refusing it."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        if cfg is not None and run_dir is not None:
+            run_study(grid, context, cfg, run_dir, on_round)
+            return
+        project = Path(__file__).resolve().parents[2]
+        config_path = Path(str(context.run_config.get("config", "configs/smoke.toml")))
+        if not config_path.is_absolute():
+            config_path = project / config_path
+        study = load_config(config_path)
+        out = str(context.run_config.get("out", "")) or None
+        if _truthy(context.run_config.get("resume", False)):
+            if out is None:
+                raise rundir.RunDirError("resume=true needs out=<the run directory to continue>")
+            target = rundir.reopen_run_dir(Path(out), study)
+            log.warning("fedhealth run directory: %s (resuming after round %d)", Path(out).resolve(),
+                        rundir.last_completed_round(target))
+        else:
+            target = rundir.create_run_dir(
+                study, Path(out) if out else None,
+                resume_hint="to continue it, submit again with --run-config \"... resume=true\"; "
+                            "for a new run, choose another out")
+            log.warning("fedhealth run directory: %s", target.resolve())
+        started = time.perf_counter()
+        try:
+            with rundir.failed_on_signal(target):
+                run_study(grid, context, study, target, on_round)
+            if context.run_config.get("references", True):
+                # Simulation only: the synthetic hospitals are regenerated here from the seed.
+                from fedhealth.experiments.simulate import finish
+
+                finish(study, target, {"federation": time.perf_counter() - started})
+            else:
+                rundir.mark_completed(target)
+        except BaseException as err:
+            # `flwr run` may still exit 0: the run directory must say the study failed, and why. A stop by
+            # signal was already recorded with its reason; Flower's exit that follows must not overwrite it.
+            if rundir.read_state(target).get("stopped_by") is None:
+                rundir.mark_status(target, "failed", error=f"{type(err).__name__}: {err}")
+            raise
+
+    return app
+
+
+def _truthy(value: object) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true", "yes")

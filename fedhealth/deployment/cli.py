@@ -1,0 +1,363 @@
+"""`fedhealth certs` (create and check a study's certificates and keys) and `fedhealth audit` (verify a log).
+
+Exit codes: 0 all good; 1 a check or verification ran and failed; 2 the command could not do its
+job (bad option, missing file, a PKI already in place). Output names files, never key material.
+The library modules are imported inside the commands so `fedhealth --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+certs_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="Create and check the study's TLS certificates and SuperNode keys.")
+audit_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="Verify a hospital's signed, hash-chained audit log.")
+app_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                      help="Build, review, approve (sign) and publish the app versions hospitals run.")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    for line in message.splitlines():
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+def _require_files(*labelled: tuple[str, Path | None]) -> None:
+    """A file that is not there is a usage error (exit 2), unlike a file that fails a check (exit 1)."""
+    for label, path in labelled:
+        if path is not None and not path.is_file():
+            _fail(f"{path}: {label} not found (no such file); check the path", 2)
+
+
+@certs_app.command("init")
+def certs_init(
+    out: Annotated[Path, typer.Option("--out", help="directory for the study's PKI (created, mode 0700)")],
+    server_name: Annotated[list[str] | None, typer.Option(
+        "--server-name", help="a name SuperNodes dial (DNS name or IP); repeatable [default: localhost, 127.0.0.1]",
+        show_default=False)] = None,
+    days: Annotated[int, typer.Option("--days", min=1, help="certificate validity (days)")] = 365,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing PKI in --out")] = False,
+) -> None:
+    """Create the operator's part of the PKI: a study CA and the SuperLink's TLS certificate (no hospital keys:
+    each hospital makes its own with `fedhealth certs hospital-keys`)."""
+    from fedhealth.security.certs import DEFAULT_SERVER_NAMES, PKIError, init_study_pki
+
+    try:
+        pki = init_study_pki(out, server_name or list(DEFAULT_SERVER_NAMES), days, force=force)
+    except (PKIError, OSError) as err:
+        _fail(str(err), 2)
+    typer.echo(f"created a study PKI in {pki.root} (valid {days} days; names: {', '.join(pki.server_names)})")
+    typer.echo(f"  CA certificate      {pki.ca_cert}   every SuperNode: --root-certificates; SuperLink: "
+               "--ssl-ca-certfile")
+    typer.echo(f"  CA private key      {pki.ca_key}   keep offline: it can issue certificates the hospitals trust")
+    typer.echo(f"  server certificate  {pki.server_cert}   flower-superlink --ssl-certfile")
+    typer.echo(f"  server private key  {pki.server_key}   flower-superlink --ssl-keyfile")
+    typer.echo(f"  manifest            {pki.manifest}")
+    typer.echo("next: each hospital runs `fedhealth certs hospital-keys` and sends you its supernode_auth.pub; "
+               f"file each with `fedhealth certs add-hospital --pki {pki.root} --hospital NAME FILE.pub`")
+
+
+@certs_app.command("hospital-keys")
+def certs_hospital_keys(
+    out: Annotated[Path, typer.Option("--out", help="the hospital's key folder (created, mode 0700)")],
+    hospital: Annotated[str, typer.Option("--hospital", help="the hospital's name in the study")],
+    force: Annotated[bool, typer.Option("--force", help="replace keys already in --out")] = False,
+) -> None:
+    """Run at the hospital: make its SuperNode key pair, its audit-signing key pair and its app-approval key
+    pair (with trusted-entities.yaml naming it). Only supernode_auth.pub leaves the hospital."""
+    from fedhealth.security.certs import PKIError, init_hospital_keys
+
+    try:
+        keys = init_hospital_keys(out, hospital, force=force)
+    except (PKIError, OSError) as err:
+        _fail(str(err), 2)
+    typer.echo(f"created {hospital}'s keys in {keys.root} (private keys mode 0600: they never leave this hospital)")
+    typer.echo(f"  SuperNode key       {keys.node.private_key}   deploy_hospital.sh --key")
+    typer.echo(f"  SuperNode .pub      {keys.node.public_key}   send to the operator ({keys.node.fingerprint})")
+    typer.echo(f"  audit signing key   {keys.audit_private_key}   signs the audit log (node config audit-key)")
+    typer.echo(f"  audit public key    {keys.audit_public_key}   fedhealth audit verify --public-key "
+               f"({keys.audit_fingerprint})")
+    typer.echo(f"  app approval key    {keys.approval_private_key}   fedhealth app approve --key")
+    typer.echo(f"  trusted entities    {keys.trusted_entities}   flower-supernode --trusted-entities "
+               f"({keys.approval_key_id}: {keys.approval_fingerprint})")
+    typer.echo(f"  manifest            {keys.manifest}")
+    typer.echo(f"confirm the fingerprint {keys.node.fingerprint} with the operator over another channel")
+
+
+@certs_app.command("add-hospital")
+def certs_add_hospital(
+    public_key: Annotated[Path, typer.Argument(help="the hospital's supernode_auth.pub, as it sent it")],
+    pki: Annotated[Path, typer.Option("--pki", help="the study PKI (fedhealth certs init --out)")],
+    hospital: Annotated[str, typer.Option("--hospital", help="the hospital's name in the study")],
+    force: Annotated[bool, typer.Option("--force", help="replace another key filed for this hospital")] = False,
+) -> None:
+    """Operator: file a hospital's SuperNode public key under PKI/hospitals/NAME/ (for deploy_server.sh register)."""
+    from fedhealth.security.certs import CertificateError, PKIError, add_hospital_public_key
+
+    _require_files(("SuperNode public key", public_key))
+    try:
+        target, fingerprint = add_hospital_public_key(pki, hospital, public_key, force=force)
+    except (PKIError, OSError) as err:
+        _fail(str(err), 2)
+    except CertificateError as err:
+        _fail(str(err), 1)
+    typer.echo(f"filed {hospital}'s SuperNode public key as {target} ({fingerprint}); confirm the fingerprint with "
+               "the hospital, then register it")
+
+
+@certs_app.command("check")
+def certs_check(
+    ca: Annotated[Path, typer.Option("--ca", help="the study CA certificate (PEM)")],
+    cert: Annotated[Path, typer.Option("--cert", help="the SuperLink's certificate (PEM)")],
+    key: Annotated[Path, typer.Option("--key", help="the SuperLink's private key (PEM)")],
+    host: Annotated[list[str] | None, typer.Option(
+        "--host", help="a name SuperNodes will dial, without port; repeatable")] = None,
+) -> None:
+    """Check the SuperLink's TLS files before launching Flower (exit 1 and the reason if they would fail)."""
+    from fedhealth.security.certs import CertificateError, check_server_tls
+
+    _require_files(("CA certificate (--ca)", ca), ("server certificate (--cert)", cert),
+                   ("server private key (--key)", key))
+    try:
+        found = check_server_tls(ca, cert, key, host=host or None)
+    except CertificateError as err:
+        _fail(str(err), 1)
+    typer.echo(f"ok: {cert} is signed by {ca}, matches {key}, names {', '.join(found.names)}, valid until "
+               f"{found.not_after:%Y-%m-%d %H:%M} UTC")
+
+
+@certs_app.command("check-node")
+def certs_check_node(
+    private_key: Annotated[Path, typer.Argument(help="the SuperNode's OpenSSH private key")],
+    public_key: Annotated[Path, typer.Argument(help="the registered OpenSSH public key (.pub)")],
+) -> None:
+    """Check a hospital's SuperNode key pair loads as Flower loads it and that both halves match."""
+    from fedhealth.security.certs import CertificateError, check_node_keypair
+
+    _require_files(("SuperNode private key", private_key), ("SuperNode public key", public_key))
+    try:
+        fingerprint = check_node_keypair(private_key, public_key)
+    except CertificateError as err:
+        _fail(str(err), 1)
+    typer.echo(f"ok: {private_key} and {public_key} are one key pair ({fingerprint})")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    log: Annotated[Path, typer.Argument(help="the hospital's audit log (JSON lines)")],
+    public_key: Annotated[Path | None, typer.Option(
+        "--public-key", help="the hospital's audit public key (audit_signing.pub): check every signature")] = None,
+    expected_entries: Annotated[int | None, typer.Option(
+        "--expected-entries", min=0, help="entries there must be (from an independent count)")] = None,
+) -> None:
+    """Verify the chain (and, with --public-key, the signatures); exit 1 naming the first bad line."""
+    from fedhealth.privacy.audit import AuditError, entries_text, verify_audit_log
+    from fedhealth.security.certs import CertificateError
+
+    _require_files(("audit log", log), ("public key (--public-key)", public_key))
+    try:
+        report = verify_audit_log(log, public_key, expected_entries=expected_entries)
+    except (AuditError, CertificateError) as err:
+        _fail(str(err), 2)
+    verified = entries_text(report.entries)
+    if report.problem is not None and report.problem.line is None:  # the log as a whole, e.g. its length
+        _fail(f"{log}: verification FAILED: the log {report.problem} ({verified} verified)", 1)
+    if report.problem is not None:
+        _fail(f"{log}: verification FAILED at {report.problem} ({verified} before it verified)", 1)
+    if report.signatures_checked:
+        how = f"signatures by {report.signer} verified"
+    elif report.signed:
+        how = f"signed by {report.signer}, signatures NOT checked (pass --public-key)"
+    else:
+        how = "unsigned: only the hash chain was checked"
+    typer.echo(f"ok: {log}: {verified}, chain intact, {how}; last hash {report.last_hash}")
+    if expected_entries is None:
+        typer.echo("note: removal of the last entries cannot be seen in the file alone; compare the count with "
+                   "the hospital's privacy ledger (--expected-entries)")
+
+
+# ---------------------------------------------------------------- fedhealth app
+
+
+def _fab(path: Path) -> bytes:
+    from fedhealth.deployment.app_trust import AppTrustError, read_fab
+
+    try:
+        return read_fab(path)
+    except AppTrustError as err:
+        _fail(str(err), 2)
+
+
+@app_app.command("build")
+def app_build(
+    out: Annotated[Path, typer.Option("--out", help="the FAB file to write")],
+    project: Annotated[Path, typer.Option("--project", help="the Flower app's folder (pyproject.toml)")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
+) -> None:
+    """Build the FAB `flwr run` would submit (Flower's own builder; the same files give the same bytes)."""
+    from fedhealth.deployment.app_trust import build_fab, summarize_fab
+    from fedhealth.security.certs import _write_file
+
+    if out.exists() and not force:
+        _fail(f"{out}: exists; refusing to overwrite it (pass --force, or choose another --out)", 2)
+    try:
+        data = build_fab(project)
+    except Exception as err:  # Flower's builder raises click and value errors for a bad project
+        _fail(f"{project}: cannot build a FAB: {err}", 2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_file(out, data, 0o644)
+    summary = summarize_fab(data)
+    typer.echo(f"built {out}: {summary.app_id}=={summary.version}, {len(summary.files)} files, sha256 {summary.sha256}")
+
+
+@app_app.command("review")
+def app_review(
+    fab: Annotated[Path, typer.Argument(help="the FAB to review")],
+    against: Annotated[Path | None, typer.Option(
+        "--against", help="a FAB approved before: list only what changed since")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Show what exactly would run at the hospital: the FAB's sha256, app id, version and every file's hash."""
+    import json
+
+    from fedhealth.deployment.app_trust import AppTrustError, diff_fabs, summarize_fab
+
+    try:
+        summary = summarize_fab(_fab(fab))
+        changes = diff_fabs(summarize_fab(_fab(against)), summary) if against else None
+    except AppTrustError as err:
+        _fail(f"{fab}: {err}", 1)
+    if as_json:
+        typer.echo(json.dumps({"sha256": summary.sha256, "app_id": summary.app_id, "version": summary.version,
+                               "files": [vars(f) for f in summary.files], "changes": changes}, indent=2))
+        return
+    typer.echo(f"{fab}: {summary.app_id}=={summary.version}")
+    typer.echo(f"  sha256 {summary.sha256}  ({summary.size} bytes, {len(summary.files)} files)")
+    for f in summary.files:
+        mark = ""
+        if changes is not None:
+            mark = "+ " if f.path in changes["added"] else "M " if f.path in changes["changed"] else "  "
+        typer.echo(f"  {mark}{f.sha256[:16]}  {f.size:>8}  {f.path}")
+    if changes is not None:
+        for path in changes["removed"]:
+            typer.echo(f"  - {'':16}  {'':>8}  {path}")
+        typer.echo(f"since {against}: {len(changes['added'])} added, {len(changes['changed'])} changed, "
+                   f"{len(changes['removed'])} removed")
+    typer.echo("to approve exactly these bytes: fedhealth app approve FAB --key KEYS/app_approval --hospital NAME "
+               f"--sha256 {summary.sha256}")
+
+
+@app_app.command("approve")
+def app_approve(
+    fab: Annotated[Path, typer.Argument(help="the FAB that was reviewed")],
+    key: Annotated[Path, typer.Option("--key", help="the Ed25519 approval key (KEYS/app_approval)")],
+    sha256: Annotated[str, typer.Option("--sha256", help="the hash that was reviewed (fedhealth app review)")],
+    out: Annotated[Path, typer.Option("--out", help="the signature record to write (send it to the operator)")],
+    hospital: Annotated[str | None, typer.Option("--hospital", help="sign as NAME-approval (the key id that "
+                                                 "certs hospital-keys put in trusted-entities.yaml)")] = None,
+    key_id: Annotated[str | None, typer.Option("--key-id", help="sign under another key id (a publisher)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
+) -> None:
+    """Sign off one app version: an Ed25519 signature over the FAB, in the form Flower's SuperNode verifies."""
+    import json
+
+    from fedhealth.deployment.app_trust import AppTrustError, fab_sha256, sign_fab
+    from fedhealth.security.certs import _write_file, approval_key_id
+
+    data = _fab(fab)
+    if fab_sha256(data) != sha256.strip().lower():
+        _fail(f"{fab}: its sha256 is {fab_sha256(data)}, not the reviewed {sha256}: these are other bytes; review "
+              "this file (fedhealth app review) before approving it", 1)
+    if (hospital is None) == (key_id is None):
+        _fail("give --hospital NAME (a hospital's approval) or --key-id ID (a publisher's signature)", 2)
+    if out.exists() and not force:
+        _fail(f"{out}: exists; refusing to overwrite it (pass --force, or choose another --out)", 2)
+    try:
+        record = sign_fab(data, key, key_id or approval_key_id(hospital or ""))
+    except AppTrustError as err:
+        _fail(str(err), 2)
+    _write_file(out, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
+    typer.echo(f"approved {record['app_id']}=={record['version']} (sha256 {record['fab_sha256']}) as "
+               f"{record['public_key_id']} ({record['signer_fingerprint']}); send {out} to the operator")
+
+
+@app_app.command("trust")
+def app_trust_key(
+    public_key: Annotated[Path, typer.Argument(help="an Ed25519 OpenSSH public key (e.g. a publisher's)")],
+    trusted_entities: Annotated[Path, typer.Option("--trusted-entities", help="the hospital's trusted-entities "
+                                                   "file")],
+    key_id: Annotated[str, typer.Option("--key-id", help="the id its signatures carry")],
+    replace: Annotated[bool, typer.Option("--replace", help="change the key under an existing id")] = False,
+) -> None:
+    """Hospital: run every app version this key signs (restart the SuperNode to apply)."""
+    from fedhealth.deployment.app_trust import AppTrustError, trust_key
+
+    try:
+        fingerprint = trust_key(trusted_entities, key_id, public_key, replace=replace)
+    except AppTrustError as err:
+        _fail(str(err), 2)
+    typer.echo(f"{trusted_entities}: trusts {key_id} ({fingerprint}); restart the SuperNode to apply")
+
+
+@app_app.command("publish")
+def app_publish(
+    fab: Annotated[Path, typer.Argument(help="the FAB to offer for runs")],
+    registry: Annotated[Path, typer.Option("--dir", help="the registry folder")],
+    replace: Annotated[bool, typer.Option("--replace", help="replace other bytes under the same version")] = False,
+) -> None:
+    """Operator: put a FAB in the registry the SuperLink fetches `@publisher/app==x.y.z` from."""
+    from fedhealth.deployment.app_trust import AppTrustError, Registry
+
+    try:
+        summary, target = Registry(registry).publish(_fab(fab), replace=replace)
+    except AppTrustError as err:
+        _fail(str(err), 2)
+    typer.echo(f"published {summary.app_id}=={summary.version} (sha256 {summary.sha256}) as {target}; "
+               f"run it with: flwr run {summary.app_id}=={summary.version} CONNECTION")
+
+
+@app_app.command("add-signature")
+def app_add_signature(
+    record: Annotated[list[Path], typer.Argument(help="signature records (fedhealth app approve --out)")],
+    registry: Annotated[Path, typer.Option("--dir", help="the registry folder")],
+) -> None:
+    """Operator: attach hospitals' approvals to a published FAB (each SuperNode checks them itself)."""
+    import json
+
+    from fedhealth.deployment.app_trust import AppTrustError, Registry
+
+    for path in record:
+        try:
+            target = Registry(registry).add_signature(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            _fail(f"{path}: {err}", 2)
+        except AppTrustError as err:
+            _fail(f"{path}: {err}", 2)
+        typer.echo(f"{path}: filed as {target}")
+
+
+@app_app.command("serve")
+def app_serve(
+    registry: Annotated[Path, typer.Option("--dir", help="the registry folder")],
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 9097,
+) -> None:
+    """Operator: serve the registry as the SuperLink fetches apps (set FLWR_SUPERGRID_API_URL to its URL)."""
+    from fedhealth.deployment.app_trust import serve_registry
+
+    server = serve_registry(registry, host, port)
+    import sys
+
+    typer.echo(f"registry {registry} on http://{host}:{server.server_address[1]} "
+               f"(flower-superlink: FLWR_SUPERGRID_API_URL=http://{host}:{server.server_address[1]})")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,379 @@
+"""Deployment helpers: the flwr CLI's connection to a study's TLS SuperLink, a hospital's pre-flight
+checks, and the process handling that scripts and tests need around Flower's long-running commands.
+
+Why here and not in the shell scripts: Flower reads `[superlink.<name>] root-certificates` only as an
+*absolute* path (`flwr/cli/typing.py`, `SuperLinkConnection.__post_init__`), so a committed
+`configs/flower/config.toml` cannot point at a study's CA; `write_connection` writes the section with
+the real path into `$FLWR_HOME/config.toml`. And Flower's processes outlive their parents: each
+SuperLink and SuperNode starts a `flower-superexec` in a new session, which starts `flwr-serverapp` /
+`flwr-clientapp` subprocesses, so killing one process (or one process group) leaves the rest running.
+`Service.stop` finds every descendant first and stops them all.
+
+`python -m fedhealth.deployment.processes --help` lists the commands the deployment scripts call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+FLOWER_CONFIG = PROJECT / "configs" / "flower" / "config.toml"  # copied into $FLWR_HOME by the scripts
+DEFAULT_CONNECTION = "fedhealth-deployment"  # the [superlink.<name>] section for a study's own SuperLink
+DEFAULT_PORT = 9092  # the SuperLink's one loopback HTTPS port (Fleet, Control and Runtime APIs share it in flwr 1.41)
+GATEWAY_PORT = 9093  # the hospitals' address: the Fleet API only (fedhealth/deployment/gateway.py)
+# Every Flower process we start gets these: no telemetry (a hospital's software must not phone home) and no
+# run-time `uv sync` of the app's dependencies (it would try to pull a CUDA torch from the internet).
+FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+
+
+# ---------------------------------------------------------------- the flwr CLI's connection
+
+
+def write_connection(flwr_home: str | Path, address: str, root_certificates: str | Path,
+                     name: str = DEFAULT_CONNECTION, base: str | Path | None = FLOWER_CONFIG) -> Path:
+    """Add (or replace) `[superlink.<name>]` in `$FLWR_HOME/config.toml` and return that file.
+
+    `address` is the SuperLink's HOST:PORT (its Control API, on the same port as the Fleet API);
+    `root_certificates` the study CA, written as an absolute path as Flower requires. When the file
+    does not exist yet it starts as a copy of `base` (our `configs/flower/config.toml`), so the
+    simulation connection `local-simulation` stays available and stays the default."""
+    import tomli_w
+
+    home = Path(flwr_home)
+    target = home / "config.toml"
+    if target.is_file():
+        data = tomllib.loads(target.read_text(encoding="utf-8"))
+    elif base is not None and Path(base).is_file():
+        data = tomllib.loads(Path(base).read_text(encoding="utf-8"))
+    else:
+        data = {}
+    ca = Path(root_certificates).expanduser().resolve()
+    superlink = data.setdefault("superlink", {})
+    superlink[name] = {"address": address, "root-certificates": str(ca)}
+    superlink.setdefault("default", name)
+    home.mkdir(parents=True, exist_ok=True)
+    target.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return target
+
+
+# ---------------------------------------------------------------- a hospital's pre-flight checks
+
+
+def hospital_problems(ca: str | Path, policy: str | Path | None = None, audit_log: str | Path | None = None,
+                      public_key: str | Path | None = None, ledger_dir: str | Path | None = None, *,
+                      audit_key: str | Path | None = None, node_key: str | Path | None = None,
+                      trusted_entities: str | Path | None = None) -> list[str]:
+    """What would make this hospital's SuperNode fail, or run unprotected, after launch (empty: fine).
+
+    Checks the study CA (`--root-certificates`), the site policy file, the audit-signing key (it loads,
+    matches its `.pub`, and is not the SuperNode key: the evidence is signed by a key of its own), the
+    trusted-entities file (Ed25519 keys as Flower needs, and not empty: an empty one would make Flower
+    run any app), that an existing audit log verifies with the audit public key (`public_key`, default
+    AUDIT_KEY.pub; the ClientApp refuses to append to one that does not), and that the ledger and
+    audit-log folders can be written."""
+    from fedhealth.deployment.app_trust import AppTrustError, load_trusted_entities
+    from fedhealth.privacy.audit import AuditError, verify_audit_log
+    from fedhealth.security.certs import (
+        CertificateError,
+        _spki,
+        check_ca_certificate,
+        load_node_private_key,
+        load_node_public_key,
+        public_key_fingerprint,
+    )
+    from fedhealth.study.policy import SitePolicy
+
+    problems: list[str] = []
+    try:
+        check_ca_certificate(ca)
+    except CertificateError as err:
+        problems.append(str(err))
+    if policy:
+        try:
+            SitePolicy.from_file(Path(policy))
+        except (OSError, ValueError) as err:
+            problems.append(str(err))
+    if audit_key:
+        public_key = public_key or f"{audit_key}.pub"
+        try:
+            signing = load_node_private_key(audit_key, "audit signing key")
+            published = load_node_public_key(public_key, "audit public key")
+            if _spki(signing) != _spki(published):
+                problems.append(f"{audit_key}: this audit signing key does not match {public_key} "
+                                f"({public_key_fingerprint(signing)} vs {public_key_fingerprint(published)}); "
+                                "auditors verify with the .pub, so pass the pair made together")
+            if node_key and _spki(signing) == _spki(load_node_private_key(node_key)):
+                problems.append(f"{audit_key}: the audit signing key is the SuperNode key ({node_key}); sign the "
+                                "audit log with a key of its own (fedhealth certs hospital-keys makes audit_signing)")
+        except CertificateError as err:
+            problems.append(str(err))
+    if trusted_entities:
+        try:
+            load_trusted_entities(trusted_entities)
+        except AppTrustError as err:
+            problems.append(str(err))
+    if audit_log and Path(audit_log).exists():
+        try:
+            report = verify_audit_log(audit_log, public_key)
+        except (AuditError, CertificateError) as err:
+            problems.append(str(err))
+        else:
+            if report.problem is not None:
+                problems.append(f"{audit_log}: the existing audit log fails verification at {report.problem}; "
+                                "the SuperNode would refuse to append to it. Keep it as evidence and point "
+                                "audit-log at a new file")
+    for folder, what in ((ledger_dir, "ledger folder (ledger-dir)"),
+                         (Path(audit_log).parent if audit_log else None, "audit log folder")):
+        if folder is None:
+            continue
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            problems.append(f"{folder}: {what} cannot be created ({err.strerror})")
+            continue
+        if not os.access(folder, os.W_OK | os.X_OK):
+            problems.append(f"{folder}: {what} is not writable by this user (uid {os.getuid()})")
+    return problems
+
+
+def node_config(values: Mapping[str, str]) -> str:
+    """`flower-supernode --node-config` text: `key='value' ...` (TOML literal strings, so no escaping).
+
+    Raises ValueError for a value Flower's parser cannot carry (a single quote or a line break)."""
+    parts = []
+    for key, value in values.items():
+        if not value:
+            continue
+        if "'" in value or "\n" in value:
+            raise ValueError(f"node config {key}: {value!r} contains a quote or a line break; rename the path")
+        parts.append(f"{key}='{value}'")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------- processes and ports
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _proc_stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, state letter) of a live process, None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = text[text.rindex(")") + 2:].split()
+    return int(rest[1]), rest[0]
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[1] not in ("Z", "X")
+
+
+def descendants(pids: Iterable[int]) -> set[int]:
+    """Every live process below `pids` in the parent tree (children, grandchildren, ...)."""
+    parents: dict[int, list[int]] = {}
+    for pid in _all_pids():
+        stat = _proc_stat(pid)
+        if stat is not None:
+            parents.setdefault(stat[0], []).append(pid)
+    found: set[int] = set()
+    todo = list(pids)
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def processes_mentioning(marks: Sequence[str]) -> set[int]:
+    """Live Flower processes (`flower-*`, `flwr-*`) whose command line contains one of `marks`.
+
+    Why: a `flower-superexec` whose parent died is re-parented to init and no longer shows in
+    `descendants`; its command line still names its parent (`--parent-pid N`) and the ports it serves."""
+    found = set()
+    for pid in _all_pids():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ("flower-" in cmd or "flwr-" in cmd) and any(m in cmd for m in marks) and alive(pid):
+            found.add(pid)
+    return found
+
+
+def runtime_mark(port: int, host: str = "127.0.0.1") -> str:
+    """The mark of a SuperLink's or SuperNode's own processes: its SuperExec and the app processes it starts
+    all name its Runtime API address (`--runtime-api-address HOST:PORT`)."""
+    return f"--runtime-api-address {host}:{port} "
+
+
+def kill_tree(pids: Iterable[int], marks: Sequence[str] = (), timeout: float = 10.0) -> list[int]:
+    """SIGTERM `pids`, their process groups and every descendant (and Flower processes naming `marks`),
+    wait up to `timeout` seconds, then SIGKILL what is left. Returns the pids that needed SIGKILL."""
+    roots = [p for p in pids if p > 0]
+    targets = set(roots) | descendants(roots) | (processes_mentioning(marks) if marks else set())
+    for pid in roots:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)  # our services lead their own group (start_new_session)
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # children started while we waited (a superexec spawning a new app process) join the list
+        targets |= descendants(t for t in targets if alive(t))
+        if not any(alive(p) for p in targets):
+            return []
+        time.sleep(0.1)
+    forced = [p for p in targets if alive(p)]
+    for pid in forced:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return forced
+
+
+@dataclass
+class Service:
+    """A long-running command in its own session (process group), its output in `log`."""
+
+    name: str
+    cmd: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    # strings only this service's processes carry, e.g. "--runtime-api-address 127.0.0.1:PORT " (its SuperExec and
+    # the app processes it starts); not the SuperLink's address, which every SuperNode names too. See kill_tree.
+    marks: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> Service:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **FLOWER_ENV, **self.env}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.cwd,
+                                         start_new_session=True)
+        self.marks.append(f"--parent-pid {self.proc.pid} ")  # trailing space: pid 12 must not match 123
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was not started"
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit status, or None if still running after `timeout` seconds."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 10.0) -> list[int]:
+        """Stop the service and everything it started; reap it. Returns pids that needed SIGKILL."""
+        if self.proc is None:
+            return []
+        forced = kill_tree([self.proc.pid], self.marks, timeout)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return forced
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition") -> None:
+    """Poll `predicate` until true; TimeoutError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
+
+
+# ---------------------------------------------------------------- command line for the scripts
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedhealth.deployment.processes",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    conn = sub.add_parser("connection", help="write [superlink.NAME] (address, absolute CA path) into "
+                                             "$FLWR_HOME/config.toml")
+    conn.add_argument("--flwr-home", default=os.environ.get("FLWR_HOME") or str(Path.home() / ".flwr"))
+    conn.add_argument("--name", default=DEFAULT_CONNECTION)
+    conn.add_argument("--address", required=True, help="the SuperLink as HOST:PORT")
+    conn.add_argument("--ca", required=True, help="the study CA certificate (PEM)")
+    pre = sub.add_parser("preflight", help="a hospital's checks before its SuperNode starts (exit 1 on a problem)")
+    pre.add_argument("--ca", required=True)
+    pre.add_argument("--policy")
+    pre.add_argument("--audit-log")
+    pre.add_argument("--public-key", help="the audit public key (default: AUDIT_KEY.pub)")
+    pre.add_argument("--audit-key")
+    pre.add_argument("--node-key")
+    pre.add_argument("--trusted-entities")
+    pre.add_argument("--ledger-dir")
+    cfg = sub.add_parser("node-config", help="print the --node-config text for KEY=VALUE pairs")
+    cfg.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    if args.command == "connection":
+        path = write_connection(args.flwr_home, args.address, args.ca, args.name)
+        print(f"{path}: [superlink.{args.name}] address = {args.address}, root-certificates = "
+              f"{Path(args.ca).expanduser().resolve()}")
+        return 0
+    if args.command == "preflight":
+        problems = hospital_problems(args.ca, args.policy, args.audit_log, args.public_key, args.ledger_dir,
+                                     audit_key=args.audit_key, node_key=args.node_key,
+                                     trusted_entities=args.trusted_entities)
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 1 if problems else 0
+    try:
+        print(node_config(dict(p.split("=", 1) for p in args.pairs)))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

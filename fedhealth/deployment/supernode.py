@@ -1,0 +1,122 @@
+"""`python -m fedhealth.deployment.supernode ARGS`: flower-supernode, plus a record of every app it was asked to run.
+
+Why: with `--trusted-entities`, Flower 1.41's SuperNode refuses an app whose FAB carries no
+signature by a trusted key, and it does so *before* any app process starts (in
+`flwr/supernode/start_client_internal.py`, `_pull_and_store_message`: the error reply is sent in
+place of the message, and the FAB is never stored, so no ClientApp can load it). That is the
+enforcement, and it is Flower's. But its log says only "FAB verification failed" or "App
+verification is not supported by the connected SuperLink": it does not name the app. This launcher
+is the hospital's own code (installed at the hospital, never shipped in a FAB): it wraps the
+SuperNode's FAB download so that each app it is sent is named, with its hash, the keys that signed
+it and Flower's verdict computed by Flower's own `_verify_fab`, in the SuperNode's log and as one
+JSON line in the hospital's app-check log (`FEDHEALTH_APP_LOG`). It changes no decision Flower
+makes. It is tied to flwr 1.41's internals and refuses to start if they are not what it expects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from logging import ERROR, INFO
+from pathlib import Path
+from typing import Any
+
+APP_LOG_ENV = "FEDHEALTH_APP_LOG"
+HOSPITAL_ENV = "FEDHEALTH_HOSPITAL"
+
+
+def app_verdict(fab: Any, trusted: dict[str, str] | None) -> dict[str, Any]:
+    """What Flower will decide about `fab` (a `flwr.supercore.fab.Fab`), and why, with Flower's own check."""
+    from flwr.supernode.start_client_internal import _verify_fab
+
+    from fedhealth.deployment.app_trust import AppTrustError, summarize_fab
+
+    signed_by = sorted(k for k in fab.verifications if k != "valid_license")
+    try:
+        summary = summarize_fab(fab.content)
+        app_id, version = summary.app_id, summary.version
+    except AppTrustError:
+        app_id, version = None, None
+    verified = []
+    if trusted:
+        for key_id in signed_by:
+            if key_id in trusted:
+                try:
+                    if _verify_fab(fab, {key_id: trusted[key_id]}):
+                        verified.append(key_id)
+                except (ValueError, TypeError, KeyError):
+                    pass
+    if not trusted:
+        decision = "runs unchecked: this SuperNode has no --trusted-entities"
+    elif not fab.verifications.get("valid_license", ""):
+        decision = "refused: the FAB carries no signature (an unsigned `flwr run` of a local app)"
+    elif verified:
+        decision = "approved"
+    else:
+        decision = (f"refused: signed by {', '.join(signed_by) or 'nobody'}, no signature verifies with a key "
+                    "this hospital trusts")
+    return {"fab_sha256": fab.hash_str, "app_id": app_id, "version": version, "signed_by": signed_by,
+            "verified_by": verified, "decision": decision}
+
+
+def install(app_log: Path | None, hospital: str) -> None:
+    """Wrap flwr 1.41's `_pull_and_store_message` so the FAB it downloads for a new run is recorded."""
+    from flwr.supercore import log as flwr_log
+    from flwr.supernode import start_client_internal as sci
+
+    original: Callable[..., Any] = sci._pull_and_store_message
+    if getattr(original, "_fedhealth_wrapped", False):
+        return
+    seen: set[tuple[int, str]] = set()
+
+    def pull_and_store_message(*args: Any, **kwargs: Any) -> Any:
+        get_fab = kwargs["get_fab"]
+        trusted = kwargs.get("trusted_entities")
+
+        def recorded_get_fab(fab_hash: str, run_id: int) -> Any:
+            fab = get_fab(fab_hash, run_id)
+            verdict = app_verdict(fab, trusted)
+            text = (f"fedhealth app check: hospital {hospital}, run {run_id}: app {verdict['app_id']} "
+                    f"{verdict['version']} (FAB sha256 {verdict['fab_sha256']}): {verdict['decision']}")
+            flwr_log(INFO if verdict["decision"] == "approved" else ERROR, text)
+            if app_log is not None and (run_id, fab.hash_str) not in seen:
+                seen.add((run_id, fab.hash_str))
+                entry = {"time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                         "hospital": hospital, "run_id": str(run_id), **verdict}
+                app_log.parent.mkdir(parents=True, exist_ok=True)
+                with open(app_log, "a", encoding="utf-8") as out:
+                    out.write(json.dumps(entry) + "\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+            return fab
+
+        kwargs["get_fab"] = recorded_get_fab
+        return original(*args, **kwargs)
+
+    pull_and_store_message._fedhealth_wrapped = True  # type: ignore[attr-defined]
+    sci._pull_and_store_message = pull_and_store_message
+
+
+def main() -> None:
+    """Install the record, then run Flower's own `flower-supernode` entry point with our arguments."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    import flwr
+    from flwr.supernode import start_client_internal as sci
+
+    if flwr.__version__ != "1.41.0" or "trusted_entities" not in sci._pull_and_store_message.__code__.co_varnames:
+        sys.exit(f"error: fedhealth's SuperNode launcher was written against flwr 1.41.0 (found "
+                 f"{flwr.__version__}); check flwr/supernode/start_client_internal.py and update "
+                 "fedhealth/deployment/supernode.py before deploying")
+    app_log = os.environ.get(APP_LOG_ENV)
+    install(Path(app_log) if app_log else None, os.environ.get(HOSPITAL_ENV, "?"))
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv[0] = "flower-supernode"
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""`fedhealth contribution`: what each hospital contributes, by re-running the federation on coalitions.
+
+Under secure aggregation no one sees a single hospital's update, so contribution cannot be read
+off the updates. It is measured the only honest way left: run the same federation with only some
+hospitals training (`federation.participants`; everyone still evaluates, data and splits unchanged)
+and compare what the resulting models achieve. The value of a coalition is the overall AUROC of its
+federated model on every hospital's test records; the empty coalition is worth 0.5 (a model that
+ranks at random).
+
+Simulation only. In a deployment every coalition federation would spend every member's privacy
+budget again (and expose which hospitals were in which run), so this never runs there: the command
+takes a study config and runs Flower's simulation engine. Coalition runs aggregate in the clear
+(SecAgg+ protects against the server, and this valuation is simulation-only) and skip references.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedhealth.metrics.shapley import Estimate, exact_shapley, leave_one_out
+from fedhealth.runs import rundir
+from fedhealth.seeding import derive_seed
+from fedhealth.study.config import StudyConfig, parse_config
+
+log = logging.getLogger(__name__)
+
+EMPTY_VALUE = 0.5
+CONTRIBUTION_FILE = "contribution.json"
+
+
+class BudgetExhausted(RuntimeError):
+    """The next coalition would exceed the number of federations the user allowed."""
+
+
+def coalition_config(cfg: StudyConfig, members: frozenset[str]) -> StudyConfig:
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["name"] = f"{cfg.name}-coalition"
+    data["federation"]["participants"] = [h.name for h in cfg.hospitals if h.name in members]
+    data["federation"]["secure_aggregation"] = {**data["federation"].get("secure_aggregation", {}), "enabled": False}
+    data["references"] = {"local_only": False, "pooled": False, "non_private_federation": False}
+    for h in data["hospitals"]:
+        h.pop("policy", None)  # a site policy could refuse the plain aggregation these runs use
+    return parse_config(data, f"{cfg.name} coalition")
+
+
+class CoalitionValues:
+    """v(S): run (once, then cached) the federation of coalition S and score its model."""
+
+    def __init__(self, cfg: StudyConfig, out: Path, budget: int) -> None:
+        self.cfg, self.out, self.budget = cfg, out, budget
+        self.values: dict[frozenset, float] = {frozenset(): EMPTY_VALUE}
+        self.runs = 0
+
+    def needs(self, coalitions: list[frozenset]) -> int:
+        return len({c for c in coalitions if c not in self.values})
+
+    def __call__(self, members: frozenset) -> float:
+        if members in self.values:
+            return self.values[members]
+        if self.runs >= self.budget:
+            raise BudgetExhausted(f"budget of {self.budget} federations used")
+        self.runs += 1
+        started = time.perf_counter()
+        value = self._evaluate(members)
+        self.values[members] = value
+        log.warning("coalition %d/%d (%s): AUROC %.4f in %.0f s", self.runs, self.budget,
+                    ", ".join(sorted(members)), value, time.perf_counter() - started)
+        return value
+
+    def _evaluate(self, members: frozenset) -> float:
+        """One real federation of the coalition (Flower's simulation engine), scored on all test records."""
+        from fedhealth.data.hospitals import load_hospital
+        from fedhealth.experiments.references import federated
+        from fedhealth.experiments.simulate import run_federation, shared_ray
+        from fedhealth.metrics.classification import roc_auc
+
+        ccfg = coalition_config(self.cfg, members)
+        run_dir = rundir.create_run_dir(ccfg, self.out / "coalitions" / f"{self.runs:04d}")
+        with shared_ray():  # coalition after coalition on one Ray instance (see simulate.shared_ray)
+            run_federation(ccfg, run_dir)
+        weights, _ = rundir.load_weights(rundir.checkpoint_path(run_dir, ccfg.federation.rounds))
+        splits = [load_hospital(self.cfg, i) for i in range(len(self.cfg.hospitals))]
+        preds = federated(self.cfg, splits, weights)
+        value = roc_auc(np.concatenate([s.y_test for s in splits]),
+                        np.concatenate([preds.by_hospital[s.index] for s in splits]))
+        rundir.mark_completed(run_dir)
+        return value
+
+
+def estimate_contributions(cfg: StudyConfig, out: Path, budget: int,
+                           values: type[CoalitionValues] = CoalitionValues) -> dict[str, Any]:
+    """Leave-one-out and Shapley values within `budget` federations; writes `contribution.json` to `out`.
+
+    Exact Shapley when all 2^n - 1 coalitions fit the budget; else leave-one-out (n + 1 federations)
+    and as many sampled permutations as the rest of the budget allows (at least 2)."""
+    players = [h.name for h in cfg.hospitals]
+    n = len(players)
+    loo_needs = 1 + n
+    if budget < loo_needs:
+        raise ValueError(f"--budget {budget} is below the {loo_needs} federations leave-one-out needs for "
+                         f"{n} hospitals (the full study and each hospital left out); raise it")
+    out.mkdir(parents=True, exist_ok=True)
+    from fedhealth.experiments.simulate import shared_ray
+
+    with shared_ray():
+        return _estimate(cfg, out, budget, values(cfg, out, budget), players)
+
+
+def _estimate(cfg: StudyConfig, out: Path, budget: int, value: CoalitionValues, players: list[str]
+              ) -> dict[str, Any]:
+    n = len(players)
+    grand = frozenset(players)
+    loo = leave_one_out(players, value)
+    exact = 2**n - 1 <= budget
+    if exact:
+        shapley = exact_shapley(players, value)
+        permutations = None
+    else:
+        rng = np.random.default_rng(derive_seed(cfg.seed, "shapley-permutations"))
+        # Permutation sampling as in `fedhealth.metrics.shapley.sampled_shapley`, one permutation at a
+        # time, stopping before a permutation whose new coalitions would exceed the budget.
+        marginals: dict[str, list[float]] = {p: [] for p in players}
+        permutations = 0
+        while True:
+            order = [players[i] for i in rng.permutation(n)]
+            prefixes = [frozenset(order[:k]) for k in range(1, n + 1)]
+            if value.runs + value.needs(prefixes) > budget:
+                break
+            previous = value(frozenset())
+            for p, coalition in zip(order, prefixes, strict=True):
+                current = value(coalition)
+                marginals[p].append(current - previous)
+                previous = current
+            permutations += 1
+        if permutations < 2:
+            raise ValueError(f"--budget {budget} leaves room for {permutations} sampled permutation(s) of {n} "
+                             "hospitals after leave-one-out; a standard error needs at least 2: raise it")
+        shapley = {p: Estimate(float(np.mean(v)), float(np.std(v, ddof=1) / np.sqrt(len(v))), len(v))
+                   for p, v in marginals.items()}
+    result = {
+        "study": cfg.name,
+        "value": "overall AUROC of the coalition's federated model on every hospital's test records",
+        "empty_coalition_value": EMPTY_VALUE,
+        "grand_coalition_value": value(grand),
+        "method": "exact" if exact else "Monte Carlo permutation sampling",
+        "permutations": permutations,
+        "budget": budget,
+        "federations_run": value.runs,
+        "hospitals": [{"name": p, "records": h.records, "tier": h.tier, "leave_one_out": loo[p],
+                       "shapley": shapley[p].value, "shapley_stderr": shapley[p].stderr}
+                      for p, h in zip(players, cfg.hospitals, strict=True)],
+        "coalitions": [{"members": sorted(c), "value": v} for c, v in value.values.items() if c],
+        "note": "simulation only: in a deployment every coalition would spend its members' privacy budget again",
+    }
+    rundir.write_json(out / CONTRIBUTION_FILE, result)
+    return result

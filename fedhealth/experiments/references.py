@@ -1,0 +1,64 @@
+"""The two reference points every study needs, trained on the very same splits as the federation.
+
+- local-only: each hospital trains alone on its own records (what it could do without joining);
+- pooled: all hospitals' training records centralised (the non-private ceiling).
+
+Both use the federation's optimiser settings and the same total number of epochs
+(rounds x local epochs), and start from the same initial weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedhealth.data.hospitals import HospitalSplit
+from fedhealth.model import build_model, set_weights
+from fedhealth.model.training import predict_proba, train
+from fedhealth.seeding import derive_seed
+from fedhealth.study.config import StudyConfig
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Test-set probabilities per hospital index, for one model family (federated, local-only, pooled)."""
+
+    by_hospital: dict[int, np.ndarray]
+
+
+def _fresh_model(cfg: StudyConfig, init: Sequence[np.ndarray], width: int):
+    model = build_model(cfg.model.name, width, cfg.model.hidden, seed=cfg.seed)
+    set_weights(model, init)
+    return model
+
+
+def _fit(cfg: StudyConfig, model, x: np.ndarray, y: np.ndarray, purpose: str) -> None:
+    t = cfg.training
+    train(model, x, y, epochs=cfg.federation.rounds * t.local_epochs, batch_size=t.batch_size,
+          learning_rate=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
+          seed=derive_seed(cfg.seed, purpose))
+
+
+def local_only(cfg: StudyConfig, splits: Sequence[HospitalSplit], init: Sequence[np.ndarray]) -> Predictions:
+    out = {}
+    for s in splits:
+        model = _fresh_model(cfg, init, s.x_train.shape[1])
+        _fit(cfg, model, s.x_train, s.y_train, f"local-only/{s.index}")
+        out[s.index] = predict_proba(model, s.x_test)
+    return Predictions(out)
+
+
+def pooled(cfg: StudyConfig, splits: Sequence[HospitalSplit], init: Sequence[np.ndarray]) -> Predictions:
+    x = np.concatenate([s.x_train for s in splits])
+    y = np.concatenate([s.y_train for s in splits])
+    model = _fresh_model(cfg, init, x.shape[1])
+    _fit(cfg, model, x, y, "pooled")
+    return Predictions({s.index: predict_proba(model, s.x_test) for s in splits})
+
+
+def federated(cfg: StudyConfig, splits: Sequence[HospitalSplit], weights: Sequence[np.ndarray]) -> Predictions:
+    """The final global model's predictions, computed in the simulation driver for pooled-test figures."""
+    model = _fresh_model(cfg, weights, splits[0].x_train.shape[1])
+    return Predictions({s.index: predict_proba(model, s.x_test) for s in splits})

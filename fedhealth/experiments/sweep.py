@@ -1,0 +1,144 @@
+"""`fedhealth sweep`: the privacy-utility curve, federated AUROC against epsilon, from sibling runs.
+
+Each epsilon is the same study (same seed, hospitals, splits, model, rounds) with record-level DP at
+that target, one federation per value (`inf`: no DP). What does not depend on epsilon is computed
+once: the hospitals' data and splits, and the local-only and pooled references, drawn as horizontal
+lines. Each sibling keeps its own run directory (ledgers included) under the sweep's directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedhealth.runs import rundir
+from fedhealth.study.config import StudyConfig, parse_config, without_privacy
+
+log = logging.getLogger(__name__)
+SWEEP_FILE = "sweep.json"
+
+
+def parse_epsilons(text: str) -> list[float]:
+    """`0.5,1,2,inf` -> [0.5, 1.0, 2.0, inf]; ValueError naming the bad item."""
+    values = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        try:
+            value = math.inf if item in ("inf", "infinity", "none") else float(item)
+        except ValueError:
+            raise ValueError(f"--epsilon: {item!r} is not a number or 'inf'") from None
+        if not value > 0:
+            raise ValueError(f"--epsilon: {item!r} must be positive")
+        values.append(value)
+    if not values:
+        raise ValueError("--epsilon: give at least one value, e.g. 1,4,inf")
+    return sorted(set(values))
+
+
+def sibling_config(cfg: StudyConfig, epsilon: float) -> StudyConfig:
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["references"] = {"local_only": False, "pooled": False, "non_private_federation": False}
+    if math.isinf(epsilon):
+        return without_privacy(parse_config(data, f"{cfg.name} without DP"))
+    privacy = {k: v for k, v in data.get("privacy", {}).items() if k not in ("noise_multiplier", "target_epsilon")}
+    privacy.update({"mode": "record", "target_epsilon": epsilon,
+                    "max_epsilon": max(epsilon, float(privacy.get("max_epsilon", 10.0)))})
+    data["privacy"] = privacy
+    data["name"] = f"{cfg.name}-eps-{epsilon:g}"
+    return parse_config(data, f"{cfg.name} at epsilon {epsilon:g}")
+
+
+def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:
+    from fedhealth.metrics.classification import roc_auc
+
+    per_hospital = {s.hospital.name: roc_auc(s.y_test, preds.by_hospital[s.index]) for s in splits}
+    by_tier: dict[str, list[float]] = {}
+    for s in splits:
+        by_tier.setdefault(s.hospital.tier, []).append(per_hospital[s.hospital.name])
+    return {
+        "all_records_auroc": roc_auc(np.concatenate([s.y_test for s in splits]),
+                                     np.concatenate([preds.by_hospital[s.index] for s in splits])),
+        "mean_hospital_auroc": float(np.mean(list(per_hospital.values()))),
+        "worst_hospital_auroc": float(min(per_hospital.values())),
+        "by_tier": {t: float(np.mean(v)) for t, v in sorted(by_tier.items())},
+        "by_hospital": per_hospital,
+    }
+
+
+def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path,
+              audit_references: int = 3) -> dict[str, Any]:
+    """`audit_references`: reference models of each sibling's membership-inference audit (0: no audit)."""
+    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.data.hospitals import load_hospital
+    from fedhealth.experiments.references import local_only, pooled
+    from fedhealth.experiments.simulate import shared_ray
+
+    out.mkdir(parents=True, exist_ok=True)
+    splits = [load_hospital(cfg, i) for i in range(len(cfg.hospitals))]
+    init = initial_weights(cfg)
+    started = time.perf_counter()
+    references = {"local_only": _scores(cfg, splits, local_only(cfg, splits, init)),
+                  "pooled": _scores(cfg, splits, pooled(cfg, splits, init))}
+    reference_seconds = time.perf_counter() - started
+    with shared_ray():  # sibling after sibling on one Ray instance
+        points = _run_points(cfg, epsilons, out, splits, audit_references)
+    result = {"study": cfg.name, "dp": "record-level DP-SGD at each target epsilon (inf: no DP)",
+              "points": points, "references": references, "reference_seconds": reference_seconds,
+              "membership_inference": _membership_column(points) if audit_references and not cfg.from_files
+              else None}
+    rundir.write_json(out / SWEEP_FILE, result)
+    from fedhealth.reporting.figures import privacy_utility
+    from fedhealth.reporting.report import _save
+
+    _save(privacy_utility(result), out / "privacy_utility.png")
+    return result
+
+
+def _membership(run_dir: Path, cfg: StudyConfig, references: int) -> dict[str, Any] | None:
+    """The sibling's membership-inference audit (privacy_audit.json in its directory), in brief: the calibrated
+    attack's AUC over all records with its interval, and the loss attack's. None where it cannot run."""
+    if not references or cfg.from_files:  # hospitals' own files: the records are not at hand (privacy_audit)
+        return None
+    from fedhealth.experiments.privacy_audit import audit_run
+
+    attacks = audit_run(run_dir, references=references, force=True)["overall"]["attacks"]
+    calibrated, loss = attacks["calibrated"], attacks["loss"]
+    return {"auc": calibrated["auc"], "ci_low": calibrated["ci_low"], "ci_high": calibrated["ci_high"],
+            "loss_attack_auc": loss["auc"]}
+
+
+def _membership_column(points: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"attack": "difficulty-calibrated loss attack on the final model, all hospitals' records "
+                      "(members: training, non-members: held out); 0.5 = chance",
+            "file": "privacy_audit.json in each sibling's directory",
+            "by_epsilon": [{"epsilon": p["epsilon"], **p["membership_inference"]} for p in points
+                           if p.get("membership_inference")]}
+
+
+def _run_points(cfg: StudyConfig, epsilons: list[float], out: Path, splits: list,
+                audit_references: int = 3) -> list[dict[str, Any]]:
+    from fedhealth.experiments.references import federated
+    from fedhealth.experiments.simulate import run_federation
+
+    points = []
+    for eps in epsilons:
+        sibling = sibling_config(cfg, eps)
+        run_dir = rundir.create_run_dir(sibling, out / ("no-dp" if math.isinf(eps) else f"eps-{eps:g}"))
+        t0 = time.perf_counter()
+        run_federation(sibling, run_dir)
+        weights, _ = rundir.load_weights(rundir.checkpoint_path(run_dir, sibling.federation.rounds))
+        rundir.mark_completed(run_dir)
+        point = {"epsilon": None if math.isinf(eps) else eps, "delta": sibling.privacy_delta()
+                 if sibling.privacy.mode == "record" else None,
+                 **_scores(cfg, splits, federated(cfg, splits, weights)), "seconds": time.perf_counter() - t0,
+                 "run_dir": str(run_dir)}
+        point["membership_inference"] = _membership(run_dir, sibling, audit_references)
+        points.append(point)
+        log.warning("epsilon %s: AUROC %.4f (all records) in %.0f s", "inf" if math.isinf(eps) else f"{eps:g}",
+                    point["all_records_auroc"], point["seconds"])
+    return points

@@ -1,0 +1,309 @@
+"""The hospital side: a Flower NumPyClient that trains and evaluates on its own records only.
+
+What leaves the hospital depends on the privacy mode (see `HospitalClient.fit`): never a record, a
+prediction or a label, and under DP nothing DP does not cover but the held-out test figures.
+
+torch, the model and the data loader are imported where they are used, not here: on the deployment
+engine every message runs in a fresh process that imports this module, and three of a SecAgg+ round's
+five messages (key set-up, key shares, unmasking) never reach the model. Importing torch costs those
+processes about 2.5 s of CPU each.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from flwr.client import ClientApp, NumPyClient
+from flwr.common import Context, NDArrays, Scalar
+
+from fedhealth.coordinator.qffl import LOSS_KEY
+from fedhealth.seeding import derive_seed
+from fedhealth.study.config import StudyConfig
+from fedhealth.study.policy import SitePolicy, effective_cap, hospitals_per_round, policy_violation
+from fedhealth.wire import (
+    DECLINED_KEY,
+    HOSPITAL_KEY,
+    LEDGER_DIR_KEY,
+    LOCAL_PREFIX,
+    ROUND_KEY,
+    SECURE_KEY,
+    study_from_payload,
+)
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+log = logging.getLogger(__name__)
+
+
+class NonFiniteUpdateError(RuntimeError):
+    """Raised instead of sending an update that holds NaN or infinite values."""
+
+
+# No model this project trains comes near it; a server that sends larger weights is crafting overflows
+# (to make one record's gradient, and so the hospital's reply, depend on whether it was sampled).
+MAX_RECEIVED_WEIGHT = 1e5
+
+
+def implausible_model(parameters: NDArrays) -> bool:
+    """Whether the global model received holds NaN, infinities or weights above MAX_RECEIVED_WEIGHT."""
+    return any(not np.all(np.isfinite(w)) or (w.size and float(np.abs(w).max()) > MAX_RECEIVED_WEIGHT)
+               for w in (np.asarray(p) for p in parameters))
+
+
+class HospitalClient(NumPyClient):
+    """One hospital. `index` is its position in the study's hospital list.
+
+    `policy` and `ledger_dir` are the hospital's own (from its node config, in deployment): when
+    given they win over anything the server sends.
+    """
+
+    def __init__(self, node: int | Context, policy: SitePolicy | None = None, ledger_dir: str = "",
+                 data_file: str | None = None, schema_file: str | None = None) -> None:
+        """`node`: the node's Flower context, or (tests, simulation) the hospital's index in the study."""
+        self.node_config = {"partition-id": node} if isinstance(node, int) else dict(node.node_config)
+        self.own_policy = policy
+        self.own_ledger_dir = ledger_dir
+        self.data_file = data_file
+        self.schema_file = schema_file
+        self.index = -1
+
+    @property
+    def simulated(self) -> bool:
+        """A simulated hospital (Flower's `partition-id`), not a deployed one with its own node config."""
+        return "partition-id" in self.node_config
+
+    def _policy(self, cfg: StudyConfig) -> SitePolicy | None:
+        """The hospital's own policy file wins; a deployed hospital without one gets the safe defaults
+        (`SitePolicy()`); a simulated hospital may carry one inline in the study."""
+        if self.own_policy is not None:
+            return self.own_policy
+        return cfg.hospitals[self.index].policy if self.simulated else SitePolicy()
+
+    def _declined(self, received: NDArrays, reason: str, detail: str = "") -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """A decline: the model received goes back untouched with weight 0. `reason` may reach the server
+        (no path, count or value of the hospital's); `detail` stays in its log and audit trail."""
+        log.warning("hospital %s declines: %s", self.index, detail or reason)
+        local = {f"{LOCAL_PREFIX}detail": detail} if detail else {}
+        return received, 0, {HOSPITAL_KEY: self.index, DECLINED_KEY: reason, **local}
+
+    def _model(self, config: dict[str, Scalar], parameters: NDArrays):
+        from fedhealth.data.hospitals import load_hospital
+        from fedhealth.model import build_model, set_weights
+
+        cfg = study_from_payload(config)
+        self.index = resolve_hospital(self.node_config, cfg)
+        if self.schema_file:
+            check_own_schema(cfg, self.schema_file, cfg.hospitals[self.index].name)
+        split = load_hospital(cfg, self.index, self.data_file)
+        model = build_model(cfg.model.name, split.x_train.shape[1], cfg.model.hidden, seed=cfg.seed)
+        set_weights(model, parameters)
+        return cfg, split, model
+
+    def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """Train on this hospital's records and return the new weights, or decline (no weights, weight 0).
+
+        What leaves the hospital, by privacy mode (the README's privacy section lists it too):
+        record-level DP: the DP-SGD model, the study's public training-set size as FedAvg weight, and this
+        study's epsilon, delta and noise multiplier (public functions of the config); hospital-level DP:
+        the clipped model update, weight 1; no DP: the model, the training-record count, the training loss.
+        Everything else (loss, steps, time, exact counts, the hospital's total epsilon) stays in
+        `local.*` metrics, which the hospital's audit mod records and removes."""
+        from fedhealth.model import get_weights
+        from fedhealth.model.training import evaluate
+
+        cfg, split, model = self._model(config, parameters)
+        server_round = int(config.get(ROUND_KEY, 0))
+        participants = cfg.federation.participants
+        if participants is not None and split.hospital.name not in participants:
+            # A coalition study (e.g. for contribution): this hospital evaluates but does not train.
+            return self._declined(parameters, "this hospital is not in federation.participants")
+        if implausible_model(parameters):
+            # Checked before anything is charged or trained: the refusal depends on the server's input only.
+            return self._declined(parameters, "the global model received holds non-finite or implausibly "
+                                              "large weights; declining this round")
+        policy = self._policy(cfg)
+        secure = bool(config.get(SECURE_KEY, False))
+        from fedhealth.privacy.round import public_train_records
+
+        violation = policy_violation(
+            policy, model=cfg.model.name, dp_mode=cfg.privacy.mode, delta=cfg.privacy_delta(),
+            hospitals_per_round=hospitals_per_round(len(cfg.hospitals), cfg.federation.strategy.fraction_fit),
+            # the declared size, never the true count: the refusal must not tell the server how many records
+            secure=secure, records=public_train_records(cfg, self.index))
+        if violation:
+            return self._declined(parameters, f"{violation}; declining this round")
+        shared: dict[str, Scalar] = {}
+        local: dict[str, Scalar] = {}
+        if cfg.privacy.mode == "record":
+            from fedhealth.privacy.round import train_with_budget
+
+            # The server's ledger location is for simulation only: in deployment it is not the hospital's disk.
+            ledger_dir = self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if self.simulated else "")
+            cap = effective_cap(policy, cfg.privacy.max_epsilon)
+            outcome = train_with_budget(cfg, split, model, list(parameters), server_round, ledger_dir, cap)
+            if outcome.weights is None:
+                return self._declined(parameters, outcome.declined, outcome.detail)
+            weights, shared, local = outcome.weights, dict(outcome.shared), dict(outcome.local)
+            # FedAvg's weight: the declared (public) training-set size, never the exact private count.
+            weight = public_train_records(cfg, self.index)
+        else:
+            if cfg.privacy.mode == "hospital":
+                from fedhealth.privacy.round import charge_hospital_release
+
+                ledger_dir = self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if self.simulated else "")
+                cap = policy.max_hospital_epsilon if policy is not None and policy.max_hospital_epsilon else math.inf
+                refused = charge_hospital_release(cfg, split, list(parameters), server_round, ledger_dir, cap)
+                if refused is not None:
+                    return self._declined(parameters, refused.declined, refused.detail)
+            qffl = cfg.federation.strategy.name == "qfedavg"
+            if qffl:
+                # q-FedAvg weighs this hospital by its loss at the model it received (see federation.qffl).
+                shared[LOSS_KEY] = evaluate(model, split.x_train, split.y_train).loss
+            seed = derive_seed(cfg.seed, "fit", self.index, server_round)  # no DP: nothing secret to protect
+            result = self._train_plain(cfg, split, model, parameters, config, seed)
+            weights = get_weights(model)
+            figures = {"train_loss": result.mean_loss, "train_steps": result.steps, "train_seconds": result.seconds}
+            if cfg.privacy.mode == "hospital":
+                # Hospital-level DP covers the clipped update only: the loss and steps stay home, and every
+                # hospital weighs 1 (a record-count weight would raise a hospital's sensitivity).
+                local.update(figures)
+                weight = 1
+            else:
+                shared.update(figures)
+                # q-FedAvg sums its terms unweighted: the loss weighting is inside them.
+                weight = 1 if qffl else len(split.y_train)
+                if not secure:  # under SecAgg+ the record count travels only inside the masked sum
+                    shared["n_train"] = len(split.y_train)
+        bad = [i for i, w in enumerate(weights) if not np.all(np.isfinite(w))]
+        if bad and cfg.privacy.mode == "hospital":
+            # An error here would tell the server something about the records outside the DP release; a zero
+            # update is within the clipping norm, so sending it is covered by hospital-level DP.
+            log.warning("hospital %s: non-finite update in round %d; sending a zero update", self.index, server_round)
+            weights, local = [np.array(p, copy=True) for p in parameters], {**local, "non_finite_update": 1}
+        elif bad:
+            raise NonFiniteUpdateError(
+                f"hospital {split.hospital.name}: update has non-finite values in parameter arrays {bad} "
+                f"(round {server_round}); not sending it. Lower training.learning_rate."
+            )
+        local_keys = {f"{LOCAL_PREFIX}{k}": v for k, v in local.items()}
+        return weights, weight, {HOSPITAL_KEY: self.index, **shared, **local_keys}
+
+    @staticmethod
+    def _train_plain(cfg, split, model, parameters: NDArrays, config: dict[str, Scalar], seed: int):
+        from fedhealth.model.training import train
+
+        mu = float(config.get("proximal_mu", 0.0))  # FedProx puts it in the fit config
+        return train(
+            model, split.x_train, split.y_train,
+            epochs=cfg.training.local_epochs,
+            batch_size=cfg.training.batch_size,
+            learning_rate=cfg.training.learning_rate,
+            momentum=cfg.training.momentum,
+            weight_decay=cfg.training.weight_decay,
+            seed=seed,
+            proximal_mu=mu,
+            anchor=parameters if mu > 0 else None,
+        )
+
+    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
+        """Figures of the global model on this hospital's held-out test records.
+
+        These leave the hospital under every mode and no DP covers them (see docs/threat-model.md: the
+        server chooses the split and the models evaluated, so evaluation is a query channel a site that
+        must not expose it closes with its policy's `share_evaluation = false`). The weight is the
+        study's public test-set size (declared records minus the public training size), not the count."""
+        from fedhealth.hospital.guard import HospitalRefusal
+        from fedhealth.model.training import evaluate
+        from fedhealth.privacy.round import public_train_records
+
+        cfg, split, model = self._model(config, parameters)
+        policy = self._policy(cfg)
+        if policy is not None and not policy.share_evaluation:
+            raise HospitalRefusal("this hospital's site policy does not share evaluation figures")
+        if implausible_model(parameters):
+            raise HospitalRefusal("the global model received holds non-finite or implausibly large weights")
+        m = evaluate(model, split.x_test, split.y_test)
+        n = m.n
+        if cfg.hospitals[self.index].records is not None:
+            n = max(1, int(cfg.hospitals[self.index].records) - public_train_records(cfg, self.index))
+        return m.loss, n, {HOSPITAL_KEY: self.index, "auroc": m.auroc, "auprc": m.auprc,
+                           "accuracy": m.accuracy, "brier": m.brier}
+
+
+def hospital_index(context: Context | Mapping) -> int:
+    """Which hospital this node is: Flower's `partition-id` in simulation, `hospital-index` if set."""
+    node = context if isinstance(context, Mapping) else context.node_config
+    for key in ("hospital-index", "partition-id"):
+        if key in node:
+            return int(node[key])
+    raise ValueError("node config names no hospital: set hospital-name (deployment) or partition-id")
+
+
+def resolve_hospital(context: Context | Mapping, cfg: StudyConfig) -> int:
+    """This node's position in the study's hospital list: by `hospital-name` (deployment: the study's order
+    is the coordinator's business), else by index."""
+    node = context if isinstance(context, Mapping) else context.node_config
+    name = str(node.get("hospital-name", ""))
+    if name:
+        names = [h.name for h in cfg.hospitals]
+        if name not in names:
+            raise ValueError(f"this node is hospital {name!r}, which study {cfg.name!r} does not list "
+                             f"({', '.join(names)}); check hospital-name in the node config")
+        return names.index(name)
+    index = hospital_index(node)
+    if not 0 <= index < len(cfg.hospitals):
+        raise ValueError(f"hospital index {index} outside the study's {len(cfg.hospitals)} hospitals")
+    return index
+
+
+_schema_checked: set[tuple[str, str]] = set()
+
+
+def check_own_schema(cfg: StudyConfig, schema_file: str, hospital: str) -> None:
+    """A hospital that keeps its own copy of the schema trains only if the server's study uses that schema:
+    otherwise its columns would be read with another study's units and ranges."""
+    key = (cfg.fingerprint(), schema_file)
+    if key in _schema_checked:
+        return
+    from fedhealth.study.schema import load_schema
+
+    own = load_schema(Path(schema_file))
+    if cfg.study_schema is None or cfg.study_schema.fingerprint() != own.fingerprint():
+        theirs = "none (generated hospitals)" if cfg.study_schema is None else repr(cfg.study_schema.study.name)
+        raise ValueError(f"hospital {hospital}: the study's schema ({theirs}) differs from this hospital's "
+                         f"{schema_file} ({own.study.name!r}); refusing to read its records with another schema")
+    _schema_checked.add(key)
+
+
+def client_fn(context: Context):
+    """Node config keys a hospital sets for itself (deployment): `hospital-name`, `data-file` (its CSV or
+    Parquet), `schema-file` (its copy of the study schema), `policy-file` (TOML site policy), `ledger-dir`,
+    `audit-log` and `audit-key` (see `audit_mod`)."""
+    import torch
+
+    torch.set_num_threads(1)  # one CPU per simulated hospital; lets two train at once on 2 cores
+    node = context.node_config
+    policy_file = str(node.get("policy-file", ""))
+    policy = SitePolicy.from_file(Path(policy_file)) if policy_file else None
+    return HospitalClient(context, policy, str(node.get("ledger-dir", "")),
+                          str(node.get("data-file", "")) or None, str(node.get("schema-file", "")) or None).to_client()
+
+
+def build_client_app(cfg: StudyConfig | None = None) -> ClientApp:
+    """The hospital's ClientApp. `cfg` (simulation only) supplies test-only injected dropouts."""
+    from fedhealth.hospital.audit_mod import audit_mod
+    from fedhealth.hospital.guard import guard_mod
+    from fedhealth.hospital.secure_aggregation import dropout_mod, secure_aggregation_mod, update_mod
+    from fedhealth.privacy.hospital_level import clipping_mod
+
+    mods = [guard_mod, secure_aggregation_mod, audit_mod, update_mod, clipping_mod]
+    if cfg is not None and cfg.testing.dropouts:
+        index = {h.name: i for i, h in enumerate(cfg.hospitals)}
+        faults = [(index[d.hospital], d.stage, tuple(d.rounds)) for d in cfg.testing.dropouts]
+        log.warning("testing.dropouts: injecting %d hospital dropout(s); not a real study", len(faults))
+        mods.insert(0, dropout_mod(faults))
+    return ClientApp(client_fn=client_fn, mods=mods)

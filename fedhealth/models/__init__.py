@@ -1,5 +1,0 @@
-"""Small tabular models, built by name. They know nothing of Flower or of privacy."""
-
-from fedhealth.models.tabular import MODEL_NAMES, build_model, get_weights, set_weights
-
-__all__ = ["MODEL_NAMES", "build_model", "get_weights", "set_weights"]
