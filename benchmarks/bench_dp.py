@@ -37,11 +37,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fedhealth.data.hospitals import load_hospital  # noqa: E402
+from fedhealth.data.study_file import load_config  # noqa: E402
 from fedhealth.model import build_model  # noqa: E402
 from fedhealth.model.training import train  # noqa: E402
 from fedhealth.privacy.dp import train_private  # noqa: E402
 from fedhealth.privacy.round import noise_for, schedule_for, train_with_budget  # noqa: E402
-from fedhealth.study.config import load_config  # noqa: E402
 
 
 def opacus_default_epoch(model, x: np.ndarray, y: np.ndarray, batch_size: int, lr: float, seed: int) -> float:

@@ -111,7 +111,7 @@ def _read_run_dir(run_dir: Path, rounds: int) -> dict[str, Any]:
 def run_child(job: str, config: Path, workdir: Path) -> None:
     """Run one job in this (fresh) process and write its result, with phase time stamps, to `workdir`."""
     marks = {"started": time.time()}
-    from fedhealth.study.config import load_config
+    from fedhealth.data.study_file import load_config
 
     # Plain aggregation, as in the yardstick: this measures fedhealth's federation layer; what SecAgg+
     # adds on top is bench_secagg.py's subject.
@@ -401,7 +401,7 @@ def _machine() -> dict[str, Any]:
 
 
 def bench(configs: list[str], repeats: int, timeout_s: float) -> dict[str, Any]:
-    from fedhealth.study.config import load_config  # light (pydantic); keeps Flower and torch out of the parent
+    from fedhealth.data.study_file import load_config  # light (pydantic); keeps Flower and torch out of the parent
 
     psutil = _import_psutil()
     if psutil is None:

@@ -34,9 +34,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    from fedhealth.data.study_file import load_config
     from fedhealth.experiments.simulate import simulate
     from fedhealth.runs import rundir
-    from fedhealth.study.config import load_config
 
     cfg = load_config(args.config, [f"federation.rounds={args.rounds}"])
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:

@@ -70,9 +70,9 @@ def run_job(config: Path, out: Path) -> dict[str, Any]:
 
     import fedhealth.coordinator.app as server
     from fedhealth.coordinator.grid_tap import GridTap
+    from fedhealth.data.study_file import load_config
     from fedhealth.experiments.simulate import run_federation
     from fedhealth.runs import rundir
-    from fedhealth.study.config import load_config
 
     counts = {"up": 0, "down": 0}
 

@@ -14,4 +14,4 @@ set -euo pipefail
 : "${FLWR_HOME:=/var/lib/fedhealth/flwr-home}"
 export FEDHEALTH_DATA FEDHEALTH_SCHEMA FEDHEALTH_POLICY FEDHEALTH_CA FEDHEALTH_KEY FEDHEALTH_LEDGER_DIR \
   FEDHEALTH_AUDIT_LOG FLWR_HOME
-exec bash "$(dirname "${BASH_SOURCE[0]}")/../clients/deploy.sh" "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/deploy.sh" "$@"

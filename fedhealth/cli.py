@@ -18,8 +18,9 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir  # noqa: E402
-from fedhealth.study.config import ConfigError, StudyConfig, load_config  # noqa: E402
+from fedhealth.study.config import ConfigError, StudyConfig  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Privacy-preserving federated learning across hospitals.")

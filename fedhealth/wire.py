@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from fedhealth.study.config import StudyConfig, parse_config
@@ -53,3 +54,31 @@ def study_from_payload(config: dict[str, Any]) -> StudyConfig:
         _parsed.clear()
         _parsed[key] = parse_config(json.loads(raw), "server study config")
     return _parsed[key]
+
+
+# ---- how a hospital's decline reads at the server: its index and a fixed category, nothing of its own
+
+DECLINED_MARK = "fedhealth-declined"  # how a decline reads in the error reply the server receives
+
+_PUBLIC_REASONS = (  # (pattern in the hospital's own reason, the category the server may read)
+    ("federation.participants", "not a participant in this study"),
+    ("too few hospitals", "too few hospitals in the round for its minimum aggregate"),
+    ("reconstruction threshold", "the round's SecAgg+ threshold is too low for its minimum aggregate"),
+    ("site policy", "its site policy"),
+    ("ledger", "its privacy ledger"),
+    ("epsilon|budget|cap", "its privacy budget"),
+)
+
+
+def public_decline_reason(index: int, reason: str) -> str:
+    """What the server is told when a hospital declines: its index and a fixed category, never the
+    hospital's own text (which may hold a path, a record count or an epsilon)."""
+    category = next((public for pattern, public in _PUBLIC_REASONS if re.search(pattern, reason, re.I)),
+                    "its own checks")
+    return f"{DECLINED_MARK}: hospital {index} declined this round ({category})"
+
+
+def declined_from_error(text: str) -> tuple[int, str] | None:
+    """(hospital index, category) if an error reply is a hospital's decline, else None (server side)."""
+    match = re.search(rf"{DECLINED_MARK}: hospital (\d+) declined this round \(([^)]*)\)", text)
+    return (int(match.group(1)), match.group(2)) if match else None

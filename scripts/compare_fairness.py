@@ -21,8 +21,9 @@ from pathlib import Path
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir  # noqa: E402
-from fedhealth.study.config import StudyConfig, load_config, parse_config  # noqa: E402
+from fedhealth.study.config import StudyConfig, parse_config  # noqa: E402
 
 
 def strategy_sibling(cfg: StudyConfig, name: str, q: float | None, learning_rate: float | None) -> StudyConfig:
@@ -49,11 +50,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from fedhealth.coordinator.app import initial_weights
     from fedhealth.data.hospitals import load_hospital
     from fedhealth.experiments.references import federated, local_only
     from fedhealth.experiments.simulate import run_federation
     from fedhealth.experiments.sweep import _scores
+    from fedhealth.model.initial import initial_weights
 
     overrides = [f"federation.rounds={args.rounds}"] if args.rounds else []
     cfg = load_config(args.config, overrides)

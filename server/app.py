@@ -1,4 +1,7 @@
-"""Flower ServerApp entry point (`[tool.flwr.app.components] serverapp`). All logic lives in fedhealth."""
+"""Flower ServerApp entry point (`[tool.flwr.app.components] serverapp`). All logic lives in fedhealth.
+
+The coordinator, plus the simulation's finishing step (references and summary, run when the run config
+says `references=true`; a deployment submits `references=false`: the server holds no records)."""
 
 import os
 
@@ -6,4 +9,12 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 from fedhealth.coordinator.app import build_server_app  # noqa: E402
 
-app = build_server_app()
+
+def finish(study, run_dir, seconds):
+    """Imported when used, so a deployed ServerApp never loads the simulation engine."""
+    from fedhealth.experiments.simulate import finish as finish_with_references
+
+    return finish_with_references(study, run_dir, seconds)
+
+
+app = build_server_app(finish=finish)

@@ -19,11 +19,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fedhealth.coordinator.app import initial_weights
+from fedhealth.data.study_file import load_config
 from fedhealth.hospital.app import HospitalClient
+from fedhealth.model.initial import initial_weights
 from fedhealth.privacy.ledger import BudgetExceeded, PrivacyLedger, StaleRound
 from fedhealth.runs import rundir
-from fedhealth.study.config import load_config
 from fedhealth.study.policy import SitePolicy
 from fedhealth.wire import DECLINED_KEY, SECURE_KEY, study_payload
 

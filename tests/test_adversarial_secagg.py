@@ -40,8 +40,8 @@ from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_
 
 from fedhealth.coordinator.grid_tap import GridTap
 from fedhealth.coordinator.secure_aggregation import SecureAggregationWorkflow
+from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir
-from fedhealth.study.config import load_config
 from fedhealth.wire import HOSPITAL_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,8 +194,8 @@ def _update(cfg, index: int, run_dir: Path, server_round: int = 1) -> np.ndarray
     (same seed), checked against the hash its audit log recorded for what it handed to SecAgg+."""
     import torch
 
-    from fedhealth.coordinator.app import initial_weights
     from fedhealth.hospital.app import HospitalClient
+    from fedhealth.model.initial import initial_weights
     from fedhealth.privacy.audit import hash_arrays
     from fedhealth.wire import SECURE_KEY, study_payload
 

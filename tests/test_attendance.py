@@ -9,7 +9,8 @@ import pytest
 from flwr.server.client_proxy import ClientProxy
 
 from fedhealth.coordinator.attendance import HospitalsMissing, StudyClientManager
-from fedhealth.study.config import ConfigError, load_config
+from fedhealth.data.study_file import load_config
+from fedhealth.study.config import ConfigError
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 

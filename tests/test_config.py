@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fedhealth.study.config import ConfigError, apply_overrides, load_config
+from fedhealth.data.study_file import load_config
+from fedhealth.study.config import ConfigError, apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"

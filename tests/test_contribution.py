@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedhealth.data.study_file import load_config
 from fedhealth.experiments.contribution import CoalitionValues, coalition_config, estimate_contributions
-from fedhealth.study.config import ConfigError, load_config
+from fedhealth.study.config import ConfigError
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 WORTH = {"city-tertiary": 0.20, "county-secondary": 0.10, "village-clinic": 0.05}
@@ -49,8 +50,8 @@ def test_a_coalition_trains_only_its_members_on_unchanged_data():
 
 
 def test_a_hospital_outside_the_coalition_declines_to_train():
-    from fedhealth.coordinator.app import initial_weights
     from fedhealth.hospital.app import HospitalClient
+    from fedhealth.model.initial import initial_weights
     from fedhealth.wire import DECLINED_KEY, study_payload
 
     cfg = coalition_config(load_config(SMOKE), frozenset({"village-clinic"}))

@@ -427,9 +427,9 @@ def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink
     two other SuperNodes reconnect, hungary starts again (same key, ledger and audit log, a new process), and
     `run --resume` finishes round 2 from round 1's checkpoint. Every hospital ends with a signed audit trail
     and a ledger that charged each round once."""
-    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.data.study_file import load_config
+    from fedhealth.model.initial import initial_weights
     from fedhealth.privacy.audit import hash_arrays, verify_audit_log
-    from fedhealth.study.config import load_config
     from fedhealth.study.policy import SitePolicy
 
     started = time.perf_counter()

@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhealth.coordinator.app import initial_weights
+from fedhealth.data.study_file import load_config
+from fedhealth.model.initial import initial_weights
 from fedhealth.privacy.hospital_level import hospital_epsilon, hospital_noise
 from fedhealth.privacy.ledger import epsilon_of
 from fedhealth.runs import rundir
-from fedhealth.study.config import ConfigError, load_config
+from fedhealth.study.config import ConfigError
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 
@@ -73,8 +74,7 @@ def test_min_contributors_and_colluders_are_validated_with_the_fix(overrides, me
 
 def test_noise_is_calibrated_to_the_announced_minimum_not_the_count_observed():
     from fedhealth.coordinator.app import min_contributors
-    from fedhealth.privacy.hospital_level import distributed_noise_std
-    from fedhealth.study.secagg import derive_secagg_params
+    from fedhealth.privacy.hospital_level import calibrated_secagg_params, distributed_noise_std
 
     # distributed: each share sigma*C/sqrt(m - k), so the m - k honest shares add up to sigma*C
     cfg = _hospital("privacy.hospital_noise=distributed", "privacy.clipping_norm=0.5")
@@ -82,7 +82,7 @@ def test_noise_is_calibrated_to_the_announced_minimum_not_the_count_observed():
     colluding = _hospital("privacy.hospital_noise=distributed", "privacy.clipping_norm=0.5",
                           "privacy.colluding_hospitals=2")
     assert distributed_noise_std(colluding) == pytest.approx(0.5)
-    assert derive_secagg_params(colluding).noise_std_per_hospital == pytest.approx(0.5)
+    assert calibrated_secagg_params(colluding).noise_std_per_hospital == pytest.approx(0.5)
     assert min_contributors(colluding) == 3
     # central: Flower's wrapper is told m, whatever the number aggregated
     from flwr.common import ndarrays_to_parameters
@@ -110,8 +110,8 @@ def test_a_declining_hospital_is_passed_on_and_updates_are_clipped_at_the_studys
     from flwr.compat.common import recorddict_compat as compat
     from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-    from fedhealth.privacy.hospital_level import clipping_mod
-    from fedhealth.study.config import load_config
+    from fedhealth.data.study_file import load_config
+    from fedhealth.hospital.hospital_noise import clipping_mod
     from fedhealth.wire import DECLINED_KEY, STUDY_KEY
 
     class Reply(SimpleNamespace):  # a Message outside a run: what the mods read and write

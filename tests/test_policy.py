@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from fedhealth.study.config import ConfigError, load_config
+from fedhealth.data.study_file import load_config
+from fedhealth.study.config import ConfigError
 from fedhealth.study.policy import SitePolicy, policy_violation
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
@@ -69,8 +70,8 @@ def test_unknown_policy_key_is_a_config_error(tmp_path):
 def test_the_hospitals_own_policy_and_ledger_win_over_the_server(tmp_path):
     """In deployment the policy file and ledger live at the hospital (node config); the server's config
     (here: a generous cap of 50 and a ledger location of its choosing) cannot override them."""
-    from fedhealth.coordinator.app import initial_weights
     from fedhealth.hospital.app import HospitalClient
+    from fedhealth.model.initial import initial_weights
     from fedhealth.wire import DECLINED_KEY, SECURE_KEY, study_payload
 
     cfg = load_config(SMOKE, ["privacy.mode=record", "privacy.noise_multiplier=1.0", "privacy.max_epsilon=50"])
@@ -93,8 +94,8 @@ def test_the_hospitals_own_policy_and_ledger_win_over_the_server(tmp_path):
 def test_a_hospital_refuses_plain_aggregation_unless_its_policy_allows_it(tmp_path):
     """Whatever the server's study config says, a request without SecAgg+ (SECURE_KEY false, as the
     hospital's mod marks it) is declined under the default policy."""
-    from fedhealth.coordinator.app import initial_weights
     from fedhealth.hospital.app import HospitalClient
+    from fedhealth.model.initial import initial_weights
     from fedhealth.wire import DECLINED_KEY, SECURE_KEY, study_payload
 
     cfg = load_config(SMOKE)

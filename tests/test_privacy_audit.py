@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from fedhealth.data.study_file import load_config
 from fedhealth.experiments.privacy_audit import AUDIT_FILE
 from fedhealth.runs import rundir
-from fedhealth.study.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_REFERENCES = ["references.pooled=false", "references.local_only=false"]  # the audit needs neither

@@ -107,9 +107,9 @@ def test_tampered_or_unreadable_ledger_is_refused_naming_the_hospital(tmp_path, 
 
 
 def test_client_trains_nothing_on_an_unreadable_ledger(tmp_path):
-    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.data.study_file import load_config
     from fedhealth.hospital.app import HospitalClient
-    from fedhealth.study.config import load_config
+    from fedhealth.model.initial import initial_weights
     from fedhealth.wire import DECLINED_KEY, study_payload
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
@@ -127,9 +127,9 @@ def test_client_trains_nothing_on_an_unreadable_ledger(tmp_path):
 def test_a_second_study_on_the_same_ledger_is_charged_and_capped(tmp_path):
     """A hospital's ledger outlives studies (deployment): round 1 of a new study is new spending, and the
     hospital's cap covers everything it released across studies."""
-    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.data.study_file import load_config
     from fedhealth.hospital.app import HospitalClient
-    from fedhealth.study.config import load_config
+    from fedhealth.model.initial import initial_weights
     from fedhealth.study.policy import SitePolicy
     from fedhealth.wire import DECLINED_KEY, study_payload
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from fedhealth.coordinator import prompt_grid
 
+from fedhealth.coordinator import prompt_grid
 from fedhealth.coordinator.prompt_grid import PromptGrid
 
 

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from fedhealth.coordinator.app import initial_weights
-from fedhealth.coordinator.qffl import QFairFedAvg, initial_scale, qffl_terms
+from fedhealth.coordinator.qffl import QFairFedAvg
 from fedhealth.coordinator.strategies import build_strategy, optimizer_state, restore_optimizer_state
+from fedhealth.data.study_file import load_config
+from fedhealth.model.initial import initial_weights
+from fedhealth.model.qffl import initial_scale, qffl_terms
 from fedhealth.runs import rundir
-from fedhealth.study.config import ConfigError, load_config
+from fedhealth.study.config import ConfigError
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 QFFL = 'federation.strategy.name="qfedavg"'

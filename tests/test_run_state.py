@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir
-from fedhealth.study.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -144,7 +144,7 @@ def test_a_signal_that_stops_the_server_is_recorded_before_flower_exits(tmp_path
         import os, signal, sys
         from pathlib import Path
         from fedhealth.runs import rundir
-        from fedhealth.study.config import load_config
+        from fedhealth.data.study_file import load_config
 
         run = rundir.create_run_dir(load_config(Path({str(SMOKE)!r})), Path({str(run)!r}))
         signal.signal({int(signum)}, lambda *_: sys.exit(3))  # Flower's graceful exit handler, in short

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedhealth.data.study_file import load_config
+from fedhealth.privacy.hospital_level import calibrated_secagg_params
 from fedhealth.runs import rundir
-from fedhealth.study.config import ConfigError, load_config
+from fedhealth.study.config import ConfigError
 from fedhealth.study.secagg import (
     MODULUS,
     ROUND_FAILURE_TARGET,
-    derive_secagg_params,
     quantization_range,
     shares_and_threshold,
 )
@@ -61,13 +62,13 @@ def _smoke(*overrides: str):
 
 
 def test_smoke_study_parameters():
-    p = derive_secagg_params(_smoke())
+    p = calibrated_secagg_params(_smoke())
     assert (p.num_shares, p.reconstruction_threshold, p.tolerated_dropouts) == (3, 2, 1)
     assert p.max_weight == 1500  # the largest hospital's records
     assert p.hospitals_per_round * p.quantization_range < p.modulus_range
-    hospital = derive_secagg_params(_smoke("privacy.mode=hospital", "privacy.noise_multiplier=1.0"))
+    hospital = calibrated_secagg_params(_smoke("privacy.mode=hospital", "privacy.noise_multiplier=1.0"))
     assert hospital.max_weight == 1 and hospital.clipping_range == 1.0
-    distributed = derive_secagg_params(_smoke("privacy.mode=hospital", "privacy.noise_multiplier=1.0",
+    distributed = calibrated_secagg_params(_smoke("privacy.mode=hospital", "privacy.noise_multiplier=1.0",
                                               "privacy.hospital_noise=distributed"))
     # privacy.min_contributors (3) shares of variance sigma^2 C^2 / 3 add up to the central noise
     assert distributed.noise_std_per_hospital == pytest.approx(1 / np.sqrt(3))
@@ -115,8 +116,9 @@ def test_dropout_injection_names_a_real_hospital():
 
 
 def test_a_hospitals_minimum_aggregate_and_its_public_decline_reasons():
-    from fedhealth.hospital.secure_aggregation import declined_from_error, minimum_aggregate, public_decline_reason
+    from fedhealth.hospital.secure_aggregation import minimum_aggregate
     from fedhealth.study.policy import SitePolicy
+    from fedhealth.wire import declined_from_error, public_decline_reason
 
     assert minimum_aggregate(None) == 3 and minimum_aggregate(SitePolicy(min_hospitals=1)) == 3
     assert minimum_aggregate(SitePolicy(min_hospitals=7)) == 7
@@ -199,7 +201,7 @@ def _assert_same_aggregate(secure_dir: Path, plain_dir: Path, cfg) -> float:
                                                            _round_weights(plain_dir, 1), strict=True))
     assert worst <= bound, f"secure and plain aggregates differ by {worst:.3g} > {bound:.3g}"
     # and the round really changed the model (so the comparison is not between two untrained models)
-    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.model.initial import initial_weights
 
     moved = max(float(np.abs(a - b).max()) for a, b in zip(_round_weights(secure_dir, 1), initial_weights(cfg),
                                                            strict=True))
@@ -258,7 +260,7 @@ def test_dropouts_up_to_the_tolerance_still_give_the_survivors_aggregate(tmp_pat
     own secret, so two runs can never be compared to the bit (the ledger side of a dropout after training
     is checked in the next test)."""
     secure_cfg = _five(tmp_path, _drops(("h1", "share_keys", [1]), ("h3", "after_training", [1])))
-    assert derive_secagg_params(secure_cfg).tolerated_dropouts == 2
+    assert calibrated_secagg_params(secure_cfg).tolerated_dropouts == 2
     # the plain reference: the same two hospitals simply do not take part in round 1
     plain_cfg = _five(tmp_path, "federation.secure_aggregation.enabled=false",
                       _drops(("h1", "collect_masked_vectors", [1]), ("h3", "collect_masked_vectors", [1])))
@@ -285,7 +287,7 @@ def test_beyond_the_tolerance_the_round_fails_loudly_and_the_model_is_kept(tmp_p
     first, second = _rounds(run_dir)
     assert first["status"] == "failed" and not first["aggregated"] and first["hospitals_aggregated"] == []
     assert "only 2 hospital(s) contributed" in first["failure"] and "fewer than 3" in first["failure"]
-    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.model.initial import initial_weights
 
     for kept, start in zip(_round_weights(run_dir, 1), initial_weights(cfg), strict=True):
         np.testing.assert_array_equal(kept, start)
@@ -399,7 +401,7 @@ def test_an_aggregate_of_one_hospital_is_not_released(tmp_path):
         "setup", "share_keys", "collect_masked_vectors"}
     assert only["declined"] == [{"hospital_index": i, "reason": "its site policy", "epsilon": None} for i in (1, 2)]
     assert only["fit_failures"] == []
-    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.model.initial import initial_weights
 
     for kept, start in zip(_round_weights(run_dir, 1), initial_weights(cfg), strict=True):
         np.testing.assert_array_equal(kept, start)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flwr.server.strategy import FedAdam, FedAvg, FedProx
 
-from fedhealth.coordinator.app import initial_weights
 from fedhealth.coordinator.strategies import build_strategy, optimizer_state, restore_optimizer_state
+from fedhealth.data.study_file import load_config
+from fedhealth.model.initial import initial_weights
 from fedhealth.runs import rundir
-from fedhealth.study.config import load_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 

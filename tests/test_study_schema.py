@@ -13,10 +13,11 @@ import pytest
 
 from fedhealth.data.export import write_synthetic_study
 from fedhealth.data.hospitals import load_hospital
+from fedhealth.data.study_file import load_config
 from fedhealth.data.synthetic import HospitalProfile, generate_hospital
 from fedhealth.data.validation import DataFileError, read_hospital_file, validate_table
 from fedhealth.study.builtin_schema import encode_features
-from fedhealth.study.config import ConfigError, load_config
+from fedhealth.study.config import ConfigError
 from fedhealth.study.schema import SchemaError, default_schema, load_schema, schema_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]

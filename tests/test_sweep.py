@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fedhealth.data.study_file import load_config
 from fedhealth.experiments.sweep import parse_epsilons, sibling_config
-from fedhealth.study.config import load_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedhealth.data.study_file import load_config
 from fedhealth.study.builtin_schema import FEATURE_NAMES, LABEL
-from fedhealth.study.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

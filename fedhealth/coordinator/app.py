@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
 from flwr.common import Context, parameters_to_ndarrays
@@ -24,39 +26,33 @@ from fedhealth.coordinator.recorder import RoundCallback, RunRecorder
 from fedhealth.coordinator.secure_aggregation import SecureAggregationWorkflow
 from fedhealth.coordinator.strategies import build_strategy, is_qffl, optimizer_state, restore_optimizer_state
 from fedhealth.coordinator.workflow import StudyWorkflow
-from fedhealth.data.hospitals import input_width
-from fedhealth.model import build_model, get_weights
+from fedhealth.data.study_file import load_config
+from fedhealth.model.initial import initial_weights
+from fedhealth.privacy.hospital_level import calibrated_secagg_params
 from fedhealth.runs import rundir
-from fedhealth.seeding import derive_seed
-from fedhealth.study.config import StudyConfig, load_config
-from fedhealth.study.secagg import derive_secagg_params
+from fedhealth.study.config import StudyConfig
 from fedhealth.wire import study_payload
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 log = logging.getLogger(__name__)
-
-
-def initial_weights(cfg: StudyConfig) -> list:
-    """The round-0 global model, a pure function of the study seed."""
-    model = build_model(cfg.model.name, input_width(cfg), cfg.model.hidden, seed=derive_seed(cfg.seed, "init"))
-    return get_weights(model)
+Finisher = Callable[[StudyConfig, Path, dict[str, float]], Any]
 
 
 def min_contributors(cfg: StudyConfig) -> int:
     """Fewest hospitals whose updates the server releases an aggregate of (it refuses a round below
     this before unmasking, or in plain aggregation before aggregating).
 
-    Under SecAgg+ at least 3 (`secagg_client.SECAGG_MINIMUM`): with 2, each hospital reads the other's
+    Under SecAgg+ at least 3 (`fedhealth.study.secagg.SECAGG_MINIMUM`): with 2, each hospital reads the other's
     update from the sum, and an aggregate of one *is* that hospital's update. In hospital-level DP the
     study's `privacy.min_contributors`, the fixed count its noise is calibrated to (validated to be at
     least 3 under SecAgg+). Each hospital enforces its own minimum as well, and that is the check
     that holds against a deviating server. Plain aggregation outside hospital-level DP keeps 1: a
     hospital refuses plain aggregation by its policy."""
-    from fedhealth.hospital.secure_aggregation import SECAGG_MINIMUM
+    from fedhealth.study.secagg import SECAGG_MINIMUM
 
     floor = SECAGG_MINIMUM if cfg.federation.secure_aggregation.enabled else 1
     if cfg.privacy.mode == "hospital":
-        from fedhealth.privacy.hospital_level import min_contributors as noise_contributors
+        from fedhealth.study.hospital_dp import min_contributors as noise_contributors
 
         return max(floor, noise_contributors(cfg))
     return floor
@@ -91,7 +87,7 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     recorder = RunRecorder(run_dir, cfg, on_round)
     fit_workflow = None
     if cfg.federation.secure_aggregation.enabled:
-        params = derive_secagg_params(cfg)
+        params = calibrated_secagg_params(cfg)
         rundir.write_json(run_dir / rundir.SECAGG_FILE, params.as_dict())
         log.info("SecAgg+: %s", params.as_dict())
         strategy = ObservedStrategy(inner, recorder, shapes, secure=True, min_contributors=min_contributors(cfg),
@@ -130,10 +126,14 @@ def require_an_aggregate(run_dir: Path) -> None:
 
 
 def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None,
-                     on_round: RoundCallback | None = None) -> ServerApp:
+                     on_round: RoundCallback | None = None, finish: Finisher | None = None) -> ServerApp:
     """A ServerApp for one study. Without arguments (as under `flwr run`), the study comes from the run
     config keys `config` (a TOML path relative to the project) and `out` (run directory); `resume=true`
-    continues `out` from its last checkpoint (after a SuperLink restart, say) instead of refusing it."""
+    continues `out` from its last checkpoint (after a SuperLink restart, say) instead of refusing it.
+
+    `finish(study, run_dir, seconds)`, when given and the run config says `references=true`, writes the
+    final model, references and summary after the last round (`server/app.py` passes the simulation's);
+    otherwise the run directory is marked completed as it stands."""
     app = ServerApp()
 
     @app.main()
@@ -163,10 +163,8 @@ def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None
         try:
             with rundir.failed_on_signal(target):
                 run_study(grid, context, study, target, on_round)
-            if context.run_config.get("references", True):
-                # Simulation only: the synthetic hospitals are regenerated here from the seed.
-                from fedhealth.experiments.simulate import finish
-
+            if context.run_config.get("references", True) and finish is not None:
+                # Simulation only: the synthetic hospitals are regenerated there from the seed.
                 finish(study, target, {"federation": time.perf_counter() - started})
             else:
                 rundir.mark_completed(target)

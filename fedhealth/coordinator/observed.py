@@ -11,7 +11,7 @@ Under SecAgg+ (`secure=True`) the server never holds one hospital's update: ever
 the same unmasked, already weighted mean, and the clear part of each reply (hospital index,
 training loss, epsilon) is what the run directory records per hospital. A hospital that declines a
 secure round drops out of it: its error reply names only its index and a category of reason
-(`secagg_client.public_decline_reason`), recorded as declined, not as a failure.
+(`fedhealth.wire.public_decline_reason`), recorded as declined, not as a failure.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _declined(failure: object) -> tuple[int, str] | None:
     """(hospital index, category) when a failure is a hospital declining the round under SecAgg+."""
     if not isinstance(failure, BaseException):
         return None
-    from fedhealth.hospital.secure_aggregation import declined_from_error
+    from fedhealth.wire import declined_from_error
 
     return declined_from_error(_reason(failure))
 

@@ -35,28 +35,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import QFedAvg
 from flwr.server.strategy.aggregate import aggregate_qffl
 
-SCALE_KEY = "qffl_scale"
-LOSS_KEY = "qffl_loss"
-
-
-def initial_scale(q: float, learning_rate: float) -> float:
-    """Round 1's scale, before any h has been seen: h_k = F^q + q F^(q-1) ||u||^2 / lr, with F of
-    order one (a fresh model's cross-entropy is ln 2) and ||u||^2 of order one."""
-    return 1.0 + q / learning_rate
-
-
-def qffl_terms(update: list[np.ndarray], loss: float, q: float, learning_rate: float, scale: float
-               ) -> list[np.ndarray]:
-    """The arrays a hospital sends: Delta_k (one per parameter array) then h_k as a length-1 array,
-    all divided by `scale`. `loss` is the hospital's training loss at the received model."""
-    if not (math.isfinite(loss) and loss >= 0):
-        raise ValueError(f"q-FedAvg needs a finite, non-negative training loss; got {loss}")
-    f = loss + 1e-10  # as Flower's QFedAvg: keeps F^(q-1) finite for a perfect fit
-    weight = f ** q
-    norm2 = float(sum(np.sum(np.square(u, dtype=np.float64)) for u in update))
-    h = q * f ** (q - 1) * norm2 / learning_rate + weight
-    deltas = [(-weight / scale * u).astype(u.dtype) for u in update]
-    return [*deltas, np.array([h / scale], dtype=np.float32)]
+from fedhealth.model.qffl import SCALE_KEY, initial_scale
 
 
 class QFairFedAvg(QFedAvg):

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from fedhealth.data.hospitals import HospitalSplit, load_hospital
+from fedhealth.data.study_file import load_config
 from fedhealth.metrics.membership import (
     CALIBRATED_ATTACK,
     LOSS_ATTACK,
@@ -52,10 +53,10 @@ from fedhealth.metrics.membership import (
 )
 from fedhealth.runs import rundir
 from fedhealth.seeding import derive_seed
-from fedhealth.study.config import StudyConfig, load_config, parse_config
+from fedhealth.study.config import StudyConfig, parse_config
 
 log = logging.getLogger(__name__)
-AUDIT_FILE = "privacy_audit.json"
+AUDIT_FILE = rundir.PRIVACY_AUDIT_FILE
 DEFAULT_REFERENCES = 3
 ATTACKS = {
     LOSS_ATTACK: "loss threshold (Yeom et al. 2018): score = minus the final model's loss on the record",
@@ -118,8 +119,8 @@ def reference_draw(cfg: StudyConfig, k: int, seed: int) -> StudyConfig:
 
 def train_reference(cfg: StudyConfig, draw: StudyConfig, k: int, seed: int) -> list[np.ndarray]:
     """One reference model on the draw's pooled training records, trained as the study trains (see module)."""
-    from fedhealth.coordinator.app import initial_weights
     from fedhealth.model import build_model, get_weights, set_weights
+    from fedhealth.model.initial import initial_weights
     from fedhealth.model.training import train
 
     splits = [load_hospital(draw, i) for i in range(len(draw.hospitals))]

@@ -23,10 +23,11 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 from fedhealth.data.hospitals import load_hospital  # noqa: E402
+from fedhealth.data.study_file import load_config
 from fedhealth.experiments import references  # noqa: E402
 from fedhealth.experiments.summary import build_summary  # noqa: E402
 from fedhealth.runs import rundir  # noqa: E402
-from fedhealth.study.config import StudyConfig, load_config, without_privacy  # noqa: E402
+from fedhealth.study.config import StudyConfig, without_privacy  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
         "client_resources": {"num_cpus": cfg.federation.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose},
     }
-    run_simulation(server_app=build_server_app(cfg, run_dir, on_round), client_app=build_client_app(cfg),
+    run_simulation(server_app=build_server_app(cfg, run_dir, on_round, finish=finish), client_app=build_client_app(cfg),
                    num_supernodes=len(cfg.hospitals), backend_config=backend_config, verbose_logging=verbose)
     done = rundir.last_completed_round(run_dir)
     if done < cfg.federation.rounds:
@@ -148,7 +149,7 @@ SIBLING_DIR = "sibling-no-dp"  # the same federation without DP, inside a DP run
 
 def finish(cfg: StudyConfig, run_dir: Path, seconds: dict[str, float]) -> dict[str, Any]:
     """Train the references on the same splits, write the final model, references and summary."""
-    from fedhealth.coordinator.app import initial_weights
+    from fedhealth.model.initial import initial_weights
 
     splits = [load_hospital(cfg, i) for i in range(len(cfg.hospitals))]
     final, _ = rundir.load_weights(rundir.checkpoint_path(run_dir, cfg.federation.rounds))

@@ -73,10 +73,10 @@ def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:
 def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path,
               audit_references: int = 3) -> dict[str, Any]:
     """`audit_references`: reference models of each sibling's membership-inference audit (0: no audit)."""
-    from fedhealth.coordinator.app import initial_weights
     from fedhealth.data.hospitals import load_hospital
     from fedhealth.experiments.references import local_only, pooled
     from fedhealth.experiments.simulate import shared_ray
+    from fedhealth.model.initial import initial_weights
 
     out.mkdir(parents=True, exist_ok=True)
     splits = [load_hospital(cfg, i) for i in range(len(cfg.hospitals))]

@@ -21,7 +21,7 @@ import numpy as np
 from flwr.client import ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 
-from fedhealth.coordinator.qffl import LOSS_KEY
+from fedhealth.model.qffl import LOSS_KEY
 from fedhealth.seeding import derive_seed
 from fedhealth.study.config import StudyConfig
 from fedhealth.study.policy import SitePolicy, effective_cap, hospitals_per_round, policy_violation
@@ -297,8 +297,8 @@ def build_client_app(cfg: StudyConfig | None = None) -> ClientApp:
     """The hospital's ClientApp. `cfg` (simulation only) supplies test-only injected dropouts."""
     from fedhealth.hospital.audit_mod import audit_mod
     from fedhealth.hospital.guard import guard_mod
+    from fedhealth.hospital.hospital_noise import clipping_mod
     from fedhealth.hospital.secure_aggregation import dropout_mod, secure_aggregation_mod, update_mod
-    from fedhealth.privacy.hospital_level import clipping_mod
 
     mods = [guard_mod, secure_aggregation_mod, audit_mod, update_mod, clipping_mod]
     if cfg is not None and cfg.testing.dropouts:

@@ -57,7 +57,6 @@ What these checks do NOT prevent:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -80,12 +79,13 @@ from flwr.compat.common import recorddict_compat as compat
 from fedhealth.seeding import derive_seed
 from fedhealth.study.config import StudyConfig
 from fedhealth.study.policy import SitePolicy
-from fedhealth.study.secagg import SecAggParams, derive_secagg_params
+from fedhealth.study.secagg import SECAGG_MINIMUM, SecAggParams
 from fedhealth.wire import (
     DECLINED_KEY,
     HOSPITAL_KEY,
     ROUND_KEY,
     SECURE_KEY,
+    public_decline_reason,
     study_from_payload,
 )
 
@@ -97,8 +97,6 @@ AFTER_TRAINING = "after_training"  # a test-only dropout stage: trained (and cha
 MALFORMED = "malformed_masked_vector"  # a test-only fault: the masked vector loses its last array
 CLIPPED_KEY = "secagg_clipped"  # coordinates of the update beyond SecAgg+'s clipping range
 GUARD_KEY = "fedhealth.secagg_guard"  # the hospital's own record of the round, in its node state
-SECAGG_MINIMUM = 3  # with 2, each hospital can subtract its own update from the sum and read the other's
-DECLINED_MARK = "fedhealth-declined"  # how a decline reads in the error reply the server receives
 
 
 class UpdateRefused(RuntimeError):
@@ -121,7 +119,9 @@ def study_secagg_params(cfg: StudyConfig) -> SecAggParams:
     key = cfg.fingerprint()
     if key not in _params_cache:
         _params_cache.clear()
-        _params_cache[key] = derive_secagg_params(cfg)
+        from fedhealth.privacy.hospital_level import calibrated_secagg_params
+
+        _params_cache[key] = calibrated_secagg_params(cfg)
     return _params_cache[key]
 
 
@@ -139,7 +139,7 @@ def hospital_minimum(cfg: StudyConfig, policy: SitePolicy | None) -> int:
     (fewer contributors would carry less than the announced noise)."""
     least = minimum_aggregate(policy)
     if cfg.privacy.mode == "hospital" and cfg.privacy.hospital_noise == "distributed":
-        from fedhealth.privacy.hospital_level import min_contributors
+        from fedhealth.study.hospital_dp import min_contributors
 
         least = max(least, min_contributors(cfg))
     return least
@@ -150,30 +150,6 @@ def own_policy(ctxt: Context, cfg: StudyConfig, index: int) -> SitePolicy | None
     study's inline one. Never the server's wish."""
     policy_file = str(ctxt.node_config.get("policy-file", ""))
     return SitePolicy.from_file(Path(policy_file)) if policy_file else cfg.hospitals[index].policy
-
-
-_PUBLIC_REASONS = (  # (pattern in the hospital's own reason, the category the server may read)
-    ("federation.participants", "not a participant in this study"),
-    ("too few hospitals", "too few hospitals in the round for its minimum aggregate"),
-    ("reconstruction threshold", "the round's SecAgg+ threshold is too low for its minimum aggregate"),
-    ("site policy", "its site policy"),
-    ("ledger", "its privacy ledger"),
-    ("epsilon|budget|cap", "its privacy budget"),
-)
-
-
-def public_decline_reason(index: int, reason: str) -> str:
-    """What the server is told when a hospital declines: its index and a fixed category, never the
-    hospital's own text (which may hold a path, a record count or an epsilon)."""
-    category = next((public for pattern, public in _PUBLIC_REASONS if re.search(pattern, reason, re.I)),
-                    "its own checks")
-    return f"{DECLINED_MARK}: hospital {index} declined this round ({category})"
-
-
-def declined_from_error(text: str) -> tuple[int, str] | None:
-    """(hospital index, category) if an error reply is a hospital's decline, else None (server side)."""
-    match = re.search(rf"{DECLINED_MARK}: hospital (\d+) declined this round \(([^)]*)\)", text)
-    return (int(match.group(1)), match.group(2)) if match else None
 
 
 def secagg_stage(msg: Message) -> str | None:
@@ -377,7 +353,7 @@ def update_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mes
 
 
 def _qffl_terms(cfg: StudyConfig, update: list[np.ndarray], metrics: dict, config: dict) -> list[np.ndarray]:
-    from fedhealth.coordinator.qffl import LOSS_KEY, SCALE_KEY, qffl_terms
+    from fedhealth.model.qffl import LOSS_KEY, SCALE_KEY, qffl_terms
 
     s = cfg.federation.strategy
     if LOSS_KEY not in metrics or SCALE_KEY not in config:

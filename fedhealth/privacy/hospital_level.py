@@ -41,18 +41,10 @@ drops out of it (an error reply, as a dropout), so it adds neither an update nor
 
 from __future__ import annotations
 
-from flwr.app.message import Context, Message
-from flwr.app.message_type import MessageType
-from flwr.client.mod import fixedclipping_mod
-from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import parameters_to_ndarrays
-from flwr.compat.common import recorddict_compat as compat
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-
 from fedhealth.privacy.ledger import epsilon_of
 from fedhealth.study.config import StudyConfig
-
-DEFAULT_MIN_CONTRIBUTORS = 3  # the SecAgg+ floor: a secure aggregate of 2 hides neither update from the other
+from fedhealth.study.hospital_dp import min_contributors
+from fedhealth.study.secagg import SecAggParams, derive_secagg_params
 
 
 def hospital_noise(cfg: StudyConfig) -> float:
@@ -71,11 +63,6 @@ def hospital_epsilon(cfg: StudyConfig, rounds: int) -> float:
     return epsilon_of([(hospital_noise(cfg), 1.0, rounds)], cfg.privacy_delta()) if rounds else 0.0
 
 
-def min_contributors(cfg: StudyConfig) -> int:
-    """m: the fixed, announced number of contributors the noise is calibrated to."""
-    return cfg.privacy.min_contributors or DEFAULT_MIN_CONTRIBUTORS
-
-
 def distributed_noise_std(cfg: StudyConfig, noise_multiplier: float | None = None) -> float:
     """Each hospital's share of the noise, sigma * C / sqrt(m - k): the m - k honest hospitals that at
     least contribute to any released aggregate supply the full sigma * C between them."""
@@ -84,64 +71,17 @@ def distributed_noise_std(cfg: StudyConfig, noise_multiplier: float | None = Non
     return sigma * cfg.privacy.clipping_norm / honest**0.5
 
 
-def check_hospital_dp(cfg: StudyConfig) -> None:
-    """ValueError naming the key and the fix if the hospital-level DP settings cannot hold."""
-    p = cfg.privacy
-    if p.mode != "hospital":
-        for key, value in (("min_contributors", p.min_contributors), ("colluding_hospitals", p.colluding_hospitals)):
-            if value:
-                raise ValueError(f"privacy.{key} applies only to privacy.mode = 'hospital' (hospital-level DP); "
-                                 "remove it")
-        return
-    from fedhealth.study.policy import hospitals_per_round
-
-    m = min_contributors(cfg)
-    per_round = hospitals_per_round(len(cfg.hospitals), cfg.federation.strategy.fraction_fit)
-    if m > per_round:
-        raise ValueError(f"privacy.min_contributors = {m}: only {per_round} hospitals take part in a round, so "
-                         f"every round would be refused; lower it to at most {per_round}, or add hospitals")
-    secure = cfg.federation.secure_aggregation.enabled
-    if secure and m < DEFAULT_MIN_CONTRIBUTORS:
-        raise ValueError(f"privacy.min_contributors = {m}: secure aggregation releases no aggregate of fewer than "
-                         f"{DEFAULT_MIN_CONTRIBUTORS} hospitals; use at least {DEFAULT_MIN_CONTRIBUTORS}")
-    k = p.colluding_hospitals
-    if k and p.hospital_noise != "distributed":
-        raise ValueError("privacy.colluding_hospitals applies only to privacy.hospital_noise = 'distributed' (with "
-                         "central noise the server adds all of it, and hospitals hold none back); remove it")
-    if k >= m:
-        raise ValueError(f"privacy.colluding_hospitals = {k} must be below privacy.min_contributors = {m}: the "
-                         "honest hospitals alone must supply the noise; raise min_contributors or lower "
-                         "colluding_hospitals")
 
 
-def clipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-    """Flower's fixedclipping_mod on every training message of a hospital-level DP study, at the study's
-    `privacy.clipping_norm` (whatever clipping key the server sends or leaves out).
+def secagg_noise_std(cfg: StudyConfig) -> float:
+    """The noise std each hospital adds before masking: `distributed_noise_std` under distributed
+    hospital-level DP, else 0 (record-level DP noises inside DP-SGD; central noise is the server's)."""
+    if cfg.privacy.mode == "hospital" and cfg.privacy.hospital_noise == "distributed":
+        return distributed_noise_std(cfg)
+    return 0.0
 
-    A hospital that declines the round (or sends the model back unchanged) has a zero update, whose
-    norm Flower divides by: it is passed on as it is, never clipped (there is nothing to clip), so a
-    decline reaches `secure_aggregation_mod` as a decline (a dropout) instead of a crash."""
-    if msg.metadata.message_type != MessageType.TRAIN or "fitins.config" not in msg.content.config_records:
-        return call_next(msg, ctxt)
-    from fedhealth.wire import study_from_payload
 
-    fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    cfg = study_from_payload(fit_ins.config)
-    if cfg.privacy.mode != "hospital":
-        return call_next(msg, ctxt)
-    # The norm the noise share and the ledger entry assume, never a separate key the server could omit or
-    # inflate (Flower's mod would clip to whatever `KEY_CLIPPING_NORM` says, or not at all).
-    msg.content.config_records["fitins.config"][KEY_CLIPPING_NORM] = float(cfg.privacy.clipping_norm)
-    reply = call_next(msg, ctxt)
-    if reply.has_error():
-        return reply
-    from fedhealth.wire import DECLINED_KEY
-
-    fit_res = compat.recorddict_to_fitres(reply.content, keep_input=True)
-    if DECLINED_KEY in fit_res.metrics:
-        return reply
-    received = parameters_to_ndarrays(fit_ins.parameters)
-    sent = parameters_to_ndarrays(fit_res.parameters)
-    if all(float(abs(a - b).max(initial=0.0)) == 0.0 for a, b in zip(sent, received, strict=True)):
-        return reply  # a zero update is within any clipping norm
-    return fixedclipping_mod(msg, ctxt, lambda _m, _c: reply)
+def calibrated_secagg_params(cfg: StudyConfig) -> SecAggParams:
+    """The study's SecAgg+ parameters with the noise share calibrated here (what both the hospital and
+    the coordinator derive, each on its own)."""
+    return derive_secagg_params(cfg, secagg_noise_std(cfg))

@@ -18,8 +18,8 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir
-from fedhealth.study.config import load_config
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -38,9 +38,8 @@ def _load(run_dir: Path) -> dict[str, Any]:
                           "a report needs a run that `fedhealth simulate` completed")
     secagg = run_dir / rundir.SECAGG_FILE
     contribution = run_dir / "contribution.json"
-    from fedhealth.experiments.privacy_audit import AUDIT_FILE
 
-    membership = run_dir / AUDIT_FILE
+    membership = run_dir / rundir.PRIVACY_AUDIT_FILE
     return {
         "membership": json.loads(membership.read_text(encoding="utf-8")) if membership.is_file() else None,
         "contribution": json.loads(contribution.read_text(encoding="utf-8")) if contribution.is_file() else None,

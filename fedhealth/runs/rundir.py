@@ -43,6 +43,7 @@ MODEL_FILE = "model.npz"
 REFERENCES_FILE = "references.json"
 SUMMARY_FILE = "summary.json"
 SECAGG_FILE = "secure_aggregation.json"  # the derived SecAgg+ parameters
+PRIVACY_AUDIT_FILE = "privacy_audit.json"  # membership-inference attacks on the final model
 PRIVACY_DIR = "privacy"  # one ledger per hospital (simulation): <hospital>.json
 
 
@@ -232,7 +233,7 @@ def reopen_run_dir(run_dir: Path, cfg=None) -> Path:
     being run by a live process.
     """
     state = read_state(run_dir)
-    from fedhealth.study.config import load_config
+    from fedhealth.data.study_file import load_config
 
     saved = load_config(run_dir / CONFIG_FILE)
     if state.get("fingerprint") != saved.fingerprint():

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import tomllib
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -312,13 +311,14 @@ class StudyConfig(_Strict):
         unknown = sorted({d.hospital for d in self.testing.dropouts} - set(names))
         if unknown:
             raise ValueError(f"testing.dropouts: no hospital named {', '.join(unknown)}")
-        from fedhealth.privacy.hospital_level import check_hospital_dp
+        from fedhealth.study.hospital_dp import check_hospital_dp
 
         check_hospital_dp(self)  # raises ValueError naming the key to change
         if secure:
             from fedhealth.study.secagg import derive_secagg_params
 
-            derive_secagg_params(self)  # raises ValueError naming the key to change
+            # validation only: no check depends on the noise, which the privacy layer calibrates
+            derive_secagg_params(self, noise_std_per_hospital=0.0)  # raises ValueError naming the key to change
         return self
 
     def privacy_delta(self) -> float:
@@ -443,25 +443,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override {item!r}: {p} is not a section")
         node[parts[-1]] = _coerce(raw.strip())
     return out
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-    """Read, override and validate a TOML study config; every failure is a ConfigError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    data.setdefault("name", path.stem)
-    data = apply_overrides(data, overrides or [])
-    from fedhealth.data.files import resolve_study_files
-
-    problems = resolve_study_files(data, path.resolve().parent)
-    if problems:
-        raise ConfigError("\n".join(f"{path}: {p}" if not p.startswith(str(path)) else p for p in problems))
-    return parse_config(data, str(path))
 
 
 def config_to_toml(cfg: StudyConfig) -> str:

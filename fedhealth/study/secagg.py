@@ -42,6 +42,9 @@ DISTRIBUTED_NOISE_TAIL = 8.0  # standard deviations of distributed DP noise kept
 KEY = "federation.secure_aggregation"
 
 
+SECAGG_MINIMUM = 3  # with 2, each hospital can subtract its own update from the sum and read the other's
+
+
 @dataclass(frozen=True)
 class SecAggParams:
     hospitals_per_round: int
@@ -143,10 +146,12 @@ def quantization_range(m: int) -> int:
     return q
 
 
-def derive_secagg_params(cfg: StudyConfig, noise_multiplier: float | None = None) -> SecAggParams:
+def derive_secagg_params(cfg: StudyConfig, noise_std_per_hospital: float) -> SecAggParams:
     """All SecAgg+ numbers for a study; ValueError (naming the key and the fix) if they cannot work.
 
-    `noise_multiplier` (hospital-level DP) is looked up when needed; pass it to avoid recalibrating.
+    A plain function of the study and one number the privacy layer calibrates: the noise std each
+    hospital adds before masking under distributed hospital-level DP
+    (`fedhealth.privacy.hospital_level.secagg_noise_std`, 0 otherwise), which widens the clipping range.
     """
     from fedhealth.study.policy import hospitals_per_round
 
@@ -185,11 +190,9 @@ def derive_secagg_params(cfg: StudyConfig, noise_multiplier: float | None = None
                              "clipped updates would be clipped again; remove the key")
         bound = max(clip, sa.update_bound or 0.0)
         if cfg.privacy.hospital_noise == "distributed":
-            from fedhealth.privacy.hospital_level import distributed_noise_std
-
             # privacy.min_contributors - privacy.colluding_hospitals honest shares add up to the noise
             # sigma * C on the sum; more only add noise (see fedhealth.privacy.hospital_level).
-            noise_std = distributed_noise_std(cfg, noise_multiplier)
+            noise_std = float(noise_std_per_hospital)
             bound += DISTRIBUTED_NOISE_TAIL * noise_std
     else:
         bound = sa.update_bound or DEFAULT_UPDATE_BOUND
