@@ -100,8 +100,9 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
         "client_resources": {"num_cpus": cfg.federation.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose},
     }
-    run_simulation(server_app=build_server_app(cfg, run_dir, on_round, finish=finish), client_app=build_client_app(cfg),
-                   num_supernodes=len(cfg.hospitals), backend_config=backend_config, verbose_logging=verbose)
+    run_simulation(server_app=build_server_app(cfg, run_dir, on_round),
+                   client_app=build_client_app(cfg, mode="simulation"), num_supernodes=len(cfg.hospitals),
+                   backend_config=backend_config, verbose_logging=verbose)
     done = rundir.last_completed_round(run_dir)
     if done < cfg.federation.rounds:
         raise SimulationError(f"{run_dir}: federation stopped after round {done} of {cfg.federation.rounds}; "

@@ -21,6 +21,7 @@ import numpy as np
 from flwr.client import ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 
+from fedhealth.hospital.node_config import Mode, NodeConfigError, NodeSettings, settings_of
 from fedhealth.model.qffl import LOSS_KEY
 from fedhealth.seeding import derive_seed
 from fedhealth.study.config import StudyConfig
@@ -36,6 +37,7 @@ from fedhealth.wire import (
 )
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
 log = logging.getLogger(__name__)
 
 
@@ -61,10 +63,10 @@ class HospitalClient(NumPyClient):
     given they win over anything the server sends.
     """
 
-    def __init__(self, node: int | Context, policy: SitePolicy | None = None, ledger_dir: str = "",
+    def __init__(self, node: int | Context | NodeSettings, policy: SitePolicy | None = None, ledger_dir: str = "",
                  data_file: str | None = None, schema_file: str | None = None) -> None:
         """`node`: the node's Flower context, or (tests, simulation) the hospital's index in the study."""
-        self.node_config = {"partition-id": node} if isinstance(node, int) else dict(node.node_config)
+        self.settings = NodeSettings.simulated_hospital(node) if isinstance(node, int) else settings_of(node)
         self.own_policy = policy
         self.own_ledger_dir = ledger_dir
         self.data_file = data_file
@@ -73,8 +75,8 @@ class HospitalClient(NumPyClient):
 
     @property
     def simulated(self) -> bool:
-        """A simulated hospital (Flower's `partition-id`), not a deployed one with its own node config."""
-        return "partition-id" in self.node_config
+        """A simulated hospital (`fedhealth.hospital.node_config` says how the mode is decided)."""
+        return self.settings.simulated
 
     def _policy(self, cfg: StudyConfig) -> SitePolicy | None:
         """The hospital's own policy file wins; a deployed hospital without one gets the safe defaults
@@ -95,7 +97,7 @@ class HospitalClient(NumPyClient):
         from fedhealth.model import build_model, set_weights
 
         cfg = study_from_payload(config)
-        self.index = resolve_hospital(self.node_config, cfg)
+        self.index = resolve_hospital(self.settings, cfg)
         if self.schema_file:
             check_own_schema(cfg, self.schema_file, cfg.hospitals[self.index].name)
         split = load_hospital(cfg, self.index, self.data_file)
@@ -234,27 +236,26 @@ class HospitalClient(NumPyClient):
                            "accuracy": m.accuracy, "brier": m.brier}
 
 
-def hospital_index(context: Context | Mapping) -> int:
+def hospital_index(context: Context | Mapping | NodeSettings) -> int:
     """Which hospital this node is: Flower's `partition-id` in simulation, `hospital-index` if set."""
-    node = context if isinstance(context, Mapping) else context.node_config
-    for key in ("hospital-index", "partition-id"):
-        if key in node:
-            return int(node[key])
-    raise ValueError("node config names no hospital: set hospital-name (deployment) or partition-id")
+    index = settings_of(context).hospital_index
+    if index is None:
+        raise ValueError("node config names no hospital: set hospital-name (deployment) or partition-id")
+    return index
 
 
-def resolve_hospital(context: Context | Mapping, cfg: StudyConfig) -> int:
+def resolve_hospital(context: Context | Mapping | NodeSettings, cfg: StudyConfig) -> int:
     """This node's position in the study's hospital list: by `hospital-name` (deployment: the study's order
     is the coordinator's business), else by index."""
-    node = context if isinstance(context, Mapping) else context.node_config
-    name = str(node.get("hospital-name", ""))
+    settings = settings_of(context)
+    name = settings.hospital_name
     if name:
         names = [h.name for h in cfg.hospitals]
         if name not in names:
             raise ValueError(f"this node is hospital {name!r}, which study {cfg.name!r} does not list "
                              f"({', '.join(names)}); check hospital-name in the node config")
         return names.index(name)
-    index = hospital_index(node)
+    index = hospital_index(settings)
     if not 0 <= index < len(cfg.hospitals):
         raise ValueError(f"hospital index {index} outside the study's {len(cfg.hospitals)} hospitals")
     return index
@@ -280,21 +281,27 @@ def check_own_schema(cfg: StudyConfig, schema_file: str, hospital: str) -> None:
 
 
 def client_fn(context: Context):
-    """Node config keys a hospital sets for itself (deployment): `hospital-name`, `data-file` (its CSV or
-    Parquet), `schema-file` (its copy of the study schema), `policy-file` (TOML site policy), `ledger-dir`,
-    `audit-log` and `audit-key` (see `audit_mod`)."""
+    """The hospital's client, set up from its own node config (`fedhealth.hospital.node_config` declares
+    the keys)."""
     import torch
 
     torch.set_num_threads(1)  # one CPU per simulated hospital; lets two train at once on 2 cores
-    node = context.node_config
-    policy_file = str(node.get("policy-file", ""))
-    policy = SitePolicy.from_file(Path(policy_file)) if policy_file else None
-    return HospitalClient(context, policy, str(node.get("ledger-dir", "")),
-                          str(node.get("data-file", "")) or None, str(node.get("schema-file", "")) or None).to_client()
+    settings = settings_of(context)
+    policy = SitePolicy.from_file(settings.policy_file) if settings.policy_file else None
+
+    def text(path: Path | None) -> str | None:
+        return str(path) if path is not None else None
+
+    return HospitalClient(settings, policy, text(settings.ledger_dir) or "", text(settings.data_file),
+                          text(settings.schema_file)).to_client()
 
 
-def build_client_app(cfg: StudyConfig | None = None) -> ClientApp:
-    """The hospital's ClientApp. `cfg` (simulation only) supplies test-only injected dropouts."""
+def build_client_app(cfg: StudyConfig | None = None, mode: Mode | None = None) -> ClientApp:
+    """The hospital's ClientApp. `cfg` (simulation only) supplies test-only injected dropouts.
+
+    `mode`: what the caller runs (`fedhealth simulate` says "simulation"); every node's own config must
+    then agree, or the node refuses to start. Without it (`clients/app.py`, under `flwr run` or a
+    SuperNode) each node's mode is what its node config says (`fedhealth.hospital.node_config`)."""
     from fedhealth.hospital.audit_mod import audit_mod
     from fedhealth.hospital.guard import guard_mod
     from fedhealth.hospital.hospital_noise import clipping_mod
@@ -306,4 +313,14 @@ def build_client_app(cfg: StudyConfig | None = None) -> ClientApp:
         faults = [(index[d.hospital], d.stage, tuple(d.rounds)) for d in cfg.testing.dropouts]
         log.warning("testing.dropouts: injecting %d hospital dropout(s); not a real study", len(faults))
         mods.insert(0, dropout_mod(faults))
-    return ClientApp(client_fn=client_fn, mods=mods)
+    if mode is None:
+        return ClientApp(client_fn=client_fn, mods=mods)
+
+    def client_in_mode(context: Context):
+        settings = settings_of(context)
+        if settings.mode != mode:
+            raise NodeConfigError(f"this ClientApp runs a {mode}, but the node config describes a "
+                                  f"{settings.mode} hospital")
+        return client_fn(context)
+
+    return ClientApp(client_fn=client_in_mode, mods=mods)

@@ -25,6 +25,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
+from fedhealth.hospital.node_config import settings_of
 from fedhealth.wire import (
     DECLINED_KEY,
     LEDGER_DIR_KEY,
@@ -43,12 +44,12 @@ def audit_log_for(ctxt: Context, hospital: str, config: dict):
     """The hospital's AuditLog (one writer per process and file), or None when there is nowhere to write."""
     from fedhealth.privacy.audit import AuditLog
 
-    node = ctxt.node_config
-    path = str(node.get("audit-log", ""))
-    key = str(node.get("audit-key", ""))
+    settings = settings_of(ctxt)
+    path = str(settings.audit_log or "")
+    key = str(settings.audit_key or "")
     if not path:
         ledger_dir = str(config.get(LEDGER_DIR_KEY, ""))
-        if not ledger_dir or "partition-id" not in node:
+        if not ledger_dir or not settings.simulated:
             # Deployment without `audit-log`: the server's run directory is not the hospital's disk.
             log.warning("hospital %s keeps no audit log: set audit-log (and audit-key) in its node config", hospital)
             return None
@@ -84,8 +85,8 @@ def audit_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mess
     if audit is None:
         return reply
     declined = metrics.get(DECLINED_KEY)
-    policy_file = str(ctxt.node_config.get("policy-file", ""))
-    policy = SitePolicy.from_file(Path(policy_file)) if policy_file else hospital.policy
+    policy_file = settings_of(ctxt).policy_file
+    policy = SitePolicy.from_file(policy_file) if policy_file else hospital.policy
     checks: dict[str, object] = {
         "secure_aggregation": bool(fit_ins.config.get(SECURE_KEY, False)),
         "site_policy": "declined" if declined else "passed",
@@ -111,5 +112,5 @@ def audit_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mess
 
 
 def _data_file(ctxt: Context) -> str | None:
-    value = str(ctxt.node_config.get("data-file", ""))
-    return value or None
+    value = settings_of(ctxt).data_file
+    return str(value) if value is not None else None

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Error
@@ -76,6 +75,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 )
 from flwr.compat.common import recorddict_compat as compat
 
+from fedhealth.hospital.node_config import settings_of
 from fedhealth.seeding import derive_seed
 from fedhealth.study.config import StudyConfig
 from fedhealth.study.policy import SitePolicy
@@ -148,8 +148,8 @@ def hospital_minimum(cfg: StudyConfig, policy: SitePolicy | None) -> int:
 def own_policy(ctxt: Context, cfg: StudyConfig, index: int) -> SitePolicy | None:
     """The hospital's site policy: its own file (node config `policy-file`), else (simulation) the
     study's inline one. Never the server's wish."""
-    policy_file = str(ctxt.node_config.get("policy-file", ""))
-    return SitePolicy.from_file(Path(policy_file)) if policy_file else cfg.hospitals[index].policy
+    policy_file = settings_of(ctxt).policy_file
+    return SitePolicy.from_file(policy_file) if policy_file else cfg.hospitals[index].policy
 
 
 def secagg_stage(msg: Message) -> str | None:
