@@ -295,6 +295,44 @@ def sweep(
     console.print(f"written: {out / 'sweep.json'}, {out / 'privacy_utility.png'}")
 
 
+@app.command()
+def fairness(
+    config: Annotated[Path, typer.Option("--config", "-c", help="study config (TOML), without DP")],
+    q: Annotated[str, typer.Option(help="q values for q-FedAvg, comma-separated")] = "0.5,1,2",
+    qffl_learning_rate: Annotated[float | None, typer.Option(
+        help="q-FedAvg's 1/L; default: federation.strategy.qffl_learning_rate of the config")] = None,
+    out: Annotated[Path | None, typer.Option(help="directory for the sibling runs and fairness.json")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: dotted.key=value")] = None,
+) -> None:
+    """Is q-FedAvg fairer than FedAvg here? The same study under FedAvg and q-FedAvg at each q, side by side:
+    worst-hospital, mean and overall test AUROC (sibling federations, as `sweep` runs them)."""
+    from datetime import datetime
+
+    from fedhealth.experiments.fairness import FAIRNESS_FILE, compare_strategies
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = _load(config, list(set_ or []))
+    try:
+        values = [float(v) for v in q.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"--q {q!r}: give numbers separated by commas, e.g. 0.5,1,2")
+    if any(v < 0 for v in values):
+        _fail(f"--q {q!r}: q must be 0 or more")
+    out = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.name}-fairness"
+    try:
+        result = compare_strategies(cfg, values, out, qffl_learning_rate)
+    except ValueError as err:
+        _fail(str(err))
+    table = Table(title=f"{cfg.name}: FedAvg against q-FedAvg (test AUROC)")
+    for col in ("strategy", "worst hospital", "mean of hospitals", "all records", "spread"):
+        table.add_column(col, justify="right")
+    for r in result["runs"]:
+        table.add_row(r["strategy"] if r["q"] is None else f"q-FedAvg q={r['q']:g}", _fmt(r["worst_hospital_auroc"]),
+                      _fmt(r["mean_hospital_auroc"]), _fmt(r["all_records_auroc"]), _fmt(r["spread_auroc"]))
+    console.print(table)
+    console.print(f"written: {out / FAIRNESS_FILE}")
+
+
 @app.command("audit-privacy")
 def audit_privacy(
     run_dir: Annotated[Path, typer.Argument(help="a completed simulation run directory")],

@@ -1,5 +1,6 @@
 """q-FedAvg: the hospitals' q-FFL terms give the paper's step, through SecAgg+'s mean as through the clear."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,21 @@ def test_secure_qfedavg_federation_equals_the_clear_one(tmp_path):
     assert "qffl_scale" in state
     rows = rundir.read_jsonl(dirs[True] / rundir.METRICS_FILE)
     assert all(r["aggregated"] and r["secagg_clipped"] == 0 for r in rows if "secagg_clipped" in r)
+
+
+@pytest.mark.slow
+def test_the_fairness_comparison_runs_fedavg_and_qfedavg_siblings_as_sweep_does(tmp_path):
+    """`fedhealth fairness` on the smoke study, one round: FedAvg and q-FedAvg (q = 1) side by side, each
+    scored on the same splits; q-FedAvg's worst hospital is compared with FedAvg's."""
+    from fedhealth.experiments.fairness import FAIRNESS_FILE, compare_strategies
+
+    cfg = load_config(SMOKE, ["federation.rounds=1", "federation.secure_aggregation.enabled=false"])
+    result = compare_strategies(cfg, [1.0], tmp_path / "fairness")
+    assert [(r["strategy"], r["q"]) for r in result["runs"]] == [("fedavg", None), ("qfedavg", 1.0)]
+    fedavg, qffl = result["runs"]
+    assert qffl["worst_vs_fedavg"] == pytest.approx(qffl["worst_hospital_auroc"] - fedavg["worst_hospital_auroc"])
+    assert set(fedavg["by_hospital"]) == {h.name for h in cfg.hospitals}
+    assert json.loads((tmp_path / "fairness" / FAIRNESS_FILE).read_text()) == json.loads(json.dumps(result))
+    with pytest.raises(ValueError, match="without DP"):
+        compare_strategies(load_config(SMOKE, ["privacy.mode=record", "privacy.target_epsilon=3"]), [1.0],
+                           tmp_path / "refused")

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from fedhealth.metrics.shapley import Estimate, exact_shapley, leave_one_out
+from fedhealth.metrics.shapley import exact_shapley, leave_one_out, sampled_shapley
 from fedhealth.runs import rundir
 from fedhealth.seeding import derive_seed
-from fedhealth.study.config import StudyConfig, parse_config
+from fedhealth.study.config import StudyConfig, variant
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,11 @@ class BudgetExhausted(RuntimeError):
 
 
 def coalition_config(cfg: StudyConfig, members: frozenset[str]) -> StudyConfig:
-    data = cfg.model_dump(mode="json", exclude_none=True)
-    data["name"] = f"{cfg.name}-coalition"
-    data["federation"]["participants"] = [h.name for h in cfg.hospitals if h.name in members]
-    data["federation"]["secure_aggregation"] = {**data["federation"].get("secure_aggregation", {}), "enabled": False}
-    data["references"] = {"local_only": False, "pooled": False, "non_private_federation": False}
-    for h in data["hospitals"]:
-        h.pop("policy", None)  # a site policy could refuse the plain aggregation these runs use
-    return parse_config(data, f"{cfg.name} coalition")
+    """The study with only `members` taking part, aggregated in the clear (a coalition's value is a
+    simulation's counterfactual; a site policy could refuse the plain aggregation these runs use)."""
+    return variant(cfg, f"{cfg.name}-coalition",
+                   {"federation.participants": [h.name for h in cfg.hospitals if h.name in members],
+                    "federation.secure_aggregation.enabled": False}, references=False, site_policies=False)
 
 
 class CoalitionValues:
@@ -75,21 +72,14 @@ class CoalitionValues:
     def _evaluate(self, members: frozenset) -> float:
         """One real federation of the coalition (Flower's simulation engine), scored on all test records."""
         from fedhealth.data.hospitals import load_hospital
-        from fedhealth.experiments.references import federated
-        from fedhealth.experiments.simulate import run_federation, shared_ray
-        from fedhealth.metrics.classification import roc_auc
+        from fedhealth.experiments.simulate import run_sibling, shared_ray
+        from fedhealth.experiments.sweep import score
 
         ccfg = coalition_config(self.cfg, members)
-        run_dir = rundir.create_run_dir(ccfg, self.out / "coalitions" / f"{self.runs:04d}")
         with shared_ray():  # coalition after coalition on one Ray instance (see simulate.shared_ray)
-            run_federation(ccfg, run_dir)
-        weights, _ = rundir.load_weights(rundir.checkpoint_path(run_dir, ccfg.federation.rounds))
+            weights = run_sibling(ccfg, self.out / "coalitions" / f"{self.runs:04d}")
         splits = [load_hospital(self.cfg, i) for i in range(len(self.cfg.hospitals))]
-        preds = federated(self.cfg, splits, weights)
-        value = roc_auc(np.concatenate([s.y_test for s in splits]),
-                        np.concatenate([preds.by_hospital[s.index] for s in splits]))
-        rundir.mark_completed(run_dir)
-        return value
+        return score(self.cfg, splits, weights)["all_records_auroc"]
 
 
 def estimate_contributions(cfg: StudyConfig, out: Path, budget: int,
@@ -122,26 +112,13 @@ def _estimate(cfg: StudyConfig, out: Path, budget: int, value: CoalitionValues, 
         permutations = None
     else:
         rng = np.random.default_rng(derive_seed(cfg.seed, "shapley-permutations"))
-        # Permutation sampling as in `fedhealth.metrics.shapley.sampled_shapley`, one permutation at a
-        # time, stopping before a permutation whose new coalitions would exceed the budget.
-        marginals: dict[str, list[float]] = {p: [] for p in players}
-        permutations = 0
-        while True:
-            order = [players[i] for i in rng.permutation(n)]
-            prefixes = [frozenset(order[:k]) for k in range(1, n + 1)]
-            if value.runs + value.needs(prefixes) > budget:
-                break
-            previous = value(frozenset())
-            for p, coalition in zip(order, prefixes, strict=True):
-                current = value(coalition)
-                marginals[p].append(current - previous)
-                previous = current
-            permutations += 1
+        # as many permutations as the budget allows: stop before one whose new coalitions would exceed it
+        shapley = sampled_shapley(players, value, None, rng,
+                                  affordable=lambda prefixes: value.runs + value.needs(prefixes) <= budget)
+        permutations = shapley[players[0]].samples
         if permutations < 2:
             raise ValueError(f"--budget {budget} leaves room for {permutations} sampled permutation(s) of {n} "
                              "hospitals after leave-one-out; a standard error needs at least 2: raise it")
-        shapley = {p: Estimate(float(np.mean(v)), float(np.std(v, ddof=1) / np.sqrt(len(v))), len(v))
-                   for p, v in marginals.items()}
     result = {
         "study": cfg.name,
         "value": "overall AUROC of the coalition's federated model on every hospital's test records",

@@ -53,7 +53,7 @@ from fedhealth.metrics.membership import (
 )
 from fedhealth.runs import rundir
 from fedhealth.seeding import derive_seed
-from fedhealth.study.config import StudyConfig, parse_config
+from fedhealth.study.config import StudyConfig, variant
 
 log = logging.getLogger(__name__)
 AUDIT_FILE = rundir.PRIVACY_AUDIT_FILE
@@ -112,9 +112,7 @@ def reference_draw(cfg: StudyConfig, k: int, seed: int) -> StudyConfig:
     draw_seed = derive_seed(seed, "membership-reference", k) % 2**32
     if draw_seed == cfg.seed:  # a 1 in 2**32 coincidence would hand the references the target's own records
         draw_seed = (draw_seed + 1) % 2**32
-    data = cfg.model_dump(mode="json", exclude_none=True)
-    data.update(seed=draw_seed, name=f"{cfg.name}-reference-{k}")
-    return parse_config(data, f"{cfg.name}: reference draw {k}")
+    return variant(cfg, f"{cfg.name}-reference-{k}", {"seed": draw_seed})
 
 
 def train_reference(cfg: StudyConfig, draw: StudyConfig, k: int, seed: int) -> list[np.ndarray]:

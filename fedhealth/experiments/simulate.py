@@ -22,6 +22,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
+import numpy as np
+
 from fedhealth.data.hospitals import load_hospital  # noqa: E402
 from fedhealth.data.study_file import load_config
 from fedhealth.experiments import references  # noqa: E402
@@ -143,6 +145,17 @@ def hospital_privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
             "delta": cfg.privacy_delta(),
             "noise_multiplier": hospital_noise(cfg), "clipping_norm": cfg.privacy.clipping_norm,
             "epsilon": hospital_epsilon(cfg, len(rounds)), "rounds": len(rounds)}
+
+
+def run_sibling(sibling: StudyConfig, run_dir: Path) -> list[np.ndarray]:
+    """Run a sibling federation (a `fedhealth.study.config.variant` of a study) in a new run directory
+    and return its final global model: the one way sweeps, strategy comparisons and Shapley coalitions
+    run theirs. The caller scores it on the original study's splits (`fedhealth.experiments.sweep.score`)."""
+    target = rundir.create_run_dir(sibling, run_dir)
+    run_federation(sibling, target)
+    weights, _ = rundir.load_weights(rundir.checkpoint_path(target, sibling.federation.rounds))
+    rundir.mark_completed(target)
+    return weights
 
 
 SIBLING_DIR = "sibling-no-dp"  # the same federation without DP, inside a DP run's directory

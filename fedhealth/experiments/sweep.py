@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedhealth.runs import rundir
-from fedhealth.study.config import StudyConfig, parse_config, without_privacy
+from fedhealth.study.config import StudyConfig, variant, without_privacy
 
 log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
@@ -41,16 +41,30 @@ def parse_epsilons(text: str) -> list[float]:
 
 
 def sibling_config(cfg: StudyConfig, epsilon: float) -> StudyConfig:
-    data = cfg.model_dump(mode="json", exclude_none=True)
-    data["references"] = {"local_only": False, "pooled": False, "non_private_federation": False}
+    """The study at one epsilon of the sweep (infinity: without DP), with no references of its own."""
     if math.isinf(epsilon):
-        return without_privacy(parse_config(data, f"{cfg.name} without DP"))
-    privacy = {k: v for k, v in data.get("privacy", {}).items() if k not in ("noise_multiplier", "target_epsilon")}
+        return without_privacy(variant(cfg, cfg.name, references=False))
+    privacy = {k: v for k, v in cfg.privacy.model_dump(mode="json", exclude_none=True).items()
+               if k not in ("noise_multiplier", "target_epsilon")}
     privacy.update({"mode": "record", "target_epsilon": epsilon,
                     "max_epsilon": max(epsilon, float(privacy.get("max_epsilon", 10.0)))})
-    data["privacy"] = privacy
-    data["name"] = f"{cfg.name}-eps-{epsilon:g}"
-    return parse_config(data, f"{cfg.name} at epsilon {epsilon:g}")
+    return variant(cfg, f"{cfg.name}-eps-{epsilon:g}", {"privacy": privacy}, references=False)
+
+
+def score(cfg: StudyConfig, splits: list, weights: list[np.ndarray]) -> dict[str, Any]:
+    """A global model of `cfg` (or of a sibling of it) scored on every hospital's held-out records."""
+    from fedhealth.experiments.references import federated
+
+    return _scores(cfg, splits, federated(cfg, splits, weights))
+
+
+def run_and_score(cfg: StudyConfig, sibling: StudyConfig, run_dir: Path, splits: list) -> dict[str, Any]:
+    """One sibling federation run in `run_dir` and scored on `cfg`'s splits, with its seconds."""
+    from fedhealth.experiments.simulate import run_sibling
+
+    t0 = time.perf_counter()
+    scores = score(cfg, splits, run_sibling(sibling, run_dir))
+    return {**scores, "seconds": time.perf_counter() - t0, "run_dir": str(run_dir)}
 
 
 def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:
@@ -122,21 +136,12 @@ def _membership_column(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _run_points(cfg: StudyConfig, epsilons: list[float], out: Path, splits: list,
                 audit_references: int = 3) -> list[dict[str, Any]]:
-    from fedhealth.experiments.references import federated
-    from fedhealth.experiments.simulate import run_federation
-
     points = []
     for eps in epsilons:
         sibling = sibling_config(cfg, eps)
-        run_dir = rundir.create_run_dir(sibling, out / ("no-dp" if math.isinf(eps) else f"eps-{eps:g}"))
-        t0 = time.perf_counter()
-        run_federation(sibling, run_dir)
-        weights, _ = rundir.load_weights(rundir.checkpoint_path(run_dir, sibling.federation.rounds))
-        rundir.mark_completed(run_dir)
+        run_dir = out / ("no-dp" if math.isinf(eps) else f"eps-{eps:g}")
         point = {"epsilon": None if math.isinf(eps) else eps, "delta": sibling.privacy_delta()
-                 if sibling.privacy.mode == "record" else None,
-                 **_scores(cfg, splits, federated(cfg, splits, weights)), "seconds": time.perf_counter() - t0,
-                 "run_dir": str(run_dir)}
+                 if sibling.privacy.mode == "record" else None, **run_and_score(cfg, sibling, run_dir, splits)}
         point["membership_inference"] = _membership(run_dir, sibling, audit_references)
         points.append(point)
         log.warning("epsilon %s: AUROC %.4f (all records) in %.0f s", "inf" if math.isinf(eps) else f"{eps:g}",

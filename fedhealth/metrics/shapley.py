@@ -53,14 +53,26 @@ def exact_shapley(players: Sequence[Hashable], value: Value) -> dict[Hashable, E
     return out
 
 
-def sampled_shapley(players: Sequence[Hashable], value: Value, permutations: int,
-                    rng: np.random.Generator) -> dict[Hashable, Estimate]:
-    """Monte Carlo Shapley over `permutations` random orderings of the players."""
-    if permutations < 1:
+def sampled_shapley(players: Sequence[Hashable], value: Value, permutations: int | None,
+                    rng: np.random.Generator,
+                    affordable: Callable[[list[frozenset]], bool] | None = None) -> dict[Hashable, Estimate]:
+    """Monte Carlo Shapley over `permutations` random orderings of the players.
+
+    `affordable(coalitions)`, if given, sees the coalitions a permutation would evaluate before it is
+    evaluated; sampling stops at the first permutation it refuses (a budget of federations, with the
+    caller caching the values). `permutations=None`: no fixed number, until `affordable` refuses.
+    Every player's `samples` is the number of permutations taken (0: none was affordable)."""
+    if permutations is None and affordable is None:
+        raise ValueError("give a number of permutations, or an affordable() budget to stop at")
+    if permutations is not None and permutations < 1:
         raise ValueError("permutations must be at least 1")
     marginals: dict[Hashable, list[float]] = {p: [] for p in players}
-    for _ in range(permutations):
+    taken = 0
+    while permutations is None or taken < permutations:
         order = [players[i] for i in rng.permutation(len(players))]
+        if affordable is not None and not affordable([frozenset(order[:k]) for k in range(1, len(order) + 1)]):
+            break
+        taken += 1
         before: frozenset = frozenset()
         previous = value(before)
         for p in order:
@@ -68,6 +80,8 @@ def sampled_shapley(players: Sequence[Hashable], value: Value, permutations: int
             current = value(now)
             marginals[p].append(current - previous)
             before, previous = now, current
+    if taken == 0:
+        return {p: Estimate(float("nan"), float("nan"), 0) for p in players}
     out = {}
     for p, values in marginals.items():
         arr = np.asarray(values, dtype=float)

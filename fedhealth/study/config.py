@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import tomllib
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -233,12 +234,7 @@ def without_privacy(cfg: StudyConfig) -> StudyConfig:
 
     Simulation only: policies are dropped because a policy that caps epsilon refuses non-DP work.
     """
-    data = cfg.model_dump(mode="json", exclude_none=True)
-    data["name"] = f"{cfg.name}-no-dp"
-    data["privacy"] = {"mode": "none"}
-    for h in data["hospitals"]:
-        h.pop("policy", None)
-    return parse_config(data, f"{cfg.name} without DP")
+    return variant(cfg, f"{cfg.name}-no-dp", {"privacy": {"mode": "none"}}, site_policies=False)
 
 
 class StudyConfig(_Strict):
@@ -428,21 +424,54 @@ def _coerce(text: str) -> Any:
         return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `dotted.key=value` overrides (e.g. `federation.rounds=5`) to a raw config mapping."""
+def set_dotted(data: dict[str, Any], key: str, value: Any, what: str | None = None) -> None:
+    """Set `data[a][b][c] = value` for `key = "a.b.c"`, making missing tables; a dict value replaces
+    that whole table. `what` names the override in the error if a part of the key is not a table."""
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {what or key!r}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Apply overrides to a raw config mapping: `dotted.key=value` strings (the CLI's `--set`, e.g.
+    `federation.rounds=5`, values parsed as TOML scalars) or a mapping of dotted keys to Python values."""
     out = json.loads(json.dumps(data))
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_dotted(out, str(key), json.loads(json.dumps(value)))
+        return out
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. federation.rounds=5")
         key, _, raw = item.partition("=")
-        parts = key.strip().split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = _coerce(raw.strip())
+        set_dotted(out, key, _coerce(raw.strip()), item)
     return out
+
+
+NO_REFERENCES = {"local_only": False, "pooled": False, "non_private_federation": False}
+
+
+def variant(cfg: StudyConfig, name: str, changes: Mapping[str, Any] | None = None, *, references: bool = True,
+            site_policies: bool = True) -> StudyConfig:
+    """The same study under another name with `changes` (dotted keys to values, as `apply_overrides`),
+    validated like any study: the one way every sibling federation (without DP, at another epsilon,
+    another strategy, a coalition, a reference draw) is derived.
+
+    `references=False` trains no local-only, pooled or no-DP references for it; `site_policies=False`
+    drops the simulated hospitals' inline policies (simulation only: a policy that caps epsilon, or
+    requires SecAgg+, would refuse the counterfactual runs these siblings are)."""
+    data = apply_overrides(cfg.model_dump(mode="json", exclude_none=True), dict(changes or {}))
+    data["name"] = name
+    if not references:
+        data["references"] = dict(NO_REFERENCES)
+    if not site_policies:
+        for h in data["hospitals"]:
+            h.pop("policy", None)
+    return parse_config(data, f"{cfg.name}: variant {name}")
 
 
 def config_to_toml(cfg: StudyConfig) -> str:
