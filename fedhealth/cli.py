@@ -245,7 +245,7 @@ def contribution(
     if report_into is not None:
         import shutil
 
-        shutil.copyfile(out / "contribution.json", report_into / "contribution.json")
+        shutil.copyfile(out / rundir.CONTRIBUTION_FILE, report_into / rundir.CONTRIBUTION_FILE)
         _report(report_into)
 
 
@@ -292,7 +292,7 @@ def sweep(
                       _fmt(ref["worst_hospital_auroc"]), *[_fmt(ref["by_tier"].get(t)) for t in tiers],
                       *([""] if audited else []))
     console.print(table)
-    console.print(f"written: {out / 'sweep.json'}, {out / 'privacy_utility.png'}")
+    console.print(f"written: {out / rundir.SWEEP_FILE}, {out / rundir.PRIVACY_UTILITY_FIGURE}")
 
 
 @app.command()

@@ -30,7 +30,7 @@ from fedhealth.study.config import StudyConfig, variant
 log = logging.getLogger(__name__)
 
 EMPTY_VALUE = 0.5
-CONTRIBUTION_FILE = "contribution.json"
+CONTRIBUTION_FILE = rundir.CONTRIBUTION_FILE
 
 
 class BudgetExhausted(RuntimeError):
@@ -77,7 +77,7 @@ class CoalitionValues:
 
         ccfg = coalition_config(self.cfg, members)
         with shared_ray():  # coalition after coalition on one Ray instance (see simulate.shared_ray)
-            weights = run_sibling(ccfg, self.out / "coalitions" / f"{self.runs:04d}")
+            weights = run_sibling(ccfg, self.out / rundir.COALITIONS_DIR / f"{self.runs:04d}")
         splits = [load_hospital(self.cfg, i) for i in range(len(self.cfg.hospitals))]
         return score(self.cfg, splits, weights)["all_records_auroc"]
 

@@ -17,7 +17,7 @@ from fedhealth.runs import rundir
 from fedhealth.study.config import StudyConfig, variant
 
 log = logging.getLogger(__name__)
-FAIRNESS_FILE = "fairness.json"
+FAIRNESS_FILE = rundir.FAIRNESS_FILE
 
 
 def strategy_sibling(cfg: StudyConfig, name: str, q: float | None, learning_rate: float | None) -> StudyConfig:

@@ -158,7 +158,7 @@ def run_sibling(sibling: StudyConfig, run_dir: Path) -> list[np.ndarray]:
     return weights
 
 
-SIBLING_DIR = "sibling-no-dp"  # the same federation without DP, inside a DP run's directory
+SIBLING_DIR = rundir.SIBLING_DIR
 
 
 def finish(cfg: StudyConfig, run_dir: Path, seconds: dict[str, float]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from fedhealth.runs import rundir
 from fedhealth.study.config import StudyConfig, variant, without_privacy
 
 log = logging.getLogger(__name__)
-SWEEP_FILE = "sweep.json"
+SWEEP_FILE = rundir.SWEEP_FILE
 
 
 def parse_epsilons(text: str) -> list[float]:
@@ -109,7 +109,7 @@ def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path,
     from fedhealth.reporting.figures import privacy_utility
     from fedhealth.reporting.report import _save
 
-    _save(privacy_utility(result), out / "privacy_utility.png")
+    _save(privacy_utility(result), out / rundir.PRIVACY_UTILITY_FIGURE)
     return result
 
 

@@ -26,6 +26,7 @@ from flwr.common import parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
 from fedhealth.hospital.node_config import settings_of
+from fedhealth.runs import rundir
 from fedhealth.wire import (
     DECLINED_KEY,
     LEDGER_DIR_KEY,
@@ -53,7 +54,7 @@ def audit_log_for(ctxt: Context, hospital: str, config: dict):
             # Deployment without `audit-log`: the server's run directory is not the hospital's disk.
             log.warning("hospital %s keeps no audit log: set audit-log (and audit-key) in its node config", hospital)
             return None
-        path = str(Path(ledger_dir).parent / "audit" / f"{hospital}.jsonl")
+        path = str(Path(ledger_dir).parent / rundir.AUDIT_DIR / f"{hospital}.jsonl")
     cache_key = (path, key)
     if cache_key not in _logs:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

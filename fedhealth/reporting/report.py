@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir
 
-REPORT_FILE = "report.html"
+REPORT_FILE = rundir.REPORT_FILE
 FIGURES_DIR = "figures"
 MODEL_ORDER = ("local_only", "federated", "federated_no_dp", "pooled", "best_possible")
 
@@ -37,7 +37,7 @@ def _load(run_dir: Path) -> dict[str, Any]:
         raise ReportError(f"{run_dir}: not a finished run directory (missing {', '.join(missing)}); "
                           "a report needs a run that `fedhealth simulate` completed")
     secagg = run_dir / rundir.SECAGG_FILE
-    contribution = run_dir / "contribution.json"
+    contribution = run_dir / rundir.CONTRIBUTION_FILE
 
     membership = run_dir / rundir.PRIVACY_AUDIT_FILE
     return {
@@ -93,20 +93,21 @@ def build_report(run_dir: Path) -> Path:
     out.mkdir(exist_ok=True)
     images: dict[str, str] = {}
     images["learning_curves"] = _save(figures.learning_curves(data["metrics"], data["rounds"]),
-                                      out / "learning_curves.png")
-    images["final_comparison"] = _save(figures.final_comparison(hospitals, keys), out / "final_comparison.png")
+                                      out / rundir.FIGURES["learning_curves"])
+    images["final_comparison"] = _save(figures.final_comparison(hospitals, keys),
+                                       out / rundir.FIGURES["final_comparison"])
     if summary.get("calibration"):
-        images["calibration"] = _save(figures.calibration(summary["calibration"]), out / "calibration.png")
+        images["calibration"] = _save(figures.calibration(summary["calibration"]), out / rundir.FIGURES["calibration"])
     epsilon, caps = _epsilon_series(data)
     if epsilon:
         tiers = {h["name"]: h["tier"] for h in hospitals}
-        images["privacy"] = _save(figures.privacy(epsilon, caps, tiers), out / "privacy.png")
+        images["privacy"] = _save(figures.privacy(epsilon, caps, tiers), out / rundir.FIGURES["privacy"])
     images["secure_aggregation"] = _save(figures.secure_aggregation(data["rounds"], len(hospitals)),
-                                         out / "secure_aggregation.png")
+                                         out / rundir.FIGURES["secure_aggregation"])
     if summary.get("equity", {}).get("gain_by_hospital"):
-        images["equity"] = _save(figures.equity(hospitals), out / "equity.png")
+        images["equity"] = _save(figures.equity(hospitals), out / rundir.FIGURES["equity"])
     if data["contribution"]:
-        images["contribution"] = _save(figures.contribution(data["contribution"]), out / "contribution.png")
+        images["contribution"] = _save(figures.contribution(data["contribution"]), out / rundir.FIGURES["contribution"])
 
     env = Environment(loader=PackageLoader("fedhealth.reporting", "templates"),
                       autoescape=select_autoescape(["html", "j2"]))

@@ -45,6 +45,22 @@ SUMMARY_FILE = "summary.json"
 SECAGG_FILE = "secure_aggregation.json"  # the derived SecAgg+ parameters
 PRIVACY_AUDIT_FILE = "privacy_audit.json"  # membership-inference attacks on the final model
 PRIVACY_DIR = "privacy"  # one ledger per hospital (simulation): <hospital>.json
+AUDIT_DIR = "audit"  # each simulated hospital's audit trail: <hospital>.jsonl
+REPORT_FILE = "report.html"
+FIGURES = {  # report figures, next to report.html
+    "learning_curves": "learning_curves.png", "final_comparison": "final_comparison.png",
+    "calibration": "calibration.png", "privacy": "privacy.png", "secure_aggregation": "secure_aggregation.png",
+    "equity": "equity.png", "contribution": "contribution.png",
+}
+SIBLING_DIR = "sibling-no-dp"  # the same federation without DP, inside a DP run's directory
+MLFLOW_DIR = "mlruns"  # experiment tracking, when [tracking] backend = "mlflow" and no uri
+TENSORBOARD_DIR = "tensorboard"  # when backend = "tensorboard" and no uri
+# experiments over sibling federations: their own output directory
+CONTRIBUTION_FILE = "contribution.json"  # `fedhealth contribution` (copied into a run with --report-into)
+COALITIONS_DIR = "coalitions"
+SWEEP_FILE = "sweep.json"
+PRIVACY_UTILITY_FIGURE = "privacy_utility.png"
+FAIRNESS_FILE = "fairness.json"
 
 
 def _json_default(o: Any) -> Any:

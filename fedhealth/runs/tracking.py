@@ -88,7 +88,7 @@ class MlflowTracker:
         except ImportError:
             raise TrackingError("tracking.backend = 'mlflow' needs MLflow: pip install -e '.[mlflow]'") from None
         self._metric = Metric
-        uri = cfg.tracking.uri or (run_dir / "mlruns").resolve().as_uri()
+        uri = cfg.tracking.uri or (run_dir / rundir.MLFLOW_DIR).resolve().as_uri()
         self.client = MlflowClient(uri)
         name = cfg.tracking.experiment or cfg.name
         experiment = self.client.get_experiment_by_name(name)
@@ -127,7 +127,7 @@ class TensorBoardTracker:
         except ImportError:
             raise TrackingError("tracking.backend = 'tensorboard' needs TensorBoard: "
                                 "pip install -e '.[tensorboard]'") from None
-        logdir = Path(cfg.tracking.uri) if cfg.tracking.uri else run_dir / "tensorboard"
+        logdir = Path(cfg.tracking.uri) if cfg.tracking.uri else run_dir / rundir.TENSORBOARD_DIR
         self.writer = SummaryWriter(log_dir=str(logdir / run_dir.name))
         params = flatten(cfg.model_dump(mode="json", exclude={"hospitals"}, exclude_none=True))
         self.writer.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(params.items())))
