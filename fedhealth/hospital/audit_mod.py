@@ -65,7 +65,7 @@ def audit_log_for(ctxt: Context, hospital: str, config: dict):
 def audit_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     if msg.metadata.message_type != MessageType.TRAIN or FIT_CONFIG not in msg.content.config_records:
         return call_next(msg, ctxt)
-    from fedhealth.hospital.app import resolve_hospital
+    from fedhealth.hospital.identity import resolve_hospital
     from fedhealth.privacy.audit import hash_arrays
     from fedhealth.study.policy import SitePolicy, effective_cap
 

@@ -210,7 +210,7 @@ def _collect(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messa
     config = msg.content.config_records[FIT_CONFIG]
     config[SECURE_KEY] = True
     cfg = study_from_payload(dict(config))
-    from fedhealth.hospital.app import resolve_hospital
+    from fedhealth.hospital.identity import resolve_hospital
 
     index = resolve_hospital(ctxt, cfg)
     server_round = int(config[ROUND_KEY])
@@ -405,7 +405,7 @@ def dropout_mod(faults: Iterable[tuple[int, str, tuple[int, ...]]]) -> Mod:
     def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctxt)
-        from fedhealth.hospital.app import hospital_index
+        from fedhealth.hospital.identity import hospital_index
 
         index = hospital_index(ctxt)
         stage = secagg_stage(msg) or Stage.COLLECT_MASKED_VECTORS
