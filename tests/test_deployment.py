@@ -610,6 +610,9 @@ def test_an_aggregate_below_a_hospitals_minimum_after_a_dropout_releases_nothing
     kept = policy.read_text()
     study = _study_file(deployment.root, rounds=1)
     text = study.read_text().replace('name = "heart-disease-deployment"', 'name = "heart-disease-dropout"', 1)
+    # a small budget: the restart test above may have spent 3 of va-long-beach's lifetime cap of 4 already
+    text = text.replace("target_epsilon = 3.0", "target_epsilon = 0.5", 1)
+    assert "target_epsilon = 0.5" in text
     text += '\n[[hospitals]]\nname = "switzerland"\nrecords = 123\ntier = "secondary"\nregion = "Zurich, CH"\n'
     study = study.with_name("study-with-a-dropout.toml")
     study.write_text(text)

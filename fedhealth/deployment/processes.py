@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 FLOWER_CONFIG = PROJECT / "configs" / "flower" / "config.toml"  # copied into $FLWR_HOME by the scripts
 DEFAULT_CONNECTION = "fedhealth-deployment"  # the [superlink.<name>] section for a study's own SuperLink
 DEFAULT_PORT = 9092  # the SuperLink's one loopback HTTPS port (Fleet, Control and Runtime APIs share it in flwr 1.41)
