@@ -133,7 +133,7 @@ fi
 # 3. The key pair exactly as flower-supernode and `flwr supernode register` load it.
 fedhealth certs check-node "$key" "$pub" || die 1 "$key: SuperNode key pair refused; SuperNode not started"
 # 4. CA, site policy, audit key, trusted entities, an existing audit log and the folders the ClientApp writes.
-"$PYTHON" -m fedhealth.deployment.processes preflight --ca "$ca" --policy "$policy" --audit-log "$audit" \
+"$PYTHON" -m fedhealth.cli deploy preflight --ca "$ca" --policy "$policy" --audit-log "$audit" \
   --audit-key "$audit_key" --node-key "$key" --trusted-entities "$trusted" \
   --ledger-dir "$ledger" || die 1 "hospital $name: pre-flight checks failed (above); SuperNode not started"
 
@@ -141,10 +141,11 @@ node_config="hospital-name='$name' data-file='$data' schema-file='$schema' polic
 node_config+=" ledger-dir='$ledger' audit-log='$audit' audit-key='$audit_key'"
 echo "hospital $name: starting its SuperNode for $superlink (Runtime API $rhost:$rport; runs only apps signed by" \
   "a key in $trusted; each app it is sent is recorded in $app_log)"
-# flower-supernode itself, through the hospital's own launcher (fedhealth/deployment/supernode.py), which records
-# every app Flower is asked to run and Flower's verdict on it; the verdict and the refusal are Flower's.
+# flower-supernode itself, through the hospital's own launcher (`fedhealth deploy supernode`, in
+# fedhealth/deployment/supernode.py), which records every app Flower is asked to run and Flower's verdict on it;
+# the verdict and the refusal are Flower's.
 export FEDHEALTH_APP_LOG="$app_log" FEDHEALTH_HOSPITAL="$name"
-exec "$PYTHON" -m fedhealth.deployment.supernode \
+exec "$PYTHON" -m fedhealth.cli deploy supernode \
   --superlink "$superlink" \
   --root-certificates "$ca" \
   --auth-supernode-private-key "$key" \

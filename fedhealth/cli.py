@@ -1,4 +1,6 @@
-"""The `fedhealth` command: simulate a study, write synthetic hospitals, and (later) more.
+"""The `fedhealth` command, the project's one command line: simulate a study, write synthetic hospitals,
+report, and (sub-apps from fedhealth/deployment/cli.py) `certs`, `app`, `audit` and `deploy`, the last being
+what the deployment scripts run.
 
 Errors a user can fix (bad config, missing file, non-empty run directory) print one line per
 problem and exit with status 2; a federation that fails exits with status 1.
@@ -22,7 +24,8 @@ from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir  # noqa: E402
 from fedhealth.study.config import ConfigError, StudyConfig  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# No local variables in a crash's traceback: a frame may hold a key's bytes or a patient's record.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Privacy-preserving federated learning across hospitals.")
 # Piped output (CI logs, files) gets a wide console so the results table is never truncated.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -436,7 +439,7 @@ def validate(
         raise typer.Exit(1)
 
 
-from fedhealth.deployment.cli import app_app, audit_app, certs_app  # noqa: E402
+from fedhealth.deployment.cli import app_app, audit_app, certs_app, deploy_app  # noqa: E402
 
 
 @app.command()
@@ -491,6 +494,7 @@ def budget(
 app.add_typer(certs_app, name="certs")
 app.add_typer(audit_app, name="audit")
 app.add_typer(app_app, name="app")
+app.add_typer(deploy_app, name="deploy")
 
 
 def main() -> None:

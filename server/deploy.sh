@@ -24,7 +24,8 @@
 #           --app-registry URL: where the SuperLink fetches `@publisher/app==x.y.z` apps and their approval
 #           signatures (FLWR_SUPERGRID_API_URL; `registry` below serves one offline).
 # gateway   the address hospitals dial (e.g. 0.0.0.0:9093): forwards the Fleet API only to --superlink (the
-#           SuperLink's loopback address), answers 403 to anything else (fedhealth/deployment/gateway.py).
+#           SuperLink's loopback address), answers 403 to anything else (`fedhealth deploy gateway`,
+#           fedhealth/deployment/gateway.py).
 # registry  serves the folder of published apps and signature records (fedhealth app publish / add-signature)
 #           as Flower's SuperLink fetches Hub apps (default 127.0.0.1:9097).
 # connect   writes [superlink.CONNECTION] (default fedhealth-deployment) with the address and the CA's
@@ -134,7 +135,7 @@ gateway)
   host_checks=(--host "${local_link%:*}")
   for name in ${names[@]+"${names[@]}"}; do host_checks+=(--host "$name"); done
   fedhealth certs check --ca "$ca" --cert "$cert" --key "$key" "${host_checks[@]}"
-  exec "$PYTHON" -m fedhealth.deployment.gateway --listen "$host:$port" --superlink "$local_link" \
+  exec "$PYTHON" -m fedhealth.cli deploy gateway --listen "$host:$port" --superlink "$local_link" \
     --ca "$ca" --cert "$cert" --key "$key"
   ;;
 registry)
@@ -145,7 +146,7 @@ connect)
   [ -n "$address" ] || die 2 "connect needs --address HOST:PORT (the SuperLink as the flwr CLI reaches it)"
   [ -n "$ca" ] || die 2 "connect needs the study CA: --pki DIR or --ca FILE"
   [ -f "$ca" ] || die 2 "$ca: CA certificate not found (no such file)"
-  exec "$PYTHON" -m fedhealth.deployment.processes connection --address "$address" --ca "$ca" --name "$connection"
+  exec "$PYTHON" -m fedhealth.cli deploy connection --address "$address" --ca "$ca" --name "$connection"
   ;;
 register)
   if [ ${#keys[@]} -eq 0 ]; then

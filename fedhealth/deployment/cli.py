@@ -1,4 +1,6 @@
-"""`fedhealth certs` (create and check a study's certificates and keys) and `fedhealth audit` (verify a log).
+"""`fedhealth certs` (create and check a study's certificates and keys), `fedhealth audit` (verify a log),
+`fedhealth app` (build, review, approve and publish app versions) and `fedhealth deploy` (what the deployment
+scripts run: the flwr CLI's connection, a hospital's pre-flight checks, the gateway, the SuperNode launcher).
 
 Exit codes: 0 all good; 1 a check or verification ran and failed; 2 the command could not do its
 job (bad option, missing file, a PKI already in place). Output names files, never key material.
@@ -7,10 +9,15 @@ The library modules are imported inside the commands so `fedhealth --help` stays
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import click
 import typer
+from typer.core import TyperCommand
+
+from fedhealth.deployment.processes import DEFAULT_CONNECTION  # standard library only: cheap to import
 
 certs_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Create and check the study's TLS certificates and SuperNode keys.")
@@ -18,6 +25,10 @@ audit_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Verify a hospital's signed, hash-chained audit log.")
 app_app = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="Build, review, approve (sign) and publish the app versions hospitals run.")
+deploy_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="What server/deploy.sh and clients/deploy.sh run: the flwr CLI's connection, a "
+                              "hospital's pre-flight checks and --node-config, the Fleet-only gateway and the "
+                              "hospital's SuperNode launcher.")
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -361,3 +372,111 @@ def app_serve(
         pass
     finally:
         server.server_close()
+
+
+# ---------------------------------------------------------------- fedhealth deploy
+
+
+@deploy_app.command("connection")
+def deploy_connection(
+    address: Annotated[str, typer.Option("--address", help="the SuperLink as HOST:PORT")],
+    ca: Annotated[str, typer.Option("--ca", help="the study CA certificate (PEM)")],
+    name: Annotated[str, typer.Option("--name", help="the connection's name (superlink.NAME)")] = DEFAULT_CONNECTION,
+    flwr_home: Annotated[str | None, typer.Option(
+        "--flwr-home", help="the flwr CLI's folder (default: $FLWR_HOME, else ~/.flwr)", show_default=False)] = None,
+) -> None:
+    """Write the flwr CLI's connection to the SuperLink (superlink.NAME: address, absolute CA path) into
+    $FLWR_HOME/config.toml."""
+    from fedhealth.deployment.processes import write_connection
+
+    home = flwr_home if flwr_home is not None else os.environ.get("FLWR_HOME") or str(Path.home() / ".flwr")
+    path = write_connection(home, address, ca, name)
+    typer.echo(f"{path}: [superlink.{name}] address = {address}, root-certificates = "
+               f"{Path(ca).expanduser().resolve()}")
+
+
+@deploy_app.command("preflight")
+def deploy_preflight(
+    ca: Annotated[str, typer.Option("--ca", help="the study CA certificate (flower-supernode --root-certificates)")],
+    policy: Annotated[str | None, typer.Option("--policy", help="the site policy")] = None,
+    audit_log: Annotated[str | None, typer.Option("--audit-log", help="the audit log (node config audit-log)")]
+    = None,
+    public_key: Annotated[str | None, typer.Option(
+        "--public-key", help="the audit public key (default: AUDIT_KEY.pub)", show_default=False)] = None,
+    audit_key: Annotated[str | None, typer.Option("--audit-key", help="the audit signing key")] = None,
+    node_key: Annotated[str | None, typer.Option("--node-key", help="the SuperNode private key")] = None,
+    trusted_entities: Annotated[str | None, typer.Option(
+        "--trusted-entities", help="the keys whose app approvals this hospital accepts")] = None,
+    ledger_dir: Annotated[str | None, typer.Option("--ledger-dir", help="the privacy ledger folder")] = None,
+) -> None:
+    """A hospital's checks before its SuperNode starts: one line per problem and exit 1 on any."""
+    from fedhealth.deployment.processes import hospital_problems
+
+    problems = hospital_problems(ca, policy, audit_log, public_key, ledger_dir, audit_key=audit_key,
+                                 node_key=node_key, trusted_entities=trusted_entities)
+    for line in problems:
+        typer.echo(f"error: {line}", err=True)
+    if problems:
+        raise typer.Exit(1)
+
+
+@deploy_app.command("node-config")
+def deploy_node_config(
+    pairs: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE", help="node config keys and values",
+                                                      show_default=False)] = None,
+) -> None:
+    """Print flower-supernode's --node-config text for KEY=VALUE pairs (exit 2 for a value it cannot carry)."""
+    from fedhealth.deployment.processes import node_config
+
+    values: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            _fail(f"{pair!r}: give KEY=VALUE", 2)
+        values[key] = value
+    try:
+        text = node_config(values)
+    except ValueError as err:
+        _fail(str(err), 2)
+    typer.echo(text)
+
+
+@deploy_app.command("gateway")
+def deploy_gateway(
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT the hospitals dial")],
+    superlink: Annotated[str, typer.Option("--superlink", help="the SuperLink's loopback HOST:PORT")],
+    ca: Annotated[str, typer.Option("--ca", help="the study CA (verifies the SuperLink)")],
+    cert: Annotated[str, typer.Option("--cert", help="the server certificate presented to the hospitals")],
+    key: Annotated[str, typer.Option("--key", help="its private key")],
+) -> None:
+    """The hospitals' door to the SuperLink: HTTPS, passing the Fleet API only (403 to anything else)."""
+    from fedhealth.deployment.gateway import GatewayError, serve
+
+    try:
+        serve(listen, superlink, ca, cert, key)
+    except GatewayError as err:
+        _fail(str(err), 1)
+
+
+class _Verbatim(TyperCommand):
+    """A command that parses none of its arguments: all of them (`--help` and `--` included) land in `ctx.args`,
+    in order. (Click's `ignore_unknown_options` would still eat a `--`.)"""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        super().parse_args(ctx, [])
+        ctx.args = list(args)
+        return ctx.args
+
+
+@deploy_app.command("supernode", cls=_Verbatim, add_help_option=False)
+def deploy_supernode(ctx: typer.Context) -> None:
+    """flower-supernode, recording every app it is asked to run (in $FEDHEALTH_APP_LOG) with Flower's verdict.
+
+    Every argument is flower-supernode's and is passed on unchanged (`fedhealth deploy supernode --help` shows
+    flower-supernode's own help). Refuses to start (exit 1) on a flwr other than the 1.41.0 it wraps."""
+    from fedhealth.deployment.supernode import LauncherError, launch
+
+    try:
+        launch(list(ctx.args))
+    except LauncherError as err:
+        _fail(str(err), 1)

@@ -17,18 +17,16 @@ authentication is a signed timestamp in headers, checked by the SuperLink itself
 over TLS verified against the study CA, and answers everything else with 403, logged with the
 caller's address. It adds no trust of its own: the SuperLink still authenticates every node.
 
-    python -m fedhealth.deployment.gateway --listen 0.0.0.0:9093 --superlink 127.0.0.1:9092 \
+    fedhealth deploy gateway --listen 0.0.0.0:9093 --superlink 127.0.0.1:9092 \
         --ca pki/ca/ca.crt --cert pki/server/server.crt --key pki/server/server.key
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import ssl
-import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 FLEET_PREFIX = "/v1/fleet/"
@@ -75,34 +73,30 @@ def create_app(upstream: str, ca: str, timeout: float = 600.0) -> Any:
     return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
+class GatewayError(ValueError):
+    """An address the gateway cannot listen on or forward to (the message says which and why)."""
+
+
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise SystemExit(f"error: {address!r}: give HOST:PORT")
+        raise GatewayError(f"{address!r}: give HOST:PORT")
     return host.strip("[]"), int(port)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def serve(listen: str, superlink: str, ca: str, cert: str, key: str) -> None:
+    """Listen on `listen` (HOST:PORT, TLS with `cert`/`key`) and forward the Fleet API to the SuperLink at
+    `superlink` (its loopback HOST:PORT, verified against the study CA `ca`) until stopped.
+
+    Raises GatewayError for an address that is not HOST:PORT or a gateway that would forward to itself."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    parser = argparse.ArgumentParser(prog="python -m fedhealth.deployment.gateway",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--listen", required=True, help="HOST:PORT the hospitals dial")
-    parser.add_argument("--superlink", required=True, help="the SuperLink's loopback HOST:PORT")
-    parser.add_argument("--ca", required=True, help="the study CA (verifies the SuperLink)")
-    parser.add_argument("--cert", required=True, help="the server certificate presented to the hospitals")
-    parser.add_argument("--key", required=True, help="its private key")
-    args = parser.parse_args(argv)
+    host, port = _split(listen)
+    up_host, up_port = _split(superlink)
+    if host == up_host and port == up_port:
+        raise GatewayError("--listen and --superlink are the same address")
     import uvicorn
 
-    host, port = _split(args.listen)
-    up_host, up_port = _split(args.superlink)
-    if host == up_host and port == up_port:
-        sys.exit("error: --listen and --superlink are the same address")
     upstream = f"https://{up_host}:{up_port}"
     print(f"gateway: Fleet API only, https://{host}:{port} -> {upstream}", flush=True)
-    uvicorn.run(create_app(upstream, args.ca), host=host, port=port, ssl_certfile=args.cert, ssl_keyfile=args.key,
+    uvicorn.run(create_app(upstream, ca), host=host, port=port, ssl_certfile=cert, ssl_keyfile=key,
                 log_level="warning", access_log=False)
-
-
-if __name__ == "__main__":
-    main()

@@ -9,18 +9,17 @@ SuperLink and SuperNode starts a `flower-superexec` in a new session, which star
 `flwr-clientapp` subprocesses, so killing one process (or one process group) leaves the rest running.
 `Service.stop` finds every descendant first and stops them all.
 
-`python -m fedhealth.deployment.processes --help` lists the commands the deployment scripts call.
+The deployment scripts call these through `fedhealth deploy` (`connection`, `preflight`, `node-config`;
+`fedhealth deploy --help` lists them), defined in fedhealth/deployment/cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -327,53 +326,3 @@ def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "co
             return
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
-
-
-# ---------------------------------------------------------------- command line for the scripts
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedhealth.deployment.processes",
-                                     description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    conn = sub.add_parser("connection", help="write [superlink.NAME] (address, absolute CA path) into "
-                                             "$FLWR_HOME/config.toml")
-    conn.add_argument("--flwr-home", default=os.environ.get("FLWR_HOME") or str(Path.home() / ".flwr"))
-    conn.add_argument("--name", default=DEFAULT_CONNECTION)
-    conn.add_argument("--address", required=True, help="the SuperLink as HOST:PORT")
-    conn.add_argument("--ca", required=True, help="the study CA certificate (PEM)")
-    pre = sub.add_parser("preflight", help="a hospital's checks before its SuperNode starts (exit 1 on a problem)")
-    pre.add_argument("--ca", required=True)
-    pre.add_argument("--policy")
-    pre.add_argument("--audit-log")
-    pre.add_argument("--public-key", help="the audit public key (default: AUDIT_KEY.pub)")
-    pre.add_argument("--audit-key")
-    pre.add_argument("--node-key")
-    pre.add_argument("--trusted-entities")
-    pre.add_argument("--ledger-dir")
-    cfg = sub.add_parser("node-config", help="print the --node-config text for KEY=VALUE pairs")
-    cfg.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-
-    if args.command == "connection":
-        path = write_connection(args.flwr_home, args.address, args.ca, args.name)
-        print(f"{path}: [superlink.{args.name}] address = {args.address}, root-certificates = "
-              f"{Path(args.ca).expanduser().resolve()}")
-        return 0
-    if args.command == "preflight":
-        problems = hospital_problems(args.ca, args.policy, args.audit_log, args.public_key, args.ledger_dir,
-                                     audit_key=args.audit_key, node_key=args.node_key,
-                                     trusted_entities=args.trusted_entities)
-        for line in problems:
-            print(f"error: {line}", file=sys.stderr)
-        return 1 if problems else 0
-    try:
-        print(node_config(dict(p.split("=", 1) for p in args.pairs)))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -1,4 +1,4 @@
-"""`python -m fedhealth.deployment.supernode ARGS`: flower-supernode, plus a record of every app it was asked to run.
+"""`fedhealth deploy supernode ARGS`: flower-supernode, plus a record of every app it was asked to run.
 
 Why: with `--trusted-entities`, Flower 1.41's SuperNode refuses an app whose FAB carries no
 signature by a trusted key, and it does so *before* any app process starts (in
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from logging import ERROR, INFO
 from pathlib import Path
@@ -97,26 +97,37 @@ def install(app_log: Path | None, hospital: str) -> None:
         return original(*args, **kwargs)
 
     pull_and_store_message._fedhealth_wrapped = True  # type: ignore[attr-defined]
+    pull_and_store_message.__wrapped__ = original  # type: ignore[attr-defined]
     sci._pull_and_store_message = pull_and_store_message
 
 
-def main() -> None:
-    """Install the record, then run Flower's own `flower-supernode` entry point with our arguments."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+class LauncherError(RuntimeError):
+    """The installed Flower is not the one this launcher was written against."""
+
+
+def check_flower() -> None:
+    """Raise LauncherError unless flwr is 1.41.0 with the internals `install` wraps."""
     import flwr
     from flwr.supernode import start_client_internal as sci
 
-    if flwr.__version__ != "1.41.0" or "trusted_entities" not in sci._pull_and_store_message.__code__.co_varnames:
-        sys.exit(f"error: fedhealth's SuperNode launcher was written against flwr 1.41.0 (found "
-                 f"{flwr.__version__}); check flwr/supernode/start_client_internal.py and update "
-                 "fedhealth/deployment/supernode.py before deploying")
+    pull = sci._pull_and_store_message
+    pull = getattr(pull, "__wrapped__", pull)  # Flower's own, if `install` already wrapped it
+    if flwr.__version__ != "1.41.0" or "trusted_entities" not in pull.__code__.co_varnames:
+        raise LauncherError(f"fedhealth's SuperNode launcher was written against flwr 1.41.0 (found "
+                            f"{flwr.__version__}); check flwr/supernode/start_client_internal.py and update "
+                            "fedhealth/deployment/supernode.py before deploying")
+
+
+def launch(args: Sequence[str]) -> None:
+    """Install the record, then run Flower's own `flower-supernode` entry point with `args`, unchanged.
+
+    The app-check log is `$FEDHEALTH_APP_LOG` (none if unset), the hospital's name `$FEDHEALTH_HOSPITAL`.
+    Returns or exits as flower-supernode does; raises LauncherError before starting it on another flwr."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    check_flower()
     app_log = os.environ.get(APP_LOG_ENV)
     install(Path(app_log) if app_log else None, os.environ.get(HOSPITAL_ENV, "?"))
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    sys.argv[0] = "flower-supernode"
+    sys.argv = ["flower-supernode", *args]  # flower-supernode parses sys.argv itself
     flower_supernode()
-
-
-if __name__ == "__main__":
-    main()
