@@ -1,27 +1,7 @@
-"""q-FedAvg (q-FFL, Li, Sanjabi, Beirami and Smith, ICLR 2020) in a form secure aggregation can carry.
-
-Why not Flower's `QFedAvg` as it stands: in flwr 1.41 it weighs every hospital by one *server-side*
-loss (`evaluate_fn`), which our server cannot compute (it holds no records), and which is the same
-for every hospital, so the "fair" re-weighting towards badly served hospitals never happens. And it
-needs each hospital's update in the clear, which SecAgg+ hides.
-
-q-FFL only ever needs two *sums* over hospitals, so each hospital computes its own terms and the
-masked sum does the rest. With F_k the hospital's training loss at the received global model
-(mean binary cross-entropy), u_k its update (new minus received weights), L = 1/lr the Lipschitz
-estimate and q >= 0:
-
-    Delta_k = F_k^q * (-u_k)                                  (Flower's Delta_k times lr)
-    h_k     = q * F_k^(q-1) * ||u_k||^2 / lr + F_k^q          (Flower's h_k times lr)
-    w_new   = w - sum_k Delta_k / sum_k h_k
-
-Scaling every Delta_k and h_k by the same constant leaves w_new unchanged, so the hospitals divide
-both by a `scale` the server sends each round (the previous round's mean h): what is masked stays of
-order one and inside SecAgg+'s clipping range. A hospital sends [Delta_k..., [h_k]] with weight 1; the
-server receives their mean and applies Flower's own `aggregate_qffl` to it. q = 0 gives the
-unweighted mean of updates; larger q pulls the model towards the hospitals it serves worst.
-
-Privacy: F_k is computed on the hospital's records without noise, so q-FedAvg is refused with
-differential privacy (see `fedhealth.study.config`); under plain SecAgg+ the server learns the sums only.
+"""q-FedAvg's server side: `QFairFedAvg`, Flower's `QFedAvg` fed with the terms each hospital computes on its
+own records and sends masked (`fedhealth.model.qffl` explains the method, why Flower's `QFedAvg` cannot be
+used as it stands, and what it reveals). The server receives the mean of [Delta_k..., [h_k]], applies
+Flower's `aggregate_qffl` to it, and sends each round the `scale` the hospitals divide their terms by.
 """
 
 from __future__ import annotations
