@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from fedhealth.data.schema import REGIONS, TIERS
 from fedhealth.data.study_schema import StudySchema
+from fedhealth.errors import StudyConfigError
 from fedhealth.privacy.policy import SitePolicy, effective_cap
 
 Tier = Literal["tertiary", "secondary", "community"]
@@ -27,7 +28,7 @@ StrategyName = Literal["fedavg", "fedprox", "fedadam", "qfedavg"]
 ModelName = Literal["logreg", "mlp"]
 
 
-class ConfigError(ValueError):
+class ConfigError(StudyConfigError, ValueError):
     """A configuration that cannot run; the message is one line per problem, fit for a terminal."""
 
 

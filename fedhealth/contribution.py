@@ -24,6 +24,7 @@ import numpy as np
 
 from fedhealth import rundir
 from fedhealth.config import StudyConfig, parse_config
+from fedhealth.errors import FederationBudgetError
 from fedhealth.metrics.shapley import Estimate, exact_shapley, leave_one_out
 from fedhealth.seeding import derive_seed
 
@@ -33,7 +34,7 @@ EMPTY_VALUE = 0.5
 CONTRIBUTION_FILE = "contribution.json"
 
 
-class BudgetExhausted(RuntimeError):
+class BudgetExhausted(FederationBudgetError, RuntimeError):
     """The next coalition would exceed the number of federations the user allowed."""
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from fedhealth import rundir
 from fedhealth.config import StudyConfig, load_config, parse_config
 from fedhealth.data.hospitals import HospitalSplit, load_hospital
+from fedhealth.errors import RunDirectoryError
 from fedhealth.metrics.membership import (
     CALIBRATED_ATTACK,
     LOSS_ATTACK,
@@ -64,7 +65,7 @@ ATTACKS = {
 }
 
 
-class AuditError(ValueError):
+class AuditError(RunDirectoryError, ValueError):
     """A run that cannot be audited (not completed, file-backed, already audited); the message says how to fix."""
 
 

@@ -22,6 +22,7 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 
 from fedhealth.config import StudyConfig
+from fedhealth.errors import HospitalRefusedError
 from fedhealth.federation.qffl import LOSS_KEY
 from fedhealth.federation.wire import (
     DECLINED_KEY,
@@ -39,7 +40,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 log = logging.getLogger(__name__)
 
 
-class NonFiniteUpdateError(RuntimeError):
+class NonFiniteUpdateError(HospitalRefusedError, RuntimeError):
     """Raised instead of sending an update that holds NaN or infinite values."""
 
 

@@ -18,13 +18,14 @@ import numpy as np
 
 from fedhealth import rundir
 from fedhealth.config import StudyConfig
+from fedhealth.errors import FederationError
 
 log = logging.getLogger(__name__)
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
 
 
-class RoundsFailedError(RuntimeError):
+class RoundsFailedError(FederationError, RuntimeError):
     """Too many rounds in a row could not aggregate: the study stops instead of pretending to train."""
 
 

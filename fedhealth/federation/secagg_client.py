@@ -78,6 +78,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from flwr.compat.common import recorddict_compat as compat
 
 from fedhealth.config import StudyConfig
+from fedhealth.errors import HospitalRefusedError, InjectedFault
 from fedhealth.federation.secagg_params import SecAggParams, derive_secagg_params
 from fedhealth.federation.wire import (
     DECLINED_KEY,
@@ -101,15 +102,15 @@ SECAGG_MINIMUM = 3  # with 2, each hospital can subtract its own update from the
 DECLINED_MARK = "fedhealth-declined"  # how a decline reads in the error reply the server receives
 
 
-class UpdateRefused(RuntimeError):
+class UpdateRefused(HospitalRefusedError, RuntimeError):
     """The hospital will not send this update (it would corrupt or overflow the masked sum)."""
 
 
-class InjectedDropout(RuntimeError):
+class InjectedDropout(InjectedFault, RuntimeError):
     """Raised by the test-only fault injector: this hospital vanishes here."""
 
 
-class _Declined(Exception):
+class _Declined(HospitalRefusedError):
     """The hospital declines the round (raised through Flower's mod to stop it masking anything)."""
 
 

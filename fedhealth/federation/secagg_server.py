@@ -34,6 +34,7 @@ from flwr.server.workflow.secure_aggregation import secaggplus_workflow as flowe
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp.grid import Grid
 
+from fedhealth.errors import AggregationError
 from fedhealth.federation.grid_tap import GridTap
 from fedhealth.federation.observed import short_error
 from fedhealth.federation.secagg_params import SecAggParams
@@ -42,7 +43,7 @@ from fedhealth.federation.wire import HOSPITAL_KEY
 log = logging.getLogger(__name__)
 
 
-class AggregateRefused(RuntimeError):
+class AggregateRefused(AggregationError, RuntimeError):
     """The server will not unmask this round's aggregate (too few hospitals sent a masked vector)."""
 
 

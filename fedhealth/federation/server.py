@@ -20,6 +20,7 @@ from flwr.serverapp.grid import Grid
 from fedhealth import rundir
 from fedhealth.config import StudyConfig, load_config
 from fedhealth.data.hospitals import input_width
+from fedhealth.errors import AggregationError
 from fedhealth.federation.attendance import StudyClientManager
 from fedhealth.federation.observed import ObservedStrategy
 from fedhealth.federation.prompt_grid import PromptGrid
@@ -114,7 +115,7 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     require_an_aggregate(run_dir)
 
 
-class NothingAggregated(RuntimeError):
+class NothingAggregated(AggregationError, RuntimeError):
     """Every round ended without a single hospital's update in the aggregate: there is no federated model."""
 
 

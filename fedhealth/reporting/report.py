@@ -20,13 +20,14 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from fedhealth import rundir
 from fedhealth.config import load_config
+from fedhealth.errors import RunDirectoryError
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
 MODEL_ORDER = ("local_only", "federated", "federated_no_dp", "pooled", "best_possible")
 
 
-class ReportError(RuntimeError):
+class ReportError(RunDirectoryError, RuntimeError):
     """The run directory cannot be reported on (missing files, not finished); the message says which."""
 
 
