@@ -1,3 +1,69 @@
-"""fedhealth: federated learning for hospitals, with differential privacy and secure aggregation."""
+"""fedhealth: federated learning for hospitals, with differential privacy and secure aggregation.
+
+The Python API (see `fedhealth.api`): `load_study`, `simulate`, `resume`, `sweep`, `contribution`, `report` and
+`Run`; and the errors (see `fedhealth.errors`), every one a `FedhealthError`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fedhealth.errors import (
+    AggregationError,
+    DataError,
+    DeploymentError,
+    FederationBudgetError,
+    FederationError,
+    FedhealthError,
+    HospitalRefusedError,
+    InjectedFault,
+    MissingExtraError,
+    PrivacyBudgetError,
+    PrivacyRecordsError,
+    RunDirectoryError,
+    StudyConfigError,
+    TrustError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from fedhealth.api import Run, contribution, load_study, report, resume, simulate, sweep
 
 __version__ = "0.1.0"
+
+_API = ("Run", "contribution", "load_study", "report", "resume", "simulate", "sweep")
+__all__ = [  # spelt out (not *_API) so that linters and type checkers read it
+    "Run",
+    "contribution",
+    "load_study",
+    "report",
+    "resume",
+    "simulate",
+    "sweep",
+    "AggregationError",
+    "DataError",
+    "DeploymentError",
+    "FederationBudgetError",
+    "FederationError",
+    "FedhealthError",
+    "HospitalRefusedError",
+    "InjectedFault",
+    "MissingExtraError",
+    "PrivacyBudgetError",
+    "PrivacyRecordsError",
+    "RunDirectoryError",
+    "StudyConfigError",
+    "TrustError",
+    "UsageError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """The API is imported on first use, so `import fedhealth` stays cheap in every Ray worker and ClientApp."""
+    if name in _API:
+        from fedhealth import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from fedhealth.data.study_file import load_config
+from fedhealth.data.study_file import load_config  # noqa: E402
 from fedhealth.runs import rundir  # noqa: E402
 from fedhealth.study.config import ConfigError, StudyConfig  # noqa: E402
 
@@ -101,10 +101,8 @@ def simulate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Flower's and Ray's logs")] = False,
 ) -> None:
     """Simulate a federation of hospitals on Flower's simulation engine and write a run directory."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from fedhealth import api
     from fedhealth.experiments.simulate import SimulationError
-    from fedhealth.experiments.simulate import simulate as run
     from fedhealth.runs.tracking import TrackingError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -114,53 +112,31 @@ def simulate(
                        ("model.name", model)):
         if value is not None:
             overrides.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
+    if resume is not None and (config is not None or overrides):
+        _fail("--resume continues a run with its own saved config: drop --config and overrides")
+    if resume is None and config is None:
+        _fail("--config is required (e.g. --config configs/default.toml)")
     try:
         if resume is not None:
-            if config is not None or overrides:
-                _fail("--resume continues a run with its own saved config: drop --config and overrides")
-            run_dir = rundir.reopen_run_dir(resume)
-            cfg = load_config(resume / rundir.CONFIG_FILE)
+            run = api.resume(resume, verbose=verbose, progress=console)
         else:
-            cfg = _load(config, overrides)
-            run_dir = rundir.create_run_dir(cfg, out)
-    except (ConfigError, rundir.RunDirError) as err:
+            run = api.simulate(config, out, overrides=overrides, verbose=verbose, progress=console)
+    except (ConfigError, rundir.RunDirError, TrackingError) as err:
         _fail(str(err))
-
-    done = rundir.last_completed_round(run_dir)
-    console.print(f"[bold]{cfg.name}[/]: {len(cfg.hospitals)} hospitals, {cfg.federation.rounds} rounds, "
-                  f"{cfg.federation.strategy.name}/{cfg.model.name} → {run_dir}"
-                  + (f" (resuming after round {done})" if done else ""))
-    if not cfg.federation.secure_aggregation.enabled:
-        console.print("[yellow]secure aggregation is off: the server sees every hospital's update[/]")
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False, disable=not sys.stdout.isatty()) as bar:
-        task = bar.add_task("federated rounds", total=cfg.federation.rounds, completed=done)
-
-        def on_round(server_round: int, info: dict[str, Any]) -> None:
-            auc = info.get("auroc_mean")
-            bar.update(task, completed=server_round,
-                       description=f"round {server_round}: mean AUROC {_fmt(auc)}")
-            if info.get("status") == "failed":
-                console.print(f"[red]round {server_round} failed[/] (model unchanged): {info.get('failure')}")
-
-        try:
-            summary = run(cfg, run_dir, on_round=on_round, verbose=verbose)
-        except SimulationError as err:
-            _fail(str(err), code=1)
-        except TrackingError as err:
-            _fail(str(err))
-        except Exception as err:  # a crash inside Flower or a client: name it, keep the run dir resumable
-            _fail(f"federation failed: {type(err).__name__}: {err}\nrun directory {run_dir} can be resumed "
-                  f"with: fedhealth simulate --resume {run_dir}", code=1)
-    print_summary_table(summary)
-    _report(run_dir)
-    console.print(f"run directory: {run_dir}")
+    except SimulationError as err:
+        _fail(str(err), code=1)
+    print_summary_table(run.summary)
+    _announce_report(run.path, run.report_path)
+    console.print(f"run directory: {run.path}")
 
 
 def _report(run_dir: Path) -> None:
-    from fedhealth.reporting.report import build_report
+    from fedhealth import api
 
-    path = build_report(run_dir)
+    _announce_report(run_dir, api.report(run_dir))
+
+
+def _announce_report(run_dir: Path, path: Path | None) -> None:
     equity = rundir.read_json(run_dir / rundir.SUMMARY_FILE).get("equity", {})
     if equity.get("sentence"):
         console.print(equity["sentence"])
@@ -212,27 +188,14 @@ def contribution(
     """Each hospital's contribution (leave-one-out, Shapley): re-runs the federation on coalitions.
 
     Simulation only: in a deployment every coalition would spend its members' privacy budget again."""
-    from datetime import datetime
-
-    from fedhealth.experiments.contribution import estimate_contributions
+    from fedhealth import api
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config, list(set_ or []))
-    n = len(cfg.hospitals)
-    out = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.name}-contribution"
-    if report_into is not None:
-        try:
-            same = load_config(report_into / rundir.CONFIG_FILE).fingerprint() == cfg.fingerprint()
-        except ConfigError as err:
-            _fail(str(err))
-        if not same:
-            _fail(f"{report_into}: that run was made from a different study config; contribution belongs "
-                  "in the report of the study it was measured on")
-    console.print(f"[bold]{cfg.name}[/]: contribution of {n} hospitals within {budget} federations "
-                  f"(leave-one-out needs {n + 1}, exact Shapley {2 ** n - 1}) → {out}")
+    out = out or api.default_out_dir(cfg, "contribution")
     try:
-        result = estimate_contributions(cfg, out, budget)
-    except ValueError as err:
+        result = api.contribution(cfg, budget, out, report_into=report_into, progress=console)
+    except ValueError as err:  # report_into's config (ConfigError) or study (RunDirError), the budget
         _fail(str(err))
     table = Table(title=f"{cfg.name}: contribution to the federated AUROC ({result['method']}, "
                         f"{result['federations_run']} federations)")
@@ -244,12 +207,11 @@ def contribution(
     console.print(table)
     console.print(f"all hospitals: AUROC {result['grand_coalition_value']:.4f}; "
                   f"none: {result['empty_coalition_value']}")
-    console.print(f"written: {out / 'contribution.json'}")
+    console.print(f"written: {out / rundir.CONTRIBUTION_FILE}")
     if report_into is not None:
-        import shutil
+        from fedhealth.reporting.report import REPORT_FILE
 
-        shutil.copyfile(out / rundir.CONTRIBUTION_FILE, report_into / rundir.CONTRIBUTION_FILE)
-        _report(report_into)
+        _announce_report(report_into, report_into / REPORT_FILE)
 
 
 @app.command()
@@ -263,21 +225,18 @@ def sweep(
 ) -> None:
     """The privacy-utility curve: the same study at each target epsilon (record-level DP), side by side, each
     sibling's final model audited by membership inference (calibrated attack AUC, 0.5 = chance)."""
-    from datetime import datetime
-
-    from fedhealth.experiments.sweep import parse_epsilons, run_sweep
+    from fedhealth import api
+    from fedhealth.errors import UsageError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config, list(set_ or []))
-    try:
-        epsilons = parse_epsilons(epsilon)
-    except ValueError as err:
-        _fail(str(err))
-    out = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.name}-sweep"
-    console.print(f"[bold]{cfg.name}[/]: {len(epsilons)} sibling federations → {out}")
     if audit_references < 0:
         _fail(f"--audit-references {audit_references}: give 0 (no audit) or more")
-    result = run_sweep(cfg, epsilons, out, audit_references)
+    out = out or api.default_out_dir(cfg, "sweep")
+    try:
+        result = api.sweep(cfg, epsilon, out, audit_references=audit_references, progress=console)
+    except UsageError as err:  # an epsilon that is not a positive number
+        _fail(str(err))
     table = Table(title=f"{cfg.name}: test AUROC against target epsilon (record-level DP)")
     tiers = sorted({t for p in result["points"] for t in p["by_tier"]})
     audited = result["membership_inference"] is not None

@@ -27,6 +27,7 @@ from fedhealth.coordinator.secure_aggregation import SecureAggregationWorkflow
 from fedhealth.coordinator.strategies import build_strategy, is_qffl, optimizer_state, restore_optimizer_state
 from fedhealth.coordinator.workflow import StudyWorkflow
 from fedhealth.data.study_file import load_config
+from fedhealth.errors import AggregationError
 from fedhealth.model.initial import initial_weights
 from fedhealth.privacy.hospital_level import calibrated_secagg_params
 from fedhealth.runs import rundir
@@ -110,7 +111,7 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     require_an_aggregate(run_dir)
 
 
-class NothingAggregated(RuntimeError):
+class NothingAggregated(AggregationError, RuntimeError):
     """Every round ended without a single hospital's update in the aggregate: there is no federated model."""
 
 

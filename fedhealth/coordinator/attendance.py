@@ -18,10 +18,12 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 
+from fedhealth.errors import FederationError
+
 log = logging.getLogger(__name__)
 
 
-class HospitalsMissing(RuntimeError):
+class HospitalsMissing(FederationError, RuntimeError):
     """Too few hospitals connected within the wait: the study stops rather than hang or run unsafely."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fedhealth.errors import FederationError
 from fedhealth.runs import rundir
 from fedhealth.study.config import StudyConfig
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 RoundCallback = Callable[[int, dict[str, Any]], None]
 
 
-class RoundsFailedError(RuntimeError):
+class RoundsFailedError(FederationError, RuntimeError):
     """Too many rounds in a row could not aggregate: the study stops instead of pretending to train."""
 
 

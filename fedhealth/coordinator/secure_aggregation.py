@@ -36,13 +36,14 @@ from flwr.serverapp.grid import Grid
 
 from fedhealth.coordinator.grid_tap import GridTap
 from fedhealth.coordinator.observed import short_error
+from fedhealth.errors import AggregationError
 from fedhealth.study.secagg import SecAggParams
 from fedhealth.wire import HOSPITAL_KEY
 
 log = logging.getLogger(__name__)
 
 
-class AggregateRefused(RuntimeError):
+class AggregateRefused(AggregationError, RuntimeError):
     """The server will not unmask this round's aggregate (too few hospitals sent a masked vector)."""
 
 

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedhealth.errors import DataError
 from fedhealth.study.schema import ColumnSpec, StudySchema, Value, as_number
 
 UNIT_SUSPICION = 0.5  # a column with at least this share of measured values outside its range is suspect
 MIN_SUSPECT_VALUES = 5
 
 
-class DataFileError(ValueError):
+class DataFileError(DataError, ValueError):
     """A hospital's file that cannot be used at all; the message names the file and what to change."""
 
 

@@ -49,13 +49,14 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from fedhealth.errors import TrustError
 from fedhealth.security.certs import _write_file, openssh_fingerprint
 
 _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
-class AppTrustError(ValueError):
+class AppTrustError(TrustError, ValueError):
     """A FAB, signature, key or trusted-entities file that cannot be used; the message says what to do."""
 
 

@@ -29,6 +29,8 @@ import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fedhealth.errors import DeploymentError
+
 FLEET_PREFIX = "/v1/fleet/"
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                "transfer-encoding", "upgrade", "host", "content-length", "content-encoding"}
@@ -73,7 +75,7 @@ def create_app(upstream: str, ca: str, timeout: float = 600.0) -> Any:
     return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
-class GatewayError(ValueError):
+class GatewayError(DeploymentError, ValueError):
     """An address the gateway cannot listen on or forward to (the message says which and why)."""
 
 

@@ -24,6 +24,8 @@ from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
 
+from fedhealth.errors import DeploymentError
+
 APP_LOG_ENV = "FEDHEALTH_APP_LOG"
 HOSPITAL_ENV = "FEDHEALTH_HOSPITAL"
 
@@ -101,7 +103,7 @@ def install(app_log: Path | None, hospital: str) -> None:
     sci._pull_and_store_message = pull_and_store_message
 
 
-class LauncherError(RuntimeError):
+class LauncherError(DeploymentError, RuntimeError):
     """The installed Flower is not the one this launcher was written against."""
 
 

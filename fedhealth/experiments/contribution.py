@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fedhealth.errors import FederationBudgetError
 from fedhealth.metrics.shapley import exact_shapley, leave_one_out, sampled_shapley
 from fedhealth.runs import rundir
 from fedhealth.seeding import derive_seed
@@ -33,7 +34,7 @@ EMPTY_VALUE = 0.5
 CONTRIBUTION_FILE = rundir.CONTRIBUTION_FILE
 
 
-class BudgetExhausted(RuntimeError):
+class BudgetExhausted(FederationBudgetError, RuntimeError):
     """The next coalition would exceed the number of federations the user allowed."""
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from fedhealth.data.hospitals import HospitalSplit, load_hospital
 from fedhealth.data.study_file import load_config
+from fedhealth.errors import RunDirectoryError
 from fedhealth.metrics.membership import (
     CALIBRATED_ATTACK,
     LOSS_ATTACK,
@@ -65,7 +66,7 @@ ATTACKS = {
 }
 
 
-class AuditError(ValueError):
+class AuditError(RunDirectoryError, ValueError):
     """A run that cannot be audited (not completed, file-backed, already audited); the message says how to fix."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from fedhealth.data.hospitals import load_hospital  # noqa: E402
 from fedhealth.data.study_file import load_config
+from fedhealth.errors import FederationError  # noqa: E402
 from fedhealth.experiments import references  # noqa: E402
 from fedhealth.experiments.summary import build_summary  # noqa: E402
 from fedhealth.runs import rundir  # noqa: E402
@@ -34,7 +35,7 @@ from fedhealth.study.config import StudyConfig, without_privacy  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-class SimulationError(RuntimeError):
+class SimulationError(FederationError, RuntimeError):
     """The federation did not complete every planned round."""
 
 
@@ -50,7 +51,16 @@ def _quiet_flower(verbose: bool) -> None:
     flwr_logger.setLevel(logging.INFO if verbose else logging.WARNING)
     if not any(isinstance(f, _DropRunSimulationDeprecation) for f in flwr_logger.filters):
         flwr_logger.addFilter(_DropRunSimulationDeprecation())
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@contextmanager
+def _flower_deprecations_silenced() -> Iterator[None]:
+    """DeprecationWarnings silenced for the Flower and Ray calls inside only, never process-wide: importing
+    `flwr.simulation` installs a process-wide "once" filter for them, so it is imported inside too, and that
+    filter goes with ours when the block ends (the user's own filters come back as they were)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        yield
 
 
 _shared_depth = 0
@@ -68,7 +78,9 @@ def shared_ray() -> Iterator[None]:
     """
     global _shared_depth
     import ray
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    with _flower_deprecations_silenced():
+        from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
     original = RayBackend.terminate
 
@@ -92,8 +104,6 @@ def shared_ray() -> Iterator[None]:
 def run_federation(cfg: StudyConfig, run_dir: Path,
                    on_round: Callable[[int, dict[str, Any]], None] | None = None, verbose: bool = False) -> None:
     """Flower's simulation engine: one virtual SuperNode per hospital, our ServerApp and ClientApp."""
-    from flwr.simulation import run_simulation
-
     from fedhealth.coordinator.app import build_server_app
     from fedhealth.hospital.app import build_client_app
 
@@ -102,9 +112,12 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
         "client_resources": {"num_cpus": cfg.federation.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose},
     }
-    run_simulation(server_app=build_server_app(cfg, run_dir, on_round),
-                   client_app=build_client_app(cfg, mode="simulation"), num_supernodes=len(cfg.hospitals),
-                   backend_config=backend_config, verbose_logging=verbose)
+    with _flower_deprecations_silenced():
+        from flwr.simulation import run_simulation
+
+        run_simulation(server_app=build_server_app(cfg, run_dir, on_round),
+                       client_app=build_client_app(cfg, mode="simulation"), num_supernodes=len(cfg.hospitals),
+                       backend_config=backend_config, verbose_logging=verbose)
     done = rundir.last_completed_round(run_dir)
     if done < cfg.federation.rounds:
         raise SimulationError(f"{run_dir}: federation stopped after round {done} of {cfg.federation.rounds}; "

@@ -20,6 +20,7 @@ import numpy as np
 from flwr.client import ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 
+from fedhealth.errors import HospitalRefusedError
 from fedhealth.hospital.identity import check_own_schema, resolve_hospital
 from fedhealth.hospital.node_config import Mode, NodeConfigError, NodeSettings, settings_of
 from fedhealth.model.qffl import LOSS_KEY
@@ -41,7 +42,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 log = logging.getLogger(__name__)
 
 
-class NonFiniteUpdateError(RuntimeError):
+class NonFiniteUpdateError(HospitalRefusedError, RuntimeError):
     """Raised instead of sending an update that holds NaN or infinite values."""
 
 

@@ -14,10 +14,12 @@ import logging
 from flwr.app.message import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedhealth.errors import HospitalRefusedError
+
 log = logging.getLogger(__name__)
 
 
-class HospitalRefusal(RuntimeError):
+class HospitalRefusal(HospitalRefusedError, RuntimeError):
     """An error whose message was written to leave the hospital: a reason with no path, count or value."""
 
 

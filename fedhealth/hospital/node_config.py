@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from fedhealth.errors import DeploymentError
+
 Mode = Literal["simulation", "deployment"]
 
 # key -> (type, what it means). Paths are the hospital's own; relative ones resolve against the SuperNode's
@@ -38,7 +40,7 @@ SIMULATION_KEYS: dict[str, tuple[type, str]] = {
 }
 
 
-class NodeConfigError(ValueError):
+class NodeConfigError(DeploymentError, ValueError):
     """A hospital's node config is wrong: the message names the key and how to fix it."""
 
 

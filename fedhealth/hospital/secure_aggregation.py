@@ -75,6 +75,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 )
 from flwr.compat.common import recorddict_compat as compat
 
+from fedhealth.errors import HospitalRefusedError, InjectedFault
 from fedhealth.hospital.node_config import settings_of
 from fedhealth.seeding import derive_seed
 from fedhealth.study.config import StudyConfig
@@ -99,15 +100,15 @@ CLIPPED_KEY = "secagg_clipped"  # coordinates of the update beyond SecAgg+'s cli
 GUARD_KEY = "fedhealth.secagg_guard"  # the hospital's own record of the round, in its node state
 
 
-class UpdateRefused(RuntimeError):
+class UpdateRefused(HospitalRefusedError, RuntimeError):
     """The hospital will not send this update (it would corrupt or overflow the masked sum)."""
 
 
-class InjectedDropout(RuntimeError):
+class InjectedDropout(InjectedFault, RuntimeError):
     """Raised by the test-only fault injector: this hospital vanishes here."""
 
 
-class _Declined(Exception):
+class _Declined(HospitalRefusedError):
     """The hospital declines the round (raised through Flower's mod to stop it masking anything)."""
 
 

@@ -59,6 +59,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedhealth.errors import PrivacyRecordsError
 from fedhealth.security.certs import load_node_private_key, load_node_public_key, public_key_fingerprint
 
 GENESIS = "0" * 64  # `prev` of the first entry
@@ -69,7 +70,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_TEXT = 500  # characters in a free-text value: room for a reason, not for data
 
 
-class AuditError(ValueError):
+class AuditError(PrivacyRecordsError, ValueError):
     """An audit log that cannot be trusted or appended to; the message names the file and line."""
 
 

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fedhealth.durable import atomic_write_text
+from fedhealth.errors import HospitalRefusedError, PrivacyBudgetError, PrivacyRecordsError
 
 ACCOUNTANT = "rdp"
 UNITS = ("record", "hospital")
@@ -46,15 +47,15 @@ UNITS = ("record", "hospital")
 _verified: set[tuple[str, str]] = set()
 
 
-class LedgerError(ValueError):
+class LedgerError(PrivacyRecordsError, ValueError):
     """A ledger that cannot be trusted (unreadable, edited, reordered): nothing trains on that hospital."""
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(PrivacyBudgetError, RuntimeError):
     """The next release would take a hospital past its epsilon cap; the hospital declines it."""
 
 
-class StaleRound(ValueError):
+class StaleRound(HospitalRefusedError, ValueError):
     """A request for a round older than one this study already charged: refused, the ledger unchanged."""
 
 

@@ -28,10 +28,12 @@ import secrets
 import stat
 from pathlib import Path
 
+from fedhealth.errors import PrivacyRecordsError
+
 SECRET_BYTES = 32
 
 
-class SecretError(RuntimeError):
+class SecretError(PrivacyRecordsError, RuntimeError):
     """The hospital's secret cannot be used (unreadable, wrong size, readable by others)."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from fedhealth.data.study_file import load_config
+from fedhealth.errors import RunDirectoryError
 from fedhealth.runs import rundir
 
 REPORT_FILE = rundir.REPORT_FILE
@@ -26,7 +27,7 @@ FIGURES_DIR = "figures"
 MODEL_ORDER = ("local_only", "federated", "federated_no_dp", "pooled", "best_possible")
 
 
-class ReportError(RuntimeError):
+class ReportError(RunDirectoryError, RuntimeError):
     """The run directory cannot be reported on (missing files, not finished); the message says which."""
 
 

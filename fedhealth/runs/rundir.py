@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from fedhealth import durable
+from fedhealth.errors import RunDirectoryError
 
 CONFIG_FILE = "config.resolved.toml"
 STATE_FILE = "state.json"
@@ -158,7 +159,7 @@ def last_completed_round(run_dir: Path) -> int:
     return int(found[-1].stem.split("_")[1]) if found else 0
 
 
-class RunDirError(ValueError):
+class RunDirError(RunDirectoryError, ValueError):
     """A run directory that cannot be created or resumed; the message says which and why."""
 
 

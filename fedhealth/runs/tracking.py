@@ -16,11 +16,12 @@ from typing import Any, Protocol
 
 from fedhealth.runs import rundir
 from fedhealth.study.config import StudyConfig
+from fedhealth.errors import MissingExtraError
 
 EXTRAS = {"mlflow": "mlflow", "tensorboard": "tensorboard"}
 
 
-class TrackingError(RuntimeError):
+class TrackingError(MissingExtraError, RuntimeError):
     """Tracking was asked for and cannot work (its extra is not installed); the message says what to run."""
 
 

@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedhealth.durable import atomic_write_bytes
+from fedhealth.errors import TrustError
 
 CURVE = ec.SECP384R1  # Flower's node-auth keys are P-384; the TLS keys use the same curve
 SIGNATURE_HASH = hashes.SHA384  # the hash that matches a P-384 key's strength
@@ -87,11 +88,11 @@ _HOSPITAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-class PKIError(ValueError):
+class PKIError(TrustError, ValueError):
     """A study PKI cannot be created as asked (a bad name, or files that would be overwritten)."""
 
 
-class CertificateError(ValueError):
+class CertificateError(TrustError, ValueError):
     """A certificate or key file that Flower would reject or that would not secure the federation.
 
     The message names the file, what is wrong with it, and what to do."""

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from fedhealth.errors import StudyConfigError
 from fedhealth.study.builtin_schema import REGIONS, TIERS
 from fedhealth.study.policy import SitePolicy, effective_cap
 from fedhealth.study.schema import StudySchema
@@ -27,7 +28,7 @@ StrategyName = Literal["fedavg", "fedprox", "fedadam", "qfedavg"]
 ModelName = Literal["logreg", "mlp"]
 
 
-class ConfigError(ValueError):
+class ConfigError(StudyConfigError, ValueError):
     """A configuration that cannot run; the message is one line per problem, fit for a terminal."""
 
 

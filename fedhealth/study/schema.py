@@ -23,12 +23,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedhealth.errors import StudyConfigError
+
 ColumnKind = Literal["continuous", "count", "binary", "categorical"]
 Value = int | float | str
 CLIP_STANDARDISED = 6.0  # standardised values are clipped to +/- this many reference scales
 
 
-class SchemaError(ValueError):
+class SchemaError(StudyConfigError, ValueError):
     """A schema file that cannot describe a study (unreadable, self-contradictory): one line per problem."""
 
 

@@ -1,0 +1,114 @@
+"""Every error fedhealth raises on purpose is a `FedhealthError`, and each subclass here means one thing.
+
+Catch `FedhealthError` for "fedhealth refused or could not do it, and the message says why"; catch one
+subclass for one kind of failure. The concrete exceptions stay in the modules that raise them (each also
+keeps its built-in base, so `except ValueError` and `except RuntimeError` catch what they always did):
+
+===========================  ==================================================================================
+category                     raised as (module: class)
+===========================  ==================================================================================
+StudyConfigError             config: ConfigError; data.study_schema: SchemaError
+DataError                    data.validation: DataFileError
+RunDirectoryError            rundir: RunDirError; reporting.report: ReportError; privacy_audit: AuditError
+UsageError                   fedhealth.api (an argument it cannot use)
+PrivacyBudgetError           privacy.ledger: BudgetExceeded
+PrivacyRecordsError          privacy.ledger: LedgerError; privacy.audit: AuditError; privacy.secret: SecretError
+HospitalRefusedError         federation.guard: HospitalRefusal; federation.client: NonFiniteUpdateError;
+                             federation.secagg_client: UpdateRefused, _Declined; privacy.ledger: StaleRound
+AggregationError             federation.secagg_server: AggregateRefused; federation.server: NothingAggregated
+FederationError              simulate: SimulationError; federation.recorder: RoundsFailedError;
+                             federation.attendance: HospitalsMissing
+FederationBudgetError        contribution: BudgetExhausted
+TrustError                   security.certs: PKIError, CertificateError; security.app_trust: AppTrustError
+MissingExtraError            tracking: TrackingError
+InjectedFault                federation.secagg_client: InjectedDropout (tests only)
+===========================  ==================================================================================
+
+This module imports nothing, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AggregationError",
+    "DataError",
+    "DeploymentError",
+    "FederationBudgetError",
+    "FederationError",
+    "FedhealthError",
+    "HospitalRefusedError",
+    "InjectedFault",
+    "MissingExtraError",
+    "PrivacyBudgetError",
+    "PrivacyRecordsError",
+    "RunDirectoryError",
+    "StudyConfigError",
+    "TrustError",
+    "UsageError",
+]
+
+
+class FedhealthError(Exception):
+    """Base of every error fedhealth raises on purpose; the message is fit for a terminal, one line per problem."""
+
+
+class StudyConfigError(FedhealthError, ValueError):
+    """A study config (or the study schema it names) that cannot run; the message names the key and the value."""
+
+
+class DataError(FedhealthError, ValueError):
+    """A hospital's data file that cannot be used at all; the message names the file and what to change."""
+
+
+class RunDirectoryError(FedhealthError):
+    """A run directory that cannot be created, resumed, reported on or audited; the message says which and why."""
+
+
+class UsageError(FedhealthError, ValueError):
+    """An argument of a fedhealth function that it cannot use (a negative count, an epsilon that is no number)."""
+
+
+class PrivacyBudgetError(FedhealthError):
+    """A release would take a hospital past its epsilon cap: the hospital declines it, nothing leaves."""
+
+
+class PrivacyRecordsError(FedhealthError):
+    """A hospital's own privacy records (its ledger, audit log or noise secret) cannot be trusted or used;
+    nothing trains on that hospital until they are fixed."""
+
+
+class HospitalRefusedError(FedhealthError):
+    """A hospital refuses what the server asked of it (a stale round, an update it will not send); the study
+    goes on without that hospital's update for the round."""
+
+
+class AggregationError(FedhealthError):
+    """An aggregate that is not released: a round's (too few hospitals sent a masked vector), or the whole
+    study's (no round aggregated anything, so there is no federated model)."""
+
+
+class FederationError(FedhealthError):
+    """A federation that stopped before completing its planned rounds; a simulation's run directory can be
+    resumed from its last completed round."""
+
+
+class FederationBudgetError(FedhealthError):
+    """The number of federations the user allowed (a contribution estimate's budget) is used up."""
+
+
+class TrustError(FedhealthError):
+    """Keys, certificates, a study PKI, an app's signature or a trusted-entities file that cannot be created,
+    used or trusted; the message names the file and what to do."""
+
+
+class MissingExtraError(FedhealthError):
+    """A feature was asked for whose optional extra is not installed; the message says what to install."""
+
+
+class DeploymentError(FedhealthError):
+    """A deployment setting that cannot work (a hospital's node config, the SuperNode launcher, the gateway's
+    addresses); the message names the setting and what to change."""
+
+
+class InjectedFault(FedhealthError):
+    """A fault a test injected (`testing.dropouts`); never raised in a real study."""
