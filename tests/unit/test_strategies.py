@@ -11,7 +11,7 @@ from fedhealth.data.study_file import load_config
 from fedhealth.model.initial import initial_weights
 from fedhealth.runs import rundir
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
 
 
 @pytest.mark.parametrize("name, cls", [("fedavg", FedAvg), ("fedprox", FedProx), ("fedadam", FedAdam)])

@@ -8,7 +8,7 @@ from fedhealth.data.study_file import load_config
 from fedhealth.study.config import ConfigError
 from fedhealth.study.policy import SitePolicy, policy_violation
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
 
 
 def test_policy_cap_wins_over_the_study_default(tmp_path):

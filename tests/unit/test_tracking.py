@@ -9,7 +9,7 @@ import pytest
 from fedhealth.data.study_file import load_config
 from fedhealth.runs.tracking import TrackingError, flatten, open_tracker
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
 ROUND = {"auroc_mean": 0.81, "auroc.city-tertiary": 0.8, "hospitals_aggregated": 3.0}
 
 

@@ -13,7 +13,7 @@ from fedhealth.privacy.ledger import epsilon_of
 from fedhealth.runs import rundir
 from fedhealth.study.config import ConfigError
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
 
 
 def test_hospital_mode_needs_one_noise_source_and_calibrates():

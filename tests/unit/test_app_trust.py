@@ -28,7 +28,7 @@ from fedhealth.deployment.app_trust import (
 from fedhealth.deployment.processes import hospital_problems
 from fedhealth.security.certs import HospitalKeys, init_hospital_keys, init_study_pki
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

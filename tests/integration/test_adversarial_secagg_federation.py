@@ -44,7 +44,7 @@ from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir
 from fedhealth.wire import HOSPITAL_KEY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.toml"
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ import pytest
 from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.toml"
 
 

@@ -9,7 +9,7 @@ import pytest
 from fedhealth.data.study_file import load_config
 from fedhealth.experiments.sweep import parse_epsilons, sibling_config
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
 
 
 def test_epsilons_parse_sorted_and_bad_ones_are_named():

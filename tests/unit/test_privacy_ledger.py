@@ -112,7 +112,7 @@ def test_client_trains_nothing_on_an_unreadable_ledger(tmp_path):
     from fedhealth.model.initial import initial_weights
     from fedhealth.wire import DECLINED_KEY, study_payload
 
-    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+    smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
     cfg = load_config(smoke, ["privacy.mode=record", "privacy.noise_multiplier=1.0"])
     (tmp_path / "city-tertiary.json").write_text("{corrupt")
     client = HospitalClient(0, None, str(tmp_path))
@@ -133,7 +133,7 @@ def test_a_second_study_on_the_same_ledger_is_charged_and_capped(tmp_path):
     from fedhealth.study.policy import SitePolicy
     from fedhealth.wire import DECLINED_KEY, study_payload
 
-    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+    smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
     studies = [load_config(smoke, ["privacy.mode=record", "privacy.noise_multiplier=1.0", f"name=study-{k}"])
                for k in range(3)]
     ledgers = tmp_path / "hospital-own-ledger"

@@ -10,7 +10,7 @@ from fedhealth.data.study_file import load_config
 from fedhealth.experiments.contribution import CoalitionValues, coalition_config, estimate_contributions
 from fedhealth.study.config import ConfigError
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
 WORTH = {"city-tertiary": 0.20, "county-secondary": 0.10, "village-clinic": 0.05}
 
 

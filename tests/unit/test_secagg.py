@@ -26,7 +26,7 @@ from fedhealth.study.secagg import (
     shares_and_threshold,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.toml"
 FLOAT32_SLACK = 2e-6  # float32 rounding of weights of order 1, in plain FedAvg and in adding the mean back
 

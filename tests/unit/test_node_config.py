@@ -39,7 +39,7 @@ def test_a_badly_typed_value_names_the_key():
 
 
 def test_the_deploy_script_sets_only_declared_keys():
-    text = (Path(__file__).resolve().parents[1] / "clients" / "deploy.sh").read_text()
+    text = (Path(__file__).resolve().parents[2] / "clients" / "deploy.sh").read_text()
     import re
 
     used = set(re.findall(r"([a-z-]+)='\$", text))

@@ -12,7 +12,7 @@ from fedhealth.privacy.ledger import epsilon_of
 from fedhealth.runs import rundir
 from fedhealth.study.config import parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -27,7 +27,7 @@ from fedhealth.runs import rundir
 from fedhealth.study.policy import SitePolicy
 from fedhealth.wire import DECLINED_KEY, SECURE_KEY, study_payload
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.toml"
 DP = ["privacy.mode=record", "privacy.noise_multiplier=1.0"]
 QUICK = ["federation.rounds=1", "references.local_only=false", "references.pooled=false",

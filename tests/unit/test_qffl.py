@@ -14,7 +14,7 @@ from fedhealth.model.qffl import initial_scale, qffl_terms
 from fedhealth.runs import rundir
 from fedhealth.study.config import ConfigError
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
 QFFL = 'federation.strategy.name="qfedavg"'
 
 

@@ -38,7 +38,7 @@ from fedhealth.deployment.processes import (
     wait_until,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
 DATA = ROOT / "configs" / "data" / "heart-disease"
 STUDY = "configs/deployment/heart-disease.toml"  # relative to the project: the ServerApp reads it from the FAB

@@ -10,7 +10,7 @@ import pytest
 from fedhealth.privacy.budget import read_budget
 from fedhealth.privacy.ledger import LedgerError, PrivacyLedger, epsilon_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ledger(tmp_path: Path) -> Path:

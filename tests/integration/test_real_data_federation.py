@@ -9,7 +9,7 @@ import pytest
 
 from fedhealth.runs import rundir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -20,7 +20,7 @@ from fedhealth.study.builtin_schema import encode_features
 from fedhealth.study.config import ConfigError
 from fedhealth.study.schema import SchemaError, default_schema, load_schema, schema_from_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.toml"
 HEART = ROOT / "configs" / "data" / "heart-disease"
 

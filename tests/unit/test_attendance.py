@@ -12,7 +12,7 @@ from fedhealth.coordinator.attendance import HospitalsMissing, StudyClientManage
 from fedhealth.data.study_file import load_config
 from fedhealth.study.config import ConfigError
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
 
 
 class _Node(ClientProxy):

@@ -9,7 +9,7 @@ import pytest
 from fedhealth.data.study_file import load_config
 from fedhealth.study.config import ConfigError, apply_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.toml"
 
 

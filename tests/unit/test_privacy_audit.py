@@ -10,7 +10,7 @@ from fedhealth.data.study_file import load_config
 from fedhealth.experiments.privacy_audit import AUDIT_FILE
 from fedhealth.runs import rundir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NO_REFERENCES = ["references.pooled=false", "references.local_only=false"]  # the audit needs neither
 
 
