@@ -43,9 +43,8 @@ from fedhealth.coordinator.secure_aggregation import SecureAggregationWorkflow
 from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir
 from fedhealth.wire import HOSPITAL_KEY
+from tests.support import federate, smoke
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.toml"
 pytestmark = pytest.mark.slow
 
 
@@ -179,14 +178,12 @@ def _run(cfg, path: Path) -> Path:
     """Run the federation. A study in which the attack left nothing to aggregate fails (NothingAggregated):
     that is the outcome these tests want, and what they check is what the server holds."""
     from fedhealth.coordinator.app import NothingAggregated
-    from fedhealth.experiments.simulate import run_federation
 
-    run_dir = rundir.create_run_dir(cfg, path)
     try:
-        run_federation(cfg, run_dir)
+        return federate(cfg, path)
     except NothingAggregated:
-        assert not any(r["hospitals_aggregated"] for r in rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE))
-    return run_dir
+        assert not any(r["hospitals_aggregated"] for r in rundir.read_jsonl(path / rundir.ROUNDS_FILE))
+    return path
 
 
 def _update(cfg, index: int, run_dir: Path, server_round: int = 1) -> np.ndarray:
@@ -227,8 +224,8 @@ def _leak(seen: dict[str, Any], target: int, update: np.ndarray) -> float:
 
 def _smoke(*overrides: str):
     # an MLP: with a few hundred coordinates, chance correlations stay far below the 0.2 the tests allow
-    return load_config(SMOKE, ["federation.rounds=1", "model.name=mlp", "references.local_only=false",
-                               "references.pooled=false", *overrides])
+    return smoke("federation.rounds=1", "model.name=mlp", "references.local_only=false", "references.pooled=false",
+                 *overrides)
 
 
 def _four(tmp_path: Path, *overrides: str, policy: dict[int, str] | None = None):

@@ -37,8 +37,8 @@ from fedhealth.deployment.processes import (
     runtime_mark,
     wait_until,
 )
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
 DATA = ROOT / "configs" / "data" / "heart-disease"
 STUDY = "configs/deployment/heart-disease.toml"  # relative to the project: the ServerApp reads it from the FAB

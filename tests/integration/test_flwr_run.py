@@ -3,11 +3,11 @@
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
+
 pytestmark = pytest.mark.slow
 
 

@@ -3,7 +3,6 @@ resume, refused at each hospital's own cap, reported per hospital. Never above a
 
 import json
 import tomllib
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,8 @@ from fedhealth.experiments.simulate import simulate
 from fedhealth.privacy.ledger import epsilon_of
 from fedhealth.runs import rundir
 from fedhealth.study.config import parse_config
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -7,7 +7,6 @@ fault in the server's round hook, then resumed through the CLI. B must end exact
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +14,15 @@ import pytest
 
 from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir
+from tests.support import SMOKE, run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.toml"
 pytestmark = pytest.mark.slow
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedhealth.cli", *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("a") / "run"
-    proc = _cli("simulate", "--config", str(SMOKE), "--out", str(out), "--set", "tracking.backend=mlflow")
+    proc = run_cli("simulate", "--config", str(SMOKE), "--out", str(out), "--set", "tracking.backend=mlflow")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "best possible" in proc.stdout and "village-clinic" in proc.stdout
     return out
@@ -80,7 +73,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(run_a, tmp_path, inter
     assert state["status"] == "failed" and state["last_round"] == 1 and "injected fault" in state["error"]
     assert not (run_b / rundir.SUMMARY_FILE).exists()
 
-    proc = _cli("simulate", "--resume", str(run_b))
+    proc = run_cli("simulate", "--resume", str(run_b))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resuming after round 1" in proc.stdout
 
@@ -96,7 +89,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(run_a, tmp_path, inter
 
 
 def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path):
-    proc = _cli("simulate", "--resume", str(tmp_path))
+    proc = run_cli("simulate", "--resume", str(tmp_path))
     assert proc.returncode == 2 and "not a fedhealth run directory" in proc.stderr
 
 
@@ -169,9 +162,9 @@ def test_the_same_study_from_its_files_gives_the_same_metrics(run_a, tmp_path):
     simulating it reproduces run A's metrics exactly, apart from the best-possible reference (files carry
     no true risk)."""
     files = tmp_path / "files"
-    assert _cli("synth", "--config", str(SMOKE), "--out", str(files)).returncode == 0
+    assert run_cli("synth", "--config", str(SMOKE), "--out", str(files)).returncode == 0
     out = tmp_path / "run"
-    proc = _cli("simulate", "--config", str(files / "smoke-files.toml"), "--out", str(out))
+    proc = run_cli("simulate", "--config", str(files / "smoke-files.toml"), "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "best possible" not in proc.stdout
     a = json.loads((run_a / "summary.json").read_text())

@@ -1,6 +1,6 @@
 """App approval: signatures Flower's own SuperNode code accepts, the offline registry as Flower's SuperLink reads it,
 and the hospital-side checks (trusted entities, separate audit key). Fast: no Flower process is started here
-(tests/test_deployment.py runs the same flow with a real SuperLink and SuperNodes)."""
+(tests/integration/test_deployment.py runs the same flow with a real SuperLink and SuperNodes)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ from fedhealth.deployment.app_trust import (
 )
 from fedhealth.deployment.processes import hospital_problems
 from fedhealth.security.certs import HospitalKeys, init_hospital_keys, init_study_pki
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ enough hospitals or stops with a clear reason."""
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from flwr.server.client_proxy import ClientProxy
@@ -11,8 +10,7 @@ from flwr.server.client_proxy import ClientProxy
 from fedhealth.coordinator.attendance import HospitalsMissing, StudyClientManager
 from fedhealth.data.study_file import load_config
 from fedhealth.study.config import ConfigError
-
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
+from tests.support import SMOKE
 
 
 class _Node(ClientProxy):

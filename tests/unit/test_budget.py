@@ -1,16 +1,13 @@
 """`fedhealth budget`: a hospital's spent and remaining epsilon, per study and in all, from its verified ledger."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fedhealth.privacy.budget import read_budget
 from fedhealth.privacy.ledger import LedgerError, PrivacyLedger, epsilon_of
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import run_cli
 
 
 def _ledger(tmp_path: Path) -> Path:
@@ -44,8 +41,7 @@ def test_an_altered_ledger_gives_no_budget(tmp_path):
 
 
 def _cli(*args: str):
-    return subprocess.run([sys.executable, "-m", "fedhealth.cli", "budget", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    return run_cli("budget", *args, timeout=120)
 
 
 def test_the_budget_command_prints_a_table_and_json_and_fails_on_a_bad_ledger(tmp_path):

@@ -20,9 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
-from typer.testing import CliRunner
 
-from fedhealth.cli import app
 from fedhealth.security.certs import (
     CertificateError,
     HospitalKeys,
@@ -38,6 +36,7 @@ from fedhealth.security.certs import (
     load_node_private_key,
     load_node_public_key,
 )
+from tests.support import invoke_cli
 
 HOSPITALS = ["north-tertiary", "south_community"]
 
@@ -358,14 +357,10 @@ def test_node_key_that_is_not_ecdsa(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the CLI
 
 
-def _run(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
 def test_cli_init_prints_paths_but_no_key_material(tmp_path: Path) -> None:
     out = tmp_path / "pki"
-    result = _run("certs", "init", "--out", str(out), "--server-name", "superlink.example.org",
-                  "--server-name", "10.1.2.3", "--days", "90")
+    result = invoke_cli("certs", "init", "--out", str(out), "--server-name", "superlink.example.org",
+                        "--server-name", "10.1.2.3", "--days", "90")
     assert result.exit_code == 0, result.output
     assert "BEGIN" not in result.output
     for path in [out / "ca" / "ca.crt", out / "ca" / "ca.key", out / "server" / "server.key"]:
@@ -375,41 +370,42 @@ def test_cli_init_prints_paths_but_no_key_material(tmp_path: Path) -> None:
             assert line not in result.output
     assert not [p for p in out.rglob("*") if p.is_file() and "PRIVATE KEY" in p.read_text()
                 and p not in (out / "ca" / "ca.key", out / "server" / "server.key")]
-    assert _run("certs", "init", "--out", str(tmp_path / "p2"), "--hospital", "a").exit_code == 2  # no such option
+    # no such option
+    assert invoke_cli("certs", "init", "--out", str(tmp_path / "p2"), "--hospital", "a").exit_code == 2
     check_server_tls(out / "ca" / "ca.crt", out / "server" / "server.crt", out / "server" / "server.key",
                      host=["superlink.example.org", "10.1.2.3"])
 
-    again = _run("certs", "init", "--out", str(out))
+    again = invoke_cli("certs", "init", "--out", str(out))
     assert again.exit_code == 2
     assert "already there" in again.stderr and "--force" in again.stderr
-    assert _run("certs", "init", "--out", str(out), "--force").exit_code == 0
+    assert invoke_cli("certs", "init", "--out", str(out), "--force").exit_code == 0
 
 
 def test_cli_hospital_keys_bad_name_exits_2(tmp_path: Path) -> None:
-    result = _run("certs", "hospital-keys", "--out", str(tmp_path / "p"), "--hospital", "a/b")
+    result = invoke_cli("certs", "hospital-keys", "--out", str(tmp_path / "p"), "--hospital", "a/b")
     assert result.exit_code == 2
     assert "cannot name a key directory" in result.stderr
 
 
 def test_cli_check_exit_codes(pki: StudyPKI, other_pki: StudyPKI, nodes: dict[str, NodeKeyFiles],
                               tmp_path: Path) -> None:
-    ok = _run("certs", "check", "--ca", str(pki.ca_cert), "--cert", str(pki.server_cert),
-              "--key", str(pki.server_key), "--host", "localhost", "--host", "127.0.0.1")
+    ok = invoke_cli("certs", "check", "--ca", str(pki.ca_cert), "--cert", str(pki.server_cert),
+                    "--key", str(pki.server_key), "--host", "localhost", "--host", "127.0.0.1")
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.startswith("ok:")
-    wrong_host = _run("certs", "check", "--ca", str(pki.ca_cert), "--cert", str(pki.server_cert),
-                      "--key", str(pki.server_key), "--host", "elsewhere.example")
+    wrong_host = invoke_cli("certs", "check", "--ca", str(pki.ca_cert), "--cert", str(pki.server_cert),
+                            "--key", str(pki.server_key), "--host", "elsewhere.example")
     assert wrong_host.exit_code == 1
     assert "does not cover host 'elsewhere.example'" in wrong_host.stderr
-    wrong_ca = _run("certs", "check", "--ca", str(other_pki.ca_cert), "--cert", str(pki.server_cert),
-                    "--key", str(pki.server_key))
+    wrong_ca = invoke_cli("certs", "check", "--ca", str(other_pki.ca_cert), "--cert", str(pki.server_cert),
+                          "--key", str(pki.server_key))
     assert wrong_ca.exit_code == 1 and "not signed by the CA" in wrong_ca.stderr
-    missing = _run("certs", "check", "--ca", str(tmp_path / "none.crt"), "--cert", str(pki.server_cert),
-                   "--key", str(pki.server_key))
+    missing = invoke_cli("certs", "check", "--ca", str(tmp_path / "none.crt"), "--cert", str(pki.server_cert),
+                         "--key", str(pki.server_key))
     assert missing.exit_code == 2 and "not found" in missing.stderr
     a, b = (nodes[h] for h in HOSPITALS)
-    assert _run("certs", "check-node", str(a.private_key), str(a.public_key)).exit_code == 0
-    mismatch = _run("certs", "check-node", str(a.private_key), str(b.public_key))
+    assert invoke_cli("certs", "check-node", str(a.private_key), str(a.public_key)).exit_code == 0
+    mismatch = invoke_cli("certs", "check-node", str(a.private_key), str(b.public_key))
     assert mismatch.exit_code == 1 and "does not match" in mismatch.stderr
 
 
@@ -459,14 +455,14 @@ def test_the_operator_files_public_keys_only(pki: StudyPKI, nodes: dict[str, Nod
 
 def test_cli_hospital_keys_prints_paths_and_fingerprints_but_no_key_material(tmp_path: Path) -> None:
     out = tmp_path / "keys"
-    result = _run("certs", "hospital-keys", "--out", str(out), "--hospital", "north")
+    result = invoke_cli("certs", "hospital-keys", "--out", str(out), "--hospital", "north")
     assert result.exit_code == 0, result.output
     for name in ("supernode_auth", "audit_signing", "app_approval"):
         assert str(out / name) in result.output
         for line in (out / name).read_text().splitlines()[1:-1]:
             assert line not in result.output
-    again = _run("certs", "hospital-keys", "--out", str(out), "--hospital", "north")
+    again = invoke_cli("certs", "hospital-keys", "--out", str(out), "--hospital", "north")
     assert again.exit_code == 2 and "refusing to overwrite" in again.stderr
-    added = _run("certs", "add-hospital", str(out / "supernode_auth"), "--pki", str(tmp_path / "pki"),
-                 "--hospital", "north")
+    added = invoke_cli("certs", "add-hospital", str(out / "supernode_auth"), "--pki", str(tmp_path / "pki"),
+                       "--hospital", "north")
     assert added.exit_code == 1 and "holds a PRIVATE key" in added.stderr

@@ -2,15 +2,12 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from fedhealth.data.study_file import load_config
 from fedhealth.study.config import ConfigError, apply_overrides
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.toml"
+from tests.support import ROOT, SMOKE
 
 
 def test_ready_configs_are_valid():

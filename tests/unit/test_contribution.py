@@ -1,16 +1,15 @@
-"""Contribution by coalition re-runs: the budget logic on a known game, and one real coalition federation."""
+"""Contribution by coalition re-runs: the budget logic on a known game. One real coalition federation:
+tests/integration/test_contribution_federation.py."""
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fedhealth.data.study_file import load_config
 from fedhealth.experiments.contribution import CoalitionValues, coalition_config, estimate_contributions
 from fedhealth.study.config import ConfigError
+from tests.support import SMOKE
 
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
 WORTH = {"city-tertiary": 0.20, "county-secondary": 0.10, "village-clinic": 0.05}
 
 
@@ -57,16 +56,3 @@ def test_a_hospital_outside_the_coalition_declines_to_train():
     cfg = coalition_config(load_config(SMOKE), frozenset({"village-clinic"}))
     _, n, metrics = HospitalClient(0).fit(initial_weights(cfg), study_payload(cfg, 1))
     assert n == 0 and "not in federation.participants" in metrics[DECLINED_KEY]
-
-
-@pytest.mark.slow
-def test_one_real_coalition_federation(tmp_path):
-    cfg = load_config(SMOKE, ["federation.rounds=1"])
-    values = CoalitionValues(cfg, tmp_path, budget=1)
-    auroc = values(frozenset({"village-clinic"}))
-    assert 0.5 < auroc < 1.0 and values.runs == 1
-    from fedhealth.runs import rundir
-
-    (only,) = rundir.read_jsonl(tmp_path / "coalitions" / "0001" / rundir.ROUNDS_FILE)
-    assert only["hospitals_aggregated"] == [2] and [d["hospital_index"] for d in only["declined"]] == [0, 1]
-    assert np.isfinite(auroc)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedhealth.hospital.node_config import DEPLOYMENT_KEYS, NodeConfigError, NodeSettings
+from tests.support import ROOT
 
 
 def test_a_deployed_hospitals_keys_are_read_with_their_types():
@@ -39,7 +40,7 @@ def test_a_badly_typed_value_names_the_key():
 
 
 def test_the_deploy_script_sets_only_declared_keys():
-    text = (Path(__file__).resolve().parents[2] / "clients" / "deploy.sh").read_text()
+    text = (ROOT / "clients" / "deploy.sh").read_text()
     import re
 
     used = set(re.findall(r"([a-z-]+)='\$", text))

@@ -1,14 +1,11 @@
 """The site policy: the hospital's limits, checked on the client, never raised by the server."""
 
-from pathlib import Path
-
 import pytest
 
 from fedhealth.data.study_file import load_config
 from fedhealth.study.config import ConfigError
 from fedhealth.study.policy import SitePolicy, policy_violation
-
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
+from tests.support import SMOKE
 
 
 def test_policy_cap_wins_over_the_study_default(tmp_path):

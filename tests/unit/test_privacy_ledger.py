@@ -1,7 +1,6 @@
 """The privacy ledger: Opacus's RDP epsilon, persisted, composed across restarts, never past the cap."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from fedhealth.model import build_model, get_weights
 from fedhealth.model.training import evaluate
 from fedhealth.privacy.dp import calibrate_noise, dp_schedule, sample_rate, steps_per_epoch, train_private
 from fedhealth.privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger, epsilon_of
+from tests.support import ROOT
 
 
 def test_epsilon_matches_reference_value_from_dp_accounting():
@@ -112,7 +112,7 @@ def test_client_trains_nothing_on_an_unreadable_ledger(tmp_path):
     from fedhealth.model.initial import initial_weights
     from fedhealth.wire import DECLINED_KEY, study_payload
 
-    smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
+    smoke = ROOT / "configs" / "smoke.toml"
     cfg = load_config(smoke, ["privacy.mode=record", "privacy.noise_multiplier=1.0"])
     (tmp_path / "city-tertiary.json").write_text("{corrupt")
     client = HospitalClient(0, None, str(tmp_path))
@@ -133,7 +133,7 @@ def test_a_second_study_on_the_same_ledger_is_charged_and_capped(tmp_path):
     from fedhealth.study.policy import SitePolicy
     from fedhealth.wire import DECLINED_KEY, study_payload
 
-    smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
+    smoke = ROOT / "configs" / "smoke.toml"
     studies = [load_config(smoke, ["privacy.mode=record", "privacy.noise_multiplier=1.0", f"name=study-{k}"])
                for k in range(3)]
     ledgers = tmp_path / "hospital-own-ledger"

@@ -1,6 +1,5 @@
-"""q-FedAvg: the hospitals' q-FFL terms give the paper's step, through SecAgg+'s mean as through the clear."""
-
-from pathlib import Path
+"""q-FedAvg: the hospitals' q-FFL terms give the paper's step, through SecAgg+'s mean as through the clear.
+The same in a real federation: tests/integration/test_qffl_federation.py."""
 
 import numpy as np
 import pytest
@@ -13,9 +12,7 @@ from fedhealth.model.initial import initial_weights
 from fedhealth.model.qffl import initial_scale, qffl_terms
 from fedhealth.runs import rundir
 from fedhealth.study.config import ConfigError
-
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
-QFFL = 'federation.strategy.name="qfedavg"'
+from tests.support import QFFL, SMOKE
 
 
 def _res(arrays):
@@ -125,28 +122,3 @@ def test_nonpositive_h_and_bad_loss_are_refused():
 def test_qfedavg_is_refused_with_differential_privacy(mode):
     with pytest.raises(ConfigError, match="qfedavg is not supported with differential privacy"):
         load_config(SMOKE, [QFFL, f'privacy.mode="{mode}"', "privacy.target_epsilon=4"])
-
-
-@pytest.mark.slow
-def test_secure_qfedavg_federation_equals_the_clear_one(tmp_path):
-    """A real federation: under SecAgg+ the server gets only the mean of the q-FFL terms, and the
-    model it builds from them is the one it builds from every hospital's terms in the clear."""
-    from fedhealth.experiments.simulate import run_federation
-
-    cfg = load_config(SMOKE, [QFFL, "federation.rounds=1", "references.local_only=false",
-                              "references.pooled=false"])
-    dirs = {}
-    for secure in (True, False):
-        c = load_config(SMOKE, [QFFL, "federation.rounds=1",
-                                f"federation.secure_aggregation.enabled={str(secure).lower()}"])
-        dirs[secure] = rundir.create_run_dir(c, tmp_path / str(secure))
-        run_federation(c, dirs[secure])
-    secure_w, state = rundir.load_weights(rundir.checkpoint_path(dirs[True], 1))
-    plain_w, _ = rundir.load_weights(rundir.checkpoint_path(dirs[False], 1))
-    init = initial_weights(cfg)
-    moved = max(float(np.abs(a - b).max()) for a, b in zip(secure_w, init, strict=True))
-    worst = max(float(np.abs(a - b).max()) for a, b in zip(secure_w, plain_w, strict=True))
-    assert moved > 1e-3 and worst < 1e-3 * moved, (moved, worst)
-    assert "qffl_scale" in state
-    rows = rundir.read_jsonl(dirs[True] / rundir.METRICS_FILE)
-    assert all(r["aggregated"] and r["secagg_clipped"] == 0 for r in rows if "secagg_clipped" in r)

@@ -20,18 +20,7 @@ import pytest
 
 from fedhealth.data.study_file import load_config
 from fedhealth.runs import rundir
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.toml"
-
-
-def _cli(*args: str):
-    """The fedhealth CLI in this process (typer's runner): exit_code, stdout, stderr."""
-    from typer.testing import CliRunner
-
-    from fedhealth.cli import app
-
-    return CliRunner().invoke(app, list(args))
+from tests.support import ROOT, SMOKE, invoke_cli
 
 
 def _gone_pid() -> int:
@@ -68,19 +57,19 @@ def test_a_running_state_whose_process_is_gone_reads_as_interrupted(tmp_path, cf
     line = rundir.describe_state(run)
     assert line.startswith(f"interrupted: the state says running but its server process {pid} is gone")
     assert "round 0 of 2 completed" in line
-    proc = _cli("status", str(run))
+    proc = invoke_cli("status", str(run))
     assert proc.exit_code == 1 and "interrupted" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_status_exit_codes(tmp_path, cfg):
     run = rundir.create_run_dir(cfg, tmp_path / "run")  # "running" by this (live) test process
-    assert _cli("status", str(run)).exit_code == 3
+    assert invoke_cli("status", str(run)).exit_code == 3
     rundir.mark_status(run, "failed", error="RuntimeError: boom")
-    failed = _cli("status", str(run))
+    failed = invoke_cli("status", str(run))
     assert failed.exit_code == 1 and "failed: RuntimeError: boom" in failed.stdout
     rundir.mark_completed(run)
-    assert _cli("status", str(run)).exit_code == 0
-    missing = _cli("status", str(tmp_path))
+    assert invoke_cli("status", str(run)).exit_code == 0
+    missing = invoke_cli("status", str(tmp_path))
     assert missing.exit_code == 2 and "not a fedhealth run directory" in missing.stderr
 
 

@@ -1,7 +1,5 @@
 """Strategies are Flower's own, chosen by name; FedAdam's server state survives a checkpoint."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from flwr.server.strategy import FedAdam, FedAvg, FedProx
@@ -10,8 +8,7 @@ from fedhealth.coordinator.strategies import build_strategy, optimizer_state, re
 from fedhealth.data.study_file import load_config
 from fedhealth.model.initial import initial_weights
 from fedhealth.runs import rundir
-
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
+from tests.support import SMOKE
 
 
 @pytest.mark.parametrize("name, cls", [("fedavg", FedAvg), ("fedprox", FedProx), ("fedadam", FedAdam)])

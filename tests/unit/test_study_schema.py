@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from fedhealth.data.export import write_synthetic_study
@@ -19,65 +18,14 @@ from fedhealth.data.validation import DataFileError, read_hospital_file, validat
 from fedhealth.study.builtin_schema import encode_features
 from fedhealth.study.config import ConfigError
 from fedhealth.study.schema import SchemaError, default_schema, load_schema, schema_from_dict
+from tests.support import ROOT, SMOKE, TOY_SCHEMA, toy_frame
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.toml"
 HEART = ROOT / "configs" / "data" / "heart-disease"
-
-SCHEMA = """
-[study]
-name = "toy"
-missing_values = ["", "NA"]
-[label]
-column = "outcome"
-positive = ["yes"]
-negative = ["no"]
-[consent]
-column = "consent"
-granted = ["research", "all"]
-[[columns]]
-name = "age"
-kind = "continuous"
-unit = "years"
-min = 18
-max = 100
-center = 55
-scale = 15
-required = true
-[[columns]]
-name = "glucose"
-kind = "continuous"
-unit = "mmol/L"
-min = 1.5
-max = 35
-center = 5.8
-scale = 1.6
-[[columns]]
-name = "smoker"
-kind = "binary"
-[[columns]]
-name = "stage"
-kind = "categorical"
-categories = ["I", "II", "III"]
-"""
-
-
-def _toy_frame(n=40, seed=0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "age": rng.integers(20, 90, n).astype(str),
-        "glucose": np.round(rng.uniform(4, 12, n), 1).astype(str),
-        "smoker": rng.integers(0, 2, n).astype(str),
-        "stage": rng.choice(["I", "II", "III"], n),
-        "outcome": rng.choice(["yes", "no"], n),
-        "consent": "research",
-    })
-
 
 @pytest.fixture
 def toy_schema(tmp_path):
     path = tmp_path / "schema.toml"
-    path.write_text(SCHEMA)
+    path.write_text(TOY_SCHEMA)
     return load_schema(path)
 
 
@@ -95,7 +43,7 @@ def toy_schema(tmp_path):
 ])
 def test_a_self_contradicting_schema_is_refused_with_the_reason(tmp_path, edit, message):
     path = tmp_path / "schema.toml"
-    path.write_text(edit(SCHEMA))
+    path.write_text(edit(TOY_SCHEMA))
     with pytest.raises(SchemaError) as err:
         load_schema(path)
     assert message in str(err.value) and str(path) in str(err.value)
@@ -118,7 +66,7 @@ def test_the_default_schema_encodes_exactly_like_the_builtin_record():
 
 
 def test_encoding_one_hots_categories_and_flags_missing_values(toy_schema):
-    frame = _toy_frame(3)
+    frame = toy_frame(3)
     frame.loc[0, "glucose"] = "NA"
     frame.loc[1, "stage"] = ""
     frame.loc[:, "stage"] = ["III", "", "I"]
@@ -137,7 +85,7 @@ def _all_text(report) -> str:
 
 
 def test_bad_rows_are_counted_by_reason_and_no_value_is_ever_shown(toy_schema):
-    frame = _toy_frame(40)
+    frame = toy_frame(40)
     frame.loc[0, "age"] = "987654"  # out of range: a distinctive value that must not appear anywhere
     frame.loc[1, "glucose"] = "high"
     frame.loc[2, "stage"] = "IV"
@@ -169,7 +117,7 @@ def test_bad_rows_are_counted_by_reason_and_no_value_is_ever_shown(toy_schema):
 ])
 def test_a_file_that_cannot_be_used_is_refused_with_what_to_change(toy_schema, tmp_path, edit, message):
     path = tmp_path / "site.csv"
-    edit(_toy_frame(40)).to_csv(path, index=False)
+    edit(toy_frame(40)).to_csv(path, index=False)
     with pytest.raises(DataFileError) as err:
         read_hospital_file(path, toy_schema, "st-mary")
     assert message in str(err.value) and "hospital 'st-mary'" in str(err.value) and str(path) in str(err.value)
@@ -187,7 +135,7 @@ def test_unreadable_files(toy_schema, tmp_path):
 
 
 def test_parquet_reads_like_csv(toy_schema, tmp_path):
-    frame = _toy_frame(30)
+    frame = toy_frame(30)
     typed = frame.assign(age=frame["age"].astype(int), glucose=frame["glucose"].astype(float),
                          smoker=frame["smoker"].astype(int))
     frame.to_csv(tmp_path / "a.csv", index=False)
@@ -200,7 +148,7 @@ def test_parquet_reads_like_csv(toy_schema, tmp_path):
 
 # -- hospitals as files in a study config ----------------------------------------------------------------
 
-def _file_study(tmp_path: Path, hospitals: str, schema: str = SCHEMA) -> Path:
+def _file_study(tmp_path: Path, hospitals: str, schema: str = TOY_SCHEMA) -> Path:
     (tmp_path / "data").mkdir(exist_ok=True)
     (tmp_path / "data" / "schema.toml").write_text(schema)
     cfg = tmp_path / "study.toml"
@@ -215,7 +163,7 @@ def _hospital(name: str, file: str) -> str:
 
 def test_paths_resolve_against_the_config_and_rows_are_counted(tmp_path):
     for i, name in enumerate(("a", "b", "c")):
-        _toy_frame(60 + 10 * i, seed=i).to_csv(tmp_path / f"{name}.csv", index=False)
+        toy_frame(60 + 10 * i, seed=i).to_csv(tmp_path / f"{name}.csv", index=False)
     (tmp_path / "data").mkdir()
     for name in ("a", "b", "c"):
         (tmp_path / f"{name}.csv").rename(tmp_path / "data" / f"{name}.csv")
@@ -230,9 +178,9 @@ def test_paths_resolve_against_the_config_and_rows_are_counted(tmp_path):
 
 def test_bad_inputs_stop_the_study_naming_hospital_file_and_fix(tmp_path):
     (tmp_path / "data").mkdir()
-    _toy_frame(50).to_csv(tmp_path / "data" / "ok.csv", index=False)
-    _toy_frame(50).drop(columns=["stage"]).to_csv(tmp_path / "data" / "cols.csv", index=False)
-    _toy_frame(50).assign(outcome="no").to_csv(tmp_path / "data" / "oneclass.csv", index=False)
+    toy_frame(50).to_csv(tmp_path / "data" / "ok.csv", index=False)
+    toy_frame(50).drop(columns=["stage"]).to_csv(tmp_path / "data" / "cols.csv", index=False)
+    toy_frame(50).assign(outcome="no").to_csv(tmp_path / "data" / "oneclass.csv", index=False)
     study = _file_study(tmp_path, _hospital("ok", "ok.csv") + _hospital("missing", "absent.csv")
                         + _hospital("cols", "cols.csv") + _hospital("oneclass", "oneclass.csv"))
     with pytest.raises(ConfigError) as err:
@@ -246,7 +194,7 @@ def test_bad_inputs_stop_the_study_naming_hospital_file_and_fix(tmp_path):
 
 def test_mixing_generated_and_file_hospitals_is_refused(tmp_path):
     (tmp_path / "data").mkdir()
-    _toy_frame(50).to_csv(tmp_path / "data" / "ok.csv", index=False)
+    toy_frame(50).to_csv(tmp_path / "data" / "ok.csv", index=False)
     study = _file_study(tmp_path, _hospital("ok", "ok.csv")
                         + '[[hospitals]]\nname = "gen"\ntier = "community"\nregion = "west"\nrecords = 300\n')
     with pytest.raises(ConfigError, match="a study has one schema"):
@@ -259,7 +207,7 @@ def test_mixing_generated_and_file_hospitals_is_refused(tmp_path):
 
 def test_a_tiny_valid_site_trains_with_a_warning(tmp_path, caplog):
     (tmp_path / "data").mkdir()
-    _toy_frame(24, seed=3).to_csv(tmp_path / "data" / "tiny.csv", index=False)
+    toy_frame(24, seed=3).to_csv(tmp_path / "data" / "tiny.csv", index=False)
     with caplog.at_level(logging.WARNING):
         cfg = load_config(_file_study(tmp_path, _hospital("tiny", "tiny.csv")))
     assert cfg.hospitals[0].records == 24
@@ -268,17 +216,17 @@ def test_a_tiny_valid_site_trains_with_a_warning(tmp_path, caplog):
 
 def test_a_file_changed_after_the_study_was_configured_is_refused(tmp_path):
     (tmp_path / "data").mkdir()
-    _toy_frame(50).to_csv(tmp_path / "data" / "a.csv", index=False)
+    toy_frame(50).to_csv(tmp_path / "data" / "a.csv", index=False)
     cfg = load_config(_file_study(tmp_path, _hospital("a", "a.csv")))
-    _toy_frame(50, seed=9).to_csv(tmp_path / "data" / "a.csv", index=False)
+    toy_frame(50, seed=9).to_csv(tmp_path / "data" / "a.csv", index=False)
     with pytest.raises(DataFileError, match="changed since the study was configured"):
         load_hospital(cfg, 0)
 
 
 def test_an_official_split_column_is_used_and_checked(tmp_path):
-    schema = SCHEMA + '[split]\ncolumn = "set"\ntrain = ["train"]\ntest = ["test"]\n'
+    schema = TOY_SCHEMA + '[split]\ncolumn = "set"\ntrain = ["train"]\ntest = ["test"]\n'
     (tmp_path / "data").mkdir()
-    frame = _toy_frame(60).assign(set=["test" if i % 3 == 0 else "train" for i in range(60)])
+    frame = toy_frame(60).assign(set=["test" if i % 3 == 0 else "train" for i in range(60)])
     frame.to_csv(tmp_path / "data" / "a.csv", index=False)
     cfg = load_config(_file_study(tmp_path, _hospital("a", "a.csv"), schema))
     split = load_hospital(cfg, 0)
@@ -311,10 +259,10 @@ def test_the_heart_disease_files_validate_with_their_schema():
 
 
 def test_fedhealth_validate_exit_codes_and_report(tmp_path):
-    (tmp_path / "schema.toml").write_text(SCHEMA)
+    (tmp_path / "schema.toml").write_text(TOY_SCHEMA)
     good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
-    _toy_frame(30).to_csv(good, index=False)
-    _toy_frame(30).drop(columns=["age"]).to_csv(bad, index=False)
+    toy_frame(30).to_csv(good, index=False)
+    toy_frame(30).drop(columns=["age"]).to_csv(bad, index=False)
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "fedhealth.cli", "validate", "--schema",
@@ -340,7 +288,7 @@ def test_a_deployment_study_declares_records_and_keeps_files_at_the_hospitals(tm
     assert [(h.records, h.data, h.tier) for h in cfg.hospitals] == [(300, None, "teaching"), (40, None, "unspecified")]
     with pytest.raises(FileNotFoundError, match="data-file in its node config"):
         load_hospital(cfg, 0)
-    _toy_frame(50).to_csv(tmp_path / "data" / "b.csv", index=False)
+    toy_frame(50).to_csv(tmp_path / "data" / "b.csv", index=False)
     # more rows than declared: the first 40 usable rows, and no error the server could probe the count with
     split = load_hospital(cfg, 1, str(tmp_path / "data" / "b.csv"))
     assert len(split.y_train) + len(split.y_test) == 40

@@ -2,14 +2,12 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 
 from fedhealth.data.study_file import load_config
 from fedhealth.study.builtin_schema import FEATURE_NAMES, LABEL
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 
 
 def test_synth_writes_csv_per_hospital_and_dictionary(tmp_path):

@@ -2,14 +2,13 @@
 per-round figures; a missing extra is a clear error."""
 
 import sys
-from pathlib import Path
 
 import pytest
 
 from fedhealth.data.study_file import load_config
 from fedhealth.runs.tracking import TrackingError, flatten, open_tracker
+from tests.support import SMOKE
 
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.toml"
 ROUND = {"auroc_mean": 0.81, "auroc.city-tertiary": 0.8, "hospitals_aggregated": 3.0}
 
 
