@@ -1,0 +1,104 @@
+"""What the unit and the integration tests share: the project's paths, the smoke study, the fedhealth CLI
+(in this process, or as a user runs it), one simulated federation into a directory, and the toy schema and
+records that the tests of hospitals' own files write. Fixtures stay in the conftest.py files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]  # the project: the tests run its scripts and read its configs
+SMOKE = ROOT / "configs" / "smoke.toml"
+
+# record-level DP-SGD on the smoke study, at a fixed noise multiplier
+RECORD_DP = ["privacy.mode=record", "privacy.noise_multiplier=1.0"]
+QFFL = 'federation.strategy.name="qfedavg"'
+
+
+def smoke(*overrides: str):
+    """The smoke study (configs/smoke.toml) with `--set`-style overrides."""
+    from fedhealth.data.study_file import load_config
+
+    return load_config(SMOKE, list(overrides))
+
+
+def federate(cfg, out: Path) -> Path:
+    """Run the study's federation (Flower's simulation engine, no references, no summary) into a fresh run
+    directory `out`, and return it."""
+    from fedhealth.experiments.simulate import run_federation
+    from fedhealth.runs import rundir
+
+    run_dir = rundir.create_run_dir(cfg, out)
+    run_federation(cfg, run_dir)
+    return run_dir
+
+
+def invoke_cli(*args: str):
+    """The fedhealth CLI in this process (typer's runner): exit_code, stdout, stderr."""
+    from typer.testing import CliRunner
+
+    from fedhealth.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m fedhealth.cli ARGS` in a process of its own, from the project directory, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "fedhealth.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+# -- a toy study schema and records in the form a hospital's export has (strings, label and consent columns) --
+
+TOY_SCHEMA = """
+[study]
+name = "toy"
+missing_values = ["", "NA"]
+[label]
+column = "outcome"
+positive = ["yes"]
+negative = ["no"]
+[consent]
+column = "consent"
+granted = ["research", "all"]
+[[columns]]
+name = "age"
+kind = "continuous"
+unit = "years"
+min = 18
+max = 100
+center = 55
+scale = 15
+required = true
+[[columns]]
+name = "glucose"
+kind = "continuous"
+unit = "mmol/L"
+min = 1.5
+max = 35
+center = 5.8
+scale = 1.6
+[[columns]]
+name = "smoker"
+kind = "binary"
+[[columns]]
+name = "stage"
+kind = "categorical"
+categories = ["I", "II", "III"]
+"""
+
+
+def toy_frame(n=40, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "age": rng.integers(20, 90, n).astype(str),
+        "glucose": np.round(rng.uniform(4, 12, n), 1).astype(str),
+        "smoker": rng.integers(0, 2, n).astype(str),
+        "stage": rng.choice(["I", "II", "III"], n),
+        "outcome": rng.choice(["yes", "no"], n),
+        "consent": "research",
+    })

@@ -1,0 +1,174 @@
+"""App approval: signatures Flower's own SuperNode code accepts, the offline registry as Flower's SuperLink reads it,
+and the hospital-side checks (trusted entities, separate audit key). Fast: no Flower process is started here
+(tests/integration/test_deployment.py runs the same flow with a real SuperLink and SuperNodes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from typer.testing import CliRunner
+
+from fedhealth.cli import app
+from fedhealth.deployment.app_trust import (
+    AppTrustError,
+    Registry,
+    build_fab,
+    load_trusted_entities,
+    serve_in_thread,
+    serve_registry,
+    sign_fab,
+    summarize_fab,
+    trust_key,
+    verifications_for_flower,
+    verify_with_flower,
+)
+from fedhealth.deployment.processes import hospital_problems
+from fedhealth.security.certs import HospitalKeys, init_hospital_keys, init_study_pki
+from tests.support import ROOT
+
+
+@pytest.fixture(scope="module")
+def fab() -> bytes:
+    return build_fab(ROOT)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> HospitalKeys:
+    return init_hospital_keys(tmp_path_factory.mktemp("keys") / "north", "north")
+
+
+def _flower_verifies(data: bytes, verifications: dict[str, str], trusted: Path) -> bool:
+    """flower-supernode's decision, with its own code: `valid_license` first, then `_verify_fab`."""
+    import yaml
+    from flwr.supercore.fab import Fab
+    from flwr.supernode.start_client_internal import _verify_fab
+
+    from fedhealth.deployment.app_trust import fab_sha256
+
+    if not verifications.get("valid_license", ""):
+        return False
+    return _verify_fab(Fab(fab_sha256(data), data, verifications), yaml.safe_load(trusted.read_text()))
+
+
+def test_the_build_is_deterministic_and_reviewable(fab: bytes) -> None:
+    assert build_fab(ROOT) == fab  # a hospital can rebuild from the source it reviewed and compare hashes
+    summary = summarize_fab(fab)
+    assert summary.app_id == "@fedhealth/fedhealth" and summary.version
+    paths = {f.path for f in summary.files}
+    assert {"pyproject.toml", "clients/app.py", "server/app.py"} <= paths
+    assert not [p for p in paths if p.endswith((".csv", ".parquet", ".jsonl")) or "supernode_auth" in p]
+
+
+def test_an_approval_is_exactly_what_flowers_supernode_accepts(fab: bytes, keys: HospitalKeys) -> None:
+    record = sign_fab(fab, keys.approval_private_key, keys.approval_key_id)
+    assert _flower_verifies(fab, verifications_for_flower([record]), keys.trusted_entities)
+    assert verify_with_flower(fab, [record], keys.trusted_entities)
+    # the adversary: other bytes under the same signature, a signature by another key under this hospital's id,
+    # and no signature at all (what `flwr run .` submits)
+    tampered = fab[:-1] + bytes([fab[-1] ^ 1])
+    assert not _flower_verifies(tampered, verifications_for_flower([record]), keys.trusted_entities)
+    forged = sign_fab(fab, ed25519.Ed25519PrivateKey.generate(), keys.approval_key_id)
+    assert not _flower_verifies(fab, verifications_for_flower([forged]), keys.trusted_entities)
+    assert not _flower_verifies(fab, {}, keys.trusted_entities)
+
+
+def test_the_registry_speaks_flowers_hub_protocol(fab: bytes, keys: HospitalKeys, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SuperLink's own code (`_get_remote_fab`, what `flwr run @app==x.y.z` runs) fetches the FAB and the
+    hospital's signature from our registry, and the SuperNode's check accepts what it built."""
+    from flwr.superlink.servicer.control import control_handlers
+
+    registry = Registry(tmp_path / "registry")
+    summary, _ = registry.publish(fab)
+    registry.add_signature(sign_fab(fab, keys.approval_private_key, keys.approval_key_id))
+    server = serve_registry(registry.root)
+    serve_in_thread(server)
+    try:
+        monkeypatch.setattr(control_handlers, "FLWR_SUPERGRID_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        fetched, verifications, _ = control_handlers._get_remote_fab(None, f"{summary.app_id}=={summary.version}")
+        assert fetched == fab
+        assert _flower_verifies(fetched, verifications, keys.trusted_entities)
+        latest, _, _ = control_handlers._get_remote_fab(None, summary.app_id)
+        assert latest == fab
+        with pytest.raises(Exception, match="FAB download link"):
+            control_handlers._get_remote_fab(None, f"{summary.app_id}==9.9.9")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(AppTrustError, match="already published with other bytes"):
+        registry.publish(_rebuilt_with_change(fab))
+
+
+def _rebuilt_with_change(fab: bytes) -> bytes:
+    """The same app id and version with one file changed: what an operator would need to slip in."""
+    from flwr.cli.build import build_fab_from_files
+    from flwr.cli.utils import collect_files
+
+    files: dict[str, bytes | Path] = dict(collect_files(ROOT))
+    files["clients/app.py"] = (ROOT / "clients" / "app.py").read_bytes() + b"\n# changed\n"
+    return build_fab_from_files(files)[0]
+
+
+def test_trusted_entities_are_checked_as_flower_needs_them(keys: HospitalKeys, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing\n")
+    with pytest.raises(AppTrustError, match="names no key; flower-supernode then verifies nothing"):
+        load_trusted_entities(empty)
+    trusted = tmp_path / "trusted.yaml"
+    trust_key(trusted, "publisher", keys.approval_public_key)
+    other = init_hospital_keys(tmp_path / "other", "other")
+    with pytest.raises(AppTrustError, match="already names another key"):
+        trust_key(trusted, "publisher", other.approval_public_key)
+    with pytest.raises(AppTrustError, match="not an Ed25519 key"):
+        trust_key(trusted, "node", keys.node.public_key)
+    assert list(load_trusted_entities(trusted)) == ["publisher"]
+
+
+def test_approve_signs_only_the_reviewed_bytes(fab: bytes, keys: HospitalKeys, tmp_path: Path) -> None:
+    path = tmp_path / "app.fab"
+    path.write_bytes(fab)
+    wrong = CliRunner().invoke(app, ["app", "approve", str(path), "--key", str(keys.approval_private_key),
+                                     "--hospital", "north", "--sha256", "0" * 64, "--out", str(tmp_path / "s.json")])
+    assert wrong.exit_code == 1 and "not the reviewed" in wrong.stderr and not (tmp_path / "s.json").exists()
+    review = CliRunner().invoke(app, ["app", "review", str(path), "--json"])
+    sha = json.loads(review.stdout)["sha256"]
+    ok = CliRunner().invoke(app, ["app", "approve", str(path), "--key", str(keys.approval_private_key),
+                                  "--hospital", "north", "--sha256", sha, "--out", str(tmp_path / "s.json")])
+    assert ok.exit_code == 0, ok.output
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["fab_sha256"] == sha and record["public_key_id"] == "north-approval"
+    assert verify_with_flower(fab, [record], keys.trusted_entities)
+
+
+def test_the_launcher_names_what_flower_refuses(fab: bytes, keys: HospitalKeys) -> None:
+    import yaml
+    from flwr.supercore.fab import Fab
+
+    from fedhealth.deployment.supernode import app_verdict
+
+    trusted = yaml.safe_load(keys.trusted_entities.read_text())
+    unsigned = app_verdict(Fab("h", fab, {}), trusted)
+    assert unsigned["decision"].startswith("refused: the FAB carries no signature") and unsigned["app_id"]
+    forged = sign_fab(fab, ed25519.Ed25519PrivateKey.generate(), keys.approval_key_id)
+    refused = app_verdict(Fab("h", fab, verifications_for_flower([forged])), trusted)
+    assert refused["decision"].startswith("refused: signed by north-approval") and refused["verified_by"] == []
+    good = sign_fab(fab, keys.approval_private_key, keys.approval_key_id)
+    approved = app_verdict(Fab("h", fab, verifications_for_flower([good])), trusted)
+    assert approved["decision"] == "approved" and approved["verified_by"] == ["north-approval"]
+
+
+def test_a_hospital_does_not_start_with_its_node_key_as_audit_key_or_without_trusted_keys(keys: HospitalKeys,
+                                                                                           tmp_path: Path) -> None:
+    pki = init_study_pki(tmp_path / "pki")
+    ok = hospital_problems(pki.ca_cert, audit_key=keys.audit_private_key, node_key=keys.node.private_key,
+                           trusted_entities=keys.trusted_entities)
+    assert ok == []
+    same = hospital_problems(pki.ca_cert, public_key=keys.node.public_key, audit_key=keys.node.private_key,
+                             node_key=keys.node.private_key, trusted_entities=keys.trusted_entities)
+    assert any("the audit signing key is the SuperNode key" in p for p in same), same
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    assert any("names no key" in p for p in hospital_problems(pki.ca_cert, trusted_entities=empty))
