@@ -11,7 +11,7 @@ fresh synthetic draw of *every* hospital's profile (same tier, region and record
 the same train fraction), pooled, with the study's model, initial weights, optimiser, batch size and
 total local-training budget (rounds x local epochs), as the pooled reference of a run is. The audited
 model was trained on all hospitals together, and the federated model matches the pooled one closely
-(README), so a pooled model on other records is the closest cheap stand-in for "the federation, had this
+(docs/results.md), so a pooled model on other records is the closest cheap stand-in for "the federation, had this
 record not been in it"; one reference then serves every hospital. A record-level DP run's references are
 trained with DP-SGD at the noise that spends the study's target epsilon on a training set of their size
 (the attacker knows the training algorithm); hospital-level DP and the server optimisers (FedAdam,

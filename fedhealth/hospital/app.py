@@ -109,7 +109,7 @@ class HospitalClient(NumPyClient):
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Train on this hospital's records and return the new weights, or decline (no weights, weight 0).
 
-        What leaves the hospital, by privacy mode (the README's privacy section lists it too):
+        What leaves the hospital, by privacy mode (docs/privacy.md lists it too):
         record-level DP: the DP-SGD model, the study's public training-set size as FedAvg weight, and this
         study's epsilon, delta and noise multiplier (public functions of the config); hospital-level DP:
         the clipped model update, weight 1; no DP: the model, the training-record count, the training loss.

@@ -7,9 +7,11 @@ randomness from the hospital's secret (see secret.py).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,13 +21,22 @@ from torch import nn
 
 from fedhealth.model.training import TrainResult
 
-# Opacus warns on every step that its noise does not come from a cryptographically secure RNG
-# (`secure_mode` needs torchcsprng, which is not installable here). The guarantee holds against
-# an adversary who cannot predict PyTorch's generator; see the README's privacy section.
-warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG turned off.*")
-warnings.filterwarnings("ignore", message=".*Optimal order is the.*")
-# Opacus's per-sample hooks on a model whose inputs need no gradient: expected, harmless.
-warnings.filterwarnings("ignore", message="Full backward hook is firing")
+
+@contextlib.contextmanager
+def opacus_quiet() -> Iterator[None]:
+    """Opacus's expected warnings silenced while DP-SGD trains or the accountant runs, and only then (no
+    process-wide filter):
+    - on every step, that its noise does not come from a cryptographically secure RNG (`secure_mode` needs
+      torchcsprng, not installable here): the generator is seeded from the hospital's own 256-bit secret
+      (`fedhealth.privacy.secret`), so the guarantee holds against anyone who does not hold that secret
+      (docs/privacy.md);
+    - that the best RDP order is the largest alpha tried (the bound is then slightly loose, never too low);
+    - per-sample hooks on a model whose inputs need no gradient: expected, harmless."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG turned off.*")
+        warnings.filterwarnings("ignore", message=".*Optimal order is the.*")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        yield
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,7 @@ def sample_rate(n_records: int, batch_size: int) -> float:
     return dp_schedule(n_records, batch_size).sample_rate
 
 
+@opacus_quiet()
 def calibrate_noise(target_epsilon: float, delta: float, q: float, steps: int) -> float:
     """Noise multiplier that spends at most `target_epsilon` (at `delta`) over `steps` steps at rate q."""
     return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=q,
@@ -97,6 +109,7 @@ def _zero_non_finite_samples(params: list[nn.Parameter]) -> None:
             p.grad_sample[~rows] = 0.0
 
 
+@opacus_quiet()
 def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, schedule: DPSchedule,
                   learning_rate: float, momentum: float, noise_multiplier: float, max_grad_norm: float,
                   noise_seed: int, sampling_seed: int) -> tuple[TrainResult, int]:
