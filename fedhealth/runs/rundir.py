@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from fedhealth import durable
+from fedhealth.durable import atomic_write_text as _durable_write_text
 from fedhealth.errors import RunDirectoryError
 
 CONFIG_FILE = "config.resolved.toml"
@@ -89,7 +89,7 @@ def _nan_to_none(obj: Any) -> Any:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace `path` atomically and durably (fsync'ed; see fedhealth.durable), readable as before (0644)."""
-    durable.atomic_write_text(path, text, mode=0o644)
+    _durable_write_text(path, text, mode=0o644)
 
 
 def write_json(path: Path, obj: Any) -> None:
