@@ -5,23 +5,26 @@ subclass for one kind of failure. The concrete exceptions stay in the modules th
 keeps its built-in base, so `except ValueError` and `except RuntimeError` catch what they always did):
 
 ===========================  ==================================================================================
-category                     raised as (module: class)
+category                     raised as (module under fedhealth/: class)
 ===========================  ==================================================================================
-StudyConfigError             config: ConfigError; data.study_schema: SchemaError
+StudyConfigError             study.config: ConfigError; study.schema: SchemaError
 DataError                    data.validation: DataFileError
-RunDirectoryError            rundir: RunDirError; reporting.report: ReportError; privacy_audit: AuditError
-UsageError                   fedhealth.api (an argument it cannot use)
+RunDirectoryError            runs.rundir: RunDirError; reporting.report: ReportError;
+                             experiments.privacy_audit: AuditError
+UsageError                   api (an argument it cannot use)
 PrivacyBudgetError           privacy.ledger: BudgetExceeded
 PrivacyRecordsError          privacy.ledger: LedgerError; privacy.audit: AuditError; privacy.secret: SecretError
-HospitalRefusedError         federation.guard: HospitalRefusal; federation.client: NonFiniteUpdateError;
-                             federation.secagg_client: UpdateRefused, _Declined; privacy.ledger: StaleRound
-AggregationError             federation.secagg_server: AggregateRefused; federation.server: NothingAggregated
-FederationError              simulate: SimulationError; federation.recorder: RoundsFailedError;
-                             federation.attendance: HospitalsMissing
-FederationBudgetError        contribution: BudgetExhausted
-TrustError                   security.certs: PKIError, CertificateError; security.app_trust: AppTrustError
-MissingExtraError            tracking: TrackingError
-InjectedFault                federation.secagg_client: InjectedDropout (tests only)
+HospitalRefusedError         hospital.guard: HospitalRefusal; hospital.app: NonFiniteUpdateError;
+                             hospital.secure_aggregation: UpdateRefused, _Declined; privacy.ledger: StaleRound
+AggregationError             coordinator.secure_aggregation: AggregateRefused; coordinator.app: NothingAggregated
+FederationError              experiments.simulate: SimulationError; coordinator.recorder: RoundsFailedError;
+                             coordinator.attendance: HospitalsMissing
+FederationBudgetError        experiments.contribution: BudgetExhausted
+TrustError                   security.certs: PKIError, CertificateError; deployment.app_trust: AppTrustError
+MissingExtraError            runs.tracking: TrackingError
+DeploymentError              hospital.node_config: NodeConfigError; deployment.supernode: LauncherError;
+                             deployment.gateway: GatewayError
+InjectedFault                hospital.secure_aggregation: InjectedDropout (tests only)
 ===========================  ==================================================================================
 
 This module imports nothing, so every layer can use it.
