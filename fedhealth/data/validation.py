@@ -206,6 +206,12 @@ def validate_table(frame: pd.DataFrame, schema: StudySchema, source: str) -> Val
     report = ValidationReport(source=source, rows=len(frame))
     markers = [m.strip() for m in schema.study.missing_values]
     frame = frame.rename(columns=lambda c: str(c).strip())
+    names = [str(c) for c in frame.columns]
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:  # `age` and ` age`: which of the two holds the ages cannot be guessed
+        report.errors.append("column(s) " + ", ".join(map(repr, repeated)) + " appear more than once in the "
+                             "header (spaces around a name are ignored); keep one column of each name")
+        return ValidRecords(np.empty((0, len(schema.columns))), np.empty(0, dtype=np.int64), None, report)
     needed = [*schema.feature_names, schema.label.column]
     needed += [s.column for s in (schema.consent, schema.split) if s is not None]
     absent = [c for c in needed if c not in frame.columns]
@@ -259,7 +265,13 @@ def validate_table(frame: pd.DataFrame, schema: StudySchema, source: str) -> Val
     values = np.empty((len(frame), len(schema.columns)))
     for j, spec in enumerate(schema.columns):
         stats = ColumnStats(spec.name, rows=len(frame))
-        values[:, j] = _check_column(spec, frame[spec.name], markers, stats, bad, report)
+        try:
+            values[:, j] = _check_column(spec, frame[spec.name], markers, stats, bad, report)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
+            # pandas and numpy quote the cell they could not convert: only the type may be shown
+            raise DataFileError(f"{source}: column {spec.name!r} cannot be checked ({type(err).__name__}); "
+                                "check that it holds one kind of value (numbers, or the schema's categories)"
+                                ) from None
         report.columns.append(stats)
         if stats.missing_rate > 0.5 and not spec.required:
             report.warnings.append(f"column {spec.name!r} is missing in {stats.missing_rate:.0%} of rows")
