@@ -46,7 +46,6 @@ __all__ = [
     "StudyConfigError",
     "TrustError",
     "UsageError",
-    "terminal_safe",
 ]
 
 

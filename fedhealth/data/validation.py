@@ -109,7 +109,7 @@ def read_table(path: Path) -> pd.DataFrame:
             return pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
     except pd.errors.EmptyDataError:
         raise DataFileError(f"{path}: the file is empty (no header, no rows)") from None
-    except (OSError, ValueError, pd.errors.ParserError) as err:
+    except (OSError, ValueError, TypeError, pd.errors.ParserError) as err:  # the type only: pandas quotes cells
         raise DataFileError(f"{path}: cannot be read as {suffix.lstrip('.').upper()} ({type(err).__name__})") from None
     raise DataFileError(f"{path}: unknown file type {suffix!r}; use .csv or .parquet")
 
@@ -202,7 +202,18 @@ def _reject(report: ValidationReport, bad_rows: np.ndarray, mask: np.ndarray, re
 
 def validate_table(frame: pd.DataFrame, schema: StudySchema, source: str) -> ValidRecords:
     """Check a hospital's rows against `schema`; returns the usable rows and the report (never raises for
-    bad data: callers decide, see `require_valid`)."""
+    bad data: callers decide, see `require_valid`). A table pandas cannot check (a Parquet column of lists,
+    say) raises DataFileError naming the file and the error's type only: pandas quotes the cell."""
+    try:
+        return _validate_table(frame, schema, source)
+    except DataFileError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
+        raise DataFileError(f"{source}: cannot be checked against schema {schema.study.name!r} "
+                            f"({type(err).__name__}); check that each column holds one kind of value") from None
+
+
+def _validate_table(frame: pd.DataFrame, schema: StudySchema, source: str) -> ValidRecords:
     report = ValidationReport(source=source, rows=len(frame))
     markers = [m.strip() for m in schema.study.missing_values]
     frame = frame.rename(columns=lambda c: str(c).strip())

@@ -19,13 +19,13 @@ from typer.core import TyperCommand
 
 from fedhealth.deployment.processes import DEFAULT_CONNECTION  # standard library only: cheap to import
 
-certs_app = typer.Typer(add_completion=False, no_args_is_help=True,
+certs_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                         help="Create and check the study's TLS certificates and SuperNode keys.")
-audit_app = typer.Typer(add_completion=False, no_args_is_help=True,
+audit_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                         help="Verify a hospital's signed, hash-chained audit log.")
-app_app = typer.Typer(add_completion=False, no_args_is_help=True,
+app_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                       help="Build, review, approve (sign) and publish the app versions hospitals run.")
-deploy_app = typer.Typer(add_completion=False, no_args_is_help=True,
+deploy_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                          help="What server/deploy.sh and clients/deploy.sh run: the flwr CLI's connection, a "
                               "hospital's pre-flight checks and --node-config, the Fleet-only gateway and the "
                               "hospital's SuperNode launcher.")

@@ -174,6 +174,14 @@ CASES = [
             2, names=("also an input",), setup=_fab, allowed=()),
     Hostile("app build onto an existing FAB", lambda ws: ["app", "build", "--out", _in(ws, "out", "app.fab")], 2,
             names=("exists", "--force"), setup=_fab, allowed=()),
+    # -- the issue's two triggers as a user meets them: a real process, no traceback --
+    Hostile("validate --json into a missing folder, a real process",
+            lambda ws: ["validate", "--schema", _in(ws, "schema.toml"), "--data", _in(ws, "toy.csv"), "--json",
+                        _in(ws, "out", "nope", "r.json")], 2, names=("does not exist",), setup=write_hospital,
+            subprocess=True),
+    Hostile("validate header repeats age, a real process",
+            lambda ws: ["validate", "--schema", _in(ws, "data", "schema.toml"), "--data", _in(ws, "data", "dup.csv")],
+            1, names=("'age'", "more than once"), setup=_files_study, subprocess=True),
     Hostile("audit verify a missing log", lambda ws: ["audit", "verify", _in(ws, "nope.jsonl")], 2,
             names=("nope.jsonl", "not found")),
 ]
@@ -345,3 +353,19 @@ def test_terminal_safe_writes_out_control_characters() -> None:
 
     assert terminal_safe(f"a{ESC}b\nc\x9b") == "a\\x1b[31mb\\x0ac\\x9b"
     assert terminal_safe("a\nb", keep_newlines=True) == "a\nb"
+
+
+def test_a_table_pandas_cannot_check_names_the_file_not_the_cell(tmp_path: Path) -> None:
+    """A Parquet column can hold what pandas cannot compare (lists); its error would quote the cell."""
+    from fedhealth.data.validation import DataFileError, validate_table
+    from fedhealth.study.schema import load_schema
+    from tests.hostile import plant
+    from tests.support import toy_frame
+
+    write_hospital(tmp_path)
+    frame = plant(toy_frame())
+    frame["stage"] = [[SENTINELS[2], i] for i in range(len(frame))]
+    with pytest.raises(DataFileError) as refused:
+        validate_table(frame, load_schema(tmp_path / "schema.toml"), "site.parquet")
+    assert "site.parquet" in str(refused.value) and "stage" in str(refused.value)
+    assert not any(value in str(refused.value) for value in SENTINELS)
