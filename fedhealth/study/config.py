@@ -61,6 +61,15 @@ class HospitalConfig(_Strict):
             raise ValueError(problem)
         return name
 
+    @field_validator("tier", "region")
+    @classmethod
+    def _printable(cls, label: str) -> str:
+        # free labels, but printed in the terminal table and the report: no escape codes, no forged lines
+        bad = next((c for c in label if not c.isprintable()), None)
+        if bad is not None:
+            raise ValueError(f"the character {bad!r} cannot be printed; a label is one line of plain text")
+        return label
+
     def generator_problems(self) -> list[str]:
         """Why the generator cannot draw this hospital (a study without a schema generates every hospital)."""
         problems = []

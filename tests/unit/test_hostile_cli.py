@@ -369,3 +369,12 @@ def test_a_table_pandas_cannot_check_names_the_file_not_the_cell(tmp_path: Path)
         validate_table(frame, load_schema(tmp_path / "schema.toml"), "site.parquet")
     assert "site.parquet" in str(refused.value) and "stage" in str(refused.value)
     assert not any(value in str(refused.value) for value in SENTINELS)
+
+
+@pytest.mark.parametrize("label", [f"{ESC}tertiary", "north\nforged line"])
+def test_a_free_label_cannot_carry_a_control_character(label: str) -> None:
+    from fedhealth.study.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="cannot be printed") as refused:
+        parse_config({"name": "s", "hospitals": [{"name": "A", "tier": label, "records": 60}]})
+    assert "\x1b" not in str(refused.value) and "forged line" not in str(refused.value).splitlines()
