@@ -119,6 +119,9 @@ CASES = [
                                                         _in(ws, "key"), "--sha256", "0" * 64, "--out",
                                                         _in(ws, "out", "sig.json"), "--hospital", ".hidden"],
             2, names=("--hospital", "cannot start with '.'"), setup=_fab),
+    Hostile("deploy node-config hospital-name ../x", ["deploy", "node-config", "hospital-name=../x",
+                                                      "data-file=/srv/site.csv"], 2,
+            names=("hospital-name", "'/'")),
     Hostile("status of a path with ESC", lambda ws: ["status", _in(ws, f"{ESC}run")], 2, names=("\\x1b",),
             extra=_no_escape),
     # -- the duplicate column and the missing folder (item 1's two triggers, fixed at the root) --
