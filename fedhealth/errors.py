@@ -27,7 +27,8 @@ DeploymentError              hospital.node_config: NodeConfigError; deployment.s
 InjectedFault                hospital.secure_aggregation: InjectedDropout (tests only)
 ===========================  ==================================================================================
 
-This module imports nothing, so every layer can use it.
+This module imports nothing, so every layer can use it; `terminal_safe` is here for the same reason: every
+layer that writes a message with a user-given string in it can make it safe for a terminal.
 """
 
 from __future__ import annotations
@@ -115,3 +116,16 @@ class DeploymentError(FedhealthError):
 
 class InjectedFault(FedhealthError):
     """A fault a test injected (`testing.dropouts`); never raised in a real study."""
+
+
+# Control characters (C0, DEL, C1) that a terminal would act on: an escape sequence can recolour, move the
+# cursor or retitle the window, and a stray newline can forge a line of fedhealth's own output.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL_KEEP_LINES = {c: e for c, e in _CONTROL.items() if c != 0x0A}
+
+
+def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` with every control character written as `\\xNN`, so a user-given string (a path, a name, a
+    key) reaches a terminal or a report as what it is, never as an instruction to the terminal.
+    `keep_newlines` keeps line breaks, for a message fedhealth itself wrote one line per problem."""
+    return text.translate(_CONTROL_KEEP_LINES if keep_newlines else _CONTROL)

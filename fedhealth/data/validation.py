@@ -109,7 +109,7 @@ def read_table(path: Path) -> pd.DataFrame:
             return pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
     except pd.errors.EmptyDataError:
         raise DataFileError(f"{path}: the file is empty (no header, no rows)") from None
-    except (OSError, ValueError, pd.errors.ParserError) as err:
+    except (OSError, ValueError, TypeError, pd.errors.ParserError) as err:  # the type only: pandas quotes cells
         raise DataFileError(f"{path}: cannot be read as {suffix.lstrip('.').upper()} ({type(err).__name__})") from None
     raise DataFileError(f"{path}: unknown file type {suffix!r}; use .csv or .parquet")
 
@@ -202,10 +202,27 @@ def _reject(report: ValidationReport, bad_rows: np.ndarray, mask: np.ndarray, re
 
 def validate_table(frame: pd.DataFrame, schema: StudySchema, source: str) -> ValidRecords:
     """Check a hospital's rows against `schema`; returns the usable rows and the report (never raises for
-    bad data: callers decide, see `require_valid`)."""
+    bad data: callers decide, see `require_valid`). A table pandas cannot check (a Parquet column of lists,
+    say) raises DataFileError naming the file and the error's type only: pandas quotes the cell."""
+    try:
+        return _validate_table(frame, schema, source)
+    except DataFileError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
+        raise DataFileError(f"{source}: cannot be checked against schema {schema.study.name!r} "
+                            f"({type(err).__name__}); check that each column holds one kind of value") from None
+
+
+def _validate_table(frame: pd.DataFrame, schema: StudySchema, source: str) -> ValidRecords:
     report = ValidationReport(source=source, rows=len(frame))
     markers = [m.strip() for m in schema.study.missing_values]
     frame = frame.rename(columns=lambda c: str(c).strip())
+    names = [str(c) for c in frame.columns]
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:  # `age` and ` age`: which of the two holds the ages cannot be guessed
+        report.errors.append("column(s) " + ", ".join(map(repr, repeated)) + " appear more than once in the "
+                             "header (spaces around a name are ignored); keep one column of each name")
+        return ValidRecords(np.empty((0, len(schema.columns))), np.empty(0, dtype=np.int64), None, report)
     needed = [*schema.feature_names, schema.label.column]
     needed += [s.column for s in (schema.consent, schema.split) if s is not None]
     absent = [c for c in needed if c not in frame.columns]
@@ -259,7 +276,13 @@ def validate_table(frame: pd.DataFrame, schema: StudySchema, source: str) -> Val
     values = np.empty((len(frame), len(schema.columns)))
     for j, spec in enumerate(schema.columns):
         stats = ColumnStats(spec.name, rows=len(frame))
-        values[:, j] = _check_column(spec, frame[spec.name], markers, stats, bad, report)
+        try:
+            values[:, j] = _check_column(spec, frame[spec.name], markers, stats, bad, report)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
+            # pandas and numpy quote the cell they could not convert: only the type may be shown
+            raise DataFileError(f"{source}: column {spec.name!r} cannot be checked ({type(err).__name__}); "
+                                "check that it holds one kind of value (numbers, or the schema's categories)"
+                                ) from None
         report.columns.append(stats)
         if stats.missing_rate > 0.5 and not spec.required:
             report.warnings.append(f"column {spec.name!r} is missing in {stats.missing_rate:.0%} of rows")
