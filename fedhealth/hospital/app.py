@@ -129,9 +129,6 @@ class HospitalClient(NumPyClient):
             return self._declined(parameters, "the global model received holds non-finite or implausibly "
                                               "large weights; declining this round")
         policy = self._policy(cfg)
-        refused = self._terms_refused(cfg, policy, server_round, config)
-        if refused:
-            return self._declined(parameters, *refused)
         secure = bool(config.get(SECURE_KEY, False))
         from fedhealth.privacy.round import public_train_records
 
@@ -142,6 +139,9 @@ class HospitalClient(NumPyClient):
             secure=secure, records=public_train_records(cfg, self.index))
         if violation:
             return self._declined(parameters, f"{violation}; declining this round")
+        refused = self._terms_refused(cfg, policy, server_round, config)  # fixed only by a round it would train
+        if refused:
+            return self._declined(parameters, *refused)
         shared: dict[str, Scalar] = {}
         local: dict[str, Scalar] = {}
         if cfg.privacy.mode == "record":

@@ -122,7 +122,7 @@ def _advice(path: Path) -> str:
     """What the user can do about a damaged `path`: whether --resume can continue, and never a command that
     would fail on the same file again."""
     name = path.name
-    if name in (STATE_FILE, CONFIG_FILE):
+    if name == STATE_FILE:
         return ("neither `fedhealth status` nor `fedhealth simulate --resume` can use this run directory until the "
                 "file is restored from a backup; otherwise start a new run directory")
     if name in (METRICS_FILE, ROUNDS_FILE):

@@ -17,7 +17,6 @@ from fedhealth.hospital.app import HospitalClient
 from fedhealth.model.initial import initial_weights
 from fedhealth.privacy.ledger import PrivacyLedger, ledger_standing
 from fedhealth.privacy.terms import TERMS_REASON, TermsChanged, fix_or_check, terms_path
-from fedhealth.study.policy import SitePolicy
 from fedhealth.wire import DECLINED_KEY, study_payload
 from tests.support import RECORD_DP, SMOKE
 
@@ -25,7 +24,9 @@ VILLAGE = 2  # village-clinic, the smallest hospital of the smoke study: the fas
 
 
 def _client(folder: Path) -> HospitalClient:
-    return HospitalClient(VILLAGE, SitePolicy(max_epsilon=50, require_secure_aggregation=False), str(folder))
+    """A simulated hospital without a site policy: nothing but its fixed terms refuses DP off or a larger
+    delta (a policy that requires DP or caps delta refuses those first, and says so)."""
+    return HospitalClient(VILLAGE, None, str(folder))
 
 
 # ---- terms fixed at round 1, at the hospital ------------------------------------------------------------
