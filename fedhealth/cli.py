@@ -155,7 +155,8 @@ def _announce_report(run_dir: Path, path: Path | None) -> None:
 def status(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (simulation or deployment)")],
 ) -> None:
-    """Where a run stands. Exit 0 completed, 1 failed or interrupted, 3 still running, 2 not a run directory.
+    """Where a run stands. Exit 0 completed, 1 failed or interrupted, 3 still running, 2 not a run directory
+    (or its state.json is damaged: the message names it).
 
     "Interrupted" is a state that says running although the server process that wrote it is gone (killed
     together with its SuperLink, say): such a run can be continued with `resume=true` / `--resume`.
