@@ -398,7 +398,9 @@ def check_resumable(run_dir: Path) -> None:
     if last:
         load_weights(checkpoint_path(run_dir, last))
     for name in (METRICS_FILE, ROUNDS_FILE):
-        read_jsonl(run_dir / name)
+        for number, row in enumerate(read_jsonl(run_dir / name), start=1):
+            if not isinstance(row.get("round"), int) or isinstance(row["round"], bool):
+                raise damaged(run_dir / name, f"row {number} has no integer `round`")
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:
