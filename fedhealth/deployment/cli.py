@@ -201,7 +201,11 @@ def audit_verify(
         report = verify_audit_log(log, public_key, expected_entries=expected_entries)
     except (AuditError, CertificateError) as err:
         _fail(str(err), 2)
-    verified = entries_text(report.entries)
+    verified = entries_text(report.entries) + (
+        f" ({report.retries} more line{'s' if report.retries != 1 else ''} recording a re-sent round as a retry "
+        "of its entry)" if report.retries else "")
+    for skipped in report.skipped:  # an incomplete last line: recovered, not hidden
+        typer.echo(f"warning: {log}: {skipped}", err=True)
     if report.problem is not None and report.problem.line is None:  # the log as a whole, e.g. its length
         _fail(f"{log}: verification FAILED: the log {report.problem} ({verified} verified)", 1)
     if report.problem is not None:

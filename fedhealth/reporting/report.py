@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -42,13 +41,13 @@ def _load(run_dir: Path) -> dict[str, Any]:
 
     membership = run_dir / rundir.PRIVACY_AUDIT_FILE
     return {
-        "membership": json.loads(membership.read_text(encoding="utf-8")) if membership.is_file() else None,
-        "contribution": json.loads(contribution.read_text(encoding="utf-8")) if contribution.is_file() else None,
+        "membership": rundir.read_json(membership) if membership.is_file() else None,
+        "contribution": rundir.read_json(contribution) if contribution.is_file() else None,
         "cfg": load_config(run_dir / rundir.CONFIG_FILE),
-        "summary": json.loads((run_dir / rundir.SUMMARY_FILE).read_text(encoding="utf-8")),
+        "summary": rundir.read_json_object(run_dir / rundir.SUMMARY_FILE),
         "metrics": rundir.read_jsonl(run_dir / rundir.METRICS_FILE),
         "rounds": rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE),
-        "secagg": json.loads(secagg.read_text(encoding="utf-8")) if secagg.is_file() else None,
+        "secagg": rundir.read_json(secagg) if secagg.is_file() else None,
     }
 
 
@@ -78,6 +77,22 @@ def _epsilon_series(data: dict[str, Any]) -> tuple[dict[str, list[tuple[int, flo
     else:
         caps = {}
     return {k: sorted(v) for k, v in series.items()}, caps
+
+
+def _as_hospitals_accept(run_dir: Path, cfg: Any, privacy: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The summary's record-level privacy rows, each hospital's ledger verified again now: a ledger altered
+    after the summary was written is reported as the hospital would treat it (refused, no epsilon)."""
+    from fedhealth.privacy.ledger import ledger_standing
+
+    if not privacy or privacy.get("mode") != "record":
+        return privacy
+    rows = []
+    for h in privacy.get("hospitals", []):
+        standing = ledger_standing(run_dir / rundir.PRIVACY_DIR / f"{h['name']}.json", h["name"], privacy["delta"])
+        if standing.status in ("refused", "unreadable") and h.get("epsilon") is not None:
+            h = {**h, "epsilon": None, "ledger": standing.status, "ledger_problem": standing.problem}
+        rows.append(h)
+    return {**privacy, "hospitals": rows}
 
 
 def build_report(run_dir: Path) -> Path:
@@ -118,7 +133,8 @@ def build_report(run_dir: Path) -> Path:
     html = env.get_template("report.html.j2").render(
         cfg=cfg, summary=summary, hospitals=hospitals, keys=keys, images=images, rounds=data["rounds"],
         failed=[r for r in data["rounds"] if r.get("status") == "failed"], secagg=data["secagg"],
-        equity=summary.get("equity", {}), privacy=summary.get("privacy"), contribution=data["contribution"],
+        equity=summary.get("equity", {}), privacy=_as_hospitals_accept(run_dir, cfg, summary.get("privacy")),
+        contribution=data["contribution"],
         membership=data["membership"],
         labels={"local_only": "local-only", "federated": "federated", "federated_no_dp": "federated, no DP",
                 "pooled": "pooled", "best_possible": "best possible"},
