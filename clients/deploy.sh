@@ -41,7 +41,7 @@
 # FEDHEALTH_SUPERLINK, FEDHEALTH_RUNTIME_HOST, FEDHEALTH_RUNTIME_PORT.
 set -euo pipefail
 
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_deploy_env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../fedhealth/deployment/deploy_env.sh"
 
 name=${FEDHEALTH_HOSPITAL:-}
 data=${FEDHEALTH_DATA:-}

@@ -41,7 +41,7 @@
 # dependency installation is disabled for every Flower process started here. See docs/deployment.md.
 set -euo pipefail
 
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_deploy_env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../fedhealth/deployment/deploy_env.sh"
 
 command=${1:-}
 [ $# -gt 0 ] && shift

@@ -159,7 +159,7 @@ class Deployment:
                           FEDHEALTH_AUDIT_LOG=str(site.audit), FEDHEALTH_RUNTIME_PORT=str(site.port))
 
     def start_superlink(self) -> Service:
-        """The server image's entry point (server/entrypoint.sh start -> deploy_server.sh start), set up by
+        """The server image's entry point (server/entrypoint.sh start -> server/deploy.sh start), set up by
         environment, on this deployment's port and state database (a restart finds its registrations there).
         The running SuperLink is always services[0]; a stopped one stays in the list for the final checks."""
         old = self.services[0] if self.services else None
@@ -325,7 +325,7 @@ def test_the_superlink_does_not_start_with_tls_files_that_would_fail(deployment,
 
 
 def _flower_supernode(dep: Deployment, name: str, *args: str) -> Service:
-    """flower-supernode run directly (deploy_hospital.sh refuses these set-ups itself)."""
+    """flower-supernode run directly (clients/deploy.sh refuses these set-ups itself)."""
     port = free_port()
     cmd = [str(BIN / "flower-supernode"), "--superlink", dep.address, "--port", str(port), "--max-retries", "2",
            "--node-config", "hospital-name='cleveland'", *args]
