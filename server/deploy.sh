@@ -12,7 +12,7 @@
 #                                    [--server-name NAME]...
 #   server/deploy.sh registry --dir DIR [--host H] [--port P]
 #   server/deploy.sh connect --address HOST:PORT (--pki DIR | --ca F) [--name CONNECTION]
-#   server/deploy.sh register [--name CONNECTION] (--pki DIR [--hospital NAME]... | PUBLIC_KEY.pub...)
+#   server/deploy.sh register [--name CONNECTION] (--pki DIR [--hospital NAME]... | PUBLIC_KEY.pub... [--hospital NAME]...)
 #
 # start     checks the TLS files (`fedhealth certs check`, with each --server-name the SuperNodes will dial),
 #           then execs `flower-superlink` with --ssl-ca-certfile/--ssl-certfile/--ssl-keyfile,
@@ -31,8 +31,10 @@
 # connect   writes [superlink.CONNECTION] (default fedhealth-deployment) with the address and the CA's
 #           absolute path into $FLWR_HOME/config.toml (Flower accepts only an absolute root-certificates
 #           path, so the committed configs/flower/config.toml cannot carry it).
-# register  `flwr supernode register <key.pub> CONNECTION` for each hospital's public key; a key that is
-#           already registered is reported and skipped. Needs the SuperLink running and `connect` done.
+# register  `flwr supernode register <key.pub> CONNECTION --name HOSPITAL` for each hospital's public key; the
+#           name is the key's PKI/hospitals/HOSPITAL/ folder (or --hospital, one per key given), and the study's
+#           ServerApp sends the model only to nodes registered under one of its hospitals. A key that is already
+#           registered is reported and skipped. Needs the SuperLink running and `connect` done.
 #
 # Defaults come from the environment (handy in containers): FEDHEALTH_PKI, FEDHEALTH_HOST (127.0.0.1),
 # FEDHEALTH_PORT (9092), FEDHEALTH_DATABASE (./superlink-state/state.db), FEDHEALTH_SERVER_NAMES
@@ -157,6 +159,16 @@ register)
     for h in ${hospitals[@]+"${hospitals[@]}"}; do keys+=("$pki/hospitals/$h/supernode_auth.pub"); done
   fi
   [ ${#keys[@]} -gt 0 ] || die 2 "no public keys to register"
+  # Each key is registered under its hospital's name (flwr supernode register --name): the ServerApp sends the
+  # model only to nodes registered under a hospital of its study. The name is --hospital (in order, one per
+  # key given) or the key's folder, as `fedhealth certs add-hospital` files it: PKI/hospitals/NAME/.
+  if [ ${#hospitals[@]} -gt 0 ] && [ ${#hospitals[@]} -ne ${#keys[@]} ]; then
+    die 2 "register: ${#keys[@]} key(s) but ${#hospitals[@]} --hospital name(s); give one name per key or none"
+  fi
+  names=()
+  for i in "${!keys[@]}"; do
+    names+=("${hospitals[$i]:-$(basename -- "$(dirname -- "$(realpath -m -- "${keys[$i]}")")")}")
+  done
   for pub in "${keys[@]}"; do
     [ -f "$pub" ] || die 2 "$pub: SuperNode public key not found (no such file)"
     # public keys only: a file holding a private key means a hospital's secret reached the operator
@@ -167,7 +179,8 @@ register)
   trap 'rm -rf "$tmp"' EXIT
   pids=()
   for i in "${!keys[@]}"; do
-    (set +e; flwr supernode register "${keys[$i]}" "$connection" >"$tmp/$i" 2>&1; echo $? >"$tmp/$i.rc") &
+    (set +e; flwr supernode register "${keys[$i]}" "$connection" --name "${names[$i]}" >"$tmp/$i" 2>&1
+     echo $? >"$tmp/$i.rc") &
     pids+=($!)
   done
   wait "${pids[@]}" || true  # each status is in its .rc file
@@ -175,9 +188,10 @@ register)
   for i in "${!keys[@]}"; do
     pub=${keys[$i]} out=$(cat "$tmp/$i")
     if [ "$(cat "$tmp/$i.rc")" = 0 ]; then
-      printf '%s: %s\n' "$pub" "$(grep -o 'SuperNode [0-9]* registered successfully' <<<"$out" || echo registered)"
+      printf '%s: %s as %s\n' "$pub" "$(grep -o 'SuperNode [0-9]* registered successfully' <<<"$out" \
+        || echo registered)" "${names[$i]}"
     elif grep -q "Public key already in use" <<<"$out"; then
-      printf '%s: already registered\n' "$pub"
+      printf '%s: already registered (under the name it was registered with first)\n' "$pub"
     else
       printf '%s\n' "$out" >&2
       printf 'error: %s: registration failed (is the SuperLink running, and did `%s connect` point %s at it?)\n' \
