@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedhealth.deployment.demo import HOSPITALS, Host, log, rounds_of, state_of, summary  # noqa: E402
+from fedhealth.deployment.demo import HOSPITALS, DemoError, Host, log, rounds_of, state_of, summary  # noqa: E402
 from fedhealth.deployment.processes import Service, wait_until  # noqa: E402
 
 
@@ -157,7 +157,11 @@ def main() -> int:
     parser.add_argument("--wait-for-hospitals", type=float, default=None,
                         help="absent-hospital: the study's federation.wait_for_hospitals; the third never starts")
     args = parser.parse_args()
-    host = Host(args.workdir)
+    try:
+        host = Host(args.workdir)
+    except DemoError as err:  # not a checkout, or a workdir in use
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     host.prepare()
     try:
         if args.scenario == "supernode-restart":
