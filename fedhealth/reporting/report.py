@@ -4,7 +4,9 @@ One HTML page with every figure inlined (base64 PNG), no script, font or stylesh
 it opens offline on a hospital laptop and can be mailed as one file. Each figure is also written as
 a PNG under `figures/` for papers and slides. Numbers in the page are read from `summary.json`,
 `metrics.jsonl`, `rounds.jsonl`, `secure_aggregation.json` and, when the run was audited,
-`privacy_audit.json`, never recomputed differently.
+`privacy_audit.json`, never recomputed differently. A deployment's run directory has no `summary.json` (its
+server holds no records); the report writes one from what the hospitals reported
+(`fedhealth.reporting.deployment_summary`) and says what it could not compute.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from fedhealth.data.study_file import load_config
 from fedhealth.errors import RunDirectoryError
+from fedhealth.reporting.deployment_summary import deployment_summary, is_recordless
 from fedhealth.runs import rundir
 
 REPORT_FILE = rundir.REPORT_FILE
@@ -31,11 +34,16 @@ class ReportError(RunDirectoryError, RuntimeError):
 
 
 def _load(run_dir: Path) -> dict[str, Any]:
+    if (run_dir / rundir.CONFIG_FILE).is_file() and is_recordless(run_dir):
+        # a deployment's server holds no records: its summary comes from what the hospitals reported
+        rundir.write_json(run_dir / rundir.SUMMARY_FILE,
+                          deployment_summary(load_config(run_dir / rundir.CONFIG_FILE), run_dir))
     needed = [rundir.CONFIG_FILE, rundir.SUMMARY_FILE, rundir.METRICS_FILE, rundir.ROUNDS_FILE]
     missing = [name for name in needed if not (run_dir / name).is_file()]
     if missing:
         raise ReportError(f"{run_dir}: not a finished run directory (missing {', '.join(missing)}); "
-                          "a report needs a run that `fedhealth simulate` completed")
+                          "a report needs a run that completed (`fedhealth simulate`, or a deployment study "
+                          "whose state.json says completed: see `fedhealth status`)")
     secagg = run_dir / rundir.SECAGG_FILE
     contribution = run_dir / rundir.CONTRIBUTION_FILE
 
