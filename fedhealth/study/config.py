@@ -304,7 +304,8 @@ class StudyConfig(_Strict):
             raise ValueError(f"federation.min_hospitals = {least}: the study has only {len(self.hospitals)} hospitals")
         if least is not None and secure and least < 3:
             raise ValueError(f"federation.min_hospitals = {least}: secure aggregation needs at least 3 hospitals in "
-                             "a round (with 2, each could read the other's update from the sum)")
+                             "a round (with 2, each could read the other's update from the sum); raise it to 3, "
+                             "or set federation.secure_aggregation.enabled = false")
         unknown = sorted({d.hospital for d in self.testing.dropouts} - set(names))
         if unknown:
             raise ValueError(f"testing.dropouts: no hospital named {', '.join(unknown)}")
