@@ -312,6 +312,11 @@ class StudyConfig(_Strict):
         from fedhealth.study.hospital_dp import check_hospital_dp
 
         check_hospital_dp(self)  # raises ValueError naming the key to change
+        from fedhealth.study.policy import refused_by_every_policy
+
+        refusal = refused_by_every_policy(self)
+        if refusal:
+            raise ValueError(refusal)
         if secure:
             from fedhealth.study.secagg import derive_secagg_params
 

@@ -4,6 +4,8 @@ combinations that can run are walked through real federations in tests/integrati
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fedhealth.data.study_file import load_config
@@ -66,3 +68,33 @@ def test_simulate_refuses_the_combination_before_anything_starts(tmp_path):
     assert result.exit_code == 2, result.output
     assert "federation.strategy.name" in result.output and "privacy.mode" in result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+def _with_policies(tmp_path, policies: list[str | None], *overrides: str):
+    """The smoke study with an inline site policy per hospital (None: that hospital has none)."""
+    sizes = iter(policies)
+    text = re.sub(r"^records = \d+$", lambda m: m.group(0) + (f"\npolicy = {{ {p} }}" if (p := next(sizes)) else ""),
+                  SMOKE.read_text(encoding="utf-8"), flags=re.M)
+    path = tmp_path / "smoke.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path, list(overrides))
+
+
+@pytest.mark.parametrize("policy, overrides, keys", [
+    ("max_epsilon = 5.0", [], ("policy.max_epsilon", "privacy.mode")),
+    ("min_hospitals = 3", PLAIN, ("policy.require_secure_aggregation", "federation.secure_aggregation.enabled")),
+    ('allowed_models = ["mlp"]', [], ("policy.allowed_models", "model.name")),
+    ("max_delta = 1e-9", RECORD, ("policy.max_delta", "privacy.delta")),
+], ids=["epsilon-cap-without-dp", "plain-aggregation", "model", "delta"])
+def test_a_study_every_hospitals_policy_refuses_is_refused_at_load(policy, overrides, keys, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        _with_policies(tmp_path, [policy] * 3, *overrides)
+    message = str(err.value)
+    assert "every hospital's own site policy refuses this study" in message
+    assert all(key in message for key in keys) and "hospitals[2]" in message, message
+
+
+def test_a_study_some_hospital_can_serve_loads_and_the_others_decline_at_run_time(tmp_path):
+    """One hospital's policy winning over the study is what a simulation shows (it declines, the others train)."""
+    assert _with_policies(tmp_path, ["max_epsilon = 5.0", "max_epsilon = 5.0", None])
+    assert _with_policies(tmp_path, ["require_secure_aggregation = false"] * 3, *PLAIN)
