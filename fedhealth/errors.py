@@ -24,6 +24,10 @@ MissingExtraError            tracking: TrackingError
 InjectedFault                federation.secagg_client: InjectedDropout (tests only)
 ===========================  ==================================================================================
 
+`RunInterrupted` is the one exception here that is no `FedhealthError`: a stop asked for by SIGINT or SIGTERM
+is not a failure, and it must pass every `except Exception` on its way out (a round that catches a protocol
+error must not record the stop as a failed round), so it is a `KeyboardInterrupt`.
+
 This module imports nothing, so every layer can use it.
 """
 
@@ -42,6 +46,7 @@ __all__ = [
     "PrivacyBudgetError",
     "PrivacyRecordsError",
     "RunDirectoryError",
+    "RunInterrupted",
     "StudyConfigError",
     "TrustError",
     "UsageError",
@@ -112,3 +117,17 @@ class DeploymentError(FedhealthError):
 
 class InjectedFault(FedhealthError):
     """A fault a test injected (`testing.dropouts`); never raised in a real study."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run: the federation was wound down, its run directory says `interrupted`
+    and `--resume` continues it. A KeyboardInterrupt, not a FedhealthError (see the module docstring).
+
+    `signal_name` is the signal ("SIGINT", "SIGTERM"); the message says what stopped and how to continue."""
+
+    def __init__(self, message: str = "", signal_name: str = "SIGINT") -> None:
+        super().__init__(message or f"stopped by {signal_name}")
+        self.signal_name = signal_name
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else f"stopped by {self.signal_name}"
