@@ -207,3 +207,17 @@ class Reaper:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def stopped_as(what: str, out: Path) -> Iterator[None]:
+    """Stop signals for an experiment of many federations (`sweep`, `contribution`): `RunInterrupted` names
+    the experiment and its directory instead of the one sibling run it stopped (which is left `interrupted`),
+    and says that the experiment itself is not continued."""
+    with stop_signals():
+        try:
+            yield
+        except RunInterrupted as err:
+            raise RunInterrupted(f"{what} in {out} stopped by {err.signal_name}, Ray shut down; the federation it "
+                                 "stopped is left interrupted, but the experiment cannot be continued: run it "
+                                 "again with a new --out", err.signal_name) from None

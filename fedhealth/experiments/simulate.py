@@ -229,8 +229,8 @@ def _run_until_stopped(federation: Callable[[threading.Event], None], request: i
 
 def _stopped(run_dir: Path, name: str) -> str:
     """What an interrupted run's message says: the signal, where the run stands, how to continue it."""
-    return (f"{run_dir}: stopped by {name}; {rundir.describe_state(run_dir)}; continue with: "
-            f"fedhealth simulate --resume {run_dir}")
+    where = rundir.describe_state(run_dir).replace(f"interrupted by {name}", f"stopped by {name}", 1)
+    return f"{run_dir}: {where}; continue with: fedhealth simulate --resume {run_dir}"
 
 
 def _wind_down(thread: threading.Thread, request: interrupts.StopRequest) -> None:

@@ -88,11 +88,11 @@ def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path,
               audit_references: int = 3) -> dict[str, Any]:
     """`audit_references`: reference models of each sibling's membership-inference audit (0: no audit).
 
-    SIGINT or SIGTERM raises `RunInterrupted`; the sibling it stopped is left `interrupted` (continue it with
-    `fedhealth simulate --resume` on its directory) and Ray is shut down."""
-    from fedhealth.experiments.interrupts import stop_signals
+    SIGINT or SIGTERM raises `RunInterrupted` (Ray shut down, the sibling it stopped left `interrupted`); the
+    sweep is not continued from there."""
+    from fedhealth.experiments.interrupts import stopped_as
 
-    with stop_signals():
+    with stopped_as("the sweep", out):
         return _run_sweep(cfg, epsilons, out, audit_references)
 
 

@@ -136,7 +136,8 @@ def _assert_interrupted(out: Path, name: str, log: Path) -> None:
     assert state["last_round"] == 0 and rundir.last_completed_round(out) == 0, state  # round 1 never recorded
     assert state["server"]["released_at"]  # it let go of the run before it exited
     text = log.read_text()
-    assert f"interrupted: {out}: stopped by {name}" in text and f"fedhealth simulate --resume {out}" in text, text
+    assert f"interrupted: {out}: stopped by {name} during round 1; round 0 of 2 completed" in text, text
+    assert f"continue with: fedhealth simulate --resume {out}" in text, text
     assert "Traceback" not in text, text
     assert rundir.read_jsonl(out / rundir.ROUNDS_FILE) == []  # a round cut short is not recorded at all
 
