@@ -165,8 +165,9 @@ def status(
 ) -> None:
     """Where a run stands. Exit 0 completed, 1 failed or interrupted, 3 still running, 2 not a run directory.
 
-    "Interrupted" is a state that says running although the server process that wrote it is gone (killed
-    together with its SuperLink, say): such a run can be continued with `resume=true` / `--resume`.
+    "Interrupted": stopped by SIGINT or SIGTERM, or a state that says running although the server process that
+    wrote it is gone (killed together with its SuperLink, say): such a run can be continued with `resume=true`
+    / `--resume`.
     """
     try:
         line = rundir.describe_state(run_dir)

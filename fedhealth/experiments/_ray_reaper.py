@@ -47,12 +47,17 @@ def ray_descendants(root, me):
             s = stat(int(entry))
             if s is not None and s[0] != "Z":
                 children.setdefault(s[1], []).append(int(entry))
-    found, todo = {}, [root]
+    # only the Ray services the driver started and what runs under them (not another driver's Ray)
+    found, todo = {}, [c for c in children.get(root, []) if c != me and is_ray(c)]
+    for child in todo:
+        s = stat(child)
+        if s is not None:
+            found[child] = s[2]
     while todo:
         for child in children.get(todo.pop(), []):
             todo.append(child)
             s = stat(child)
-            if child != me and s is not None and is_ray(child):
+            if s is not None and is_ray(child):
                 found[child] = s[2]
     return found
 

@@ -109,18 +109,25 @@ def _argv(pid: int) -> list[str]:
         return []
 
 
-def descendants(pid: int) -> list[int]:
-    """Every living descendant of `pid` (children, their children, ...), from /proc; [] without /proc."""
+def _children() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     try:
         entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
-        return []
+        return {}
     for child in entries:
         stat = _stat(child)
         if stat is not None and stat[0] != "Z":
             children.setdefault(stat[1], []).append(child)
-    found, todo = [], [pid]
+    return children
+
+
+def descendants(pid: int, roots: Iterable[int] | None = None) -> list[int]:
+    """Every living descendant of `pid` (children, their children, ...), from /proc; [] without /proc.
+    With `roots`: only the children of `pid` among them, and their descendants."""
+    children = _children()
+    first = [c for c in children.get(pid, []) if roots is None or c in set(roots)]
+    found, todo = list(first), list(first)
     while todo:
         for child in children.get(todo.pop(), []):
             found.append(child)
@@ -136,9 +143,13 @@ def is_ray(pid: int) -> bool:
 
 
 def ray_processes(pid: int | None = None) -> dict[int, int]:
-    """This driver's Ray processes: pid -> start time (so a pid reused later is never mistaken for one)."""
+    """This driver's Ray processes: pid -> start time (so a pid reused later is never mistaken for one). Only
+    the Ray services the driver started itself and what runs under them: another program's Ray (a CLI run
+    started by this process, with its own driver) is not this driver's."""
+    pid = os.getpid() if pid is None else pid
+    own = [c for c in _children().get(pid, []) if is_ray(c)]
     found = {}
-    for child in descendants(os.getpid() if pid is None else pid):
+    for child in descendants(pid, roots=own):
         stat = _stat(child)
         if stat is not None and is_ray(child):
             found[child] = stat[2]
