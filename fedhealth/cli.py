@@ -206,12 +206,11 @@ def contribution(
 
     Simulation only: in a deployment every coalition would spend its members' privacy budget again."""
     from fedhealth import api
+    from fedhealth.errors import RunInterrupted
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config, list(set_ or []))
     out = out or api.default_out_dir(cfg, "contribution")
-    from fedhealth.errors import RunInterrupted
-
     try:
         result = api.contribution(cfg, budget, out, report_into=report_into, progress=console)
     except ValueError as err:  # report_into's config (ConfigError) or study (RunDirError), the budget
