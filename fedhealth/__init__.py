@@ -1,7 +1,8 @@
 """fedhealth: federated learning for hospitals, with differential privacy and secure aggregation.
 
 The Python API (see `fedhealth.api`): `load_study`, `simulate`, `resume`, `sweep`, `contribution`, `report` and
-`Run`; and the errors (see `fedhealth.errors`), every one a `FedhealthError`.
+`Run`; and the errors (see `fedhealth.errors`), every one a `FedhealthError`; and `RunInterrupted`, which is not an
+error but SIGINT or SIGTERM stopping a run (a `KeyboardInterrupt`; the run directory says `interrupted`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fedhealth.errors import (
     PrivacyBudgetError,
     PrivacyRecordsError,
     RunDirectoryError,
+    RunInterrupted,
     StudyConfigError,
     TrustError,
     UsageError,
@@ -52,6 +54,7 @@ __all__ = [  # spelt out (not *_API) so that linters and type checkers read it
     "PrivacyBudgetError",
     "PrivacyRecordsError",
     "RunDirectoryError",
+    "RunInterrupted",
     "StudyConfigError",
     "TrustError",
     "UsageError",

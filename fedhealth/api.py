@@ -139,8 +139,8 @@ class Run:
     path : Path
         The run directory.
     state : str
-        Where the run stands: ``"completed"``, ``"failed"``, ``"running"``, or ``"interrupted"`` (its state says
-        running but the process that ran it is gone; `resume` continues it).
+        Where the run stands: ``"completed"``, ``"failed"``, ``"running"``, or ``"interrupted"`` (SIGINT or SIGTERM
+        stopped it, or its state says running but the process that ran it is gone; `resume` continues it).
     summary : dict
         The study summary (``summary.json``): overall and per-hospital test AUROC of the federated model against
         local-only, pooled and best possible, equity and, with DP, the privacy spent (``summary["privacy"]``:
@@ -325,6 +325,10 @@ def simulate(study: StudyConfig | str | Path, out: str | Path | None = None, *, 
         crashed (the cause is chained); the run directory is marked failed and `resume` continues it.
     MissingExtraError
         Tracking was asked for and its extra is not installed.
+    RunInterrupted
+        SIGINT (Ctrl-C) or SIGTERM stopped it: the federation was wound down and Ray shut down, the run
+        directory is marked ``interrupted`` at its last completed round, and `resume` continues it. A
+        ``KeyboardInterrupt``, not a `FedhealthError`. Signals are handled only when called from the main thread.
 
     Notes
     -----
@@ -358,8 +362,9 @@ def resume(run_dir: str | Path, *, verbose: bool = False, progress: bool | Conso
     ------
     RunDirectoryError
         (as ``fedhealth.runs.rundir.RunDirError``) not a run directory, its config no longer matches the run that
-        wrote it, it already completed, or a live process still runs it.
-    FederationError
+        wrote it, it already completed, or a live process still runs it (also when its state says ``failed`` or
+        ``interrupted``: a process that has not let go of the run may still train).
+    FederationError, RunInterrupted
         As for `simulate`.
     """
     path = rundir.reopen_run_dir(Path(run_dir))

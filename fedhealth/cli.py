@@ -186,6 +186,19 @@ def _main(
     """Privacy-preserving federated learning across hospitals."""
 
 
+def _interrupted(err: BaseException) -> None:
+    """SIGINT or SIGTERM stopped the run: say where it stands and exit 130 at once.
+
+    At once (`os._exit`): by now the run directory holds the `interrupted` state, Ray is shut down and its
+    processes are gone; what is left is the interpreter's own teardown of torch, Ray and Flower, which took
+    4 s on a loaded machine, and a stop must end promptly. Logs and the console are flushed first."""
+    err_console.print(f"interrupted: {err}", style="bold yellow", markup=False, highlight=False, soft_wrap=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def _load(config: Path | None, overrides: list[str]) -> StudyConfig:
     if config is None:
         _fail("--config is required (e.g. --config configs/default.toml)")
@@ -257,6 +270,7 @@ def simulate(
 ) -> None:
     """Simulate a federation of hospitals on Flower's simulation engine and write a run directory."""
     from fedhealth import api
+    from fedhealth.errors import RunInterrupted
     from fedhealth.experiments.simulate import SimulationError
     from fedhealth.runs.tracking import TrackingError
 
@@ -280,6 +294,8 @@ def simulate(
         _fail(str(err))
     except SimulationError as err:
         _fail(str(err), code=1)
+    except RunInterrupted as err:
+        _interrupted(err)
     print_summary_table(run.summary)
     _announce_report(run.path, run.report_path)
     console.print(f"run directory: {run.path}")
@@ -305,8 +321,9 @@ def status(
     """Where a run stands. Exit 0 completed, 1 failed or interrupted, 3 still running, 2 not a run directory
     (or its state.json is damaged: the message names it).
 
-    "Interrupted" is a state that says running although the server process that wrote it is gone (killed
-    together with its SuperLink, say): such a run can be continued with `resume=true` / `--resume`.
+    "Interrupted": stopped by SIGINT or SIGTERM, or a state that says running although the server process that
+    wrote it is gone (killed together with its SuperLink, say): such a run can be continued with `resume=true`
+    / `--resume`.
     """
     try:
         line = rundir.describe_state(run_dir)
@@ -349,6 +366,7 @@ def contribution(
 
     Simulation only: in a deployment every coalition would spend its members' privacy budget again."""
     from fedhealth import api
+    from fedhealth.errors import RunInterrupted
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config, list(set_ or []))
@@ -360,6 +378,8 @@ def contribution(
         result = api.contribution(cfg, budget, out, report_into=report_into, progress=console)
     except ValueError as err:  # report_into's config (ConfigError) or study (RunDirError), the budget
         _fail(str(err))
+    except RunInterrupted as err:
+        _interrupted(err)
     table = Table(title=f"{cfg.name}: contribution to the federated AUROC ({result['method']}, "
                         f"{result['federations_run']} federations)")
     for col in ("hospital", "tier", "records", "leave-one-out", "Shapley", "± s.e."):
@@ -389,7 +409,7 @@ def sweep(
     """The privacy-utility curve: the same study at each target epsilon (record-level DP), side by side, each
     sibling's final model audited by membership inference (calibrated attack AUC, 0.5 = chance)."""
     from fedhealth import api
-    from fedhealth.errors import UsageError
+    from fedhealth.errors import RunInterrupted, UsageError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config, list(set_ or []))
@@ -401,6 +421,8 @@ def sweep(
         result = api.sweep(cfg, epsilon, out, audit_references=audit_references, progress=console)
     except UsageError as err:  # an epsilon that is not a positive number
         _fail(str(err))
+    except RunInterrupted as err:
+        _interrupted(err)
     table = Table(title=f"{cfg.name}: test AUROC against target epsilon (record-level DP)")
     tiers = sorted({t for p in result["points"] for t in p["by_tier"]})
     audited = result["membership_inference"] is not None

@@ -29,6 +29,10 @@ DeploymentError              hospital.node_config: NodeConfigError; deployment.s
 InjectedFault                hospital.secure_aggregation: InjectedDropout (tests only)
 ===========================  ==================================================================================
 
+`RunInterrupted` is the one exception here that is no `FedhealthError`: a stop asked for by SIGINT or SIGTERM
+is not a failure, and it must pass every `except Exception` on its way out (a round that catches a protocol
+error must not record the stop as a failed round), so it is a `KeyboardInterrupt`.
+
 This module imports nothing, so every layer can use it; `terminal_safe` is here for the same reason: every
 layer that writes a message with a user-given string in it can make it safe for a terminal.
 """
@@ -48,6 +52,7 @@ __all__ = [
     "PrivacyBudgetError",
     "PrivacyRecordsError",
     "RunDirectoryError",
+    "RunInterrupted",
     "StudyConfigError",
     "TrustError",
     "UsageError",
@@ -131,3 +136,17 @@ def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
     key) reaches a terminal or a report as what it is, never as an instruction to the terminal.
     `keep_newlines` keeps line breaks, for a message fedhealth itself wrote one line per problem."""
     return text.translate(_CONTROL_KEEP_LINES if keep_newlines else _CONTROL)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run: the federation was wound down, its run directory says `interrupted`
+    and `--resume` continues it. A KeyboardInterrupt, not a FedhealthError (see the module docstring).
+
+    `signal_name` is the signal ("SIGINT", "SIGTERM"); the message says what stopped and how to continue."""
+
+    def __init__(self, message: str = "", signal_name: str = "SIGINT") -> None:
+        super().__init__(message or f"stopped by {signal_name}")
+        self.signal_name = signal_name
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else f"stopped by {self.signal_name}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +25,11 @@ from fedhealth.coordinator.observed import ObservedStrategy
 from fedhealth.coordinator.prompt_grid import PromptGrid
 from fedhealth.coordinator.recorder import RoundCallback, RunRecorder
 from fedhealth.coordinator.secure_aggregation import SecureAggregationWorkflow
+from fedhealth.coordinator.stoppable import StoppableGrid, check_stop
 from fedhealth.coordinator.strategies import build_strategy, is_qffl, optimizer_state, restore_optimizer_state
 from fedhealth.coordinator.workflow import StudyWorkflow
 from fedhealth.data.study_file import load_config
-from fedhealth.errors import AggregationError
+from fedhealth.errors import AggregationError, RunInterrupted
 from fedhealth.model.initial import initial_weights
 from fedhealth.privacy.hospital_level import calibrated_secagg_params
 from fedhealth.runs import rundir
@@ -60,8 +62,11 @@ def min_contributors(cfg: StudyConfig) -> int:
 
 
 def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
-              on_round: RoundCallback | None = None) -> None:
-    """Run (or continue) the study's rounds; the run directory must already hold its config."""
+              on_round: RoundCallback | None = None, stop: threading.Event | None = None) -> None:
+    """Run (or continue) the study's rounds; the run directory must already hold its config.
+
+    `stop` (simulation): once set, the next exchange with the hospitals raises `RunInterrupted` and a round
+    not yet recorded stays unrecorded, so the run directory ends at its last completed round."""
     node_names: NodeNames | None = None
     if hasattr(grid, "pull_interval"):
         # Simulation's in-memory Grid polls for replies every 0.1 s; SecAgg+ needs four exchanges per
@@ -70,6 +75,8 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     else:  # deployment's Grid sleeps 3 s between pulls for replies
         grid = PromptGrid(grid)
         node_names = registered_names(grid)
+    if stop is not None:
+        grid = StoppableGrid(grid, stop)
     last = rundir.last_completed_round(run_dir)
     if last:
         weights, opt_state = rundir.load_weights(rundir.checkpoint_path(run_dir, last))
@@ -102,6 +109,7 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
         strategy = ObservedStrategy(inner, recorder, shapes, min_contributors=min_contributors(cfg), raw_updates=raw)
 
     def round_end(server_round: int, ctx: LegacyContext) -> None:
+        check_stop(stop)  # replies cut short by the stop (hospitals killed mid-round) are no round to record
         params = compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
         recorder.complete_round(server_round, parameters_to_ndarrays(params), optimizer_state(inner))
 
@@ -141,20 +149,29 @@ def require_an_aggregate(run_dir: Path) -> None:
 
 
 def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None,
-                     on_round: RoundCallback | None = None, finish: Finisher | None = None) -> ServerApp:
+                     on_round: RoundCallback | None = None, finish: Finisher | None = None,
+                     stop: threading.Event | None = None) -> ServerApp:
     """A ServerApp for one study. Without arguments (as under `flwr run`), the study comes from the run
     config keys `config` (a TOML path relative to the project) and `out` (run directory); `resume=true`
     continues `out` from its last checkpoint (after a SuperLink restart, say) instead of refusing it.
 
     `finish(study, run_dir, seconds)`, when given and the run config says `references=true`, writes the
     final model, references and summary after the last round (`server/app.py` passes the simulation's);
-    otherwise the run directory is marked completed as it stands."""
+    otherwise the run directory is marked completed as it stands.
+
+    `stop` (simulation, with `cfg` and `run_dir`): the driver's stop request (see `run_study`). A stop ends the
+    ServerApp quietly; the driver that asked for it records the run as interrupted."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if cfg is not None and run_dir is not None:
-            run_study(grid, context, cfg, run_dir, on_round)
+            try:
+                run_study(grid, context, cfg, run_dir, on_round, stop)
+            except RunInterrupted:
+                if stop is None or not stop.is_set():
+                    raise
+                log.info("stopped on the driver's request after round %d", rundir.last_completed_round(run_dir))
             return
         project = Path(__file__).resolve().parents[2]
         config_path = Path(str(context.run_config.get("config", "configs/smoke.toml")))

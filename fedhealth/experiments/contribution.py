@@ -96,9 +96,10 @@ def estimate_contributions(cfg: StudyConfig, out: Path, budget: int,
         raise ValueError(f"--budget {budget} is below the {loo_needs} federations leave-one-out needs for "
                          f"{n} hospitals (the full study and each hospital left out); raise it")
     out.mkdir(parents=True, exist_ok=True)
+    from fedhealth.experiments.interrupts import stopped_as
     from fedhealth.experiments.simulate import shared_ray
 
-    with shared_ray():
+    with stopped_as("the contribution estimate", out), shared_ray():  # SIGINT/SIGTERM: RunInterrupted
         return _estimate(cfg, out, budget, values(cfg, out, budget), players)
 
 

@@ -8,8 +8,11 @@ round has its checkpoint; anything else ends in a SimulationError and a `failed`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,8 +29,8 @@ import numpy as np
 
 from fedhealth.data.hospitals import load_hospital  # noqa: E402
 from fedhealth.data.study_file import load_config
-from fedhealth.errors import FederationError  # noqa: E402
-from fedhealth.experiments import references  # noqa: E402
+from fedhealth.errors import FederationError, RunInterrupted  # noqa: E402
+from fedhealth.experiments import interrupts, references  # noqa: E402
 from fedhealth.experiments.summary import build_summary  # noqa: E402
 from fedhealth.runs import rundir  # noqa: E402
 from fedhealth.study.config import StudyConfig, without_privacy  # noqa: E402
@@ -64,6 +67,11 @@ def _flower_deprecations_silenced() -> Iterator[None]:
 
 
 _shared_depth = 0
+_backends: list[Any] = []  # Flower's Ray backends of the federations running now (their actor pools)
+_reaper = interrupts.Reaper()
+GRACE_SECONDS = 2.0  # after a stop signal: for the hospitals' current task to end on its own
+KILL_WAIT_SECONDS = 2.5  # after their workers are killed: for the federation's threads to end
+FEDERATION_THREAD = "fedhealth-federation"
 
 
 @contextmanager
@@ -74,36 +82,94 @@ def shared_ray() -> Iterator[None]:
     about 4.5 s to start and 1.5 s to stop on 2 cores (FLOWER-NOTES), paid again by each sibling of a
     sweep, each coalition of a contribution estimate and each federation of the test suite. Inside
     this context the backend still terminates its actors after each federation (nothing of one run
-    survives into the next) but leaves Ray up; it is shut down when the outermost context exits.
+    survives into the next) but leaves Ray up; it is shut down when the outermost context exits, and
+    whatever Ray process outlives `ray.shutdown` (raylet's agents, a worker a stop had to kill) is killed.
     """
     global _shared_depth
-    import ray
-
     with _flower_deprecations_silenced():
         from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
-    original = RayBackend.terminate
+    original, original_build = RayBackend.terminate, RayBackend.build
 
     def terminate_actors_only(self: RayBackend) -> None:
         if self.pool:
             self.pool.terminate_all_actors()
 
+    def build_and_register(self: RayBackend, app_fn) -> None:  # a stop must find the federation's actors
+        original_build(self, app_fn)
+        _backends.append(self)
+
     _shared_depth += 1
     if _shared_depth == 1:
-        RayBackend.terminate = terminate_actors_only
+        RayBackend.terminate, RayBackend.build = terminate_actors_only, build_and_register
     try:
         yield
     finally:
         _shared_depth -= 1
         if _shared_depth == 0:
-            RayBackend.terminate = original
-            if ray.is_initialized():
-                ray.shutdown()
+            RayBackend.terminate, RayBackend.build = original, original_build
+            stop_ray()
+
+
+def stop_ray() -> None:
+    """`ray.shutdown()`, then kill what is left of this driver's Ray processes and stop the reaper."""
+    import ray
+
+    if ray.is_initialized():
+        leftover = interrupts.ray_processes()
+        try:
+            ray.shutdown()
+        finally:
+            interrupts.kill({**leftover, **interrupts.ray_processes()})
+    _reaper.stop()
+
+
+def _start_ray(backend_config: dict[str, Any]) -> None:
+    """Start Ray here, in the main thread, exactly as Flower's backend would (`RayBackend` inits it), and
+    start the reaper beside it. Here because Ray starts its services with PR_SET_PDEATHSIG, which fires
+    when the *thread* that started them ends: started from the federation's thread they would die with it.
+    Ray's SIGTERM handler (exit at once, wherever the main thread is) is replaced by ours again."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    with _flower_deprecations_silenced():
+        from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        RayBackend(backend_config)
+    finally:
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+    _reaper.start()
+
+
+def _kill_actors() -> None:
+    """`ray.kill` every actor of the running federations' pools, idle or busy (Ray then knows it was asked
+    to, and the tasks they ran fail at once in the federation's threads)."""
+    import ray
+
+    for backend in list(_backends):
+        pool = getattr(backend, "pool", None)
+        if pool is None:
+            continue
+        for actor in [*pool.pool, *getattr(pool, "_future_to_actor", {}).values()]:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+
+
+def _federation_running() -> bool:
+    """A federation thread of this process is still alive (one that a stop could not end)."""
+    return any(t.name == FEDERATION_THREAD and t.is_alive() for t in threading.enumerate())
 
 
 def run_federation(cfg: StudyConfig, run_dir: Path,
                    on_round: Callable[[int, dict[str, Any]], None] | None = None, verbose: bool = False) -> None:
-    """Flower's simulation engine: one virtual SuperNode per hospital, our ServerApp and ClientApp."""
+    """Flower's simulation engine: one virtual SuperNode per hospital, our ServerApp and ClientApp.
+
+    From the main thread, SIGINT and SIGTERM stop it cleanly (see `fedhealth.experiments.interrupts`): the
+    server records no further round, the hospitals' current tasks get `GRACE_SECONDS` to end (then their
+    workers are killed), the run directory is marked `interrupted` and `RunInterrupted` is raised."""
     from fedhealth.coordinator.app import build_server_app
     from fedhealth.hospital.app import build_client_app
 
@@ -112,16 +178,77 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
         "client_resources": {"num_cpus": cfg.federation.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose},
     }
-    with _flower_deprecations_silenced():
-        from flwr.simulation import run_simulation
 
-        run_simulation(server_app=build_server_app(cfg, run_dir, on_round),
-                       client_app=build_client_app(cfg, mode="simulation"), num_supernodes=len(cfg.hospitals),
-                       backend_config=backend_config, verbose_logging=verbose)
+    def federation(stop: threading.Event | None = None) -> None:
+        with _flower_deprecations_silenced():
+            from flwr.simulation import run_simulation
+
+            run_simulation(server_app=build_server_app(cfg, run_dir, on_round, stop=stop),
+                           client_app=build_client_app(cfg, mode="simulation"), num_supernodes=len(cfg.hospitals),
+                           backend_config=backend_config, verbose_logging=verbose)
+
+    if threading.current_thread() is threading.main_thread():
+        with shared_ray(), interrupts.federation_stop() as request:
+            _start_ray(backend_config)
+            try:
+                _run_until_stopped(federation, request, run_dir)
+            finally:
+                _backends.clear()
+    else:  # no signal reaches this thread: the caller's own handling stands
+        federation()
     done = rundir.last_completed_round(run_dir)
     if done < cfg.federation.rounds:
         raise SimulationError(f"{run_dir}: federation stopped after round {done} of {cfg.federation.rounds}; "
                               "see the log above, then `fedhealth simulate --resume` this directory")
+
+
+def _run_until_stopped(federation: Callable[[threading.Event], None], request: interrupts.StopRequest,
+                       run_dir: Path) -> None:
+    """Run `federation` in a thread while this (main) thread waits, ready for a stop signal."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            federation(request.event)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread, raised there
+            failure.append(err)
+
+    thread = threading.Thread(target=target, name=FEDERATION_THREAD, daemon=True)
+    if not request.event.is_set():  # a signal during Ray's start: no federation at all
+        thread.start()
+    while thread.is_alive() and not request.event.is_set():
+        thread.join(0.1)
+    if request.event.is_set():
+        _wind_down(thread, request)
+        name = request.signal_name
+        rundir.mark_status(run_dir, "interrupted", released=not thread.is_alive(), stopped_by=name)
+        raise RunInterrupted(_stopped(run_dir, name), name)
+    if failure:
+        raise failure[0]
+
+
+def _stopped(run_dir: Path, name: str) -> str:
+    """What an interrupted run's message says: the signal, where the run stands, how to continue it."""
+    where = rundir.describe_state(run_dir).replace(f"interrupted by {name}", f"stopped by {name}", 1)
+    return f"{run_dir}: {where}; continue with: fedhealth simulate --resume {run_dir}"
+
+
+def _wind_down(thread: threading.Thread, request: interrupts.StopRequest) -> None:
+    """The server stops at its next exchange with the hospitals; give their current tasks `GRACE_SECONDS` to
+    end on their own (a DP release charged is then also stored, so a resumed round re-sends it at no new
+    cost), then kill the Ray workers that still run one (a second signal skips the wait)."""
+    deadline = time.monotonic() + GRACE_SECONDS
+    while thread.is_alive() and time.monotonic() < deadline and not request.forced.is_set():
+        thread.join(0.1)
+    if thread.is_alive():
+        logging.getLogger("flwr").setLevel(logging.CRITICAL)  # each killed actor would be logged as an error
+        _kill_actors()
+        thread.join(1.0)
+    if thread.is_alive():  # ray.kill did not end them (a worker stuck in native code): kill the processes
+        interrupts.kill(interrupts.ray_workers(), grace=0)
+        thread.join(KILL_WAIT_SECONDS)
+    if thread.is_alive():
+        log.error("the federation did not stop after its Ray workers were killed; Ray is shut down under it")
 
 
 def privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
@@ -232,7 +359,14 @@ def _run_sibling_without_dp(cfg: StudyConfig, run_dir: Path, verbose: bool) -> N
 
 def simulate(cfg: StudyConfig, run_dir: Path, on_round: Callable[[int, dict[str, Any]], None] | None = None,
              verbose: bool = False) -> dict[str, Any]:
-    """Run (or resume) the federation in `run_dir`, then the references; returns the summary."""
+    """Run (or resume) the federation in `run_dir`, then the references; returns the summary. SIGINT or
+    SIGTERM at any point marks the run `interrupted` and raises `RunInterrupted`."""
+    with interrupts.stop_signals():  # SIGTERM too ends in RunInterrupted, between federations as well
+        return _simulate(cfg, run_dir, on_round, verbose)
+
+
+def _simulate(cfg: StudyConfig, run_dir: Path, on_round: Callable[[int, dict[str, Any]], None] | None,
+              verbose: bool) -> dict[str, Any]:
     from fedhealth.runs.tracking import open_tracker, round_metrics, summary_metrics
 
     t0 = time.perf_counter()
@@ -254,8 +388,13 @@ def simulate(cfg: StudyConfig, run_dir: Path, on_round: Callable[[int, dict[str,
         if tracker is not None:
             tracker.log_summary(summary_metrics(summary))
         return summary
+    except KeyboardInterrupt as err:  # RunInterrupted from a federation or between them, or a plain Ctrl-C
+        name = getattr(err, "signal_name", "SIGINT")
+        rundir.mark_status(run_dir, "interrupted", released=not _federation_running(), stopped_by=name)
+        raise RunInterrupted(_stopped(run_dir, name), name) from None  # this run, not a sibling inside it
     except BaseException as err:
-        rundir.mark_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
+        rundir.mark_status(run_dir, "failed", released=not _federation_running(),
+                           error=f"{type(err).__name__}: {err}")
         raise
     finally:
         if tracker is not None:

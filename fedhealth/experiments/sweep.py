@@ -86,7 +86,17 @@ def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:
 
 def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path,
               audit_references: int = 3) -> dict[str, Any]:
-    """`audit_references`: reference models of each sibling's membership-inference audit (0: no audit)."""
+    """`audit_references`: reference models of each sibling's membership-inference audit (0: no audit).
+
+    SIGINT or SIGTERM raises `RunInterrupted` (Ray shut down, the sibling it stopped left `interrupted`); the
+    sweep is not continued from there."""
+    from fedhealth.experiments.interrupts import stopped_as
+
+    with stopped_as("the sweep", out):
+        return _run_sweep(cfg, epsilons, out, audit_references)
+
+
+def _run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path, audit_references: int) -> dict[str, Any]:
     from fedhealth.data.hospitals import load_hospital
     from fedhealth.experiments.references import local_only, pooled
     from fedhealth.experiments.simulate import shared_ray

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +281,16 @@ def client_fn(context: Context):
                           text(settings.schema_file)).to_client()
 
 
+def _leave_interrupts_to_the_driver() -> None:
+    """A simulated hospital (a Ray worker) ignores SIGINT. Ctrl-C reaches every process of the terminal's
+    process group at once; a hospital interrupted mid-task would answer with an error, and the round could
+    be recorded without it before the driver has stopped the server. The driver stops the federation and
+    ends the workers itself (`fedhealth.experiments.simulate`). Only the worker's main thread may do this;
+    elsewhere the worker keeps Ray's handling."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_client_app(cfg: StudyConfig | None = None, mode: Mode | None = None) -> ClientApp:
     """The hospital's ClientApp. `cfg` (simulation only) supplies test-only injected dropouts.
 
@@ -300,6 +312,8 @@ def build_client_app(cfg: StudyConfig | None = None, mode: Mode | None = None) -
         return ClientApp(client_fn=client_fn, mods=mods)
 
     def client_in_mode(context: Context):
+        if mode == "simulation":
+            _leave_interrupts_to_the_driver()
         settings = settings_of(context)
         if settings.mode != mode:
             raise NodeConfigError(f"this ClientApp runs a {mode}, but the node config describes a "

@@ -3,7 +3,7 @@
 Layout::
 
     config.resolved.toml   the whole study config, populations expanded, defaults filled
-    state.json             status (running / completed / failed), last completed round, fingerprint,
+    state.json             status (running / completed / failed / interrupted), last completed round, fingerprint,
                            the server process driving it (pid, host) and each resume
     metrics.jsonl          one JSON object per round per hospital (federated model on its test split)
     rounds.jsonl           one JSON object per round: who was aggregated, who failed and why
@@ -323,7 +323,35 @@ def _now() -> str:
 def server_identity() -> dict[str, Any]:
     """Which process drives the run: a `running` state whose process is gone was interrupted (killed
     with its SuperLink, its host rebooted) and could not say so itself."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now()}
+    return process_identity(os.getpid())
+
+
+def process_identity(pid: int) -> dict[str, Any]:
+    """pid and host, and (Linux) the boot and the process's start time: a pid alone can be another
+    process's after a restart or a reboot, so "the process that wrote this state is alive" compares all."""
+    identity: dict[str, Any] = {"pid": pid, "host": socket.gethostname(), "started_at": _now()}
+    start, boot = _process_start(pid), _boot_id()
+    if start is not None:
+        identity["process_start"] = start
+    if boot is not None:
+        identity["boot"] = boot
+    return identity
+
+
+def _process_start(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (/proc/PID/stat, field 22); None where /proc is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
 
 
 def _process_alive(pid: int) -> bool:
@@ -336,15 +364,35 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def interrupted(state: dict[str, Any]) -> bool:
-    """A state that says `running` although the process that wrote it is gone (checked on this host only;
-    a run driven from another host is taken at its word)."""
+def server_alive(state: dict[str, Any]) -> bool | None:
+    """Whether the process that last drove the run still lives: True, False, or None where this cannot be
+    told (no process recorded, or it ran on another host). A live process with the recorded pid but another
+    start time (or another boot) is another process: the one recorded is gone."""
     server = state.get("server") or {}
-    if state.get("status") != "running" or not server.get("pid"):
+    if not server.get("pid") or server.get("host") != socket.gethostname():
+        return None
+    pid = int(server["pid"])
+    if server.get("boot") is not None and _boot_id() not in (None, server["boot"]):
         return False
-    if server.get("host") != socket.gethostname():
+    if not _process_alive(pid):
         return False
-    return server["pid"] != os.getpid() and not _process_alive(int(server["pid"]))
+    started, now = server.get("process_start"), _process_start(pid)
+    return not (started is not None and now is not None and started != now)
+
+
+def still_driven(state: dict[str, Any]) -> bool:
+    """The run's process is alive and has not let go of it: it may still be training or writing, whatever
+    its status says (a `failed` or `interrupted` state written by a process that has not stopped yet)."""
+    return server_alive(state) is True and not (state.get("server") or {}).get("released_at")
+
+
+def interrupted(state: dict[str, Any]) -> bool:
+    """Stopped by a signal (`interrupted`, written by the process as it stopped), or a state that says
+    `running` although the process that wrote it is gone (checked on this host only; a run driven from
+    another host is taken at its word)."""
+    if state.get("status") == "interrupted":
+        return True
+    return state.get("status") == "running" and server_alive(state) is False
 
 
 def describe_state(run_dir: Path) -> str:
@@ -352,14 +400,19 @@ def describe_state(run_dir: Path) -> str:
     state = read_state(run_dir)
     status = state.get("status", "?")
     done = f"round {state.get('last_round', 0)} of {state.get('rounds', '?')} completed"
+    server = state.get("server") or {}
+    alive = f"; its process {server.get('pid')} is still alive" if status != "running" and still_driven(state) else ""
+    if status == "interrupted":
+        last, rounds = int(state.get("last_round", 0)), state.get("rounds")
+        when = (f"during round {last + 1}" if not isinstance(rounds, int) or last < rounds
+                else "after its last round, before its summary was written")
+        return f"interrupted by {state.get('stopped_by', 'a signal')} {when}; {done}{alive}"
     if interrupted(state):
-        server = state["server"]
         return (f"interrupted: the state says running but its server process {server['pid']} is gone; {done}, "
                 f"last update {state.get('updated_at', '?')}")
     if status == "failed":
-        return f"failed: {state.get('error', 'no reason recorded')}; {done}"
+        return f"failed: {state.get('error', 'no reason recorded')}; {done}{alive}"
     if status == "running":
-        server = state.get("server") or {}
         where = f" by process {server['pid']} on {server['host']}" if server.get("pid") else ""
         return f"running{where}; {done}"
     return f"{status}; {done}"
@@ -387,11 +440,15 @@ def reopen_run_dir(run_dir: Path, cfg=None) -> Path:
         raise RunDirError(f"{run_dir}: the run already completed ({describe_state(run_dir)}); nothing to resume")
     if state.get("status") == "running" and not interrupted(state):
         raise RunDirError(f"{run_dir}: {describe_state(run_dir)}; stop that process before resuming")
+    if still_driven(state):  # failed or interrupted, but its process has not stopped: it may still train
+        server = state["server"]
+        raise RunDirError(f"{run_dir}: {describe_state(run_dir)} on {server['host']} and has not let go of the run; "
+                          f"wait for it to exit or stop it (kill {server['pid']}) before resuming")
     check_resumable(run_dir)
     resumes = [*state.get("resumes", []), {"at": _now(), "after_round": last_completed_round(run_dir),
                                            "previous": describe_state(run_dir)}]
     state.update(status="running", server=server_identity(), resumes=resumes, updated_at=_now())
-    for stale in ("error", "stopped_by"):
+    for stale in ("error", "stopped_by", "interrupted_during"):
         state.pop(stale, None)
     write_json(run_dir / STATE_FILE, state)
     return run_dir
@@ -432,7 +489,12 @@ def update_state(run_dir: Path, **fields: Any) -> None:
     write_json(run_dir / STATE_FILE, state)
 
 
-def mark_status(run_dir: Path, status: str, **extra: Any) -> None:
+def mark_status(run_dir: Path, status: str, released: bool = False, **extra: Any) -> None:
+    """Record where the run stands. `released`: this process has stopped driving the run (its federation
+    is over, nothing of it still trains or writes), so `--resume` need not wait for the process to exit."""
+    if released:
+        server = dict(read_state(run_dir).get("server") or {})
+        extra["server"] = {**server, "released_at": _now()} if server else server
     update_state(run_dir, status=status, last_round=last_completed_round(run_dir), **extra)
 
 

@@ -31,8 +31,9 @@ def _gone_pid() -> int:
 
 
 def _written_by(run_dir: Path, pid: int) -> None:
+    """As if process `pid` had written the state: its pid, host, boot and start time."""
     state = rundir.read_state(run_dir)
-    state["server"]["pid"] = pid
+    state["server"] = rundir.process_identity(pid)
     rundir.write_json(run_dir / rundir.STATE_FILE, state)
 
 
@@ -151,3 +152,65 @@ def test_a_signal_that_stops_the_server_is_recorded_before_flower_exits(tmp_path
     assert state["status"] == "failed" and state["stopped_by"] == name
     assert state["error"].startswith(f"the server process received {name} during round 1")
     assert "resume it with resume=true" in state["error"]
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+@pytest.mark.parametrize("status", ["failed", "interrupted"])
+def test_a_stopped_run_whose_process_is_still_alive_is_not_reopened(tmp_path, cfg, status):
+    """`failed` or `interrupted` says nothing about the process: one that wrote it and has not let go of the run
+    (still stopping, or hung after its federation failed) may still train, so `--resume` waits for it to exit."""
+    run = rundir.create_run_dir(cfg, tmp_path / "run")
+    live = _sleeper()
+    try:
+        _written_by(run, live.pid)
+        rundir.mark_status(run, status, stopped_by="SIGINT", error="RuntimeError: boom")
+        assert rundir.still_driven(rundir.read_state(run))
+        assert f"its process {live.pid} is still alive" in rundir.describe_state(run)
+        with pytest.raises(rundir.RunDirError, match=f"still alive .*has not let go of the run; .*kill {live.pid}"):
+            rundir.reopen_run_dir(run, cfg)
+        proc = invoke_cli("simulate", "--resume", str(run))
+        assert proc.exit_code == 2 and f"kill {live.pid}" in proc.stderr, proc.stdout + proc.stderr
+        assert rundir.read_state(run)["status"] == status  # refused: the state is as the live process left it
+    finally:
+        live.kill()
+        live.wait()
+    assert rundir.reopen_run_dir(run, cfg) == run  # its process is gone: the run continues here
+    assert rundir.read_state(run)["server"]["pid"] == os.getpid()
+
+
+def test_a_process_that_let_go_of_its_run_does_not_block_resume(tmp_path, cfg):
+    """A notebook whose `fh.simulate` failed lives on, but its federation is over: the state says so."""
+    run = rundir.create_run_dir(cfg, tmp_path / "run")
+    live = _sleeper()
+    try:
+        _written_by(run, live.pid)
+        rundir.mark_status(run, "failed", released=True, error="RuntimeError: boom")
+        assert not rundir.still_driven(rundir.read_state(run))
+        assert rundir.reopen_run_dir(run, cfg) == run
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_reused_pid_is_not_the_process_that_wrote_the_state(tmp_path, cfg):
+    """The same pid with another start time (a restart, a reboot) is another process: the run's is gone."""
+    run = rundir.create_run_dir(cfg, tmp_path / "run")
+    state = rundir.read_state(run)
+    assert rundir.server_alive(state) is True
+    if "process_start" not in state["server"]:
+        pytest.skip("no /proc here: a process's start time is not recorded")
+    state["server"]["process_start"] = int(state["server"]["process_start"]) - 1
+    assert rundir.server_alive(state) is False and rundir.interrupted(state)
+
+
+def test_an_interrupted_state_reads_as_interrupted_with_its_signal(tmp_path, cfg):
+    run = rundir.create_run_dir(cfg, tmp_path / "run")
+    gone = _gone_pid()
+    _written_by(run, gone)
+    rundir.mark_status(run, "interrupted", stopped_by="SIGTERM")
+    assert rundir.describe_state(run) == "interrupted by SIGTERM during round 1; round 0 of 2 completed"
+    proc = invoke_cli("status", str(run))
+    assert proc.exit_code == 1 and "interrupted by SIGTERM" in proc.stdout, proc.stdout + proc.stderr
