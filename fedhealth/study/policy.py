@@ -19,9 +19,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedhealth.study.textfile import NotUtf8Error, read_utf8
+
 
 class SitePolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # an inf cap is no cap
 
     max_epsilon: float | None = Field(default=None, gt=0,
                                       description="hard cap on cumulative epsilon; also requires record-level DP")
@@ -42,7 +44,9 @@ class SitePolicy(BaseModel):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: site policy file not found")
         try:
-            return cls.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+            return cls.model_validate(tomllib.loads(read_utf8(path)))
+        except NotUtf8Error as err:
+            raise ValueError(str(err)) from None
         except (tomllib.TOMLDecodeError, ValidationError) as err:
             raise ValueError(f"{path}: invalid site policy: {err}") from None
 

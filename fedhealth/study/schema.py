@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedhealth.errors import StudyConfigError
+from fedhealth.study.textfile import NotUtf8Error, read_utf8
 
 ColumnKind = Literal["continuous", "count", "binary", "categorical"]
 Value = int | float | str
@@ -35,7 +36,8 @@ class SchemaError(StudyConfigError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf or nan in a range, centre or scale would pass every comparison and break the encoding
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def same_value(a: Value, b: Value) -> bool:
@@ -251,9 +253,11 @@ def load_schema(path: Path) -> StudySchema:
     """Read and check a schema TOML file; SchemaError names the file and every problem."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_utf8(path))
     except FileNotFoundError:
         raise SchemaError(f"{path}: schema file not found") from None
+    except NotUtf8Error as err:
+        raise SchemaError(str(err)) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise SchemaError(f"{path}: not a readable TOML file ({err})") from None
     return schema_from_dict(data, str(path))
