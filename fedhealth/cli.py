@@ -366,13 +366,17 @@ def validate(
     schema: Annotated[Path, typer.Option(help="the study schema (TOML)")],
     data: Annotated[list[Path], typer.Option(help="a hospital's CSV or Parquet file (repeatable)")],
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report(s) as JSON")] = None,
+    max_bytes: Annotated[int | None, typer.Option(
+        min=1, help="refuse a data file larger than this many bytes (default 2 GiB, or FEDHEALTH_MAX_DATA_BYTES)")
+    ] = None,
 ) -> None:
     """Check hospital files against the study schema: rows accepted, rows rejected and why, and per column
     the missing rate and out-of-range count. Prints counts only, never a patient's value. Exit 0 when
-    every file is usable, 1 when one is not, 2 when the schema or a file cannot be read."""
+    every file is usable, 1 when one is not, 2 when the schema or a file cannot be read. The verdict is the
+    one a study's loading gives the same file (`check_hospital_file`), so what passes here trains."""
     import json
 
-    from fedhealth.data.validation import DataFileError, read_table, validate_table
+    from fedhealth.data.validation import DataFileError, check_hospital_file
     from fedhealth.study.schema import SchemaError, load_schema
 
     try:
@@ -382,10 +386,9 @@ def validate(
     reports, usable = [], True
     for path in data:
         try:
-            frame = read_table(path)
+            report = check_hospital_file(path, study, keep_values=False, max_bytes=max_bytes).report
         except DataFileError as err:
             _fail(str(err))
-        report = validate_table(frame, study, str(path)).report
         reports.append(report.as_dict())
         usable &= report.ok
         for line in report.lines():

@@ -120,3 +120,60 @@ def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha:
         test_true_risk=np.full(int(test.sum()), np.nan), bayes_auroc=float("nan"),
         prevalence=float(records.label.mean()),
     )
+
+
+MIN_TRAIN_RECORDS = 10  # fewer training records than this at a hospital: its local steps learn nothing useful
+LARGE_DELTA_FACTOR = 10  # delta must stay below 1 / (this x the smallest hospital's training records)
+
+
+def size_problems(cfg: StudyConfig) -> list[str]:
+    """Why the hospitals' records, once built or read, cannot carry this study (one line per problem).
+
+    Why here and not at config load: a hospital's training-record count is known only once its records
+    are generated or its file read and split, and a test fraction or a delta that looks harmless in the
+    config (`test_fraction = 0.999`, `delta = 0.9`) is wrong only against that count. The splits are built
+    once, in this process, and stay cached for the references afterwards, so checking costs no more work.
+
+    - every hospital must keep at least MIN_TRAIN_RECORDS training records;
+    - with differential privacy, delta must be below 1 / (10 x the smallest hospital's training records)
+      (record level; at hospital level, 1 / (10 x the hospitals)), unless `privacy.allow_large_delta`: a
+      delta near 1/n allows a mechanism that publishes one record outright with probability delta. Only a
+      delta the study gives is checked: the default (`StudyConfig.privacy_delta`) is derived to meet it."""
+    problems: list[str] = []
+    smallest: tuple[int, str] | None = None
+    for i, h in enumerate(cfg.hospitals):
+        try:
+            split = load_hospital(cfg, i)
+        except (ValueError, OSError) as err:
+            text = str(err)
+            problems.append(text if h.name in text else f"hospital {h.name!r}: {text}")
+            continue
+        n_train, n_all = len(split.y_train), len(split.y_train) + len(split.y_test)
+        if n_train < MIN_TRAIN_RECORDS:
+            official = cfg.study_schema is not None and cfg.study_schema.split is not None
+            how = ("its file's official train split holds" if official
+                   else f"training.test_fraction = {cfg.training.test_fraction:g} leaves it")
+            problems.append(f"hospital {h.name!r}: {how} {n_train} training records of its {n_all} (at least "
+                            f"{MIN_TRAIN_RECORDS} are needed); lower training.test_fraction or give it more records")
+        if smallest is None or n_train < smallest[0]:
+            smallest = (n_train, h.name)
+    mode = cfg.privacy.mode
+    if mode == "none" or cfg.privacy.delta is None or cfg.privacy.allow_large_delta or smallest is None:
+        return problems
+    delta = cfg.privacy_delta()
+    if mode == "record":
+        n, name = smallest
+        bound = 1.0 / (LARGE_DELTA_FACTOR * max(1, n))
+        if delta >= bound:
+            problems.append(f"privacy.delta = {delta:g} is not below 1 / ({LARGE_DELTA_FACTOR} x {n}) = {bound:.3g}: "
+                            f"hospital {name!r}, the smallest, has {n} training records, and a delta near 1/{n} "
+                            "allows one record to be published outright; lower privacy.delta, or set "
+                            "privacy.allow_large_delta = true to accept the weaker guarantee")
+    else:
+        n = len(cfg.hospitals)
+        bound = 1.0 / (LARGE_DELTA_FACTOR * n)
+        if delta >= bound:
+            problems.append(f"privacy.delta = {delta:g} is not below 1 / ({LARGE_DELTA_FACTOR} x {n} hospitals) = "
+                            f"{bound:.3g} (hospital-level DP: the unit is a hospital); lower privacy.delta, or set "
+                            "privacy.allow_large_delta = true to accept the weaker guarantee")
+    return problems

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from fedhealth.errors import StudyConfigError
 from fedhealth.study.builtin_schema import REGIONS, TIERS
 from fedhealth.study.policy import SitePolicy, effective_cap
-from fedhealth.study.schema import StudySchema
+from fedhealth.study.schema import NOT_FINITE, StudySchema
 
 Tier = Literal["tertiary", "secondary", "community"]
 Region = Literal["north", "south", "east", "west", "central"]
@@ -425,7 +425,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
         elif e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and section)"
         elif e["type"] == "finite_number":
-            msg = "not a finite number (inf and nan are refused): give a number"
+            msg = NOT_FINITE
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         lines.append(f"{source}: {key}{shown}: {msg}" if key else f"{source}: {msg}")

@@ -35,6 +35,11 @@ class SchemaError(StudyConfigError, ValueError):
     """A schema file that cannot describe a study (unreadable, self-contradictory): one line per problem."""
 
 
+# The reason given for inf or nan in any number of a study, its schema or a site policy (pydantic's type
+# `finite_number`), in one wording wherever it is refused.
+NOT_FINITE = "not a finite number (inf and nan are refused): give a number"
+
+
 class _Strict(BaseModel):
     # inf or nan in a range, centre or scale would pass every comparison and break the encoding
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -270,7 +275,7 @@ def schema_from_dict(data: dict[str, Any], source: str) -> StudySchema:
         lines = []
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"])
-            msg = e["msg"].removeprefix("Value error, ")
+            msg = NOT_FINITE if e["type"] == "finite_number" else e["msg"].removeprefix("Value error, ")
             lines.append(f"{source}: {loc + ': ' if loc else ''}{msg}")
         raise SchemaError("\n".join(lines)) from None
 
