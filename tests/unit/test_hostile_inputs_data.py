@@ -205,7 +205,7 @@ def test_the_size_limit_comes_from_the_environment_when_no_option_is_given(tmp_p
 def test_a_study_in_which_no_round_aggregated_fails(tmp_path: Path) -> None:
     """With every round declined or failed, the run must not end `completed` (exit 0) with a table for the
     untrained model: the ServerApp's last step fails it (a real federation of this: tests/integration/
-    test_secagg_federation.py::test_a_study_nobody_trains_fails)."""
+    test_secagg_federation.py::test_an_aggregate_of_one_hospital_is_not_released)."""
     from fedhealth.coordinator.app import NothingAggregated, require_an_aggregate
     from fedhealth.runs import rundir
 
