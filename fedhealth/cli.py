@@ -4,6 +4,12 @@ what the deployment scripts run.
 
 Errors a user can fix (bad config, missing file, non-empty run directory) print one line per
 problem and exit with status 2; a federation that fails exits with status 1.
+
+One error path for every command (`_Guarded`): a `FedhealthError` no command caught prints its message;
+anything else prints one line (the command, the file if one is known, the exception's type, never its
+text, which may quote a patient's value) and the traceback only under `fedhealth --debug` (or
+FEDHEALTH_DEBUG=1), never with local variables. Exit codes: 0 ok, 1 failed or unusable, 2 bad input,
+3 still running (`status`), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,20 +22,35 @@ from typing import Annotated, Any
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+import click  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
 
+from fedhealth import errors  # noqa: E402
 from fedhealth.data.study_file import load_config  # noqa: E402
 from fedhealth.runs import rundir  # noqa: E402
 from fedhealth.study.config import ConfigError, StudyConfig  # noqa: E402
 
-# No local variables in a crash's traceback: a frame may hold a key's bytes or a patient's record.
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Privacy-preserving federated learning across hospitals.")
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_RUNNING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# An error no command caught: bad input (2) for what the user can fix, failed (1) for what ran and failed.
+_BAD_INPUT = (errors.StudyConfigError, errors.DataError, errors.RunDirectoryError, errors.UsageError,
+              errors.TrustError, errors.MissingExtraError, errors.DeploymentError)
+
+
+class _SafeConsole(Console):
+    """rich's console with every string argument made terminal-safe: a path or a name the user gave, printed
+    in a table or a line, cannot carry an escape sequence to the terminal (rich passes ESC through)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().print(*(errors.terminal_safe(o, keep_newlines=True) if isinstance(o, str) else o
+                        for o in objects), **kwargs)
+
+
 # Piped output (CI logs, files) gets a wide console so the results table is never truncated.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+console = _SafeConsole(width=None if sys.stdout.isatty() else 160)
+err_console = _SafeConsole(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -37,6 +58,132 @@ def _fail(message: str, code: int = 2) -> None:
         err_console.print(f"error: {line}", style="bold red",
                           markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _refuse_inputs(target: Path, option: str, inputs: list[Path | None]) -> None:
+    """An output that is one of the command's inputs is refused even with --force: it would destroy what the
+    command reads (a hospital's CSV replaced by its own validation report)."""
+    for given in inputs:
+        if given is not None and _same_file(target, given):
+            _fail(f"{option} {target}: is also an input of this command ({given}); choose another {option}")
+
+
+def _check_target(target: Path, option: str, inputs: list[Path | None], force: bool, *,
+                  folder: bool = False) -> None:
+    """Refuse (exit 2) an output that is one of the command's inputs (even with --force: it would destroy
+    what the command reads), a target that exists unless `force` (a folder: one that is not empty), and a
+    file whose folder does not exist."""
+    _refuse_inputs(target, option, inputs)
+    if folder:
+        if target.exists() and not target.is_dir():
+            _fail(f"{option} {target}: is a file, not a folder; choose a folder")
+        if target.is_dir() and any(target.iterdir()) and not force:
+            _fail(f"{option} {target}: the folder is not empty; pass --force to write into it (files of the "
+                  f"same names are replaced), or choose another {option}")
+        return
+    if target.is_dir():
+        _fail(f"{option} {target}: is a folder; give a file name")
+    if target.exists() and not force:
+        _fail(f"{option} {target}: exists; pass --force to replace it, or choose another {option}")
+    if not target.parent.is_dir():
+        _fail(f"{option} {target}: the folder {target.parent} does not exist; create it first")
+
+
+def _fresh_folder(out: Path | None, *inputs: Path | None) -> None:
+    """`--out` of the commands that run sibling federations (sweep, fairness, contribution): like simulate's run
+    directory, a folder that does not exist or is empty; its runs are never replaced (no --force)."""
+    if out is None:
+        return
+    for given in inputs:
+        if given is not None and _same_file(out, given):
+            _fail(f"--out {out}: is also an input of this command; choose another --out")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out}: is a file, not a folder; choose a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        _fail(f"--out {out}: the folder is not empty; choose a new --out (earlier results are never replaced)")
+
+
+def _command_name(ctx: click.Context) -> str:
+    """`fedhealth certs init`, whatever the program was called (`python -m fedhealth.cli`, a test runner)."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["fedhealth", *reversed(names)])
+
+
+def _where(err: BaseException) -> str:
+    """The file an unexpected error involves: the path of an OSError, else the last line of fedhealth's own
+    code it passed through (for a bug report); never the exception's text."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f" on {os.fsdecode(err.filename)}" + (f": {err.strerror}" if err.strerror else "")
+    tb, last = err.__traceback__, None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if f"{os.sep}fedhealth{os.sep}" in filename:
+            last = f"{Path(filename).name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return f" in {last}" if last else ""
+
+
+def _debug_requested(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().params.get("debug"))  # the option, or FEDHEALTH_DEBUG (its envvar)
+
+
+class _Guarded(TyperGroup):
+    """The one error path of every command (the main app and each sub-app is one of these): see the module
+    docstring. The innermost group handles an error, naming its own subcommand; the outer ones see an Exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            err_console.print(f"error: {_command_name(ctx)} {ctx.invoked_subcommand or ''}: interrupted",
+                              style="bold red", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except errors.FedhealthError as err:
+            if _debug_requested(ctx):
+                _print_traceback(err)
+            _fail(str(err) or type(err).__name__, EXIT_BAD_INPUT if isinstance(err, _BAD_INPUT) else EXIT_FAILED)
+        except Exception as err:
+            command = " ".join(filter(None, (_command_name(ctx), ctx.invoked_subcommand)))
+            if _debug_requested(ctx):
+                _print_traceback(err)
+                hint = "the traceback is above"
+            else:
+                hint = "rerun with --debug for the traceback"
+            _fail(f"{command}: unexpected {type(err).__name__}{_where(err)}; {hint} (fedhealth --debug "
+                  f"{command.removeprefix('fedhealth ')} ...)", EXIT_FAILED)
+
+
+def _print_traceback(err: BaseException) -> None:
+    """The traceback as Python prints it: frames and lines only, never local variables."""
+    import traceback
+
+    err_console.print("".join(traceback.format_exception(err)).rstrip(), markup=False, highlight=False,
+                      soft_wrap=True)
+
+
+app = typer.Typer(cls=_Guarded, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Privacy-preserving federated learning across hospitals.")
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", envvar="FEDHEALTH_DEBUG",
+                                        help="on an unexpected error, show its traceback (never local variables)")]
+    = False,
+) -> None:
+    """Privacy-preserving federated learning across hospitals."""
 
 
 def _load(config: Path | None, overrides: list[str]) -> StudyConfig:
@@ -166,10 +313,13 @@ def status(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `fedhealth simulate`")],
+    force: Annotated[bool, typer.Option("--force", help="replace an existing report.html and figures")] = False,
 ) -> None:
     """Build the study report (report.html and figures/*.png) from a run directory's files alone."""
-    from fedhealth.reporting.report import ReportError
+    from fedhealth.reporting.report import REPORT_FILE, ReportError
 
+    if (run_dir / REPORT_FILE).exists() and not force:
+        _fail(f"{run_dir / REPORT_FILE}: exists (simulate writes it); pass --force to rebuild it and its figures")
     try:
         _report(run_dir)
     except (ReportError, ConfigError) as err:
@@ -184,6 +334,7 @@ def contribution(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: dotted.key=value")] = None,
     report_into: Annotated[Path | None, typer.Option(help="a run directory of the same study: add the "
                                                           "contribution to its report")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace a contribution.json in --report-into")] = False,
 ) -> None:
     """Each hospital's contribution (leave-one-out, Shapley): re-runs the federation on coalitions.
 
@@ -192,6 +343,9 @@ def contribution(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config, list(set_ or []))
+    _fresh_folder(out, config)
+    if report_into is not None and (report_into / rundir.CONTRIBUTION_FILE).exists() and not force:
+        _fail(f"--report-into {report_into}: holds a {rundir.CONTRIBUTION_FILE} already; pass --force to replace it")
     out = out or api.default_out_dir(cfg, "contribution")
     try:
         result = api.contribution(cfg, budget, out, report_into=report_into, progress=console)
@@ -232,6 +386,7 @@ def sweep(
     cfg = _load(config, list(set_ or []))
     if audit_references < 0:
         _fail(f"--audit-references {audit_references}: give 0 (no audit) or more")
+    _fresh_folder(out, config)
     out = out or api.default_out_dir(cfg, "sweep")
     try:
         result = api.sweep(cfg, epsilon, out, audit_references=audit_references, progress=console)
@@ -280,6 +435,7 @@ def fairness(
         _fail(f"--q {q!r}: give numbers separated by commas, e.g. 0.5,1,2")
     if any(v < 0 for v in values):
         _fail(f"--q {q!r}: q must be 0 or more")
+    _fresh_folder(out, config)
     out = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.name}-fairness"
     try:
         result = compare_strategies(cfg, values, out, qffl_learning_rate)
@@ -348,14 +504,24 @@ def print_audit_table(result: dict[str, Any]) -> None:
 def synth(
     config: Annotated[Path, typer.Option("--config", "-c", help="study config (TOML)")],
     out: Annotated[Path, typer.Option(help="directory for one CSV per hospital")],
+    force: Annotated[bool, typer.Option("--force", help="replace files of the same names in --out")] = False,
 ) -> None:
     """Write each hospital's synthetic records as CSV, with the schema, the data dictionary and a config
     (<name>-files.toml) that simulates the same study from these files."""
-    from fedhealth.data.export import write_synthetic_study
+    from fedhealth.data.export import study_files, write_synthetic_study
 
     cfg = _load(config, [])
     if cfg.from_files:
         _fail(f"{config}: this study already reads its hospitals from files; synth writes generated hospitals")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out}: is a file, not a folder; choose a folder")
+    files = study_files(cfg, out)
+    for path in files.values():
+        _refuse_inputs(path, "--out", [config])
+    existing = [p.name for p in files.values() if p.exists()]
+    if existing and not force:
+        _fail(f"--out {out}: would replace {len(existing)} existing file(s) ({', '.join(existing[:5])}"
+              f"{', ...' if len(existing) > 5 else ''}); pass --force to replace them, or choose another --out")
     paths = write_synthetic_study(cfg, out)
     console.print(f"wrote {len(paths)} hospital files, schema.toml, the data dictionary and "
                   f"{cfg.name}-files.toml to {out}")
@@ -366,6 +532,7 @@ def validate(
     schema: Annotated[Path, typer.Option(help="the study schema (TOML)")],
     data: Annotated[list[Path], typer.Option(help="a hospital's CSV or Parquet file (repeatable)")],
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report(s) as JSON")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --json file")] = False,
     max_bytes: Annotated[int | None, typer.Option(
         min=1, help="refuse a data file larger than this many bytes (default 2 GiB, or FEDHEALTH_MAX_DATA_BYTES)")
     ] = None,
@@ -379,6 +546,8 @@ def validate(
     from fedhealth.data.validation import DataFileError, check_hospital_file
     from fedhealth.study.schema import SchemaError, load_schema
 
+    if json_out is not None:  # before any work: a report that cannot be written, or would replace a file
+        _check_target(json_out, "--json", [schema, *data], force)
     try:
         study = load_schema(schema)
     except SchemaError as err:
@@ -396,7 +565,7 @@ def validate(
         console.print("usable" if report.ok else "NOT usable: fix the errors above", style="green" if report.ok
                       else "bold red")
     if json_out is not None:
-        json_out.write_text(json.dumps({"schema": study.study.name, "files": reports}, indent=2) + "\n")
+        rundir.atomic_write_text(json_out, json.dumps({"schema": study.study.name, "files": reports}, indent=2) + "\n")
     if not usable:
         raise typer.Exit(1)
 
@@ -453,10 +622,10 @@ def budget(
         raise typer.Exit(1)
 
 
-app.add_typer(certs_app, name="certs")
-app.add_typer(audit_app, name="audit")
-app.add_typer(app_app, name="app")
-app.add_typer(deploy_app, name="deploy")
+app.add_typer(certs_app, name="certs", cls=_Guarded)
+app.add_typer(audit_app, name="audit", cls=_Guarded)
+app.add_typer(app_app, name="app", cls=_Guarded)
+app.add_typer(deploy_app, name="deploy", cls=_Guarded)
 
 
 def main() -> None:

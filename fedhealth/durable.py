@@ -3,6 +3,10 @@ target, fsync the directory. A reader sees the old file or the new one, never ha
 
 Used for what must not be lost: a hospital's privacy ledger (a lost charge is spent budget that no longer
 shows), its stored releases and its secret.
+
+`inside` is the belt under every write into a folder fedhealth was given (a run directory, an `--out`):
+names that become file names are checked where they are read (the study's hospitals and its name, a
+hospital's node config), and `inside` refuses any path that would still land outside its folder.
 """
 
 from __future__ import annotations
@@ -10,6 +14,28 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+from fedhealth.errors import UsageError, terminal_safe
+
+
+class PathEscapeError(UsageError):
+    """A file name that would put a file outside the folder it belongs in (`../x`, an absolute path, a link
+    that leads out): nothing is written."""
+
+
+def inside(root: Path | str, *parts: str | Path) -> Path:
+    """`root / parts...`, refused (PathEscapeError) unless it resolves to a path inside `root` itself
+    (links followed, so a link inside `root` that leads out is refused too). Returns the unresolved
+    `root / parts...`, so messages show the path as the user gave it."""
+    root = Path(root)
+    target = root.joinpath(*parts)
+    base = root.resolve()
+    resolved = target.resolve()
+    if resolved == base or base not in resolved.parents:
+        shown = terminal_safe(repr("/".join(str(p) for p in parts)))
+        raise PathEscapeError(f"{terminal_safe(str(root))}: the file name {shown} would be written outside this "
+                              "folder; names of hospitals and studies may use letters, digits, '-', '_' and '.'")
+    return target
 
 
 def fsync_dir(directory: Path) -> None:

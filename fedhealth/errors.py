@@ -5,26 +5,31 @@ subclass for one kind of failure. The concrete exceptions stay in the modules th
 keeps its built-in base, so `except ValueError` and `except RuntimeError` catch what they always did):
 
 ===========================  ==================================================================================
-category                     raised as (module: class)
+category                     raised as (module under fedhealth/: class)
 ===========================  ==================================================================================
-StudyConfigError             config: ConfigError; data.study_schema: SchemaError
+StudyConfigError             study.config: ConfigError; study.schema: SchemaError;
+                             study.textfile: NotUtf8Error
 DataError                    data.validation: DataFileError
-RunDirectoryError            rundir: RunDirError; reporting.report: ReportError; privacy_audit: AuditError
-UsageError                   fedhealth.api (an argument it cannot use)
+RunDirectoryError            runs.rundir: RunDirError; reporting.report: ReportError;
+                             experiments.privacy_audit: AuditError
+UsageError                   api (an argument it cannot use)
 PrivacyBudgetError           privacy.ledger: BudgetExceeded
 PrivacyRecordsError          privacy.ledger: LedgerError; privacy.audit: AuditError; privacy.secret: SecretError
-HospitalRefusedError         federation.guard: HospitalRefusal; federation.client: NonFiniteUpdateError;
-                             federation.secagg_client: UpdateRefused, _Declined; privacy.ledger: StaleRound
-AggregationError             federation.secagg_server: AggregateRefused; federation.server: NothingAggregated
-FederationError              simulate: SimulationError; federation.recorder: RoundsFailedError;
-                             federation.attendance: HospitalsMissing
-FederationBudgetError        contribution: BudgetExhausted
-TrustError                   security.certs: PKIError, CertificateError; security.app_trust: AppTrustError
-MissingExtraError            tracking: TrackingError
-InjectedFault                federation.secagg_client: InjectedDropout (tests only)
+HospitalRefusedError         hospital.guard: HospitalRefusal; hospital.app: NonFiniteUpdateError;
+                             hospital.secure_aggregation: UpdateRefused, _Declined; privacy.ledger: StaleRound
+AggregationError             coordinator.secure_aggregation: AggregateRefused; coordinator.app: NothingAggregated
+FederationError              experiments.simulate: SimulationError; coordinator.recorder: RoundsFailedError;
+                             coordinator.attendance: HospitalsMissing
+FederationBudgetError        experiments.contribution: BudgetExhausted
+TrustError                   security.certs: PKIError, CertificateError; deployment.app_trust: AppTrustError
+MissingExtraError            runs.tracking: TrackingError
+DeploymentError              hospital.node_config: NodeConfigError; deployment.supernode: LauncherError;
+                             deployment.gateway: GatewayError
+InjectedFault                hospital.secure_aggregation: InjectedDropout (tests only)
 ===========================  ==================================================================================
 
-This module imports nothing, so every layer can use it.
+This module imports nothing, so every layer can use it; `terminal_safe` is here for the same reason: every
+layer that writes a message with a user-given string in it can make it safe for a terminal.
 """
 
 from __future__ import annotations
@@ -112,3 +117,16 @@ class DeploymentError(FedhealthError):
 
 class InjectedFault(FedhealthError):
     """A fault a test injected (`testing.dropouts`); never raised in a real study."""
+
+
+# Control characters (C0, DEL, C1) that a terminal would act on: an escape sequence can recolour, move the
+# cursor or retitle the window, and a stray newline can forge a line of fedhealth's own output.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL_KEEP_LINES = {c: e for c, e in _CONTROL.items() if c != 0x0A}
+
+
+def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` with every control character written as `\\xNN`, so a user-given string (a path, a name, a
+    key) reaches a terminal or a report as what it is, never as an instruction to the terminal.
+    `keep_newlines` keeps line breaks, for a message fedhealth itself wrote one line per problem."""
+    return text.translate(_CONTROL_KEEP_LINES if keep_newlines else _CONTROL)

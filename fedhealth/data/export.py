@@ -12,11 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedhealth.data.synthetic import HospitalProfile, generate_hospital
+from fedhealth.durable import inside
 from fedhealth.study.builtin_schema import write_data_dictionary
 from fedhealth.study.config import StudyConfig
 from fedhealth.study.schema import default_schema, write_schema
 
 SCHEMA_FILE = "schema.toml"
+DICTIONARY_FILE = "DATA_DICTIONARY.md"
+
+
+def study_files(cfg: StudyConfig, out: Path) -> dict[str, Path]:
+    """Every file `write_synthetic_study` writes into `out` (key: a hospital's name, or what the file is),
+    each checked to stay inside `out` (`fedhealth.durable.inside`), so a caller can refuse existing ones first."""
+    files = {"dictionary": inside(out, DICTIONARY_FILE), "schema": inside(out, SCHEMA_FILE)}
+    files.update({f"hospital {h.name}": inside(out, f"{h.name}.csv") for h in cfg.hospitals})
+    files["config"] = inside(out, f"{cfg.name}-files.toml")
+    return files
 
 
 def file_config(cfg: StudyConfig, files: dict[str, str], schema_file: str = SCHEMA_FILE) -> str:
@@ -42,15 +53,15 @@ def write_synthetic_study(cfg: StudyConfig, out: Path) -> list[Path]:
     not name it, so validation ignores it). Also writes `schema.toml` and `<name>-files.toml`."""
     if cfg.from_files:
         raise ValueError(f"study {cfg.name!r} already reads its hospitals from files; there is nothing to generate")
+    files = study_files(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    write_data_dictionary(out / "DATA_DICTIONARY.md")
-    write_schema(default_schema(), out / SCHEMA_FILE)
+    write_data_dictionary(files["dictionary"])
+    write_schema(default_schema(), files["schema"])
     paths = []
     for i, h in enumerate(cfg.hospitals):
         records = generate_hospital(HospitalProfile(h.name, h.tier, h.region, h.records), i, cfg.seed)
-        path = out / f"{h.name}.csv"
+        path = files[f"hospital {h.name}"]
         records.to_frame().to_csv(path, index=False)  # full precision: the round trip must be exact
         paths.append(path)
-    (out / f"{cfg.name}-files.toml").write_text(
-        file_config(cfg, {h.name: f"{h.name}.csv" for h in cfg.hospitals}), encoding="utf-8")
+    files["config"].write_text(file_config(cfg, {h.name: f"{h.name}.csv" for h in cfg.hospitals}), encoding="utf-8")
     return paths

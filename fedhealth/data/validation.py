@@ -180,7 +180,7 @@ def iter_table(path: Path, chunk_rows: int = CHUNK_ROWS, max_bytes: int | None =
                              chunksize=chunk_rows)
         with reader:
             yield from reader
-    except (OSError, ValueError, pd.errors.ParserError) as err:
+    except (OSError, ValueError, TypeError, pd.errors.ParserError) as err:  # the type only: pandas quotes cells
         raise _unreadable(path, err) from None
 
 
@@ -266,14 +266,16 @@ class _Checker:
         self.header_seen = True
         names = [str(c).strip() for c in columns]
         report = self.report
+        repeated = sorted({c for c in names if names.count(c) > 1})
+        if repeated:  # `age` and ` age`: which of the two holds the ages cannot be guessed
+            report.errors.append("column(s) " + ", ".join(map(repr, repeated)) + " appear more than once in the "
+                                 "header (spaces around a name are ignored); keep one column of each name")
+            self.unusable = True
+            return
         absent = [c for c in self.needed if c not in names]
         if absent:
             report.errors.append(f"missing column(s) {', '.join(absent)}: the schema {self.schema.study.name!r} "
                                  f"needs {', '.join(self.needed)}")
-        twice = [c for c in self.needed if names.count(c) > 1]
-        if twice:
-            report.errors.append(f"column(s) {', '.join(twice)} appear more than once in the header (once spaces "
-                                 "around the names are removed); keep one of each")
         extra = [c for c in names if c not in self.needed]
         if extra:
             report.warnings.append(f"column(s) not in the schema, ignored: {', '.join(map(str, extra))}")
@@ -324,7 +326,13 @@ class _Checker:
 
         values = np.empty((len(frame), len(schema.columns))) if self.keep_values else None
         for j, spec in enumerate(schema.columns):
-            column = self._check_column(spec, frame[spec.name], self.stats[j], self.suspicion[j], bad)
+            try:
+                column = self._check_column(spec, frame[spec.name], self.stats[j], self.suspicion[j], bad)
+            except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
+                # pandas and numpy quote the cell they could not convert: only the type may be shown
+                raise DataFileError(f"{self.report.source}: column {spec.name!r} cannot be checked "
+                                    f"({type(err).__name__}); check that it holds one kind of value (numbers, or "
+                                    "the schema's categories)") from None
             if values is not None:
                 values[:, j] = column
         good = ~bad
@@ -449,13 +457,22 @@ def validate_table(frame: pd.DataFrame | Iterable[pd.DataFrame], schema: StudySc
 
     The verdict includes what training needs of the whole file (both classes, on both sides of an official
     split), so `fedhealth validate` and a study's loading of the same file agree. `keep_values=False` keeps
-    only the labels (what `fedhealth validate` needs), not the typed values."""
+    only the labels (what `fedhealth validate` needs), not the typed values.
+
+    A table pandas cannot check (a Parquet column of lists, say) raises DataFileError naming the file and the
+    error's type only: pandas quotes the cell."""
     checker = _Checker(schema, source, keep_values)
-    for block in [frame] if isinstance(frame, pd.DataFrame) else frame:
-        checker.add(block)
-    if not checker.header_seen:
-        raise DataFileError(f"{source}: the file is empty (no header, no rows)")
-    return checker.finish()
+    try:
+        for block in [frame] if isinstance(frame, pd.DataFrame) else frame:
+            checker.add(block)
+        if not checker.header_seen:
+            raise DataFileError(f"{source}: the file is empty (no header, no rows)")
+        return checker.finish()
+    except DataFileError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
+        raise DataFileError(f"{source}: cannot be checked against schema {schema.study.name!r} "
+                            f"({type(err).__name__}); check that each column holds one kind of value") from None
 
 
 def check_hospital_file(path: Path, schema: StudySchema, *, keep_values: bool = True, max_bytes: int | None = None,

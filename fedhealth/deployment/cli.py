@@ -19,22 +19,47 @@ from typer.core import TyperCommand
 
 from fedhealth.deployment.processes import DEFAULT_CONNECTION  # standard library only: cheap to import
 
-certs_app = typer.Typer(add_completion=False, no_args_is_help=True,
+certs_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                         help="Create and check the study's TLS certificates and SuperNode keys.")
-audit_app = typer.Typer(add_completion=False, no_args_is_help=True,
+audit_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                         help="Verify a hospital's signed, hash-chained audit log.")
-app_app = typer.Typer(add_completion=False, no_args_is_help=True,
+app_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                       help="Build, review, approve (sign) and publish the app versions hospitals run.")
-deploy_app = typer.Typer(add_completion=False, no_args_is_help=True,
+deploy_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                          help="What server/deploy.sh and clients/deploy.sh run: the flwr CLI's connection, a "
                               "hospital's pre-flight checks and --node-config, the Fleet-only gateway and the "
                               "hospital's SuperNode launcher.")
 
 
 def _fail(message: str, code: int) -> NoReturn:
+    from fedhealth.errors import terminal_safe
+
     for line in message.splitlines():
-        typer.echo(f"error: {line}", err=True)
+        typer.echo(f"error: {terminal_safe(line)}", err=True)
     raise typer.Exit(code)
+
+
+def _say(text: str) -> None:
+    """One line of output; a path or name the user gave cannot act on the terminal (escapes written out)."""
+    from fedhealth.errors import terminal_safe
+
+    typer.echo(terminal_safe(text, keep_newlines=True))
+
+
+def _check_hospital(hospital: str | None) -> None:
+    """A `--hospital` name becomes a key folder and a key id: the study's rule for names (exit 2 otherwise)."""
+    from fedhealth.study.names import name_problem, shown
+
+    problem = None if hospital is None else name_problem(hospital)
+    if problem is not None:
+        _fail(f"--hospital {shown(hospital)}: {problem}", 2)
+
+
+def _not_an_input(out: Path, *inputs: Path | None) -> None:
+    """An output that is one of the command's inputs is refused, --force or not: it would destroy what it reads."""
+    for given in inputs:
+        if given is not None and out.exists() and given.exists() and os.path.samefile(out, given):
+            _fail(f"--out {out}: is also an input of this command ({given}); choose another --out", 2)
 
 
 def _require_files(*labelled: tuple[str, Path | None]) -> None:
@@ -61,14 +86,14 @@ def certs_init(
         pki = init_study_pki(out, server_name or list(DEFAULT_SERVER_NAMES), days, force=force)
     except (PKIError, OSError) as err:
         _fail(str(err), 2)
-    typer.echo(f"created a study PKI in {pki.root} (valid {days} days; names: {', '.join(pki.server_names)})")
-    typer.echo(f"  CA certificate      {pki.ca_cert}   every SuperNode: --root-certificates; SuperLink: "
+    _say(f"created a study PKI in {pki.root} (valid {days} days; names: {', '.join(pki.server_names)})")
+    _say(f"  CA certificate      {pki.ca_cert}   every SuperNode: --root-certificates; SuperLink: "
                "--ssl-ca-certfile")
-    typer.echo(f"  CA private key      {pki.ca_key}   keep offline: it can issue certificates the hospitals trust")
-    typer.echo(f"  server certificate  {pki.server_cert}   flower-superlink --ssl-certfile")
-    typer.echo(f"  server private key  {pki.server_key}   flower-superlink --ssl-keyfile")
-    typer.echo(f"  manifest            {pki.manifest}")
-    typer.echo("next: each hospital runs `fedhealth certs hospital-keys` and sends you its supernode_auth.pub; "
+    _say(f"  CA private key      {pki.ca_key}   keep offline: it can issue certificates the hospitals trust")
+    _say(f"  server certificate  {pki.server_cert}   flower-superlink --ssl-certfile")
+    _say(f"  server private key  {pki.server_key}   flower-superlink --ssl-keyfile")
+    _say(f"  manifest            {pki.manifest}")
+    _say("next: each hospital runs `fedhealth certs hospital-keys` and sends you its supernode_auth.pub; "
                f"file each with `fedhealth certs add-hospital --pki {pki.root} --hospital NAME FILE.pub`")
 
 
@@ -82,21 +107,22 @@ def certs_hospital_keys(
     pair (with trusted-entities.yaml naming it). Only supernode_auth.pub leaves the hospital."""
     from fedhealth.security.certs import PKIError, init_hospital_keys
 
+    _check_hospital(hospital)
     try:
         keys = init_hospital_keys(out, hospital, force=force)
     except (PKIError, OSError) as err:
         _fail(str(err), 2)
-    typer.echo(f"created {hospital}'s keys in {keys.root} (private keys mode 0600: they never leave this hospital)")
-    typer.echo(f"  SuperNode key       {keys.node.private_key}   deploy_hospital.sh --key")
-    typer.echo(f"  SuperNode .pub      {keys.node.public_key}   send to the operator ({keys.node.fingerprint})")
-    typer.echo(f"  audit signing key   {keys.audit_private_key}   signs the audit log (node config audit-key)")
-    typer.echo(f"  audit public key    {keys.audit_public_key}   fedhealth audit verify --public-key "
+    _say(f"created {hospital}'s keys in {keys.root} (private keys mode 0600: they never leave this hospital)")
+    _say(f"  SuperNode key       {keys.node.private_key}   deploy_hospital.sh --key")
+    _say(f"  SuperNode .pub      {keys.node.public_key}   send to the operator ({keys.node.fingerprint})")
+    _say(f"  audit signing key   {keys.audit_private_key}   signs the audit log (node config audit-key)")
+    _say(f"  audit public key    {keys.audit_public_key}   fedhealth audit verify --public-key "
                f"({keys.audit_fingerprint})")
-    typer.echo(f"  app approval key    {keys.approval_private_key}   fedhealth app approve --key")
-    typer.echo(f"  trusted entities    {keys.trusted_entities}   flower-supernode --trusted-entities "
+    _say(f"  app approval key    {keys.approval_private_key}   fedhealth app approve --key")
+    _say(f"  trusted entities    {keys.trusted_entities}   flower-supernode --trusted-entities "
                f"({keys.approval_key_id}: {keys.approval_fingerprint})")
-    typer.echo(f"  manifest            {keys.manifest}")
-    typer.echo(f"confirm the fingerprint {keys.node.fingerprint} with the operator over another channel")
+    _say(f"  manifest            {keys.manifest}")
+    _say(f"confirm the fingerprint {keys.node.fingerprint} with the operator over another channel")
 
 
 @certs_app.command("add-hospital")
@@ -109,6 +135,7 @@ def certs_add_hospital(
     """Operator: file a hospital's SuperNode public key under PKI/hospitals/NAME/ (for deploy_server.sh register)."""
     from fedhealth.security.certs import CertificateError, PKIError, add_hospital_public_key
 
+    _check_hospital(hospital)
     _require_files(("SuperNode public key", public_key))
     try:
         target, fingerprint = add_hospital_public_key(pki, hospital, public_key, force=force)
@@ -116,7 +143,7 @@ def certs_add_hospital(
         _fail(str(err), 2)
     except CertificateError as err:
         _fail(str(err), 1)
-    typer.echo(f"filed {hospital}'s SuperNode public key as {target} ({fingerprint}); confirm the fingerprint with "
+    _say(f"filed {hospital}'s SuperNode public key as {target} ({fingerprint}); confirm the fingerprint with "
                "the hospital, then register it")
 
 
@@ -137,7 +164,7 @@ def certs_check(
         found = check_server_tls(ca, cert, key, host=host or None)
     except CertificateError as err:
         _fail(str(err), 1)
-    typer.echo(f"ok: {cert} is signed by {ca}, matches {key}, names {', '.join(found.names)}, valid until "
+    _say(f"ok: {cert} is signed by {ca}, matches {key}, names {', '.join(found.names)}, valid until "
                f"{found.not_after:%Y-%m-%d %H:%M} UTC")
 
 
@@ -154,7 +181,7 @@ def certs_check_node(
         fingerprint = check_node_keypair(private_key, public_key)
     except CertificateError as err:
         _fail(str(err), 1)
-    typer.echo(f"ok: {private_key} and {public_key} are one key pair ({fingerprint})")
+    _say(f"ok: {private_key} and {public_key} are one key pair ({fingerprint})")
 
 
 @audit_app.command("verify")
@@ -185,9 +212,9 @@ def audit_verify(
         how = f"signed by {report.signer}, signatures NOT checked (pass --public-key)"
     else:
         how = "unsigned: only the hash chain was checked"
-    typer.echo(f"ok: {log}: {verified}, chain intact, {how}; last hash {report.last_hash}")
+    _say(f"ok: {log}: {verified}, chain intact, {how}; last hash {report.last_hash}")
     if expected_entries is None:
-        typer.echo("note: removal of the last entries cannot be seen in the file alone; compare the count with "
+        _say("note: removal of the last entries cannot be seen in the file alone; compare the count with "
                    "the hospital's privacy ledger (--expected-entries)")
 
 
@@ -213,6 +240,7 @@ def app_build(
     from fedhealth.deployment.app_trust import build_fab, summarize_fab
     from fedhealth.security.certs import _write_file
 
+    _not_an_input(out, project / "pyproject.toml")
     if out.exists() and not force:
         _fail(f"{out}: exists; refusing to overwrite it (pass --force, or choose another --out)", 2)
     try:
@@ -222,7 +250,7 @@ def app_build(
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_file(out, data, 0o644)
     summary = summarize_fab(data)
-    typer.echo(f"built {out}: {summary.app_id}=={summary.version}, {len(summary.files)} files, sha256 {summary.sha256}")
+    _say(f"built {out}: {summary.app_id}=={summary.version}, {len(summary.files)} files, sha256 {summary.sha256}")
 
 
 @app_app.command("review")
@@ -243,22 +271,22 @@ def app_review(
     except AppTrustError as err:
         _fail(f"{fab}: {err}", 1)
     if as_json:
-        typer.echo(json.dumps({"sha256": summary.sha256, "app_id": summary.app_id, "version": summary.version,
+        _say(json.dumps({"sha256": summary.sha256, "app_id": summary.app_id, "version": summary.version,
                                "files": [vars(f) for f in summary.files], "changes": changes}, indent=2))
         return
-    typer.echo(f"{fab}: {summary.app_id}=={summary.version}")
-    typer.echo(f"  sha256 {summary.sha256}  ({summary.size} bytes, {len(summary.files)} files)")
+    _say(f"{fab}: {summary.app_id}=={summary.version}")
+    _say(f"  sha256 {summary.sha256}  ({summary.size} bytes, {len(summary.files)} files)")
     for f in summary.files:
         mark = ""
         if changes is not None:
             mark = "+ " if f.path in changes["added"] else "M " if f.path in changes["changed"] else "  "
-        typer.echo(f"  {mark}{f.sha256[:16]}  {f.size:>8}  {f.path}")
+        _say(f"  {mark}{f.sha256[:16]}  {f.size:>8}  {f.path}")
     if changes is not None:
         for path in changes["removed"]:
-            typer.echo(f"  - {'':16}  {'':>8}  {path}")
-        typer.echo(f"since {against}: {len(changes['added'])} added, {len(changes['changed'])} changed, "
+            _say(f"  - {'':16}  {'':>8}  {path}")
+        _say(f"since {against}: {len(changes['added'])} added, {len(changes['changed'])} changed, "
                    f"{len(changes['removed'])} removed")
-    typer.echo("to approve exactly these bytes: fedhealth app approve FAB --key KEYS/app_approval --hospital NAME "
+    _say("to approve exactly these bytes: fedhealth app approve FAB --key KEYS/app_approval --hospital NAME "
                f"--sha256 {summary.sha256}")
 
 
@@ -279,6 +307,10 @@ def app_approve(
     from fedhealth.deployment.app_trust import AppTrustError, fab_sha256, sign_fab
     from fedhealth.security.certs import _write_file, approval_key_id
 
+    _check_hospital(hospital)
+    _not_an_input(out, fab, key)
+    if not out.parent.is_dir():
+        _fail(f"--out {out}: the folder {out.parent} does not exist; create it first", 2)
     data = _fab(fab)
     if fab_sha256(data) != sha256.strip().lower():
         _fail(f"{fab}: its sha256 is {fab_sha256(data)}, not the reviewed {sha256}: these are other bytes; review "
@@ -292,7 +324,7 @@ def app_approve(
     except AppTrustError as err:
         _fail(str(err), 2)
     _write_file(out, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
-    typer.echo(f"approved {record['app_id']}=={record['version']} (sha256 {record['fab_sha256']}) as "
+    _say(f"approved {record['app_id']}=={record['version']} (sha256 {record['fab_sha256']}) as "
                f"{record['public_key_id']} ({record['signer_fingerprint']}); send {out} to the operator")
 
 
@@ -311,7 +343,7 @@ def app_trust_key(
         fingerprint = trust_key(trusted_entities, key_id, public_key, replace=replace)
     except AppTrustError as err:
         _fail(str(err), 2)
-    typer.echo(f"{trusted_entities}: trusts {key_id} ({fingerprint}); restart the SuperNode to apply")
+    _say(f"{trusted_entities}: trusts {key_id} ({fingerprint}); restart the SuperNode to apply")
 
 
 @app_app.command("publish")
@@ -327,7 +359,7 @@ def app_publish(
         summary, target = Registry(registry).publish(_fab(fab), replace=replace)
     except AppTrustError as err:
         _fail(str(err), 2)
-    typer.echo(f"published {summary.app_id}=={summary.version} (sha256 {summary.sha256}) as {target}; "
+    _say(f"published {summary.app_id}=={summary.version} (sha256 {summary.sha256}) as {target}; "
                f"run it with: flwr run {summary.app_id}=={summary.version} CONNECTION")
 
 
@@ -348,7 +380,7 @@ def app_add_signature(
             _fail(f"{path}: {err}", 2)
         except AppTrustError as err:
             _fail(f"{path}: {err}", 2)
-        typer.echo(f"{path}: filed as {target}")
+        _say(f"{path}: filed as {target}")
 
 
 @app_app.command("serve")
@@ -363,7 +395,7 @@ def app_serve(
     server = serve_registry(registry, host, port)
     import sys
 
-    typer.echo(f"registry {registry} on http://{host}:{server.server_address[1]} "
+    _say(f"registry {registry} on http://{host}:{server.server_address[1]} "
                f"(flower-superlink: FLWR_SUPERGRID_API_URL=http://{host}:{server.server_address[1]})")
     sys.stdout.flush()
     try:
@@ -391,7 +423,7 @@ def deploy_connection(
 
     home = flwr_home if flwr_home is not None else os.environ.get("FLWR_HOME") or str(Path.home() / ".flwr")
     path = write_connection(home, address, ca, name)
-    typer.echo(f"{path}: [superlink.{name}] address = {address}, root-certificates = "
+    _say(f"{path}: [superlink.{name}] address = {address}, root-certificates = "
                f"{Path(ca).expanduser().resolve()}")
 
 
@@ -411,11 +443,12 @@ def deploy_preflight(
 ) -> None:
     """A hospital's checks before its SuperNode starts: one line per problem and exit 1 on any."""
     from fedhealth.deployment.processes import hospital_problems
+    from fedhealth.errors import terminal_safe
 
     problems = hospital_problems(ca, policy, audit_log, public_key, ledger_dir, audit_key=audit_key,
                                  node_key=node_key, trusted_entities=trusted_entities)
     for line in problems:
-        typer.echo(f"error: {line}", err=True)
+        typer.echo(f"error: {terminal_safe(line)}", err=True)
     if problems:
         raise typer.Exit(1)
 

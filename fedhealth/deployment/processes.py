@@ -157,6 +157,12 @@ def node_config(values: Mapping[str, str]) -> str:
             continue
         if "'" in value or "\n" in value:
             raise ValueError(f"node config {key}: {value!r} contains a quote or a line break; rename the path")
+        if key == "hospital-name":  # the ClientApp refuses it too (node_config.py); say so before Flower starts
+            from fedhealth.study.names import name_problem, shown
+
+            problem = name_problem(value)
+            if problem is not None:
+                raise ValueError(f"node config hospital-name {shown(value)}: {problem}")
         parts.append(f"{key}='{value}'")
     return " ".join(parts)
 

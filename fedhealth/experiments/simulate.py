@@ -132,7 +132,7 @@ def privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
             declined.setdefault(d["hospital_index"], []).append({"round": row["round"], "reason": d["reason"]})
     hospitals = []
     for i, h in enumerate(cfg.hospitals):
-        path = run_dir / rundir.PRIVACY_DIR / f"{h.name}.json"
+        path = rundir.hospital_file(run_dir, rundir.PRIVACY_DIR, h.name, ".json")
         ledger = rundir.read_json(path) if path.exists() else {"entries": [], "cap": cfg.epsilon_cap(i)}
         entries = ledger["entries"]
         stops = declined.get(i, [])

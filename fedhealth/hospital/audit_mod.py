@@ -54,7 +54,7 @@ def audit_log_for(ctxt: Context, hospital: str, config: dict):
             # Deployment without `audit-log`: the server's run directory is not the hospital's disk.
             log.warning("hospital %s keeps no audit log: set audit-log (and audit-key) in its node config", hospital)
             return None
-        path = str(Path(ledger_dir).parent / rundir.AUDIT_DIR / f"{hospital}.jsonl")
+        path = str(rundir.hospital_file(Path(ledger_dir).parent, rundir.AUDIT_DIR, hospital, ".jsonl"))
     cache_key = (path, key)
     if cache_key not in _logs:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedhealth.errors import DeploymentError
+from fedhealth.study.names import name_problem, shown
 
 Mode = Literal["simulation", "deployment"]
 
@@ -87,6 +88,10 @@ class NodeSettings:
             except (TypeError, ValueError):
                 raise NodeConfigError(f"node config {key}: expected {kind.__name__}, got {type(raw).__name__}; "
                                       f"{DEPLOYMENT_KEYS.get(key, SIMULATION_KEYS.get(key))[1]}") from None
+        name = values.get("hospital-name")
+        problem = None if name is None else name_problem(name)
+        if problem is not None:  # it names this hospital's ledger, secret and audit files
+            raise NodeConfigError(f"node config hospital-name {shown(name)}: {problem}")
         index = values.get("hospital-index", values.get("partition-id"))
         return cls(mode="simulation" if simulated else "deployment", hospital_name=values.get("hospital-name"),
                    hospital_index=index, data_file=values.get("data-file"), schema_file=values.get("schema-file"),

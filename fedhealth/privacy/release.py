@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhealth.durable import atomic_write_bytes
+from fedhealth.durable import atomic_write_bytes, inside
 
 
 def model_hash(arrays: list[np.ndarray]) -> str:
@@ -45,7 +45,7 @@ class ReleaseStore:
     """The updates a hospital released, one `.npz` per release key, under `<ledger dir>/<hospital>.releases/`."""
 
     def __init__(self, ledger_dir: Path, hospital: str) -> None:
-        self.root = ledger_dir / f"{hospital}.releases"
+        self.root = inside(ledger_dir, f"{hospital}.releases")
 
     def _path(self, key: str) -> Path:
         if not (len(key) == 64 and all(c in "0123456789abcdef" for c in key)):

@@ -24,6 +24,7 @@ import numpy as np
 from torch import nn
 
 from fedhealth.data.hospitals import HospitalSplit
+from fedhealth.durable import inside
 from fedhealth.privacy.dp import DPSchedule, calibrate_noise, dp_schedule, train_private
 from fedhealth.privacy.ledger import BudgetExceeded, LedgerEntry, LedgerError, PrivacyLedger, StaleRound, epsilon_of
 from fedhealth.privacy.release import ReleaseStore, model_hash, release_key
@@ -117,7 +118,7 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
     store = ReleaseStore(folder, name)
     try:
         secret = HospitalSecret.load_or_create(secret_path(folder, name))
-        with PrivacyLedger.locked(folder / f"{name}.json", name, cap, cfg.privacy_delta()) as ledger:
+        with PrivacyLedger.locked(inside(folder, f"{name}.json"), name, cap, cfg.privacy_delta()) as ledger:
             earlier = ledger.release_entry(key)
             if earlier is not None:  # a retry of a release already paid for: the same bytes, no new cost
                 stored = store.get(key)
@@ -177,7 +178,7 @@ def charge_hospital_release(cfg: StudyConfig, split: HospitalSplit, received: li
     key = release_key(study, server_round, model_hash(received),
                       {**training_settings(cfg, split.index, cap), "nonce": _secrets.token_hex(16)})
     try:
-        ledger = PrivacyLedger(Path(ledger_dir) / f"{name}.json", name, math.inf, cfg.privacy_delta(),
+        ledger = PrivacyLedger(inside(ledger_dir, f"{name}.json"), name, math.inf, cfg.privacy_delta(),
                                hospital_cap=cap)
         ledger.charge(server_round, hospital_noise(cfg), 1.0, 1, cfg.privacy.clipping_norm, study=study,
                       release=key, unit="hospital")

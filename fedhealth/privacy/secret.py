@@ -28,6 +28,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from fedhealth.durable import inside
 from fedhealth.errors import PrivacyRecordsError
 
 SECRET_BYTES = 32
@@ -38,7 +39,7 @@ class SecretError(PrivacyRecordsError, RuntimeError):
 
 
 def secret_path(ledger_dir: Path, hospital: str) -> Path:
-    return ledger_dir / f"{hospital}.secret"
+    return inside(ledger_dir, f"{hospital}.secret")
 
 
 class HospitalSecret:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from fedhealth.durable import atomic_write_text as _durable_write_text
+from fedhealth.durable import inside
 from fedhealth.errors import RunDirectoryError
 
 CONFIG_FILE = "config.resolved.toml"
@@ -121,6 +122,12 @@ def truncate_jsonl_after_round(path: Path, last_round: int) -> None:
     atomic_write_text(path, "".join(dumps(r) + "\n" for r in rows))
 
 
+def hospital_file(run_dir: Path, folder: str, hospital: str, suffix: str) -> Path:
+    """A hospital's own file in the run directory (`privacy/<name>.json`, `audit/<name>.jsonl`), refused
+    (PathEscapeError) if the name would put it outside that folder."""
+    return inside(Path(run_dir) / folder, f"{hospital}{suffix}")
+
+
 def checkpoint_path(run_dir: Path, server_round: int) -> Path:
     return run_dir / CHECKPOINT_DIR / f"round_{server_round:04d}.npz"
 
@@ -172,11 +179,11 @@ def create_run_dir(cfg, out: Path | None = None, base: Path = Path("runs"),
 
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = base / f"{stamp}-{cfg.name}"
+        out = inside(base, f"{stamp}-{cfg.name}")
         suffix = 1
         while out.exists():
             suffix += 1
-            out = base / f"{stamp}-{cfg.name}-{suffix}"
+            out = inside(base, f"{stamp}-{cfg.name}-{suffix}")
     if out.exists() and any(out.iterdir()):
         found = ""
         with contextlib.suppress(RunDirError, OSError, ValueError):

@@ -17,9 +17,11 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core.core_schema import ValidationInfo
 
 from fedhealth.errors import StudyConfigError
 from fedhealth.study.builtin_schema import REGIONS, TIERS
+from fedhealth.study.names import MAX_NAME, name_problem
 from fedhealth.study.policy import SitePolicy, effective_cap
 from fedhealth.study.schema import NOT_FINITE, StudySchema
 
@@ -27,6 +29,7 @@ Tier = Literal["tertiary", "secondary", "community"]
 Region = Literal["north", "south", "east", "west", "central"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "qfedavg"]
 ModelName = Literal["logreg", "mlp"]
+DERIVED_SUFFIX = 32  # a sibling study's name (`variant`): the study's own name and a suffix such as -eps-0.5
 
 
 class ConfigError(StudyConfigError, ValueError):
@@ -45,13 +48,30 @@ class HospitalConfig(_Strict):
     A file hospital's `records` (usable rows) and `data_sha256` are filled in when the config is loaded;
     its tier and region are free labels for the report (default "unspecified")."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="becomes file names: see fedhealth/study/names.py")
     tier: str = Field(default="unspecified", min_length=1)
     region: str = Field(default="unspecified", min_length=1)
     records: int | None = Field(default=None, ge=1, le=10_000_000, description="patient records (rows)")
     data: str | None = Field(default=None, description="CSV or Parquet file, relative to the config file")
     data_sha256: str | None = Field(default=None, description="filled in at load: the file the study uses")
     policy: SitePolicy | None = Field(default=None, description="this hospital's own site policy: it wins")
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, name: str) -> str:
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
+
+    @field_validator("tier", "region")
+    @classmethod
+    def _printable(cls, label: str) -> str:
+        # free labels, but printed in the terminal table and the report: no escape codes, no forged lines
+        bad = next((c for c in label if not c.isprintable()), None)
+        if bad is not None:
+            raise ValueError(f"the character {bad!r} cannot be printed; a label is one line of plain text")
+        return label
 
     def generator_problems(self) -> list[str]:
         """Why the generator cannot draw this hospital (a study without a schema generates every hospital)."""
@@ -247,7 +267,7 @@ def without_privacy(cfg: StudyConfig) -> StudyConfig:
 class StudyConfig(_Strict):
     """A whole simulated study. `hospitals` is always explicit after loading (populations are expanded)."""
 
-    name: str = Field(default="study", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(default="study", description="becomes file names: see fedhealth/study/names.py")
     seed: int = Field(default=42, ge=0, lt=2**32)
     hospitals: list[HospitalConfig] = Field(default_factory=list)
     population: PopulationConfig | None = None
@@ -266,6 +286,16 @@ class StudyConfig(_Strict):
     def from_files(self) -> bool:
         """True when every hospital's records come from its own file, under `study_schema`."""
         return self.study_schema is not None
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, name: str, info: ValidationInfo) -> str:
+        # A sibling study (`variant`) adds a suffix to a name that already passed; it may pass the user's limit.
+        derived = bool(info.context and info.context.get("derived"))
+        problem = name_problem(name, max_length=MAX_NAME + DERIVED_SUFFIX if derived else MAX_NAME)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
 
     @model_validator(mode="after")
     def _hospitals(self) -> StudyConfig:
@@ -432,10 +462,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict[str, Any], source: str = "config") -> StudyConfig:
-    """Validate a config mapping, raising ConfigError with one line per problem."""
+def parse_config(data: dict[str, Any], source: str = "config", *, derived: bool = False) -> StudyConfig:
+    """Validate a config mapping, raising ConfigError with one line per problem. `derived`: a sibling study
+    (`variant`), whose name may be longer than a user's by a suffix."""
     try:
-        return StudyConfig.model_validate(data)
+        return StudyConfig.model_validate(data, context={"derived": derived})
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
 
@@ -495,7 +526,7 @@ def variant(cfg: StudyConfig, name: str, changes: Mapping[str, Any] | None = Non
     if not site_policies:
         for h in data["hospitals"]:
             h.pop("policy", None)
-    return parse_config(data, f"{cfg.name}: variant {name}")
+    return parse_config(data, f"{cfg.name}: variant {name}", derived=True)
 
 
 def config_to_toml(cfg: StudyConfig) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedhealth.errors import StudyConfigError
 
-class NotUtf8Error(ValueError):
+
+class NotUtf8Error(StudyConfigError, ValueError):
     """A text file with a byte that is not UTF-8; the message names the file, byte offset and line."""
 
 

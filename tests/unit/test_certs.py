@@ -384,7 +384,7 @@ def test_cli_init_prints_paths_but_no_key_material(tmp_path: Path) -> None:
 def test_cli_hospital_keys_bad_name_exits_2(tmp_path: Path) -> None:
     result = invoke_cli("certs", "hospital-keys", "--out", str(tmp_path / "p"), "--hospital", "a/b")
     assert result.exit_code == 2
-    assert "cannot name a key directory" in result.stderr
+    assert "'/' is not allowed in a name" in result.stderr
 
 
 def test_cli_check_exit_codes(pki: StudyPKI, other_pki: StudyPKI, nodes: dict[str, NodeKeyFiles],

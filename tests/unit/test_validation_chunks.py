@@ -129,7 +129,7 @@ def test_a_column_named_twice_once_spaces_are_stripped_is_a_file_error(tmp_path:
     frame.insert(0, " age", frame["age"])
     frame.to_csv(tmp_path / "twice.csv", index=False)
     report = check_hospital_file(tmp_path / "twice.csv", load_schema(tmp_path / "schema.toml")).report
-    assert not report.ok and any("age appear more than once in the header" in e for e in report.errors)
+    assert not report.ok and any("'age' appear more than once in the header" in e for e in report.errors)
 
 
 def test_an_empty_file_is_named(tmp_path: Path) -> None:
