@@ -98,6 +98,8 @@ def main() -> None:
         peak = m["maxrss_kib"] * 1024
         figures[name] = {"peak_rss_bytes": peak, "peak_over_file": round(peak / size, 2),
                          "seconds": round(m["seconds"], 1), "exit": m["rc"]}
+        if m["rc"] != 0:
+            print(f"{name}: exit {m['rc']}: {m['tail']}", file=sys.stderr)
     figures["full_read_over_validate"] = round(figures["full_read"]["peak_rss_bytes"]
                                                / figures["validate"]["peak_rss_bytes"], 2)
     print(json.dumps(figures))

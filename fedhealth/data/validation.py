@@ -339,7 +339,8 @@ class _Checker:
         self.rejected += int(bad.sum())
         if values is not None:
             self.values.append(values[good])
-        self.labels.append(label[good].astype(np.int64))
+        # without values (`fedhealth validate`) one byte per label: the labels are then only counted
+        self.labels.append(label[good].astype(np.int64 if self.keep_values else np.int8))
         if is_test is not None:
             self.tests.append(is_test[good])
 
@@ -418,9 +419,11 @@ class _Checker:
             if stats.missing_rate > 0.5 and not spec.required:
                 report.warnings.append(f"column {spec.name!r} is missing in {stats.missing_rate:.0%} of rows")
         label = np.concatenate(self.labels) if self.labels else np.empty(0, dtype=np.int64)
+        self.labels = []
         is_test = np.concatenate(self.tests) if schema.split is not None and self.tests else None
         if self.keep_values:
             values = np.concatenate(self.values) if self.values else np.empty((0, len(schema.columns)))
+            self.values = []
         else:
             values = np.empty((0, len(schema.columns)))
         report.rejected = self.rejected
@@ -457,7 +460,7 @@ def validate_table(frame: pd.DataFrame | Iterable[pd.DataFrame], schema: StudySc
 
     The verdict includes what training needs of the whole file (both classes, on both sides of an official
     split), so `fedhealth validate` and a study's loading of the same file agree. `keep_values=False` keeps
-    only the labels (what `fedhealth validate` needs), not the typed values.
+    only the labels (as int8: what `fedhealth validate` needs), not the typed values.
 
     A table pandas cannot check (a Parquet column of lists, say) raises DataFileError naming the file and the
     error's type only: pandas quotes the cell."""
