@@ -186,14 +186,22 @@ def _main(
     """Privacy-preserving federated learning across hospitals."""
 
 
-def _load(config: Path | None, overrides: list[str]) -> StudyConfig:
+def _load(config: Path | None, overrides: list[str], trains: bool = False) -> StudyConfig:
+    """The study, checked; `trains`: the command trains on it, so its hospitals' splits are built and checked
+    too (`size_problems`: enough training records, a delta small enough for the smallest hospital)."""
     if config is None:
         _fail("--config is required (e.g. --config configs/default.toml)")
     try:
-        return load_config(config, overrides)
+        cfg = load_config(config, overrides)
     except ConfigError as err:
         _fail(str(err))
-    raise AssertionError  # unreachable
+    if trains:
+        from fedhealth.data.hospitals import size_problems
+
+        problems = size_problems(cfg)
+        if problems:
+            _fail("\n".join(f"{config}: {p}" for p in problems))
+    return cfg
 
 
 def _fmt(v: Any) -> str:
@@ -342,7 +350,7 @@ def contribution(
     from fedhealth import api
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cfg = _load(config, list(set_ or []))
+    cfg = _load(config, list(set_ or []), trains=True)
     _fresh_folder(out, config)
     if report_into is not None and (report_into / rundir.CONTRIBUTION_FILE).exists() and not force:
         _fail(f"--report-into {report_into}: holds a {rundir.CONTRIBUTION_FILE} already; pass --force to replace it")
@@ -383,7 +391,7 @@ def sweep(
     from fedhealth.errors import UsageError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cfg = _load(config, list(set_ or []))
+    cfg = _load(config, list(set_ or []), trains=True)
     if audit_references < 0:
         _fail(f"--audit-references {audit_references}: give 0 (no audit) or more")
     _fresh_folder(out, config)
@@ -428,7 +436,7 @@ def fairness(
     from fedhealth.experiments.fairness import FAIRNESS_FILE, compare_strategies
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cfg = _load(config, list(set_ or []))
+    cfg = _load(config, list(set_ or []), trains=True)
     try:
         values = [float(v) for v in q.split(",") if v.strip()]
     except ValueError:

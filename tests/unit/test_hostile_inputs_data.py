@@ -136,6 +136,12 @@ CASES = [
             ("privacy.delta = 0.5", "3 hospitals", "allow_large_delta")),
     Hostile("test-fraction-leaves-too-few", smoke("training.test_fraction=0.999"), 2,
             ("village-clinic", "training.test_fraction = 0.999", "2 training records")),
+    Hostile("test-fraction-through-sweep", lambda ws: ["sweep", "-c", str(SMOKE), "--epsilon", "1", "--out",
+                                                       str(ws / "out"), "--set", "training.test_fraction=0.999"], 2,
+            ("village-clinic", "training.test_fraction = 0.999")),
+    Hostile("delta-through-contribution", lambda ws: ["contribution", "-c", str(SMOKE), "--budget", "3", "--out", str(ws / "out"),
+                                                      *RECORD, "--set", "privacy.delta=0.5"], 2,
+            ("privacy.delta = 0.5", "allow_large_delta")),
     # -- a config file that is not UTF-8: the file and the byte, no traceback
     Hostile("latin1-config", lambda ws: ["simulate", "-c", str(ws / "latin1.toml"), "--out", str(ws / "out")], 2,
             ("latin1.toml", "byte offset", "(line 2)", "UTF-8"), setup=latin1),
