@@ -139,8 +139,8 @@ CASES = [
     Hostile("test-fraction-through-sweep", lambda ws: ["sweep", "-c", str(SMOKE), "--epsilon", "1", "--out",
                                                        str(ws / "out"), "--set", "training.test_fraction=0.999"], 2,
             ("village-clinic", "training.test_fraction = 0.999")),
-    Hostile("delta-through-contribution", lambda ws: ["contribution", "-c", str(SMOKE), "--budget", "3", "--out", str(ws / "out"),
-                                                      *RECORD, "--set", "privacy.delta=0.5"], 2,
+    Hostile("delta-through-contribution", lambda ws: ["contribution", "-c", str(SMOKE), "--budget", "3", "--out",
+                                                      str(ws / "out"), *RECORD, "--set", "privacy.delta=0.5"], 2,
             ("privacy.delta = 0.5", "allow_large_delta")),
     # -- a config file that is not UTF-8: the file and the byte, no traceback
     Hostile("latin1-config", lambda ws: ["simulate", "-c", str(ws / "latin1.toml"), "--out", str(ws / "out")], 2,
@@ -243,3 +243,21 @@ def test_a_deployed_hospital_refuses_a_delta_too_large_for_it_at_round_one(tmp_p
     _, n, metrics = client.fit(weights, study_payload(cfg, 1, "") | {SECURE_KEY: True})
     assert n == 0 and "delta is above the largest delta the site policy accepts" in metrics[DECLINED_KEY]
     assert not (tmp_path / "ledger" / "village-clinic.json").exists()  # refused before anything is charged
+
+
+def test_a_deployed_hospital_refuses_a_test_fraction_that_leaves_it_too_few_records(tmp_path: Path) -> None:
+    """The same rule where the split is made, so a hospital the coordinator's check never saw (deployment,
+    `flwr run`) refuses at its first round; its guard sends the server the error's category only."""
+    from types import SimpleNamespace
+
+    from fedhealth.data.study_file import load_config
+    from fedhealth.hospital.app import HospitalClient
+    from fedhealth.model.initial import initial_weights
+    from fedhealth.study.config import ConfigError
+    from fedhealth.wire import SECURE_KEY, study_payload
+
+    cfg = load_config(SMOKE, ["training.test_fraction=0.999"])
+    client = HospitalClient(SimpleNamespace(node_config={"hospital-name": "county-secondary"}),
+                            ledger_dir=str(tmp_path / "ledger"))
+    with pytest.raises(ConfigError, match="'county-secondary'.* leaves it 2 training records of its 700"):
+        client.fit(initial_weights(cfg), study_payload(cfg, 1, "") | {SECURE_KEY: True})
