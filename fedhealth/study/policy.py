@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedhealth.study.schema import NOT_FINITE
 from fedhealth.study.textfile import NotUtf8Error, read_utf8
 
 
@@ -47,8 +48,14 @@ class SitePolicy(BaseModel):
             return cls.model_validate(tomllib.loads(read_utf8(path)))
         except NotUtf8Error as err:
             raise ValueError(str(err)) from None
-        except (tomllib.TOMLDecodeError, ValidationError) as err:
+        except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{path}: invalid site policy: {err}") from None
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'policy'}: "
+                f"{NOT_FINITE if e['type'] == 'finite_number' else e['msg'].removeprefix('Value error, ')}"
+                for e in err.errors())
+            raise ValueError(f"{path}: invalid site policy: {problems}") from None
 
 
 DEFAULT_DELTA_FACTOR = 10  # unset max_delta: delta at most 1 / (10 x records)

@@ -126,6 +126,10 @@ CASES = [
                                             str(ws / "data" / "toy.csv")], 2, ("columns.0.max", NOT_FINITE),
             setup=lambda ws: (write_hospital(ws / "data"),
                               (ws / "nan-schema.toml").write_text(TOY_SCHEMA.replace("max = 100", "max = nan")))),
+    Hostile("inf-site-policy-cap", lambda ws: ["budget", str(ws / "ledger.json"), "--policy", str(ws / "policy.toml")],
+            2, ("policy.toml", "max_epsilon", NOT_FINITE),
+            setup=lambda ws: ((ws / "ledger.json").write_text("{}"),
+                              (ws / "policy.toml").write_text("max_epsilon = inf\n"))),
     # -- resources within the machine
     Hostile("cpus-per-client-above-the-machine", smoke("federation.cpus_per_client=100000"), 2,
             ("federation.cpus_per_client", "100000", f"{CORES} CPU cores")),
