@@ -29,6 +29,7 @@
 #   --superlink   the SuperLink as HOST:PORT; HOST must be one of the server certificate's names
 #   --host/--port this SuperNode's local Runtime API, which its ClientApp processes use (default 127.0.0.1:9094;
 #                 give each SuperNode on one machine its own port)
+#   FLWR_HOME     the SuperNode's Flower home (its installed apps; writable): default flwr-home/ next to --ledger-dir
 #
 # Checks, in order, each stopping with a non-zero exit and the file named: every file is there (exit 2);
 # `fedhealth validate` accepts the data file against the schema (exit 1, with validate's report);
@@ -41,7 +42,7 @@
 # FEDHEALTH_SUPERLINK, FEDHEALTH_RUNTIME_HOST, FEDHEALTH_RUNTIME_PORT.
 set -euo pipefail
 
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_deploy_env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../fedhealth/deployment/deploy_env.sh"
 
 name=${FEDHEALTH_HOSPITAL:-}
 data=${FEDHEALTH_DATA:-}
@@ -137,10 +138,13 @@ fedhealth certs check-node "$key" "$pub" || die 1 "$key: SuperNode key pair refu
   --audit-key "$audit_key" --node-key "$key" --trusted-entities "$trusted" \
   --ledger-dir "$ledger" || die 1 "hospital $name: pre-flight checks failed (above); SuperNode not started"
 
+# The SuperNode's own Flower home (the apps it installs): FLWR_HOME if set, else flwr-home/ next to the ledger
+# folder, never the default ~/.flwr another party on this host would share.
+export FLWR_HOME=${FLWR_HOME:-$(dirname -- "$ledger")/flwr-home}
 node_config="hospital-name='$name' data-file='$data' schema-file='$schema' policy-file='$policy'"
 node_config+=" ledger-dir='$ledger' audit-log='$audit' audit-key='$audit_key'"
 echo "hospital $name: starting its SuperNode for $superlink (Runtime API $rhost:$rport; runs only apps signed by" \
-  "a key in $trusted; each app it is sent is recorded in $app_log)"
+  "a key in $trusted; each app it is sent is recorded in $app_log; FLWR_HOME: $FLWR_HOME)"
 # flower-supernode itself, through the hospital's own launcher (`fedhealth deploy supernode`, in
 # fedhealth/deployment/supernode.py), which records every app Flower is asked to run and Flower's verdict on it;
 # the verdict and the refusal are Flower's.

@@ -2,7 +2,7 @@
 # Entrypoint of the hospital image (clients/Dockerfile): clients/deploy.sh with the container's
 # mount points as defaults. Set FEDHEALTH_HOSPITAL (the hospital's name in the study) and FEDHEALTH_SUPERLINK
 # (HOST:PORT of the study's SuperLink); override any other FEDHEALTH_* variable, or pass options, as
-# deploy_hospital.sh --help describes. Outside a container it runs the same way from a checkout.
+# clients/deploy.sh --help describes. Outside a container it runs the same way from a checkout.
 set -euo pipefail
 : "${FEDHEALTH_DATA:=/data/data.csv}"
 : "${FEDHEALTH_SCHEMA:=/data/schema.toml}"

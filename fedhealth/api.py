@@ -279,8 +279,8 @@ def _run(cfg: StudyConfig, run_dir: Path, *, verbose: bool, progress: bool | Con
     with _shown(cfg, run_dir, progress, on_round) as hook:
         try:
             simulate_study(cfg, run_dir, on_round=hook, verbose=verbose)
-        except (SimulationError, TrackingError):
-            raise
+        except (SimulationError, TrackingError, rundir.RunDirError):
+            raise  # a damaged run-directory file is named by its error; resuming would meet it again
         except Exception as err:  # a crash inside Flower or a hospital: name it, the run dir stays resumable
             raise SimulationError(f"federation failed: {type(err).__name__}: {err}\nrun directory {run_dir} can "
                                   f"be resumed with: fedhealth simulate --resume {run_dir}") from err

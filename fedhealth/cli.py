@@ -237,10 +237,18 @@ def print_summary_table(summary: dict[str, Any]) -> None:
         t = Table(title=f"privacy spent: record-level DP-SGD, epsilon at delta={privacy['delta']:g} (RDP)")
         for col in ("hospital", "epsilon", "cap", "rounds trained", "stopped"):
             t.add_column(col, justify="left" if col in ("hospital", "stopped") else "right")
+        refused = [h for h in privacy["hospitals"] if h.get("epsilon") is None]
         for h in privacy["hospitals"]:
-            stopped = f"round {h['stopped_at_round']}: budget" if h["stopped_at_round"] else ""
-            t.add_row(h["name"], f"{h['epsilon']:.3f}", f"{h['cap']:g}", str(len(h["rounds_trained"])), stopped)
+            why = "budget" if "budget" in str(h.get("stop_reason")) else "declined"
+            stopped = f"round {h['stopped_at_round']}: {why}" if h["stopped_at_round"] else ""
+            # a ledger the hospital refused (or cannot read) has no epsilon to show: never the file's figure
+            spent = f"{h['epsilon']:.3f}" if h.get("epsilon") is not None else f"{h.get('ledger', '?')} ledger"
+            t.add_row(h["name"], spent, f"{h['cap']:g}", str(len(h["rounds_trained"])), stopped)
         console.print(t)
+        for h in refused:
+            console.print(f"ledger of {h['name']} {h.get('ledger', '?')} by the hospital, so no epsilon is reported "
+                          f"for it: {h.get('ledger_problem')}", style="yellow", markup=False, highlight=False,
+                          soft_wrap=True)
 
 
 @app.command()
@@ -302,7 +310,8 @@ def _announce_report(run_dir: Path, path: Path | None) -> None:
 def status(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (simulation or deployment)")],
 ) -> None:
-    """Where a run stands. Exit 0 completed, 1 failed or interrupted, 3 still running, 2 not a run directory.
+    """Where a run stands. Exit 0 completed, 1 failed or interrupted, 3 still running, 2 not a run directory
+    (or its state.json is damaged: the message names it).
 
     "Interrupted" is a state that says running although the server process that wrote it is gone (killed
     together with its SuperLink, say): such a run can be continued with `resume=true` / `--resume`.
@@ -330,7 +339,7 @@ def report(
         _fail(f"{run_dir / REPORT_FILE}: exists (simulate writes it); pass --force to rebuild it and its figures")
     try:
         _report(run_dir)
-    except (ReportError, ConfigError) as err:
+    except (ReportError, ConfigError, rundir.RunDirError) as err:  # RunDirDamaged: a file named, line and all
         _fail(str(err))
 
 

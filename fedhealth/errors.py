@@ -10,13 +10,15 @@ category                     raised as (module under fedhealth/: class)
 StudyConfigError             study.config: ConfigError; study.schema: SchemaError;
                              study.textfile: NotUtf8Error
 DataError                    data.validation: DataFileError
-RunDirectoryError            runs.rundir: RunDirError; reporting.report: ReportError;
+RunDirectoryError            runs.rundir: RunDirError, RunDirDamaged; reporting.report: ReportError;
                              experiments.privacy_audit: AuditError
-UsageError                   api (an argument it cannot use)
+UsageError                   api (an argument it cannot use); durable: PathEscapeError
 PrivacyBudgetError           privacy.ledger: BudgetExceeded
-PrivacyRecordsError          privacy.ledger: LedgerError; privacy.audit: AuditError; privacy.secret: SecretError
+PrivacyRecordsError          privacy.ledger: LedgerError, LedgerUnreadable; privacy.audit: AuditError;
+                             privacy.secret: SecretError
 HospitalRefusedError         hospital.guard: HospitalRefusal; hospital.app: NonFiniteUpdateError;
-                             hospital.secure_aggregation: UpdateRefused, _Declined; privacy.ledger: StaleRound
+                             hospital.secure_aggregation: UpdateRefused, _Declined; privacy.ledger: StaleRound;
+                             privacy.terms: TermsChanged
 AggregationError             coordinator.secure_aggregation: AggregateRefused; coordinator.app: NothingAggregated
 FederationError              experiments.simulate: SimulationError; coordinator.recorder: RoundsFailedError;
                              coordinator.attendance: HospitalsMissing

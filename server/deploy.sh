@@ -12,7 +12,8 @@
 #                                    [--server-name NAME]...
 #   server/deploy.sh registry --dir DIR [--host H] [--port P]
 #   server/deploy.sh connect --address HOST:PORT (--pki DIR | --ca F) [--name CONNECTION]
-#   server/deploy.sh register [--name CONNECTION] (--pki DIR [--hospital NAME]... | PUBLIC_KEY.pub...)
+#   server/deploy.sh register [--name CONNECTION] (--pki DIR [--hospital NAME]... | PUBLIC_KEY.pub... [--hospital NAME]...)
+#   server/deploy.sh revoke  [--name CONNECTION] --pki DIR --hospital NAME
 #
 # start     checks the TLS files (`fedhealth certs check`, with each --server-name the SuperNodes will dial),
 #           then execs `flower-superlink` with --ssl-ca-certfile/--ssl-certfile/--ssl-keyfile,
@@ -23,7 +24,8 @@
 #           refused unless --expose-control-api (only on a network that no hospital can reach).
 #           --app-registry URL: where the SuperLink fetches `@publisher/app==x.y.z` apps and their approval
 #           signatures (FLWR_SUPERGRID_API_URL; `registry` below serves one offline).
-# gateway   the address hospitals dial (e.g. 0.0.0.0:9093): forwards the Fleet API only to --superlink (the
+# gateway   the address hospitals dial (default 127.0.0.1:9093, for hospitals on this host; --host 0.0.0.0 or the
+#           interface hospitals reach, on a real server): forwards the Fleet API only to --superlink (the
 #           SuperLink's loopback address), answers 403 to anything else (`fedhealth deploy gateway`,
 #           fedhealth/deployment/gateway.py).
 # registry  serves the folder of published apps and signature records (fedhealth app publish / add-signature)
@@ -31,30 +33,39 @@
 # connect   writes [superlink.CONNECTION] (default fedhealth-deployment) with the address and the CA's
 #           absolute path into $FLWR_HOME/config.toml (Flower accepts only an absolute root-certificates
 #           path, so the committed configs/flower/config.toml cannot carry it).
-# register  `flwr supernode register <key.pub> CONNECTION` for each hospital's public key; a key that is
-#           already registered is reported and skipped. Needs the SuperLink running and `connect` done.
+# register  `flwr supernode register <key.pub> CONNECTION --name HOSPITAL` for each hospital's public key; the
+#           name is the key's PKI/hospitals/HOSPITAL/ folder (or --hospital, one per key given), and the study's
+#           ServerApp sends the model only to nodes registered under one of its hospitals. A key that is already
+#           registered is reported and skipped. The node id Flower assigned is written next to each key
+#           (node-id), for `revoke`. Needs the SuperLink running and `connect` done.
+# revoke    `flwr supernode unregister` the node registered for hospital NAME (its PKI/hospitals/NAME/node-id),
+#           then move PKI/hospitals/NAME/ to PKI/revoked/NAME-<UTC time>/ so `register --pki` does not bring the
+#           key back. The SuperLink refuses that key from then on. Needs the SuperLink running.
 #
 # Defaults come from the environment (handy in containers): FEDHEALTH_PKI, FEDHEALTH_HOST (127.0.0.1),
 # FEDHEALTH_PORT (9092), FEDHEALTH_DATABASE (./superlink-state/state.db), FEDHEALTH_SERVER_NAMES
 # (space separated), FEDHEALTH_CONNECTION (fedhealth-deployment), FEDHEALTH_APP_REGISTRY,
-# FEDHEALTH_GATEWAY_HOST/FEDHEALTH_GATEWAY_PORT (0.0.0.0:9093), FEDHEALTH_SUPERLINK_LOCAL (127.0.0.1:9092). Telemetry is off and run-time
-# dependency installation is disabled for every Flower process started here. See docs/deployment.md.
+# FEDHEALTH_GATEWAY_HOST/FEDHEALTH_GATEWAY_PORT (127.0.0.1:9093; the container sets 0.0.0.0),
+# FEDHEALTH_SUPERLINK_LOCAL (127.0.0.1:9092). The SuperLink's Flower home (FLWR_HOME: its installed apps) is
+# its own: FLWR_HOME if set, else flwr-home/ next to --database, never the default ~/.flwr that the operator's
+# flwr CLI or a SuperNode on the same host would share. Telemetry is off and run-time dependency installation
+# is disabled for every Flower process started here. See docs/deployment.md.
 set -euo pipefail
 
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_deploy_env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../fedhealth/deployment/deploy_env.sh"
 
 command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
   -h|--help|help|"") usage; [ -n "$command" ]; exit $? ;;
-  start|gateway|registry|connect|register) ;;
-  *) die 2 "unknown command '$command'; use start, gateway, registry, connect or register (see --help)" ;;
+  start|gateway|registry|connect|register|revoke) ;;
+  *) die 2 "unknown command '$command'; use start, gateway, registry, connect, register or revoke (see --help)" ;;
 esac
 
 pki=${FEDHEALTH_PKI:-}
 ca= cert= key=
 case "$command" in
-  gateway) host=${FEDHEALTH_GATEWAY_HOST:-0.0.0.0} port=${FEDHEALTH_GATEWAY_PORT:-9093} ;;
+  gateway) host=${FEDHEALTH_GATEWAY_HOST:-127.0.0.1} port=${FEDHEALTH_GATEWAY_PORT:-9093} ;;
   registry) host=127.0.0.1 port=9097 ;;
   *) host=${FEDHEALTH_HOST:-127.0.0.1} port=${FEDHEALTH_PORT:-9092} ;;
 esac
@@ -119,7 +130,8 @@ start)
   # Exit 2 names a missing file, exit 1 says what is wrong with one (wrong CA, key of another cert, expired, ...)
   fedhealth certs check --ca "$ca" --cert "$cert" --key "$key" ${host_checks[@]+"${host_checks[@]}"}
   mkdir -p "$(dirname "$database")"
-  echo "starting the SuperLink on https://$host:$port (state: $database, FLWR_HOME: ${FLWR_HOME:-$HOME/.flwr}," \
+  export FLWR_HOME=${FLWR_HOME:-$(realpath -m -- "$(dirname "$database")/flwr-home")}
+  echo "starting the SuperLink on https://$host:$port (state: $database, FLWR_HOME: $FLWR_HOME," \
     "apps from ${registry_url:-nowhere: only local FABs})"
   exec flower-superlink \
     --ssl-ca-certfile "$ca" --ssl-certfile "$cert" --ssl-keyfile "$key" \
@@ -157,6 +169,16 @@ register)
     for h in ${hospitals[@]+"${hospitals[@]}"}; do keys+=("$pki/hospitals/$h/supernode_auth.pub"); done
   fi
   [ ${#keys[@]} -gt 0 ] || die 2 "no public keys to register"
+  # Each key is registered under its hospital's name (flwr supernode register --name): the ServerApp sends the
+  # model only to nodes registered under a hospital of its study. The name is --hospital (in order, one per
+  # key given) or the key's folder, as `fedhealth certs add-hospital` files it: PKI/hospitals/NAME/.
+  if [ ${#hospitals[@]} -gt 0 ] && [ ${#hospitals[@]} -ne ${#keys[@]} ]; then
+    die 2 "register: ${#keys[@]} key(s) but ${#hospitals[@]} --hospital name(s); give one name per key or none"
+  fi
+  names=()
+  for i in "${!keys[@]}"; do
+    names+=("${hospitals[$i]:-$(basename -- "$(dirname -- "$(realpath -m -- "${keys[$i]}")")")}")
+  done
   for pub in "${keys[@]}"; do
     [ -f "$pub" ] || die 2 "$pub: SuperNode public key not found (no such file)"
     # public keys only: a file holding a private key means a hospital's secret reached the operator
@@ -167,7 +189,8 @@ register)
   trap 'rm -rf "$tmp"' EXIT
   pids=()
   for i in "${!keys[@]}"; do
-    (set +e; flwr supernode register "${keys[$i]}" "$connection" >"$tmp/$i" 2>&1; echo $? >"$tmp/$i.rc") &
+    (set +e; flwr supernode register "${keys[$i]}" "$connection" --name "${names[$i]}" >"$tmp/$i" 2>&1
+     echo $? >"$tmp/$i.rc") &
     pids+=($!)
   done
   wait "${pids[@]}" || true  # each status is in its .rc file
@@ -175,9 +198,15 @@ register)
   for i in "${!keys[@]}"; do
     pub=${keys[$i]} out=$(cat "$tmp/$i")
     if [ "$(cat "$tmp/$i.rc")" = 0 ]; then
-      printf '%s: %s\n' "$pub" "$(grep -o 'SuperNode [0-9]* registered successfully' <<<"$out" || echo registered)"
+      printf '%s: %s as %s\n' "$pub" "$(grep -o 'SuperNode [0-9]* registered successfully' <<<"$out" \
+        || echo registered)" "${names[$i]}"
+      node_id=$(grep -o 'SuperNode [0-9]* registered' <<<"$out" | grep -o '[0-9]*' || true)
+      if [ -n "$node_id" ]; then
+        printf '%s\n' "$node_id" >"$(dirname -- "$pub")/node-id" \
+          || printf 'warning: %s: could not record node id %s next to it (for revoke)\n' "$pub" "$node_id" >&2
+      fi
     elif grep -q "Public key already in use" <<<"$out"; then
-      printf '%s: already registered\n' "$pub"
+      printf '%s: already registered (under the name it was registered with first)\n' "$pub"
     else
       printf '%s\n' "$out" >&2
       printf 'error: %s: registration failed (is the SuperLink running, and did `%s connect` point %s at it?)\n' \
@@ -186,5 +215,23 @@ register)
     fi
   done
   exit $status
+  ;;
+revoke)
+  [ -n "$pki" ] && [ ${#hospitals[@]} -eq 1 ] || die 2 "revoke needs --pki DIR and one --hospital NAME"
+  h=${hospitals[0]}
+  filed="$pki/hospitals/$h"
+  [ -d "$filed" ] || die 2 "$filed: no key filed for hospital $h (fedhealth certs add-hospital files it there)"
+  [ -f "$filed/node-id" ] || die 2 "$filed/node-id: not found: this key was not registered by '$0 register' (or was registered before it recorded node ids); find the node with 'flwr supernode list $connection --format json' and run 'flwr supernode unregister NODE_ID $connection'"
+  node_id=$(tr -dc '0-9' <"$filed/node-id")
+  [ -n "$node_id" ] || die 2 "$filed/node-id: holds no node id"
+  if ! out=$(flwr supernode unregister "$node_id" "$connection" 2>&1); then
+    printf '%s\n' "$out" >&2
+    die 1 "hospital $h: unregistering node $node_id failed (is the SuperLink running, and did \`$0 connect\` point $connection at it?); its key stays filed in $filed"
+  fi
+  mkdir -p "$pki/revoked"
+  moved="$pki/revoked/$h-$(date -u +%Y%m%dT%H%M%SZ)"
+  mv -- "$filed" "$moved"
+  printf 'hospital %s: node %s unregistered; its key moved to %s (the SuperLink refuses it from now on)\n' \
+    "$h" "$node_id" "$moved"
   ;;
 esac

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Entrypoint of the server image (server/Dockerfile). Commands:
-#   start [deploy_server.sh start options]     the SuperLink on 127.0.0.1:9092 (default command): its one port also
+#   start [server/deploy.sh start options]     the SuperLink on 127.0.0.1:9092 (default command): its one port also
 #                                              serves the Control API, so it is never on the hospitals' network
-#   gateway [deploy_server.sh gateway options] the hospitals' address, 0.0.0.0:9093: the Fleet API only, forwarded
+#   gateway [server/deploy.sh gateway options] the hospitals' address, 0.0.0.0:9093: the Fleet API only, forwarded
 #                                              to the SuperLink (same network namespace: compose network_mode)
 #   registry [--dir DIR]                       the approved-app registry the SuperLink fetches apps from
 #                                              (default /var/lib/fedhealth/registry, 127.0.0.1:9097)

@@ -19,7 +19,7 @@ from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp.grid import Grid
 
-from fedhealth.coordinator.attendance import StudyClientManager
+from fedhealth.coordinator.attendance import NodeNames, StudyClientManager
 from fedhealth.coordinator.observed import ObservedStrategy
 from fedhealth.coordinator.prompt_grid import PromptGrid
 from fedhealth.coordinator.recorder import RoundCallback, RunRecorder
@@ -62,12 +62,14 @@ def min_contributors(cfg: StudyConfig) -> int:
 def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
               on_round: RoundCallback | None = None) -> None:
     """Run (or continue) the study's rounds; the run directory must already hold its config."""
+    node_names: NodeNames | None = None
     if hasattr(grid, "pull_interval"):
         # Simulation's in-memory Grid polls for replies every 0.1 s; SecAgg+ needs four exchanges per
         # round, so the wait alone would dominate a small study's round.
         grid.pull_interval = 0.01
     else:  # deployment's Grid sleeps 3 s between pulls for replies
         grid = PromptGrid(grid)
+        node_names = registered_names(grid)
     last = rundir.last_completed_round(run_dir)
     if last:
         weights, opt_state = rundir.load_weights(rundir.checkpoint_path(run_dir, last))
@@ -104,11 +106,23 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
         recorder.complete_round(server_round, parameters_to_ndarrays(params), optimizer_state(inner))
 
     n = len(cfg.hospitals)
-    attendance = StudyClientManager(n, cfg.federation.min_hospitals or n, cfg.federation.wait_for_hospitals)
+    attendance = StudyClientManager(n, cfg.federation.min_hospitals or n, cfg.federation.wait_for_hospitals,
+                                    hospitals=[h.name for h in cfg.hospitals] if node_names else None,
+                                    node_names=node_names)
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.federation.rounds),
                            strategy=strategy, client_manager=attendance)
     StudyWorkflow(first_round=last + 1, on_round_end=round_end, fit_workflow=fit_workflow)(grid, legacy)
     require_an_aggregate(run_dir)
+
+
+def registered_names(grid: Grid | PromptGrid) -> NodeNames:
+    """How to ask the SuperLink the name each connected node was registered under (`flwr supernode register
+    --name`; Flower's NodeInfo carries it to the ServerApp): attendance.py sends nothing to a node whose name is
+    not one of the study's hospitals."""
+    def names() -> dict[int, str]:
+        return {int(node.node_id): str(node.name) for node in grid.get_nodes()}
+
+    return names
 
 
 class NothingAggregated(AggregationError, RuntimeError):

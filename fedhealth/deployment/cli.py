@@ -113,7 +113,7 @@ def certs_hospital_keys(
     except (PKIError, OSError) as err:
         _fail(str(err), 2)
     _say(f"created {hospital}'s keys in {keys.root} (private keys mode 0600: they never leave this hospital)")
-    _say(f"  SuperNode key       {keys.node.private_key}   deploy_hospital.sh --key")
+    _say(f"  SuperNode key       {keys.node.private_key}   clients/deploy.sh --key")
     _say(f"  SuperNode .pub      {keys.node.public_key}   send to the operator ({keys.node.fingerprint})")
     _say(f"  audit signing key   {keys.audit_private_key}   signs the audit log (node config audit-key)")
     _say(f"  audit public key    {keys.audit_public_key}   fedhealth audit verify --public-key "
@@ -132,7 +132,7 @@ def certs_add_hospital(
     hospital: Annotated[str, typer.Option("--hospital", help="the hospital's name in the study")],
     force: Annotated[bool, typer.Option("--force", help="replace another key filed for this hospital")] = False,
 ) -> None:
-    """Operator: file a hospital's SuperNode public key under PKI/hospitals/NAME/ (for deploy_server.sh register)."""
+    """Operator: file a hospital's SuperNode public key under PKI/hospitals/NAME/ (for server/deploy.sh register)."""
     from fedhealth.security.certs import CertificateError, PKIError, add_hospital_public_key
 
     _check_hospital(hospital)
@@ -201,7 +201,11 @@ def audit_verify(
         report = verify_audit_log(log, public_key, expected_entries=expected_entries)
     except (AuditError, CertificateError) as err:
         _fail(str(err), 2)
-    verified = entries_text(report.entries)
+    verified = entries_text(report.entries) + (
+        f" ({report.retries} more line{'s' if report.retries != 1 else ''} recording a re-sent round as a retry "
+        "of its entry)" if report.retries else "")
+    for skipped in report.skipped:  # an incomplete last line: recovered, not hidden
+        typer.echo(f"warning: {log}: {skipped}", err=True)
     if report.problem is not None and report.problem.line is None:  # the log as a whole, e.g. its length
         _fail(f"{log}: verification FAILED: the log {report.problem} ({verified} verified)", 1)
     if report.problem is not None:
@@ -513,3 +517,41 @@ def deploy_supernode(ctx: typer.Context) -> None:
         launch(list(ctx.args))
     except LauncherError as err:
         _fail(str(err), 1)
+
+
+@deploy_app.command("demo")
+def deploy_demo(
+    folder: Annotated[Path, typer.Argument(help="a new or empty folder that keeps everything (PKI, each "
+                                                "hospital's folder, logs, the run directory)")] = Path("deploy-demo"),
+    compose: Annotated[bool, typer.Option("--compose", help="only lay FOLDER out for "
+                                          "configs/deployment/compose.yaml and print the docker compose commands")]
+    = False,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="rounds of the study")] = 1,
+    studies: Annotated[int, typer.Option("--studies", min=1, help="run the study this many times in a row (same "
+                                         "hospitals, ledgers and audit logs)")] = 1,
+    keep_running: Annotated[bool, typer.Option("--keep-running", help="leave the SuperLink, gateway, registry and "
+                                               "SuperNodes up at the end (docs/deployment.md, Teardown)")] = False,
+) -> None:
+    """The three-hospital deployment on one host, from a source checkout: PKI, each hospital's own keys and
+    approval of the app, a TLS SuperLink on 127.0.0.1 behind the Fleet-only gateway, three SuperNodes, the study
+    through `flwr run`, everything stopped. Ends with one JSON line of figures; exit 0 only if the study
+    completed (1 otherwise, 2 if FOLDER is in use or this is not a source checkout)."""
+    import json
+
+    from fedhealth.deployment.demo import DemoError, checkout_root, lay_out_compose, run_demo
+
+    try:
+        checkout_root()
+    except DemoError as err:
+        _fail(str(err), 2)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        _fail(f"{folder.resolve()}: exists and is not empty; remove it or name another folder", 2)
+    try:
+        if compose:
+            _say(lay_out_compose(folder))
+            return
+        result = run_demo(folder, rounds=rounds, studies=studies, keep_running=keep_running)
+    except (DemoError, TimeoutError) as err:
+        _fail(str(err), 1)
+    typer.echo(json.dumps(result))
+    raise typer.Exit(0 if result.get("state") == "completed" else 1)

@@ -11,11 +11,18 @@ SuperNode's FAB download so that each app it is sent is named, with its hash, th
 it and Flower's verdict computed by Flower's own `_verify_fab`, in the SuperNode's log and as one
 JSON line in the hospital's app-check log (`FEDHEALTH_APP_LOG`). It changes no decision Flower
 makes. It is tied to flwr 1.41's internals and refuses to start if they are not what it expects.
+
+It also explains the one refusal a hospital cannot read: when the SuperLink will not activate the node,
+Flower exits with `[code: 2004] Failed to activate SuperNode.` for two different causes (the key is not
+registered, or the SuperLink still counts the node online after an unclean stop), and only the SuperLink's
+log, which the hospital does not see, says which. The launcher notices that exit and prints both causes,
+the key's fingerprint for the operator to compare, and how to tell them apart (`activation_refused`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -28,6 +35,8 @@ from fedhealth.errors import DeploymentError
 
 APP_LOG_ENV = "FEDHEALTH_APP_LOG"
 HOSPITAL_ENV = "FEDHEALTH_HOSPITAL"
+ACTIVATION_REFUSED = "[code: 2004]"  # flwr 1.41: FLEET_NODE_ACTIVATION_FAILED, in the SuperNode's exit message
+HEARTBEAT_WINDOW_S = 60  # flwr 1.41 keeps a node online for 2 x its 30 s heartbeat interval after its last one
 
 
 def app_verdict(fab: Any, trusted: dict[str, str] | None) -> dict[str, Any]:
@@ -120,16 +129,77 @@ def check_flower() -> None:
                             "fedhealth/deployment/supernode.py before deploying")
 
 
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` in flower-supernode's arguments."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1:]
+    return None
+
+
+def activation_refused(hospital: str, key_path: str | None, superlink: str | None) -> list[str]:
+    """What a hospital reads when the SuperLink refused to activate its node: the two causes Flower's one code
+    stands for, the fingerprint the operator compares, and how to tell the causes apart."""
+    from fedhealth.security.certs import CertificateError, load_node_private_key, public_key_fingerprint
+
+    try:
+        fingerprint = public_key_fingerprint(load_node_private_key(key_path)) if key_path else "unknown"
+    except CertificateError:
+        fingerprint = f"unreadable ({key_path})"
+    where = f"the SuperLink at {superlink}" if superlink else "the SuperLink"
+    return [
+        f"hospital {hospital}: {where} refused to activate this SuperNode ({ACTIVATION_REFUSED} Failed to activate "
+        "SuperNode.). Flower gives this one code for two causes; the SuperLink's log says which:",
+        f"  1. its key is not registered there: ask the operator to check that the key with fingerprint "
+        f"{fingerprint} is filed for hospital {hospital} and registered (fedhealth certs add-hospital, then "
+        "server/deploy.sh register; `ssh-keygen -lf PKI/hospitals/NAME/supernode_auth.pub` prints the same "
+        "fingerprint). The SuperLink logs: No SuperNode found with the given public key.",
+        f"  2. the SuperLink still counts this node online: it stopped less than {HEARTBEAT_WINDOW_S} s ago "
+        "without deregistering (killed, crashed, its host restarted). Wait for its heartbeat window, "
+        f"{HEARTBEAT_WINDOW_S} s, and start it again. The SuperLink logs: SuperNode with node ID ... could not "
+        "be activated.",
+        f"  To tell them apart: start it again after {HEARTBEAT_WINDOW_S} s; refused again means cause 1.",
+    ]
+
+
+class _Refusals(logging.Handler):
+    """Remembers whether Flower logged the activation refusal (its exit message goes through its logger)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if ACTIVATION_REFUSED in record.getMessage():
+            self.seen = True
+
+
 def launch(args: Sequence[str]) -> None:
     """Install the record, then run Flower's own `flower-supernode` entry point with `args`, unchanged.
 
     The app-check log is `$FEDHEALTH_APP_LOG` (none if unset), the hospital's name `$FEDHEALTH_HOSPITAL`.
-    Returns or exits as flower-supernode does; raises LauncherError before starting it on another flwr."""
+    Returns or exits as flower-supernode does (after an activation refusal, with `activation_refused`'s
+    explanation on stderr first); raises LauncherError before starting it on another flwr."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     check_flower()
     app_log = os.environ.get(APP_LOG_ENV)
-    install(Path(app_log) if app_log else None, os.environ.get(HOSPITAL_ENV, "?"))
+    hospital = os.environ.get(HOSPITAL_ENV, "?")
+    install(Path(app_log) if app_log else None, hospital)
+    from flwr.common.logger import FLOWER_LOGGER
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
+    refusals = _Refusals()
+    FLOWER_LOGGER.addHandler(refusals)
     sys.argv = ["flower-supernode", *args]  # flower-supernode parses sys.argv itself
-    flower_supernode()
+    try:
+        flower_supernode()
+    except SystemExit:
+        if refusals.seen:
+            for line in activation_refused(hospital, _option(args, "--auth-supernode-private-key"),
+                                           _option(args, "--superlink")):
+                print(f"error: {line}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        FLOWER_LOGGER.removeHandler(refusals)

@@ -125,20 +125,33 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
 
 
 def privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
-    """Epsilon spent vs cap per hospital, from the ledgers; who declined rounds, when and why."""
+    """Epsilon spent vs cap per hospital, from the ledgers as each hospital accepts them; who declined
+    rounds, when and why.
+
+    A ledger is read through the hospital's own verification (`ledger_standing`): one the hospital refused
+    (altered) is reported as refused, with no epsilon, never with the figure the file holds; one that cannot
+    be read (truncated) is reported as unreadable, naming the file. Neither fails the summary."""
+    from fedhealth.privacy.ledger import ledger_standing
+
     declined: dict[int, list[dict[str, Any]]] = {}
+    trained: dict[int, list[int]] = {}
     for row in rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE):
         for d in row.get("declined", []):
             declined.setdefault(d["hospital_index"], []).append({"round": row["round"], "reason": d["reason"]})
+        for i in row.get("hospitals_trained", []):
+            trained.setdefault(i, []).append(row["round"])
     hospitals = []
     for i, h in enumerate(cfg.hospitals):
         path = rundir.hospital_file(run_dir, rundir.PRIVACY_DIR, h.name, ".json")
-        ledger = rundir.read_json(path) if path.exists() else {"entries": [], "cap": cfg.epsilon_cap(i)}
-        entries = ledger["entries"]
+        standing = ledger_standing(path, h.name, cfg.privacy_delta())
         stops = declined.get(i, [])
+        accepted = standing.status in ("accepted", "absent")
         hospitals.append({  # the cap is the one the hospital enforced, as its ledger recorded it
-            "name": h.name, "epsilon": entries[-1]["epsilon"] if entries else 0.0, "cap": ledger["cap"],
-            "rounds_trained": [e["round"] for e in entries],
+            "name": h.name, "ledger": standing.status, "ledger_problem": standing.problem,
+            "epsilon": standing.epsilon if accepted else None,
+            "cap": standing.cap if standing.cap is not None else cfg.epsilon_cap(i),
+            # an untrusted ledger says nothing: the rounds are the coordinator's own record of who trained
+            "rounds_trained": list(standing.rounds) if accepted else trained.get(i, []),
             "stopped_at_round": stops[0]["round"] if stops else None,
             "stop_reason": stops[0]["reason"] if stops else None,
         })

@@ -3,7 +3,9 @@
 Keys are plain and documented here because papers and dashboards read them:
 
     summary["hospitals"][i]["auroc"]["federated" | "local_only" | "pooled" | "best_possible"]
-        (+ "federated_no_dp" in a DP run: the same federation without DP, the utility cost of privacy)
+        (+ "federated_no_dp" in a DP run: the same federation without DP, the utility cost of privacy);
+        a reference the run did not train (`references.*` off; best_possible for real records) has no key
+        at all, never a null, so readers test for the key
     summary["overall"]["auroc"][...]            AUROC on all hospitals' test records together
     summary["overall"]["mean_hospital_auroc"][...]  unweighted mean of per-hospital AUROC
     summary["overall"]["brier"][...]            Brier score on all test records

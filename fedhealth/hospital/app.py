@@ -139,13 +139,15 @@ class HospitalClient(NumPyClient):
             secure=secure, records=public_train_records(cfg, self.index))
         if violation:
             return self._declined(parameters, f"{violation}; declining this round")
+        refused = self._terms_refused(cfg, policy, server_round, config)  # fixed only by a round it would train
+        if refused:
+            return self._declined(parameters, *refused)
         shared: dict[str, Scalar] = {}
         local: dict[str, Scalar] = {}
         if cfg.privacy.mode == "record":
             from fedhealth.privacy.round import train_with_budget
 
-            # The server's ledger location is for simulation only: in deployment it is not the hospital's disk.
-            ledger_dir = self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if self.simulated else "")
+            ledger_dir = self._ledger_dir(config)
             cap = effective_cap(policy, cfg.privacy.max_epsilon)
             outcome = train_with_budget(cfg, split, model, list(parameters), server_round, ledger_dir, cap)
             if outcome.weights is None:
@@ -157,7 +159,7 @@ class HospitalClient(NumPyClient):
             if cfg.privacy.mode == "hospital":
                 from fedhealth.privacy.round import charge_hospital_release
 
-                ledger_dir = self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if self.simulated else "")
+                ledger_dir = self._ledger_dir(config)
                 cap = policy.max_hospital_epsilon if policy is not None and policy.max_hospital_epsilon else math.inf
                 refused = charge_hospital_release(cfg, split, list(parameters), server_round, ledger_dir, cap)
                 if refused is not None:
@@ -194,6 +196,30 @@ class HospitalClient(NumPyClient):
             )
         local_keys = {f"{LOCAL_PREFIX}{k}": v for k, v in local.items()}
         return weights, weight, {HOSPITAL_KEY: self.index, **shared, **local_keys}
+
+    def _ledger_dir(self, config: dict[str, Scalar]) -> str:
+        """The hospital's own ledger folder; the server's location only in simulation (in deployment it is
+        not the hospital's disk)."""
+        return self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if self.simulated else "")
+
+    def _terms_refused(self, cfg: StudyConfig, policy: SitePolicy | None, server_round: int,
+                       config: dict[str, Scalar]) -> tuple[str, str] | None:
+        """(reason, detail) when this round asks for privacy terms other than those this hospital fixed at the
+        study's first round here (`fedhealth.privacy.terms`), else None. Checked before anything is charged."""
+        from fedhealth.privacy.terms import TERMS_REASON, TermsChanged, fix_or_check
+
+        folder = self._ledger_dir(config)
+        if not folder:
+            return None  # no ledger folder: nothing was fixed and nothing can be (a node without ledger-dir)
+        if cfg.privacy.mode == "hospital":
+            cap = policy.max_hospital_epsilon if policy is not None and policy.max_hospital_epsilon else math.inf
+        else:
+            cap = effective_cap(policy, cfg.privacy.max_epsilon)
+        try:
+            fix_or_check(Path(folder), cfg.hospitals[self.index].name, cfg, server_round, cap)
+        except TermsChanged as err:
+            return TERMS_REASON + "; declining this round", str(err)
+        return None
 
     @staticmethod
     def _train_plain(cfg, split, model, parameters: NDArrays, config: dict[str, Scalar], seed: int):

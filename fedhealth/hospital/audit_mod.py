@@ -99,6 +99,8 @@ def audit_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mess
 
     entry = audit.append(
         round=int(fit_ins.config.get(ROUND_KEY, 0)), run_id=str(msg.metadata.run_id), hospital=hospital.name,
+        # the study, not Flower's run id (new after a restart): a round re-sent after `--resume` is a retry
+        study=f"{cfg.name}:{cfg.fingerprint()}",
         global_model_sha256=received,
         update_sha256=None if declined else hash_arrays(parameters_to_ndarrays(fit_res.parameters)),
         records_used=0 if declined else len(load_hospital(cfg, index, _data_file(ctxt)).y_train),

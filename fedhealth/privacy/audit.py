@@ -28,6 +28,19 @@ Entry fields (one JSON object per line, UTF-8)::
     signature            base64 DER ECDSA-with-SHA-256 signature of the ASCII `hash`, null when unsigned
                          (the same scheme as Flower's `flwr.supercore.primitives.asymmetric.sign_message`)
 
+Optional fields (logs written before them verify as they are), between `decision` and `prev`, in the hash::
+
+    study                the study ("name:config fingerprint") the round belongs to
+    attempt, retry_of    on a line that re-records a round of `study` already in the log (a round the server
+                         sent again, e.g. after a crash and `--resume`): attempt 2, 3, ... and the `seq` of the
+                         round's first entry. A retry is the same entry again, not a new one: `entries` and
+                         `--expected-entries` count entries, not lines. A second line for the same study and
+                         round without them fails verification.
+
+Damage that is recovered: an incomplete last line (no newline, not JSON: a write that a crash cut short)
+is not an entry; verification skips it with a warning (`AuditReport.skipped`), and the writer moves its
+bytes to `<log>.torn` before appending, so the chain goes on from the last complete entry.
+
 Never patient values: only hashes, counts and privacy figures. `append` accepts no other fields.
 
 What verification cannot see: removing the *last* entries (truncating the tail) leaves a valid
@@ -49,7 +62,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +79,8 @@ GENESIS = "0" * 64  # `prev` of the first entry
 CONTENT_FIELDS = ("round", "run_id", "hospital", "global_model_sha256", "update_sha256", "records_used",
                   "epsilon_charged", "epsilon_total", "delta", "policy_checks", "decision")
 ENTRY_FIELDS = ("seq", "time", *CONTENT_FIELDS, "prev", "signer", "hash", "signature")
+RETRY_FIELDS = ("attempt", "retry_of")
+OPTIONAL_FIELDS = ("study", *RETRY_FIELDS)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_TEXT = 500  # characters in a free-text value: room for a reason, not for data
 
@@ -90,7 +105,8 @@ class AuditProblem:
 
 @dataclass(frozen=True)
 class AuditReport:
-    """What `verify_audit_log` found. `entries` counts the lines that verified before any problem."""
+    """What `verify_audit_log` found. `entries` counts the entries that verified before any problem (a retry
+    of an entry is that entry again: `lines` counts every verified line, `retries` the retry lines)."""
 
     path: Path
     entries: int
@@ -100,6 +116,11 @@ class AuditReport:
     last_hash: str  # the `hash` of the last verified entry, GENESIS for an empty log
     sent_rounds: tuple[int, ...]  # rounds whose decision is "sent": each must be charged in the privacy ledger
     problem: AuditProblem | None = None
+    lines: int = 0  # verified lines (the next entry's seq)
+    retries: int = 0  # lines that are retries of an earlier entry (attempt 2, 3, ...)
+    skipped: tuple[AuditProblem, ...] = ()  # an incomplete last line, not an entry: recovered, with a warning
+    torn_at: int | None = field(default=None, repr=False)  # byte offset where that incomplete line starts
+    firsts: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -217,7 +238,7 @@ def _check_entry(entry: Any, expected_seq: int, prev: str, public_key: ec.Ellipt
     if not isinstance(entry, dict):
         return "not a JSON object"
     missing = [k for k in ENTRY_FIELDS if k not in entry]
-    extra = sorted(set(entry) - set(ENTRY_FIELDS))
+    extra = sorted(set(entry) - set(ENTRY_FIELDS) - set(OPTIONAL_FIELDS))
     if missing or extra:
         return (f"missing fields {missing}" if missing else "") + ("; " if missing and extra else "") + \
             (f"unknown fields {extra}" if extra else "")
@@ -225,6 +246,8 @@ def _check_entry(entry: Any, expected_seq: int, prev: str, public_key: ec.Ellipt
         recomputed = entry_hash(entry)
     except ValueError:
         return "holds a non-finite number (NaN or Infinity), which no writer of this log produces"
+    except RecursionError:
+        return "nested too deeply to be an entry of this log"
     if not isinstance(entry["hash"], str) or entry["hash"] != recomputed:
         return "hash does not match the entry's content: the entry was edited after it was written"
     if entry["seq"] != expected_seq:
@@ -265,21 +288,55 @@ def _read_lines(path: Path) -> list[bytes]:
     return data.splitlines(keepends=True)
 
 
+def _retry_problem(entry: dict[str, Any], firsts: dict[tuple[str, int], tuple[int, int]]) -> str | None:
+    """What is wrong with an entry's study / attempt / retry_of, or None (see the module docstring)."""
+    study = entry.get("study")
+    if study is not None and (not isinstance(study, str) or not study or len(study) > _MAX_TEXT):
+        return "study must be a non-empty string"
+    present = [k for k in RETRY_FIELDS if k in entry]
+    if present and (len(present) < len(RETRY_FIELDS) or study is None):
+        return "attempt and retry_of must both be set, with the study, or both be absent"
+    key = (study, entry["round"]) if study is not None else None
+    if not present:
+        if key is not None and key in firsts:
+            return (f"a second entry for round {entry['round']} of study {study!r} (the first is seq "
+                    f"{firsts[key][0]}): a re-sent round must be recorded as a retry of that entry")
+        return None
+    attempt, retry_of = entry["attempt"], entry["retry_of"]
+    if key not in firsts or firsts[key][0] != retry_of:
+        return f"retry_of is {retry_of!r}, but round {entry['round']} of this study has no entry with that seq"
+    expected = firsts[key][1] + 1
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt != expected:
+        return f"attempt is {attempt!r}, expected {expected}: an attempt of this entry was removed or reordered"
+    return None
+
+
 def _verify_lines(path: Path, lines: Sequence[bytes], public_key: ec.EllipticCurvePublicKey | None,
                   expected_entries: int | None = None) -> AuditReport:
     fingerprint = public_key_fingerprint(public_key) if public_key is not None else None
     prev, signer, hospital, sent = GENESIS, None, None, []
-    count = 0
+    count = retries = 0
+    firsts: dict[tuple[str, int], tuple[int, int]] = {}  # (study, round) -> (first seq, attempts so far)
     problem: AuditProblem | None = None
+    skipped: list[AuditProblem] = []
+    torn_at: int | None = None
     for number, raw in enumerate(lines, start=1):
         incomplete = not raw.endswith(b"\n")
         try:
             entry = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            why = "incomplete last line (the writer stopped mid-line?)" if incomplete else "not valid JSON"
-            problem = AuditProblem(number, f"malformed: {why} ({err})")
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            if incomplete:  # the last line, cut short by a crash mid-write: not an entry, nothing of the chain
+                skipped.append(AuditProblem(number, "skipped: an incomplete last line (a write the writer did not "
+                                                    "finish); the entries before it are the log"))
+                torn_at = sum(len(line) for line in lines[:number - 1])
+                break
+            why = ("nested too deeply to be an entry" if isinstance(err, RecursionError) else
+                   f"not valid JSON ({err})" if isinstance(err, json.JSONDecodeError) else "not UTF-8 text")
+            problem = AuditProblem(number, f"malformed: {why}")
             break
         what = _check_entry(entry, count, prev, public_key, fingerprint, signer, hospital)
+        if what is None:
+            what = _retry_problem(entry, firsts)
         if what is None and incomplete:
             what = "the last line has no newline: it may be incomplete"
         if what is not None:
@@ -288,16 +345,27 @@ def _verify_lines(path: Path, lines: Sequence[bytes], public_key: ec.EllipticCur
         if count == 0:
             signer, hospital = entry["signer"], entry["hospital"]
         prev, count = entry["hash"], count + 1
-        if entry["decision"] == "sent":
+        if "study" in entry:
+            key = (entry["study"], entry["round"])
+            first, attempts = firsts.get(key, (entry["seq"], 0))
+            firsts[key] = (first, attempts + 1)
+        if "retry_of" in entry:
+            retries += 1
+        if entry["decision"] == "sent" and entry["round"] not in sent:
             sent.append(entry["round"])
-    if problem is None and expected_entries is not None and count != expected_entries:
-        missing = expected_entries - count
-        problem = AuditProblem(None, f"holds {entries_text(count)}, expected {expected_entries}" + (
+    entries = count - retries
+    if problem is None and public_key is not None and entries == 0:
+        problem = AuditProblem(None, "holds no entries: a log checked against a public key must hold at least one "
+                                     "signed entry (an emptied or truncated log cannot vouch for anything)")
+    if problem is None and expected_entries is not None and entries != expected_entries:
+        missing = expected_entries - entries
+        problem = AuditProblem(None, f"holds {entries_text(entries)}, expected {expected_entries}" + (
             f": the last {missing} entr{'y was' if missing == 1 else 'ies were'} removed (truncated), or never "
             "written" if missing > 0 else ": more entries than the independent count"))
-    return AuditReport(path, count, signed=count > 0 and signer is not None,
+    return AuditReport(path, entries, signed=count > 0 and signer is not None,
                        signatures_checked=public_key is not None and count > 0, signer=signer, last_hash=prev,
-                       sent_rounds=tuple(sent), problem=problem)
+                       sent_rounds=tuple(sent), problem=problem, lines=count, retries=retries,
+                       skipped=tuple(skipped), torn_at=torn_at, firsts=firsts)
 
 
 def verify_audit_log(path: str | Path, public_key: str | Path | ec.EllipticCurvePublicKey | None = None,
@@ -339,6 +407,8 @@ class AuditLog:
         self._public = key.public_key() if key is not None else None
         self.signer = public_key_fingerprint(key) if key is not None else None
         self._seq, self._prev = 0, GENESIS
+        self._firsts: dict[tuple[str, int], tuple[int, int]] = {}  # (study, round) -> (first seq, attempts)
+        self._locked = False  # whether `append` holds the file's lock
         self._size, self._mtime_ns = 0, 0  # the file as this writer last saw it: a change means re-verify
         if self.path.exists():
             self._resume()
@@ -346,6 +416,8 @@ class AuditLog:
     def _resume(self) -> None:
         lines = _read_lines(self.path)
         report = _verify_lines(self.path, lines, None)
+        if report.problem is None and report.torn_at is not None:
+            lines = self._set_aside_torn_tail(lines, report.torn_at)
         if report.problem is not None:
             raise AuditError(f"{self.path}: audit log fails verification at {report.problem}; refusing to append. "
                              "Keep the file as evidence, find out what changed it, and start a new log")
@@ -359,21 +431,51 @@ class AuditLog:
             if signed.problem is not None:
                 raise AuditError(f"{self.path}: audit log fails signature verification at {signed.problem}; "
                                  "refusing to append. Keep the file as evidence and start a new log")
-        self._seq, self._prev = report.entries, report.last_hash
+        self._seq, self._prev = report.lines, report.last_hash
+        self._firsts = dict(report.firsts)
         self._size = sum(len(line) for line in lines)
         self._mtime_ns = self.path.stat().st_mtime_ns
 
+    def _set_aside_torn_tail(self, lines: list[bytes], offset: int) -> list[bytes]:
+        """Move an incomplete last line (a write a crash cut short) to `<log>.torn` and cut it from the log,
+        so the next entry starts on a line of its own. Its bytes are kept, never an entry's."""
+        import logging
+
+        torn = self.path.with_name(self.path.name + ".torn")
+        with self.path.open("r+b") as f:
+            if not self._locked:  # inside `append` the lock is held already, on another descriptor
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            f.seek(offset)
+            tail = f.read()
+            if tail and not tail.endswith(b"\n"):
+                with torn.open("ab") as out:
+                    out.write(tail + b"\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                f.truncate(offset)
+                f.flush()
+                os.fsync(f.fileno())
+        logging.getLogger(__name__).warning(
+            "%s: line %d was incomplete (a write cut short by a crash): its bytes moved to %s, the log continues "
+            "from the entry before it", self.path, len(lines), torn)
+        return lines[:-1]
+
     @property
     def entries(self) -> int:
-        """How many entries the log holds (the next entry's `seq`)."""
+        """How many lines the log holds (the next entry's `seq`); a retry line counts here."""
         return self._seq
 
     def append(self, **fields: Any) -> dict[str, Any]:
-        """Append one entry (the `CONTENT_FIELDS`, all required) and return it as written.
+        """Append one entry (the `CONTENT_FIELDS`, all required, and optionally `study`) and return it as written.
 
-        The line is written with one `write` on an O_APPEND descriptor, then fsync'ed, under an
-        exclusive lock; if the file changed since this object last saw it, it is verified again first.
+        With `study`, a round of that study the log already holds is written as a retry of its first entry
+        (`attempt`, `retry_of`), not as a second entry. The line is written with one `write` on an O_APPEND
+        descriptor, then fsync'ed, under an exclusive lock; if the file changed since this object last saw
+        it, it is verified again first.
         """
+        study = fields.pop("study", None)
+        if study is not None and (not isinstance(study, str) or not study or len(study) > _MAX_TEXT):
+            raise AuditError(f"{self.path}: audit entry: study must be a non-empty string")
         unknown = sorted(set(fields) - set(CONTENT_FIELDS))
         missing = [k for k in CONTENT_FIELDS if k not in fields]
         if unknown or missing:
@@ -389,6 +491,7 @@ class AuditLog:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._locked = True
             stat = os.fstat(fd)
             size = stat.st_size
             if size < self._size:
@@ -401,8 +504,14 @@ class AuditLog:
             entry: dict[str, Any] = {"seq": self._seq,
                                      "time": datetime.now(UTC).isoformat(timespec="milliseconds")
                                      .replace("+00:00", "Z"),
-                                     **{k: fields[k] for k in CONTENT_FIELDS}, "prev": self._prev,
-                                     "signer": self.signer}
+                                     **{k: fields[k] for k in CONTENT_FIELDS}}
+            key = (study, fields["round"])
+            if study is not None:
+                entry["study"] = study
+                if key in self._firsts:  # the round again: a retry of its first entry, not a second entry
+                    first, attempts = self._firsts[key]
+                    entry.update(attempt=attempts + 1, retry_of=first)
+            entry.update(prev=self._prev, signer=self.signer)
             entry["hash"] = entry_hash(entry)
             entry["signature"] = _sign(self._key, entry["hash"]) if self._key is not None else None
             line = (json.dumps(entry, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode()
@@ -413,6 +522,7 @@ class AuditLog:
             stat = os.fstat(fd)
             self._size, self._mtime_ns = stat.st_size, stat.st_mtime_ns
         finally:
+            self._locked = False
             os.close(fd)  # closing releases the lock
         if created:  # the new directory entry must survive a crash too
             dir_fd = os.open(self.path.parent, os.O_RDONLY)
@@ -421,4 +531,7 @@ class AuditLog:
             finally:
                 os.close(dir_fd)
         self._seq, self._prev = self._seq + 1, entry["hash"]
+        if study is not None:
+            first, attempts = self._firsts.get(key, (entry["seq"], 0))
+            self._firsts[key] = (first, attempts + 1)
         return entry

@@ -52,6 +52,10 @@ class LedgerError(PrivacyRecordsError, ValueError):
     """A ledger that cannot be trusted (unreadable, edited, reordered): nothing trains on that hospital."""
 
 
+class LedgerUnreadable(LedgerError):
+    """A ledger file that cannot be read or parsed at all (truncated, not JSON, not a ledger's form)."""
+
+
 class BudgetExceeded(PrivacyBudgetError, RuntimeError):
     """The next release would take a hospital past its epsilon cap; the hospital declines it."""
 
@@ -119,6 +123,7 @@ class PrivacyLedger:
         self.hospital_cap = hospital_cap
         self.delta = delta
         self.entries: list[LedgerEntry] = []
+        self.recorded_cap: float | None = None  # the cap the file says it was last charged under
         self._lock_fd: int | None = None
         if load:
             self._load()
@@ -131,10 +136,12 @@ class PrivacyLedger:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             self.entries = [LedgerEntry(**e) for e in data.get("entries", [])]
-        except (OSError, ValueError, TypeError, AttributeError) as err:
+            cap = data.get("cap")
+            self.recorded_cap = float(cap) if isinstance(cap, int | float) and not isinstance(cap, bool) else None
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as err:
             reason = err.strerror if isinstance(err, OSError) else type(err).__name__
-            raise LedgerError(f"{self.path}: privacy ledger of hospital {self.hospital!r} cannot be read "
-                              f"({reason}); refusing to train until it is restored") from None
+            raise LedgerUnreadable(f"{self.path}: privacy ledger of hospital {self.hospital!r} cannot be read "
+                                   f"({reason}); refusing to train until it is restored") from None
         if data.get("hospital") != self.hospital:
             raise LedgerError(f"{self.path}: ledger belongs to {data.get('hospital')!r}, not {self.hospital!r}")
         if float(data.get("delta", self.delta)) != self.delta:
@@ -259,3 +266,32 @@ class PrivacyLedger:
         data = {"hospital": self.hospital, "cap": self.cap, "delta": self.delta, "accountant": ACCOUNTANT,
                 "entries": [asdict(e) for e in self.entries]}
         atomic_write_text(self.path, json.dumps(data, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class LedgerStanding:
+    """What a hospital accepts of its own ledger, for a summary or report to show and nothing more.
+
+    `status`: "accepted" (it verifies: `epsilon` is what the hospital spent), "refused" (the hospital's own
+    check fails: edited, reordered, another hospital's, another delta; `epsilon` is None, never the
+    file's figure), "unreadable" (truncated or not a ledger at all) or "absent" (no release was charged)."""
+
+    status: str
+    epsilon: float | None
+    cap: float | None
+    rounds: tuple[int, ...]
+    problem: str | None = None
+
+
+def ledger_standing(path: Path, hospital: str, delta: float, unit: str = "record") -> LedgerStanding:
+    """The hospital's verdict on its ledger `path` (the very check it runs before every charge)."""
+    if not path.exists():
+        return LedgerStanding("absent", 0.0, None, ())
+    try:
+        ledger = PrivacyLedger(path, hospital, math.inf, delta)
+    except LedgerUnreadable as err:
+        return LedgerStanding("unreadable", None, None, (), str(err))
+    except LedgerError as err:
+        return LedgerStanding("refused", None, None, (), str(err))
+    own = [e for e in ledger.entries if e.unit == unit]
+    return LedgerStanding("accepted", ledger.spent_in(unit), ledger.recorded_cap, tuple(e.round for e in own))

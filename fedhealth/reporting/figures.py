@@ -74,7 +74,8 @@ def final_comparison(hospitals: list[dict[str, Any]], keys: list[str]) -> Figure
                         arrowprops={"arrowstyle": "->", "color": "#1565c0" if fed >= lo else "#c62828", "lw": 1})
     ax.set_yticks(y, [f"{h['name']} ({h['records']:,})" for h in rows], fontsize=7 if len(rows) > 20 else 8)
     ax.set_xlabel("test AUROC")
-    ax.set_title("Per hospital, smallest at the bottom: training alone → federated")
+    ax.set_title("Per hospital, smallest at the bottom: training alone → federated" if "local_only" in keys
+                 else "Per hospital, smallest at the bottom")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     return fig

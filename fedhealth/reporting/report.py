@@ -4,15 +4,17 @@ One HTML page with every figure inlined (base64 PNG), no script, font or stylesh
 it opens offline on a hospital laptop and can be mailed as one file. Each figure is also written as
 a PNG under `figures/` for papers and slides. Numbers in the page are read from `summary.json`,
 `metrics.jsonl`, `rounds.jsonl`, `secure_aggregation.json` and, when the run was audited,
-`privacy_audit.json`, never recomputed differently.
+`privacy_audit.json`, never recomputed differently. A deployment's run directory has no `summary.json` (its
+server holds no records); the report writes one from what the hospitals reported
+(`fedhealth.reporting.deployment_summary`) and says what it could not compute.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from fedhealth.data.study_file import load_config
 from fedhealth.errors import RunDirectoryError
+from fedhealth.reporting.deployment_summary import deployment_summary, is_recordless
 from fedhealth.runs import rundir
 
 REPORT_FILE = rundir.REPORT_FILE
@@ -33,23 +36,49 @@ class ReportError(RunDirectoryError, RuntimeError):
 
 def _load(run_dir: Path) -> dict[str, Any]:
     needed = [rundir.CONFIG_FILE, rundir.SUMMARY_FILE, rundir.METRICS_FILE, rundir.ROUNDS_FILE]
+    if (run_dir / rundir.CONFIG_FILE).is_file() and is_recordless(run_dir):
+        # a deployment's server holds no records: its summary comes from what the hospitals reported
+        rundir.write_json(run_dir / rundir.SUMMARY_FILE,
+                          deployment_summary(load_config(run_dir / rundir.CONFIG_FILE), run_dir))
     missing = [name for name in needed if not (run_dir / name).is_file()]
     if missing:
         raise ReportError(f"{run_dir}: not a finished run directory (missing {', '.join(missing)}); "
-                          "a report needs a run that `fedhealth simulate` completed")
+                          "a report needs a run that completed (`fedhealth simulate`, or a deployment study "
+                          "whose state.json says completed: see `fedhealth status`)")
     secagg = run_dir / rundir.SECAGG_FILE
     contribution = run_dir / rundir.CONTRIBUTION_FILE
 
     membership = run_dir / rundir.PRIVACY_AUDIT_FILE
+    summary = rundir.read_json_object(run_dir / rundir.SUMMARY_FILE)
+    summary["privacy"] = _as_hospitals_accept(run_dir, summary.get("privacy"))
+    if summary["privacy"] is None:
+        del summary["privacy"]
     return {
-        "membership": json.loads(membership.read_text(encoding="utf-8")) if membership.is_file() else None,
-        "contribution": json.loads(contribution.read_text(encoding="utf-8")) if contribution.is_file() else None,
+        "membership": rundir.read_json(membership) if membership.is_file() else None,
+        "contribution": rundir.read_json(contribution) if contribution.is_file() else None,
         "cfg": load_config(run_dir / rundir.CONFIG_FILE),
-        "summary": json.loads((run_dir / rundir.SUMMARY_FILE).read_text(encoding="utf-8")),
+        "summary": summary,
         "metrics": rundir.read_jsonl(run_dir / rundir.METRICS_FILE),
         "rounds": rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE),
-        "secagg": json.loads(secagg.read_text(encoding="utf-8")) if secagg.is_file() else None,
+        "secagg": rundir.read_json(secagg) if secagg.is_file() else None,
     }
+
+
+def _as_hospitals_accept(run_dir: Path, privacy: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The summary's record-level privacy rows, each hospital's ledger verified again now: a ledger altered
+    after the summary was written is reported as the hospital would treat it (refused, no epsilon)."""
+    from fedhealth.privacy.ledger import ledger_standing
+
+    if not privacy or privacy.get("mode") != "record":
+        return privacy
+    rows = []
+    for h in privacy.get("hospitals", []):
+        path = rundir.hospital_file(run_dir, rundir.PRIVACY_DIR, h["name"], ".json")
+        standing = ledger_standing(path, h["name"], privacy["delta"])
+        if standing.status in ("refused", "unreadable") and h.get("epsilon") is not None:
+            h = {**h, "epsilon": None, "ledger": standing.status, "ledger_problem": standing.problem}
+        rows.append(h)
+    return {**privacy, "hospitals": rows}
 
 
 def _save(fig: Any, path: Path) -> str:
@@ -80,49 +109,87 @@ def _epsilon_series(data: dict[str, Any]) -> tuple[dict[str, list[tuple[int, flo
     return {k: sorted(v) for k, v in series.items()}, caps
 
 
-def build_report(run_dir: Path) -> Path:
-    """Write `report.html` and `figures/*.png` into `run_dir`; return the HTML's path."""
+def figures_for(data: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+    """The figures this run's report holds, each a function that draws it: a figure is drawn only from
+    what the run directory has (no privacy figure without DP, no equity figure without local-only
+    references, no contribution figure before `fedhealth contribution`), so the page never shows an
+    empty chart. Kept apart from the drawing so what the page shows can be checked without drawing."""
     from fedhealth.reporting import figures
 
-    started = time.perf_counter()
-    run_dir = Path(run_dir)
-    data = _load(run_dir)
-    cfg, summary = data["cfg"], data["summary"]
+    summary = data["summary"]
     hospitals = summary["hospitals"]
-    keys = [k for k in MODEL_ORDER if k in summary["overall"]["auroc"]]
-    out = run_dir / FIGURES_DIR
-    out.mkdir(exist_ok=True)
-    images: dict[str, str] = {}
-    images["learning_curves"] = _save(figures.learning_curves(data["metrics"], data["rounds"]),
-                                      out / rundir.FIGURES["learning_curves"])
-    images["final_comparison"] = _save(figures.final_comparison(hospitals, keys),
-                                       out / rundir.FIGURES["final_comparison"])
+    keys = model_keys(summary)
+    plan: dict[str, Callable[[], Any]] = {
+        "learning_curves": lambda: figures.learning_curves(data["metrics"], data["rounds"]),
+        "final_comparison": lambda: figures.final_comparison(hospitals, keys),
+    }
     if summary.get("calibration"):
-        images["calibration"] = _save(figures.calibration(summary["calibration"]), out / rundir.FIGURES["calibration"])
+        plan["calibration"] = lambda: figures.calibration(summary["calibration"])
     epsilon, caps = _epsilon_series(data)
     if epsilon:
         tiers = {h["name"]: h["tier"] for h in hospitals}
-        images["privacy"] = _save(figures.privacy(epsilon, caps, tiers), out / rundir.FIGURES["privacy"])
-    images["secure_aggregation"] = _save(figures.secure_aggregation(data["rounds"], len(hospitals)),
-                                         out / rundir.FIGURES["secure_aggregation"])
+        plan["privacy"] = lambda: figures.privacy(epsilon, caps, tiers)
+    plan["secure_aggregation"] = lambda: figures.secure_aggregation(data["rounds"], len(hospitals))
     if summary.get("equity", {}).get("gain_by_hospital"):
-        images["equity"] = _save(figures.equity(hospitals), out / rundir.FIGURES["equity"])
+        plan["equity"] = lambda: figures.equity(hospitals)
     if data["contribution"]:
-        images["contribution"] = _save(figures.contribution(data["contribution"]), out / rundir.FIGURES["contribution"])
+        plan["contribution"] = lambda: figures.contribution(data["contribution"])
+    return plan
 
+
+def model_keys(summary: dict[str, Any]) -> list[str]:
+    """The models this run's summary scored (federated always; the references only where they were trained)."""
+    return [k for k in MODEL_ORDER if k in summary["overall"]["auroc"]]
+
+
+def render_report(data: dict[str, Any], images: dict[str, str]) -> str:
+    """The report's HTML from the run directory's contents (`_load`) and the figures' inlined images."""
+    cfg, summary = data["cfg"], data["summary"]
     env = Environment(loader=PackageLoader("fedhealth.reporting", "templates"),
                       autoescape=select_autoescape(["html", "j2"]))
     env.filters["auc"] = lambda v: "–" if v is None else f"{v:.3f}"
     env.filters["signed"] = lambda v: "–" if v is None else f"{v:+.3f}"
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f} %"
-    html = env.get_template("report.html.j2").render(
-        cfg=cfg, summary=summary, hospitals=hospitals, keys=keys, images=images, rounds=data["rounds"],
-        failed=[r for r in data["rounds"] if r.get("status") == "failed"], secagg=data["secagg"],
-        equity=summary.get("equity", {}), privacy=summary.get("privacy"), contribution=data["contribution"],
-        membership=data["membership"],
+    return env.get_template("report.html.j2").render(
+        cfg=cfg, summary=summary, hospitals=summary["hospitals"], keys=model_keys(summary), images=images,
+        rounds=data["rounds"], failed=[r for r in data["rounds"] if r.get("status") == "failed"],
+        secagg=data["secagg"], equity=summary.get("equity", {}), privacy=summary.get("privacy"),
+        contribution=data["contribution"], membership=data["membership"], missing=_missing_references(data),
         labels={"local_only": "local-only", "federated": "federated", "federated_no_dp": "federated, no DP",
                 "pooled": "pooled", "best_possible": "best possible"},
         generated=time.strftime("%Y-%m-%d %H:%M", time.localtime()))
+
+
+def _missing_references(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each reference this run lacks, with why: the key that switched it off, or what made it impossible,
+    so a reader can tell "not asked for" from "cannot exist" and knows which key brings it back."""
+    cfg, present = data["cfg"], set(data["summary"]["overall"]["auroc"])
+    refs = cfg.references
+    missing = []
+    if "local_only" not in present:
+        missing.append(("local-only reference", "references.local_only = false" if not refs.local_only
+                        else "not computed in this run"))
+    if "pooled" not in present:
+        missing.append(("pooled reference", "references.pooled = false" if not refs.pooled
+                        else "not computed in this run"))
+    if cfg.privacy.mode != "none" and "federated_no_dp" not in present:
+        missing.append(("the same federation without DP", "references.non_private_federation = false"
+                        if not refs.non_private_federation else "not computed in this run"))
+    if "best_possible" not in present:
+        missing.append(("best possible", "real records: their true risk is not known" if cfg.from_files
+                        else "not computed in this run"))
+    return missing
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write `report.html` and `figures/*.png` into `run_dir`; return the HTML's path."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    data = _load(run_dir)
+    out = run_dir / FIGURES_DIR
+    out.mkdir(exist_ok=True)
+    images = {name: _save(draw(), out / rundir.FIGURES[name]) for name, draw in figures_for(data).items()}
+    html = render_report(data, images)
     path = run_dir / REPORT_FILE
     rundir.atomic_write_text(path, html)
     import logging

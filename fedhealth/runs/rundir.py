@@ -15,13 +15,20 @@ Layout::
 
 Writes are atomic (temp file + rename), so an interrupted run never leaves a half-written file
 that `--resume` could mistake for a completed round.
+
+Reading a damaged directory (docs/run-directory.md, "Damage and recovery"): every error names the file (and
+the line of a JSONL file) and says whether `fedhealth simulate --resume` can continue, never suggesting a
+command that would fail the same way. The one damage that is recovered is an incomplete last line of an
+append-only JSONL file (a write a crash cut short): it is skipped, with a warning naming the file and line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import signal
 import socket
 import tempfile
@@ -35,6 +42,8 @@ import numpy as np
 from fedhealth.durable import atomic_write_text as _durable_write_text
 from fedhealth.durable import inside
 from fedhealth.errors import RunDirectoryError
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.resolved.toml"
 STATE_FILE = "state.json"
@@ -97,14 +106,109 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(_nan_to_none(obj), default=_json_default, indent=2, allow_nan=False) + "\n")
 
 
+class RunDirError(RunDirectoryError, ValueError):
+    """A run directory that cannot be created or resumed; the message says which and why."""
+
+
+class RunDirDamaged(RunDirError):
+    """A file of a run directory that cannot be read as fedhealth wrote it; the message names the file (and
+    line), and says whether `fedhealth simulate --resume` can continue."""
+
+
+_CHECKPOINT = re.compile(r"^round_(\d+)\.npz$")
+_warned: set[tuple[str, int, int]] = set()  # (file, line, size): each skipped line is reported once per process
+
+
+def _advice(path: Path) -> str:
+    """What the user can do about a damaged `path`: whether --resume can continue, and never a command that
+    would fail on the same file again."""
+    name = path.name
+    if name == STATE_FILE:
+        return ("neither `fedhealth status` nor `fedhealth simulate --resume` can use this run directory until the "
+                "file is restored from a backup; otherwise start a new run directory")
+    if name in (METRICS_FILE, ROUNDS_FILE):
+        return ("only an incomplete last line can be skipped, so `fedhealth report` and `fedhealth simulate "
+                "--resume` cannot use this file; restore it from a backup or start a new run directory")
+    if name == SUMMARY_FILE:
+        return ("`fedhealth report` needs it; a run that is not completed writes it again on `fedhealth simulate "
+                "--resume`, a completed one must have it restored from a backup or be run again")
+    if path.parent.name == CHECKPOINT_DIR:
+        return (f"`fedhealth simulate --resume` cannot continue from it; move it out of {CHECKPOINT_DIR}/ and "
+                "`--resume` continues from the checkpoint before it, or start a "
+                "new run directory")
+    return "restore it from a backup, or start a new run directory"
+
+
+def damaged(path: Path, why: str) -> RunDirDamaged:
+    """The error for a damaged run-directory file: the file, what is wrong, and what can be done."""
+    return RunDirDamaged(f"{path}: damaged: {why}; {_advice(path)}")
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise damaged(path, f"not UTF-8 text (byte {err.start})") from None
+    except IsADirectoryError:
+        raise damaged(path, "a directory where fedhealth writes a file") from None
+    except OSError as err:
+        raise damaged(path, f"cannot be read ({err.strerror})") from None
+
+
+def _parse(text: str, one_line: bool = False) -> Any:
+    """JSON, with the reason in words that hold no value of the file (the decoder's own messages do not)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"column {err.colno}" if one_line else f"line {err.lineno} column {err.colno}"
+        raise ValueError(f"not valid JSON ({where}: {err.msg})") from None
+    except RecursionError:
+        raise ValueError("nested too deeply to be a file fedhealth wrote") from None
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """A JSON file of the run directory; RunDirDamaged naming it (and the line) when it is not valid JSON."""
+    text = _text(path)
+    try:
+        return _parse(text)
+    except ValueError as err:
+        raise damaged(path, str(err)) from None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold one object (state.json, summary.json)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise damaged(path, f"holds a JSON {type(data).__name__.replace('list', 'array')}, not an object")
+    return data
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per line. An incomplete last line (a crash cut the write short) is skipped with a
+    warning naming the file and line; a bad line before it is damage that RunDirDamaged names."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = _text(path)
+    lines = text.split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = _parse(line, one_line=True)
+            if not isinstance(row, dict):
+                raise ValueError(f"a JSON {type(row).__name__.replace('list', 'array')}, not an object")
+        except ValueError as err:
+            if i != last:
+                raise damaged(path, f"line {i + 1} is {err}") from None
+            if (str(path), i + 1, len(text)) not in _warned:
+                _warned.add((str(path), i + 1, len(text)))
+                log.warning("%s: line %d skipped: an incomplete last line (%s), left by a write that a crash cut "
+                            "short; the lines before it are used", path, i + 1, err)
+            continue
+        rows.append(row)
+    return rows
 
 
 def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -149,25 +253,35 @@ def save_weights(path: Path, weights: list[np.ndarray], extra: dict[str, list[np
 
 
 def load_weights(path: Path) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
-    """Inverse of save_weights: (weights, {name: arrays})."""
-    with np.load(path) as data:
-        keys = sorted(data.files)
-        weights = [data[k] for k in keys if k.startswith("w")]
-        extra: dict[str, list[np.ndarray]] = {}
-        for k in keys:
-            if not k.startswith("w"):
-                extra.setdefault(k[:-3], []).append(data[k])
+    """Inverse of save_weights: (weights, {name: arrays}); RunDirDamaged naming the file when it is not one."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = sorted(data.files)
+            weights = [data[k] for k in keys if k.startswith("w")]
+            extra: dict[str, list[np.ndarray]] = {}
+            for k in keys:
+                if not k.startswith("w"):
+                    extra.setdefault(k[:-3], []).append(data[k])
+    except FileNotFoundError:
+        raise damaged(path, "missing") from None
+    except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError, AttributeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise damaged(path, f"not a readable weights file ({reason})") from None
+    if not weights:
+        raise damaged(path, "holds no weights")
     return weights, extra
 
 
 def last_completed_round(run_dir: Path) -> int:
-    """The highest round whose checkpoint exists (0 when none)."""
-    found = sorted((run_dir / CHECKPOINT_DIR).glob("round_*.npz"))
-    return int(found[-1].stem.split("_")[1]) if found else 0
-
-
-class RunDirError(RunDirectoryError, ValueError):
-    """A run directory that cannot be created or resumed; the message says which and why."""
+    """The highest round whose checkpoint exists (0 when none). Only `round_<digits>.npz` names count:
+    anything else in checkpoints/ (a stray copy, a temporary file) is not a checkpoint fedhealth wrote."""
+    folder = run_dir / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return 0
+    rounds = [int(m.group(1)) for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name))]
+    return max(rounds, default=0)
 
 
 def create_run_dir(cfg, out: Path | None = None, base: Path = Path("runs"),
@@ -184,6 +298,9 @@ def create_run_dir(cfg, out: Path | None = None, base: Path = Path("runs"),
         while out.exists():
             suffix += 1
             out = inside(base, f"{stamp}-{cfg.name}-{suffix}")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: exists and is not a directory; a run directory must be a new or empty folder: "
+                          "choose another --out")
     if out.exists() and any(out.iterdir()):
         found = ""
         with contextlib.suppress(RunDirError, OSError, ValueError):
@@ -270,6 +387,7 @@ def reopen_run_dir(run_dir: Path, cfg=None) -> Path:
         raise RunDirError(f"{run_dir}: the run already completed ({describe_state(run_dir)}); nothing to resume")
     if state.get("status") == "running" and not interrupted(state):
         raise RunDirError(f"{run_dir}: {describe_state(run_dir)}; stop that process before resuming")
+    check_resumable(run_dir)
     resumes = [*state.get("resumes", []), {"at": _now(), "after_round": last_completed_round(run_dir),
                                            "previous": describe_state(run_dir)}]
     state.update(status="running", server=server_identity(), resumes=resumes, updated_at=_now())
@@ -279,11 +397,32 @@ def reopen_run_dir(run_dir: Path, cfg=None) -> Path:
     return run_dir
 
 
+def check_resumable(run_dir: Path) -> None:
+    """Read, before a resumed federation starts, what it will read: the last checkpoint, metrics.jsonl and
+    rounds.jsonl. A damaged one is named now (RunDirDamaged), not as a crash inside the federation followed
+    by a hint to resume that would fail the same way."""
+    last = last_completed_round(run_dir)
+    if last:
+        load_weights(checkpoint_path(run_dir, last))
+    for name in (METRICS_FILE, ROUNDS_FILE):
+        for number, row in enumerate(read_jsonl(run_dir / name), start=1):
+            if not isinstance(row.get("round"), int) or isinstance(row["round"], bool):
+                raise damaged(run_dir / name, f"row {number} has no integer `round`")
+
+
 def read_state(run_dir: Path) -> dict[str, Any]:
     path = run_dir / STATE_FILE
     if not (run_dir / CONFIG_FILE).is_file() or not path.is_file():
         raise RunDirError(f"{run_dir}: not a fedhealth run directory (no {CONFIG_FILE} and {STATE_FILE})")
-    return read_json(path)
+    state = read_json_object(path)
+    problems = [f"{key} is a {type(state[key]).__name__}, not a {kind.__name__}"
+                for key, kind in (("status", str), ("last_round", int))
+                if key in state and not isinstance(state[key], kind)]
+    if not isinstance(state.get("server") or {}, dict) or not isinstance(state.get("resumes", []), list):
+        problems.append("server or resumes has the wrong form")
+    if problems:
+        raise damaged(path, "; ".join(problems))
+    return state
 
 
 def update_state(run_dir: Path, **fields: Any) -> None:

@@ -340,13 +340,19 @@ class StudyConfig(_Strict):
             raise ValueError(f"federation.min_hospitals = {least}: the study has only {len(self.hospitals)} hospitals")
         if least is not None and secure and least < 3:
             raise ValueError(f"federation.min_hospitals = {least}: secure aggregation needs at least 3 hospitals in "
-                             "a round (with 2, each could read the other's update from the sum)")
+                             "a round (with 2, each could read the other's update from the sum); raise it to 3, "
+                             "or set federation.secure_aggregation.enabled = false")
         unknown = sorted({d.hospital for d in self.testing.dropouts} - set(names))
         if unknown:
             raise ValueError(f"testing.dropouts: no hospital named {', '.join(unknown)}")
         from fedhealth.study.hospital_dp import check_hospital_dp
 
         check_hospital_dp(self)  # raises ValueError naming the key to change
+        from fedhealth.study.policy import refused_by_every_policy
+
+        refusal = refused_by_every_policy(self)
+        if refusal:
+            raise ValueError(refusal)
         if secure:
             from fedhealth.study.secagg import derive_secagg_params
 

@@ -35,7 +35,8 @@ def check_hospital_dp(cfg: StudyConfig) -> None:
     secure = cfg.federation.secure_aggregation.enabled
     if secure and m < DEFAULT_MIN_CONTRIBUTORS:
         raise ValueError(f"privacy.min_contributors = {m}: secure aggregation releases no aggregate of fewer than "
-                         f"{DEFAULT_MIN_CONTRIBUTORS} hospitals; use at least {DEFAULT_MIN_CONTRIBUTORS}")
+                         f"{DEFAULT_MIN_CONTRIBUTORS} hospitals; use at least {DEFAULT_MIN_CONTRIBUTORS}, or set "
+                         "federation.secure_aggregation.enabled = false")
     k = p.colluding_hospitals
     if k and p.hospital_noise != "distributed":
         raise ValueError("privacy.colluding_hospitals applies only to privacy.hospital_noise = 'distributed' (with "

@@ -15,12 +15,15 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedhealth.study.schema import NOT_FINITE
 from fedhealth.study.textfile import NotUtf8Error, read_utf8
+
+if TYPE_CHECKING:
+    from fedhealth.study.config import StudyConfig
 
 
 class SitePolicy(BaseModel):
@@ -71,6 +74,22 @@ def delta_limit(policy: SitePolicy, records: int) -> float:
     return 1.0 / (DEFAULT_DELTA_FACTOR * max(1, records))
 
 
+# Why a round breaks a policy: the text a decline sends, and the two keys that clash (the policy's, the study's)
+PLAIN_AGGREGATION = ("the server asked for plain aggregation (the update would be visible to it) and the site "
+                     "policy requires secure aggregation")
+MODEL_NOT_ALLOWED = "is not allowed by the site policy"
+NEEDS_RECORD_DP = "the site policy caps epsilon, so it requires record-level DP (privacy.mode = 'record')"
+DELTA_TOO_LARGE = "the study's delta is above the largest delta the site policy accepts"
+TOO_FEW_HOSPITALS = "the planned aggregate holds fewer hospitals than the site policy's min_hospitals"
+CLASHING_KEYS = {
+    PLAIN_AGGREGATION: ("require_secure_aggregation (default true)", "federation.secure_aggregation.enabled"),
+    MODEL_NOT_ALLOWED: ("allowed_models", "model.name"),
+    NEEDS_RECORD_DP: ("max_epsilon", "privacy.mode"),
+    DELTA_TOO_LARGE: ("max_delta", "privacy.delta"),
+    TOO_FEW_HOSPITALS: ("min_hospitals", "federation.strategy.fraction_fit"),
+}
+
+
 def policy_violation(policy: SitePolicy | None, *, model: str, dp_mode: str, delta: float,
                      hospitals_per_round: int, secure: bool = True, records: int | None = None) -> str | None:
     """Why this round breaks the hospital's policy, or None. The server's wishes never enter here.
@@ -81,18 +100,38 @@ def policy_violation(policy: SitePolicy | None, *, model: str, dp_mode: str, del
     if policy is None:
         return None
     if policy.require_secure_aggregation and not secure:
-        return ("the server asked for plain aggregation (the update would be visible to it) and the site "
-                "policy requires secure aggregation")
+        return PLAIN_AGGREGATION
     if policy.allowed_models is not None and model not in policy.allowed_models:
-        return f"model {model!r} is not allowed by the site policy"
+        return f"model {model!r} {MODEL_NOT_ALLOWED}"
     if policy.max_epsilon is not None and dp_mode != "record":
-        return "the site policy caps epsilon, so it requires record-level DP (privacy.mode = 'record')"
+        return NEEDS_RECORD_DP
     if dp_mode != "none" and (policy.max_delta is not None or records is not None) \
             and delta > delta_limit(policy, records or 1):
-        return "the study's delta is above the largest delta the site policy accepts"
+        return DELTA_TOO_LARGE
     if hospitals_per_round < policy.min_hospitals:
-        return "the planned aggregate holds fewer hospitals than the site policy's min_hospitals"
+        return TOO_FEW_HOSPITALS
     return None
+
+
+def refused_by_every_policy(cfg: StudyConfig) -> str | None:
+    """Why a simulated study cannot aggregate a single update, or None: every hospital carries an inline
+    policy and every one of those policies refuses the study as configured (so each would decline every
+    round, and the run would fail only after its federation). One hospital refusing is not an error: a
+    hospital's own policy winning over the study is what a simulation shows. The default delta limit
+    (which needs the hospital's training count) is left to the hospital; a policy's own `max_delta` is checked."""
+    if not cfg.hospitals or any(h.policy is None for h in cfg.hospitals):
+        return None
+    per_round = hospitals_per_round(len(cfg.hospitals), cfg.federation.strategy.fraction_fit)
+    reasons = []
+    for i, h in enumerate(cfg.hospitals):
+        why = policy_violation(h.policy, model=cfg.model.name, dp_mode=cfg.privacy.mode, delta=cfg.privacy_delta(),
+                               hospitals_per_round=per_round, secure=cfg.federation.secure_aggregation.enabled)
+        if why is None:
+            return None
+        ours, theirs = next(keys for text, keys in CLASHING_KEYS.items() if text in why)
+        reasons.append(f"hospitals[{i}].policy.{ours} against {theirs}")
+    return ("hospitals: every hospital's own site policy refuses this study, so no round could aggregate ("
+            + "; ".join(reasons) + "); change the study's key or the policies")
 
 
 DEFAULT_MAX_EPSILON = 10.0  # a policy without max_epsilon: the study's cap, but never above this

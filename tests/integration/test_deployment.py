@@ -159,7 +159,7 @@ class Deployment:
                           FEDHEALTH_AUDIT_LOG=str(site.audit), FEDHEALTH_RUNTIME_PORT=str(site.port))
 
     def start_superlink(self) -> Service:
-        """The server image's entry point (server/entrypoint.sh start -> deploy_server.sh start), set up by
+        """The server image's entry point (server/entrypoint.sh start -> server/deploy.sh start), set up by
         environment, on this deployment's port and state database (a restart finds its registrations there).
         The running SuperLink is always services[0]; a stopped one stays in the list for the final checks."""
         old = self.services[0] if self.services else None
@@ -325,7 +325,7 @@ def test_the_superlink_does_not_start_with_tls_files_that_would_fail(deployment,
 
 
 def _flower_supernode(dep: Deployment, name: str, *args: str) -> Service:
-    """flower-supernode run directly (deploy_hospital.sh refuses these set-ups itself)."""
+    """flower-supernode run directly (clients/deploy.sh refuses these set-ups itself)."""
     port = free_port()
     cmd = [str(BIN / "flower-supernode"), "--superlink", dep.address, "--port", str(port), "--max-retries", "2",
            "--node-config", "hospital-name='cleveland'", *args]
@@ -359,6 +359,13 @@ def test_a_supernode_whose_key_is_not_registered_is_refused(deployment, refused)
     assert code not in (None, 0), out
     assert "[code: 2004] Failed to activate SuperNode" in out and "SuperNode ID:" not in out
     assert "No SuperNode found with the given public key" in deployment.superlink.output()
+    # the hospital's launcher says what the code can mean, with the fingerprint the operator compares
+    from fedhealth.security.certs import load_node_private_key, public_key_fingerprint
+
+    fingerprint = public_key_fingerprint(load_node_private_key(deployment.sites["rogue"].key))
+    assert "error: hospital rogue: the SuperLink at 127.0.0.1:" in out, out[-3000:]
+    assert f"its key is not registered there: ask the operator to check that the key with fingerprint {fingerprint}" \
+        in out and "the SuperLink still counts this node online" in out, out[-3000:]
 
 
 @pytest.mark.parametrize("name", ["no-ca", "wrong-ca"])
@@ -413,6 +420,7 @@ def _restart_until_online(dep: Deployment, site: Site, attempts: int = 16, pause
         if node.running():
             return node
         assert "[code: 2004]" in node.output(), node.output()[-3000:]
+        assert "start it again after 60 s; refused again means cause 1" in node.output(), node.output()[-3000:]
         time.sleep(pause)
     raise AssertionError(f"{site.name} could not rejoin in {attempts} attempts")
 
@@ -564,6 +572,15 @@ def test_a_hospital_that_never_connects_stops_the_study_after_the_wait_with_noth
         return {str(p): p.read_bytes() if p.exists() else b"" for p in paths}
 
     before = hospital_files()
+    # a node registered at this SuperLink, connected, but not one of the study's hospitals: it must not count
+    # as the missing fourth hospital, nor be sent anything
+    outsider = deployment.sites["rogue"]
+    filed = _run(["bash", "server/deploy.sh", "register", str(outsider.pub), "--hospital", "rogue"],
+                 FLWR_HOME=str(deployment.cli_home))
+    assert filed.returncode == 0 and "as rogue" in filed.stdout, filed.stdout + filed.stderr
+    rogue = deployment.start_hospital(outsider, "registered-outsider")
+    wait_until(lambda: "SuperNode ID:" in rogue.output() or not rogue.running(), 180, 0.5, "the outsider online")
+    assert rogue.running(), rogue.output()[-3000:]
     out = deployment.root / "server" / "runs" / "absent"
     started = time.perf_counter()
     submit = deployment.start("submit-absent", ["bash", "server/entrypoint.sh", "run", str(out)],
@@ -573,8 +590,12 @@ def test_a_hospital_that_never_connects_stops_the_study_after_the_wait_with_noth
           "submission (wait_for_hospitals = 5 s)")
     state = json.loads((out / "state.json").read_text())
     assert state["status"] == "failed" and state["last_round"] == 0, state
-    assert ("only 3 of 4 hospitals connected after 5 s; the study needs at least 4 (federation.min_hospitals)"
-            in state["error"]), state
+    assert ("only 3 of 4 hospitals connected after 5 s (1 other connected node(s) are not this study's hospitals: "
+            "registered as 'rogue', not one of this study's hospitals" in state["error"]), state
+    assert "the study needs at least 4 (federation.min_hospitals)" in state["error"], state
+    rogue.stop()
+    assert "[RUN " not in rogue.output() and "Received successfully" not in rogue.output(), rogue.output()[-3000:]
+    assert not outsider.app_log.exists()  # nothing reached the outsider: no message, no app
     assert "lower federation.min_hospitals, or raise federation.wait_for_hospitals" in state["error"]
     assert _lines(out / "rounds.jsonl") == [] and _lines(out / "metrics.jsonl") == []
     status = _run([str(BIN / "fedhealth"), "status", str(out)])

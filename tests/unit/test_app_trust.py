@@ -4,6 +4,7 @@ and the hospital-side checks (trusted entities, separate audit key). Fast: no Fl
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -172,3 +173,42 @@ def test_a_hospital_does_not_start_with_its_node_key_as_audit_key_or_without_tru
     empty = tmp_path / "empty.yaml"
     empty.write_text("{}\n")
     assert any("names no key" in p for p in hospital_problems(pki.ca_cert, trusted_entities=empty))
+
+
+def test_the_launcher_says_why_the_superlink_refused_to_activate_the_node(keys: HospitalKeys, monkeypatch,
+                                                                          capsys) -> None:
+    """Flower's exit `[code: 2004] Failed to activate SuperNode.` means an unregistered key or a node still online;
+    the hospital sees both causes, its key's fingerprint and how to tell them apart. Another exit stays Flower's."""
+    from flwr.common.logger import FLOWER_LOGGER
+    from flwr.supernode import start_client_internal as sci
+
+    from fedhealth.deployment import supernode
+    from fedhealth.security.certs import load_node_private_key, public_key_fingerprint
+
+    cli = importlib.import_module("flwr.supernode.cli.flower_supernode")  # the module (its package re-exports the
+    monkeypatch.setattr(sci, "_pull_and_store_message", sci._pull_and_store_message)  # function); restored after
+    monkeypatch.setenv(supernode.HOSPITAL_ENV, "north")
+    monkeypatch.delenv(supernode.APP_LOG_ENV, raising=False)
+
+    def exits_with(message: str):
+        def fake_supernode() -> None:
+            FLOWER_LOGGER.error("Exit Code: 305\nFailed to initialize the connection to the SuperLink.\n%s", message)
+            raise SystemExit(1)
+        return fake_supernode
+
+    args = ["--superlink", "10.0.0.1:9093", "--auth-supernode-private-key", str(keys.node.private_key)]
+    monkeypatch.setattr(cli, "flower_supernode", exits_with("[code: 2004] Failed to activate SuperNode."))
+    with pytest.raises(SystemExit) as exited:
+        supernode.launch(args)
+    assert exited.value.code == 1  # Flower's own exit status is kept
+    err = capsys.readouterr().err
+    fingerprint = public_key_fingerprint(load_node_private_key(keys.node.private_key))
+    assert "error: hospital north: the SuperLink at 10.0.0.1:9093 refused to activate this SuperNode" in err
+    assert f"its key is not registered there: ask the operator to check that the key with fingerprint {fingerprint}" \
+        in err
+    assert "the SuperLink still counts this node online: it stopped less than 60 s ago" in err
+    assert "start it again after 60 s; refused again means cause 1" in err
+    monkeypatch.setattr(cli, "flower_supernode", exits_with("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify"))
+    with pytest.raises(SystemExit):
+        supernode.launch(args)
+    assert "refused to activate" not in capsys.readouterr().err

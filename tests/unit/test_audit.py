@@ -228,13 +228,101 @@ def test_truncated_tail_is_invisible_without_an_independent_count(tmp_path: Path
     assert {1, 2, 4, 5} - set(report.sent_rounds) == {4, 5}
 
 
-def test_incomplete_last_line(tmp_path: Path, key: Path, pub: Path) -> None:
+def test_incomplete_last_line_is_skipped_with_a_warning_and_the_writer_continues(tmp_path: Path, key: Path,
+                                                                                pub: Path) -> None:
+    """A crash in the middle of writing the last line: that line is no entry; the four before it are the log,
+    and the next writer sets the torn bytes aside (kept, in <log>.torn) and continues the chain after them."""
+    log = tmp_path / "audit.jsonl"
+    written = _write(log, key)
+    text = log.read_text()
+    log.write_text(text[:-40])
+    report = verify_audit_log(log, pub)
+    assert report.ok and report.entries == 4 and report.last_hash == written[3]["hash"]
+    assert [s.line for s in report.skipped] == [5] and "incomplete last line" in report.skipped[0].message
+    writer = AuditLog(log, key)
+    again = writer.append(**_round(5))
+    assert again["seq"] == 4 and again["prev"] == written[3]["hash"]
+    assert (tmp_path / "audit.jsonl.torn").read_text() == text[-len(text) + len("".join(text.splitlines(
+        keepends=True)[:4])):-40] + "\n"
+    final = verify_audit_log(log, pub, expected_entries=5)
+    assert final.ok and not final.skipped
+
+
+def test_a_line_without_newline_that_is_an_entry_is_still_refused(tmp_path: Path, key: Path, pub: Path) -> None:
     log = tmp_path / "audit.jsonl"
     _write(log, key)
-    text = log.read_text()
-    log.write_text(text[:-40])  # a crash in the middle of writing the last line
+    log.write_text(log.read_text()[:-1])
     report = verify_audit_log(log, pub)
-    assert report.problem.line == 5 and "incomplete last line" in report.problem.message
+    assert report.problem.line == 5 and "no newline" in report.problem.message
+
+
+def test_an_emptied_signed_log_does_not_verify_against_its_key(tmp_path: Path, key: Path, pub: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write(log, key)
+    log.write_text("")
+    assert verify_audit_log(log).ok  # the chain alone: an empty chain is a valid chain (documented)
+    report = verify_audit_log(log, pub)
+    assert not report.ok and report.problem.line is None and "holds no entries" in report.problem.message
+
+
+def test_deeply_nested_json_is_a_malformed_line_not_a_crash(tmp_path: Path, key: Path, pub: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write(log, key, n=2)
+    with log.open("a") as f:
+        f.write("[" * 100_000 + "]" * 100_000 + "\n")
+    report = verify_audit_log(log, pub)
+    assert report.problem.line == 3 and "nested too deeply" in report.problem.message
+
+
+STUDY = "smoke:0123456789abcdef"
+
+
+def test_a_resent_round_is_a_retry_of_its_entry(tmp_path: Path, key: Path, pub: Path) -> None:
+    """After a crash and resume the server sends round 2 again: the hospital records attempt 2 of round 2's
+    entry (retry_of its seq), so the log holds 3 entries in 4 lines, and still verifies."""
+    log = tmp_path / "audit.jsonl"
+    writer = AuditLog(log, key)
+    first = [writer.append(**_round(r), study=STUDY) for r in (1, 2)]
+    restarted = AuditLog(log, key)  # the hospital's process after the restart
+    retry = restarted.append(**_round(2), study=STUDY)
+    assert retry["attempt"] == 2 and retry["retry_of"] == first[1]["seq"] and retry["seq"] == 2
+    third = restarted.append(**_round(2), study=STUDY)
+    assert (third["attempt"], third["retry_of"]) == (3, first[1]["seq"])
+    restarted.append(**_round(3), study=STUDY)
+    assert "attempt" not in restarted.append(**_round(1), study="another:study")
+    report = verify_audit_log(log, pub, expected_entries=4)
+    assert report.ok, report.problem
+    assert (report.entries, report.lines, report.retries) == (4, 6, 2) and report.sent_rounds == (1, 2, 3)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"attempt": 3}, "attempt is 3, expected 2"),
+    ({"retry_of": 0}, "retry_of is 0"),  # the seq of round 1's entry, not round 2's
+    ({"attempt": None, "retry_of": None}, "second entry for round 2"),
+    ({"retry_of": None}, "must both be set"),
+])
+def test_a_tampered_retry_is_found(tmp_path: Path, key: Path, change: dict[str, Any], message: str) -> None:
+    """Retries are inside the chain: edit one (and re-hash it, as an editor would) and it shows; without the
+    re-hash the edit shows as a hash mismatch."""
+    log = tmp_path / "audit.jsonl"
+    writer = AuditLog(log, key)
+    for r in (1, 2, 2):
+        writer.append(**_round(r), study=STUDY)
+    assert verify_audit_log(log).ok
+    lines = _lines(log)
+    entry = json.loads(lines[2])
+    for k, v in change.items():
+        if v is None:
+            entry.pop(k)
+        else:
+            entry[k] = v
+    entry["hash"] = entry_hash(entry)
+    lines[2] = json.dumps(entry) + "\n"
+    log.write_text("".join(lines))
+    report = verify_audit_log(log)
+    assert report.problem.line == 3 and message in report.problem.message, report.problem
+    _edit(log, 3, attempt=5)  # no re-hash
+    assert "hash does not match" in verify_audit_log(log).problem.message
 
 
 # ---------------------------------------------------------------- writing: restart, refusal, unsigned

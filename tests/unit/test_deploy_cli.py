@@ -19,7 +19,7 @@ from fedhealth.cli import app
 from fedhealth.deployment.processes import DEFAULT_CONNECTION
 from tests.support import ROOT  # noqa: E402
 
-COMMANDS = ("connection", "preflight", "node-config", "gateway", "supernode")
+COMMANDS = ("connection", "preflight", "node-config", "gateway", "supernode", "demo")
 
 
 def _run(*args: str, **kwargs):
@@ -180,3 +180,24 @@ def test_a_crash_prints_no_local_variables() -> None:
     """The SuperNode launcher runs all of flower-supernode inside `fedhealth`: a traceback must not print the
     frames' locals (a key file's bytes, a record) as typer's pretty tracebacks do by default."""
     assert app.pretty_exceptions_show_locals is False
+
+
+def test_the_demo_outside_a_source_checkout_says_it_needs_one(tmp_path: Path) -> None:
+    from fedhealth.deployment.demo import DemoError, checkout_root
+
+    assert checkout_root(ROOT) == ROOT  # this checkout has the deploy scripts and the data copies
+    (tmp_path / "server").mkdir()  # a folder that looks half like one: still refused, with what it lacks
+    with pytest.raises(DemoError, match=r"^fedhealth deploy demo runs from a source checkout .*server/deploy\.sh"):
+        checkout_root(tmp_path)
+
+
+def test_the_demo_refuses_a_folder_in_use_and_writes_nothing_there(tmp_path: Path) -> None:
+    used = tmp_path / "deploy-demo"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    result = _run("demo", str(used))
+    assert result.exit_code == 2, result.output
+    assert "exists and is not empty" in result.output and "Traceback" not in result.output
+    assert [p.name for p in used.iterdir()] == ["keep.txt"]
+    assert _run("demo", "--rounds", "0", str(tmp_path / "new")).exit_code == 2
+    assert not (tmp_path / "new").exists()

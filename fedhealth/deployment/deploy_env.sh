@@ -1,6 +1,7 @@
-# Sourced by deploy_server.sh and deploy_hospital.sh (after `set -euo pipefail`): the project's virtualenv
+# Sourced by server/deploy.sh and clients/deploy.sh (after `set -euo pipefail`): the project's virtualenv
 # on PATH when there is one, Flower's telemetry and run-time installs off, and the two helpers both use.
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# It sits in the package both scripts run (fedhealth/deployment), so the two containers carry it with the code.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 if [ -x "$ROOT/.venv/bin/flwr" ]; then PATH="$ROOT/.venv/bin:$PATH"; fi
 PYTHON=$(command -v python3 || command -v python)
 [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"

@@ -1,0 +1,180 @@
+"""The deployment's resilience on one host: restarts and an absent hospital; print one JSON line.
+
+    .venv/bin/python benchmarks/bench_deployment.py supernode-restart --workdir /tmp/r1  # a hospital restarted
+    .venv/bin/python benchmarks/bench_deployment.py superlink-restart --workdir /tmp/r2  # the SuperLink restarted
+    .venv/bin/python benchmarks/bench_deployment.py absent-hospital --workdir /tmp/r3    # one hospital late
+    .venv/bin/python benchmarks/bench_deployment.py absent-hospital --workdir /tmp/r4 --wait-for-hospitals 30
+
+Each scenario sets up the same three-hospital deployment as `fedhealth deploy demo` (its `Host`, in
+fedhealth/deployment/demo.py: every process started with server/deploy.sh and clients/deploy.sh, on 127.0.0.1
+and free ports, each party with its own Flower home), breaks it the way its name says, and stops everything
+(with what Flower started below it) at the end. Progress lines go to stdout first; the last line is one JSON
+object of figures (seconds, statuses, audit entries, ledgers). The workdir keeps the PKI, each hospital's
+folder, the logs and the run directories. The one-host walk-through itself is `fedhealth deploy demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedhealth.deployment.demo import HOSPITALS, DemoError, Host, log, rounds_of, state_of, summary  # noqa: E402
+from fedhealth.deployment.processes import Service, wait_until  # noqa: E402
+
+
+def supernode_restart(host: Host) -> dict[str, Any]:
+    """3 rounds: hungary's SuperNode is killed right after round 1 and restarted 5 s later; then killed during
+    round 3's training stage and restarted (that round's reply is lost: SecAgg+ waits its stage timeout)."""
+    host.start_superlink()
+    host.connect_and_register()
+    for name in HOSPITALS:
+        host.start_hospital(name)
+    out = host.dir / "server" / "runs" / "restart"
+    t0 = time.perf_counter()
+    run = host.submit(host.study(3, timeout=60.0), out)
+    wait_until(lambda: len(rounds_of(out)) >= 1 or not run.running(), 900, 1, "round 1")
+    log("round 1 done; killing hungary's SuperNode")
+    host.services["hungary"].stop()
+    time.sleep(5)
+    between = host.restart_until_online("hungary")
+    log(f"hungary restarted: {between}")
+    wait_until(lambda: len(rounds_of(out)) >= 2 or not run.running(), 900, 1, "round 2")
+    # round 3: kill hungary once its training message has reached it (stage collect_masked_vectors)
+    marker = host.services["hungary"].output().count("stage 2")
+    log("round 2 done; waiting for hungary's round-3 training stage")
+
+    def training_started() -> bool:
+        return host.services["hungary"].output().count("starting stage 2") > 0 and \
+            host.services["hungary"].output().count("stage 2") > marker
+
+    wait_until(lambda: training_started() or not run.running(), 900, 0.2, "round 3 training")
+    host.services["hungary"].stop()
+    killed_at = time.perf_counter()
+    log("hungary killed during round 3's training; restarting in 5 s")
+    time.sleep(5)
+    mid_round = host.restart_until_online("hungary")
+    log(f"hungary restarted: {mid_round}")
+    run.wait(1800)
+    return summary(host, out, seconds=round(time.perf_counter() - t0, 1), flwr_run_exit=run.proc.returncode,
+                   restart_between_rounds=between, restart_mid_round=mid_round,
+                   finished_after_mid_round_kill_s=round(time.perf_counter() - killed_at, 1), run_dir=str(out))
+
+
+def superlink_restart(host: Host) -> dict[str, Any]:
+    """2 rounds: the SuperLink (and the ServerApp it runs) is killed during round 1 and restarted on the
+    same --database; then: what the restarted SuperLink says about the run, what the run directory says, and
+    the study submitted again with resume=true."""
+    link = host.start_superlink()
+    host.connect_and_register()
+    for name in HOSPITALS:
+        host.start_hospital(name)
+    out = host.dir / "server" / "runs" / "restart"
+    run = host.submit(host.study(2), out)
+    wait_until(lambda: "share_keys" in link.output() or "Sending: train" in host.services["cleveland"].output()
+               or not run.running(), 600, 0.5, "round 1 under way")
+    time.sleep(10)
+    log("killing the SuperLink (and its ServerApp) mid-round")
+    link.stop()
+    run_exit = run.wait(30)
+    time.sleep(5)
+    del host.services["superlink"]
+    link = host.start_superlink()
+    log("SuperLink restarted on the same database")
+    reconnected = {}
+    for name in HOSPITALS:
+        node = host.services[name]
+
+        def back(n: Service = node) -> bool:  # a SuperNode retries its connection, then carries on
+            text = n.output()
+            return "Connection successful after" in text or text.count("SuperNode ID:") > 1
+
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda n=node: back(n) or not n.running(), 120, what=f"{name} reconnected")
+        found = re.findall(r"Connection successful after ([0-9.]+) seconds", node.output())
+        reconnected[name] = {"running": node.running(), "reconnected": back(node),
+                             "seconds_retrying": float(found[-1]) if found else None}
+    time.sleep(60)  # does the run continue by itself?
+    listed = host.sh(str(host.bin / "flwr"), "list", "fedhealth-deployment", "--format", "json", check=False,
+                     FLWR_HOME=str(host.cli_home))
+    try:
+        statuses = [(r.get("run-id"), r.get("status")) for r in json.loads(listed.stdout).get("runs", [])]
+    except ValueError:
+        statuses = []
+    stopped = json.loads((out / "state.json").read_text())
+    resubmit = host.submit(host.study(2), out, resume=True)  # the same study continues from its checkpoint
+    resubmit.wait(1800)
+    return summary(host, out, flwr_run_exit_after_kill=run_exit, nodes=reconnected, run_statuses=statuses,
+                   flwr_list=listed.stdout[-3000:], state_after_kill={k: stopped.get(k) for k in
+                                                                     ("status", "last_round", "stopped_by", "error")},
+                   resubmit_exit=resubmit.proc.returncode,
+                   resubmit_log=[line for line in resubmit.output().splitlines() if "rror" in line][-5:])
+
+
+def absent_hospital(host: Host, wait: float, wait_for_hospitals: float | None = None) -> dict[str, Any]:
+    """Two hospitals connect, the third does not: how long the study waits, then the third arrives late.
+    With `wait_for_hospitals`, the study's own bound: the study must stop by itself, marked failed."""
+    host.start_superlink()
+    host.connect_and_register()
+    for name in ("cleveland", "hungary"):
+        host.start_hospital(name)
+    out = host.dir / "server" / "runs" / "absent"
+    t0 = time.perf_counter()
+    run = host.submit(host.study(1, wait_for_hospitals=wait_for_hospitals), out)
+    if wait_for_hospitals is not None:
+        run.wait(wait_for_hospitals + 300)
+        state = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else {}
+        return summary(host, out, stopped_after_s=round(time.perf_counter() - t0, 1), state=state.get("status"),
+                       error=state.get("error"), flwr_run_exit=run.proc.returncode)
+    time.sleep(wait)
+    waited = {"seconds": round(time.perf_counter() - t0, 1), "state": state_of(out), "rounds": len(rounds_of(out)),
+              "flwr_run_running": run.running(),
+              "cleveland_messages": host.services["cleveland"].output().count("Received successfully")}
+    log(f"after {wait:.0f} s without va-long-beach: {waited}; starting it now")
+    late = time.perf_counter()
+    host.start_hospital("va-long-beach")
+    run.wait(1800)
+    return summary(host, out, while_absent=waited, finished_after_late_start_s=round(time.perf_counter() - late, 1),
+                   flwr_run_exit=run.proc.returncode)
+
+
+SCENARIOS = ("supernode-restart", "superlink-restart", "absent-hospital")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("--workdir", type=Path, required=True, help="a new or empty folder for everything")
+    parser.add_argument("--wait", type=float, default=90.0, help="absent-hospital: seconds before the third starts")
+    parser.add_argument("--wait-for-hospitals", type=float, default=None,
+                        help="absent-hospital: the study's federation.wait_for_hospitals; the third never starts")
+    args = parser.parse_args()
+    try:
+        host = Host(args.workdir)
+    except DemoError as err:  # not a checkout, or a workdir in use
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    host.prepare()
+    try:
+        if args.scenario == "supernode-restart":
+            result = supernode_restart(host)
+        elif args.scenario == "superlink-restart":
+            result = superlink_restart(host)
+        else:
+            result = absent_hospital(host, args.wait, args.wait_for_hospitals)
+    finally:
+        host.stop_all()
+    print(json.dumps({"scenario": args.scenario, **result}))
+    return 0 if result.get("state") == "completed" or args.scenario == "superlink-restart" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
