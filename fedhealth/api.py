@@ -114,6 +114,16 @@ def load_study(path: str | Path, overrides: Overrides = None) -> StudyConfig:
     return load_config(path, _override_items(overrides))
 
 
+def _check_sizes(cfg: StudyConfig) -> None:
+    """Refuse, before the run directory exists, a study its hospitals' records cannot carry (too few training
+    records, a delta too large for the smallest hospital): known only once every split is built."""
+    from fedhealth.data.hospitals import size_problems
+
+    problems = size_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(f"study {cfg.name}: {p}" for p in problems))
+
+
 def _study(study: StudyConfig | str | Path, overrides: Overrides) -> StudyConfig:
     """A StudyConfig from a config object or file; overrides on an object are applied to its resolved form."""
     if not isinstance(study, StudyConfig):
@@ -341,6 +351,7 @@ def simulate(study: StudyConfig | str | Path, out: str | Path | None = None, *, 
     (``<run>/sibling-no-dp``) to price privacy, unless ``references.non_private_federation = false``.
     """
     cfg = _study(study, overrides)
+    _check_sizes(cfg)
     run_dir = rundir.create_run_dir(cfg, Path(out) if out is not None else None)
     return _run(cfg, run_dir, verbose=verbose, progress=progress, write_report=report, on_round=on_round)
 

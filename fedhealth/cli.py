@@ -199,14 +199,22 @@ def _interrupted(err: BaseException) -> None:
     os._exit(130)
 
 
-def _load(config: Path | None, overrides: list[str]) -> StudyConfig:
+def _load(config: Path | None, overrides: list[str], trains: bool = False) -> StudyConfig:
+    """The study, checked; `trains`: the command trains on it, so its hospitals' splits are built and checked
+    too (`size_problems`: enough training records, a delta small enough for the smallest hospital)."""
     if config is None:
         _fail("--config is required (e.g. --config configs/default.toml)")
     try:
-        return load_config(config, overrides)
+        cfg = load_config(config, overrides)
     except ConfigError as err:
         _fail(str(err))
-    raise AssertionError  # unreachable
+    if trains:
+        from fedhealth.data.hospitals import size_problems
+
+        problems = size_problems(cfg)
+        if problems:
+            _fail("\n".join(f"{config}: {p}" for p in problems))
+    return cfg
 
 
 def _fmt(v: Any) -> str:
@@ -369,7 +377,7 @@ def contribution(
     from fedhealth.errors import RunInterrupted
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cfg = _load(config, list(set_ or []))
+    cfg = _load(config, list(set_ or []), trains=True)
     _fresh_folder(out, config)
     if report_into is not None and (report_into / rundir.CONTRIBUTION_FILE).exists() and not force:
         _fail(f"--report-into {report_into}: holds a {rundir.CONTRIBUTION_FILE} already; pass --force to replace it")
@@ -412,7 +420,7 @@ def sweep(
     from fedhealth.errors import RunInterrupted, UsageError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cfg = _load(config, list(set_ or []))
+    cfg = _load(config, list(set_ or []), trains=True)
     if audit_references < 0:
         _fail(f"--audit-references {audit_references}: give 0 (no audit) or more")
     _fresh_folder(out, config)
@@ -459,7 +467,7 @@ def fairness(
     from fedhealth.experiments.fairness import FAIRNESS_FILE, compare_strategies
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cfg = _load(config, list(set_ or []))
+    cfg = _load(config, list(set_ or []), trains=True)
     try:
         values = [float(v) for v in q.split(",") if v.strip()]
     except ValueError:
@@ -564,13 +572,17 @@ def validate(
     data: Annotated[list[Path], typer.Option(help="a hospital's CSV or Parquet file (repeatable)")],
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report(s) as JSON")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing --json file")] = False,
+    max_bytes: Annotated[int | None, typer.Option(
+        min=1, help="refuse a data file larger than this many bytes (default 2 GiB, or FEDHEALTH_MAX_DATA_BYTES)")
+    ] = None,
 ) -> None:
     """Check hospital files against the study schema: rows accepted, rows rejected and why, and per column
     the missing rate and out-of-range count. Prints counts only, never a patient's value. Exit 0 when
-    every file is usable, 1 when one is not, 2 when the schema or a file cannot be read."""
+    every file is usable, 1 when one is not, 2 when the schema or a file cannot be read. The verdict is the
+    one a study's loading gives the same file (`check_hospital_file`), so what passes here trains."""
     import json
 
-    from fedhealth.data.validation import DataFileError, read_table, validate_table
+    from fedhealth.data.validation import DataFileError, check_hospital_file
     from fedhealth.study.schema import SchemaError, load_schema
 
     if json_out is not None:  # before any work: a report that cannot be written, or would replace a file
@@ -582,8 +594,7 @@ def validate(
     reports, usable = [], True
     for path in data:
         try:
-            frame = read_table(path)
-            report = validate_table(frame, study, str(path)).report
+            report = check_hospital_file(path, study, keep_values=False, max_bytes=max_bytes).report
         except DataFileError as err:
             _fail(str(err))
         reports.append(report.as_dict())

@@ -1,7 +1,8 @@
 """Hospitals given as files: resolve their paths, check every file against the study schema, count rows.
 
 Why at config load: a missing file, a file whose columns do not match, a site with a single class,
-a label the schema does not name: each must stop the study before round 1, naming the hospital, the
+a label the schema does not name (the verdict `fedhealth validate` gives, from the same function,
+`fedhealth.data.validation.check_hospital_file`): each must stop the study before round 1, naming the hospital, the
 file and what to change, rather than crash one Ray actor mid-run. It also fixes each hospital's
 record count (the usable rows), which secure aggregation needs before the first round, and the
 file's SHA-256, so a file edited during a run is caught instead of silently mixed in.
@@ -14,9 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from fedhealth.data.validation import DataFileError, ValidRecords, read_hospital_file
+from fedhealth.data.validation import DataFileError, ValidRecords, check_data_file, read_hospital_file
 from fedhealth.study.schema import SchemaError, StudySchema, load_schema, schema_from_dict
 
 log = logging.getLogger(__name__)
@@ -29,21 +28,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def class_problem(label: np.ndarray, is_test: np.ndarray | None) -> str | None:
-    """Why these rows cannot give a train and a test side that each hold both classes, or None."""
-    if is_test is None:
-        pos, neg = int(label.sum()), int((1 - label).sum())
-        if pos < 2 or neg < 2:
-            return (f"{pos} positive and {neg} negative usable rows; a stratified train/test split needs at least "
-                    "2 of each")
-        return None
-    for side, mask in (("train", ~is_test), ("test", is_test)):
-        pos, neg = int(label[mask].sum()), int((1 - label[mask]).sum())
-        if pos == 0 or neg == 0:
-            return f"the official {side} split holds {pos} positive and {neg} negative rows; it needs both classes"
-    return None
 
 
 def resolve_study_files(data: dict[str, Any], base: Path) -> list[str]:
@@ -81,10 +65,6 @@ def resolve_study_files(data: dict[str, Any], base: Path) -> list[str]:
         except DataFileError as err:
             problems.append(str(err))
             continue
-        problem = class_problem(records.label, records.is_test)
-        if problem:
-            problems.append(f"hospital {name!r}: {path}: {problem}; merge this site with another or leave it out")
-            continue
         if records.report.warnings:
             for w in records.report.warnings:
                 log.warning("hospital %s: %s: %s", name, path, w)
@@ -108,6 +88,8 @@ def _resolve(path: str, base: Path) -> Path:
 def load_file_records(path: Path, schema: StudySchema, hospital: str, sha256: str | None) -> ValidRecords:
     """A file hospital's usable rows, checked to be the file the study was configured with."""
     path = Path(path)
+    if sha256 is not None and path.exists():
+        check_data_file(path)  # a FIFO or a device would hang or exhaust the hash below
     if sha256 is not None and path.exists() and file_sha256(path) != sha256:
         raise DataFileError(f"hospital {hospital!r}: {path} changed since the study was configured (SHA-256 "
                             "differs); start a new run on the new file")

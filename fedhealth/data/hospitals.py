@@ -15,7 +15,7 @@ import numpy as np
 from fedhealth.data.synthetic import HospitalProfile, generate_hospital, stratified_test_mask, train_test_split
 from fedhealth.metrics.classification import roc_auc
 from fedhealth.study.builtin_schema import ENCODED_WIDTH, encode_features
-from fedhealth.study.config import HospitalConfig, StudyConfig
+from fedhealth.study.config import ConfigError, HospitalConfig, StudyConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,21 @@ class HospitalSplit:
     test_true_risk: np.ndarray  # P(outcome) from the generator's latent values, test records
     bayes_auroc: float  # best AUROC any model could reach on this test set (NaN if one class)
     prevalence: float  # outcome rate over all of this hospital's records
+
+
+MIN_TRAIN_RECORDS = 10  # fewer training records than this at a hospital: its local steps learn nothing useful
+
+
+def _enough_to_train(cfg: StudyConfig, h: HospitalConfig, n_train: int, n_all: int, official: bool) -> None:
+    """Refuse a split that leaves a hospital fewer than MIN_TRAIN_RECORDS training records (`test_fraction =
+    0.999` trained on one record). Here, where every split is made, so a simulation (`size_problems`, before
+    round 1) and a deployed hospital (at its first round; its guard sends the server the category only)
+    refuse it alike."""
+    if n_train < MIN_TRAIN_RECORDS:
+        how = ("its file's official train split holds" if official
+               else f"training.test_fraction = {cfg.training.test_fraction:g} leaves it")
+        raise ConfigError(f"hospital {h.name!r}: {how} {n_train} training records of its {n_all} (at least "
+                          f"{MIN_TRAIN_RECORDS} are needed); lower training.test_fraction or give it more records")
 
 
 def input_width(cfg: StudyConfig) -> int:
@@ -70,6 +85,7 @@ def _build(cfg: StudyConfig, index: int, data_file: str | None = None) -> Hospit
                          "(its hospitals are generated); the study config needs `schema = ...`")
     records = generate_hospital(_profile(h), index, cfg.seed)
     train, test = train_test_split(records, cfg.training.test_fraction, cfg.seed, index)
+    _enough_to_train(cfg, h, len(train.label), len(records.label), official=False)
     best = roc_auc(test.label, test.true_risk)
     return HospitalSplit(
         index=index,
@@ -112,6 +128,7 @@ def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha:
         test = records.is_test
     else:
         test = stratified_test_mask(records.label, cfg.training.test_fraction, cfg.seed, index, h.name)
+    _enough_to_train(cfg, h, int((~test).sum()), len(test), official=records.is_test is not None)
     x = schema.encode(records.values)
     y = records.label.astype(np.float32)
     return HospitalSplit(
@@ -120,3 +137,53 @@ def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha:
         test_true_risk=np.full(int(test.sum()), np.nan), bayes_auroc=float("nan"),
         prevalence=float(records.label.mean()),
     )
+
+
+LARGE_DELTA_FACTOR = 10  # delta must stay below 1 / (this x the smallest hospital's training records)
+
+
+def size_problems(cfg: StudyConfig) -> list[str]:
+    """Why the hospitals' records, once built or read, cannot carry this study (one line per problem).
+
+    Why here and not at config load: a hospital's training-record count is known only once its records
+    are generated or its file read and split, and a test fraction or a delta that looks harmless in the
+    config (`test_fraction = 0.999`, `delta = 0.9`) is wrong only against that count. The splits are built
+    once, in this process, and stay cached for the references afterwards, so checking costs no more work.
+
+    - every hospital must keep at least MIN_TRAIN_RECORDS training records;
+    - with differential privacy, delta must be below 1 / (10 x the smallest hospital's training records)
+      (record level; at hospital level, 1 / (10 x the hospitals)), unless `privacy.allow_large_delta`: a
+      delta near 1/n allows a mechanism that publishes one record outright with probability delta. Only a
+      delta the study gives is checked: the default (`StudyConfig.privacy_delta`) is derived to meet it."""
+    problems: list[str] = []
+    smallest: tuple[int, str] | None = None
+    for i, h in enumerate(cfg.hospitals):
+        try:
+            split = load_hospital(cfg, i)
+        except (ValueError, OSError) as err:
+            text = str(err)
+            problems.append(text if h.name in text else f"hospital {h.name!r}: {text}")
+            continue
+        n_train = len(split.y_train)  # at least MIN_TRAIN_RECORDS: `_enough_to_train` refused fewer
+        if smallest is None or n_train < smallest[0]:
+            smallest = (n_train, h.name)
+    mode = cfg.privacy.mode
+    if mode == "none" or cfg.privacy.delta is None or cfg.privacy.allow_large_delta or smallest is None:
+        return problems
+    delta = cfg.privacy_delta()
+    if mode == "record":
+        n, name = smallest
+        bound = 1.0 / (LARGE_DELTA_FACTOR * max(1, n))
+        if delta >= bound:
+            problems.append(f"privacy.delta = {delta:g} is not below 1 / ({LARGE_DELTA_FACTOR} x {n}) = {bound:.3g}: "
+                            f"hospital {name!r}, the smallest, has {n} training records, and a delta near 1/{n} "
+                            "allows one record to be published outright; lower privacy.delta, or set "
+                            "privacy.allow_large_delta = true to accept the weaker guarantee")
+    else:
+        n = len(cfg.hospitals)
+        bound = 1.0 / (LARGE_DELTA_FACTOR * n)
+        if delta >= bound:
+            problems.append(f"privacy.delta = {delta:g} is not below 1 / ({LARGE_DELTA_FACTOR} x {n} hospitals) = "
+                            f"{bound:.3g} (hospital-level DP: the unit is a hospital); lower privacy.delta, or set "
+                            "privacy.allow_large_delta = true to accept the weaker guarantee")
+    return problems

@@ -10,7 +10,8 @@ import tomllib
 from pathlib import Path
 
 from fedhealth.data.files import resolve_study_files
-from fedhealth.study.config import ConfigError, StudyConfig, apply_overrides, parse_config
+from fedhealth.study.config import ConfigError, StudyConfig, apply_overrides, machine_problems, parse_config
+from fedhealth.study.textfile import NotUtf8Error, read_utf8
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -19,7 +20,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyCo
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_utf8(path))
+    except NotUtf8Error as err:
+        raise ConfigError(str(err)) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     data.setdefault("name", path.stem)
@@ -27,4 +30,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyCo
     problems = resolve_study_files(data, path.resolve().parent)
     if problems:
         raise ConfigError("\n".join(f"{path}: {p}" if not p.startswith(str(path)) else p for p in problems))
-    return parse_config(data, str(path))
+    cfg = parse_config(data, str(path))
+    problems = machine_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
+    return cfg

@@ -10,7 +10,10 @@ out before anything else is looked at.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,22 +99,95 @@ class ValidRecords:
     report: ValidationReport
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV (every cell as text, so nothing is guessed) or a Parquet file; DataFileError if unreadable."""
+DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB: far above any hospital's table, far below what would exhaust memory
+MAX_BYTES_ENV = "FEDHEALTH_MAX_DATA_BYTES"  # overrides DEFAULT_MAX_BYTES for every command and process
+CHUNK_ROWS = 50_000  # rows of a CSV held as text at once while it is validated
+
+
+def max_data_bytes() -> int:
+    """The size limit on a data file: FEDHEALTH_MAX_DATA_BYTES if set, else DEFAULT_MAX_BYTES (2 GiB)."""
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise DataFileError(f"{MAX_BYTES_ENV} = {raw!r}: expected a positive whole number of bytes "
+                            f"(default {DEFAULT_MAX_BYTES}, 2 GiB)")
+    return limit
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def check_data_file(path: Path, max_bytes: int | None = None) -> int:
+    """Refuse, before the file is opened, what cannot be a hospital's table; returns its size in bytes.
+
+    Why before opening: opening a FIFO waits for a writer forever, and a link to /dev/zero or /dev/urandom
+    reads without end until memory runs out. `os.stat` follows links, so the type checked is the type of the
+    file actually read. The size limit (`max_bytes`, else `max_data_bytes()`) keeps a wrong path (a disk
+    image, a database dump) from being read whole."""
     path = Path(path)
-    if not path.exists():
-        raise DataFileError(f"{path}: data file not found")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: data file not found") from None
+    except OSError as err:
+        raise DataFileError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+        via = f" (it is a link to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise DataFileError(f"{path}: is {kind}{via}, not a regular file; give the path of the CSV or Parquet "
+                            "file itself")
+    limit = max_bytes if max_bytes is not None else max_data_bytes()
+    if info.st_size > limit:
+        raise DataFileError(f"{path}: {info.st_size} bytes, above the data-file size limit of {limit} bytes "
+                            f"({limit / 1024**3:.3g} GiB); if this is the right file, raise the limit with "
+                            f"`fedhealth validate --max-bytes N` or the environment variable {MAX_BYTES_ENV}")
+    return info.st_size
+
+
+def _unreadable(path: Path, err: BaseException) -> DataFileError:
+    if isinstance(err, pd.errors.EmptyDataError):
+        return DataFileError(f"{path}: the file is empty (no header, no rows)")
+    if isinstance(err, UnicodeDecodeError):
+        return DataFileError(f"{path}: not UTF-8 text (a byte of another encoding, such as Latin-1); save the "
+                             "file as UTF-8")
+    return DataFileError(f"{path}: cannot be read as {path.suffix.lstrip('.').upper()} ({type(err).__name__})")
+
+
+def iter_table(path: Path, chunk_rows: int = CHUNK_ROWS, max_bytes: int | None = None) -> Iterator[pd.DataFrame]:
+    """A CSV in blocks of `chunk_rows` rows, every cell as text (so nothing is guessed), or a Parquet file
+    whole (its columns are typed and compact); DataFileError if it is special, too big or unreadable.
+
+    Why blocks: a CSV's cells held as Python strings take about seven times the file, so a large hospital
+    file read whole could exhaust the memory of the machine that validates it."""
+    path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".txt", ".tsv"):
+        if not path.exists():
+            raise DataFileError(f"{path}: data file not found")
+        raise DataFileError(f"{path}: unknown file type {suffix!r}; use .csv or .parquet")
+    check_data_file(path, max_bytes)
     try:
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix in (".csv", ".txt", ".tsv"):
-            return pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
-    except pd.errors.EmptyDataError:
-        raise DataFileError(f"{path}: the file is empty (no header, no rows)") from None
+            yield pd.read_parquet(path)
+            return
+        reader = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",",
+                             chunksize=chunk_rows)
+        with reader:
+            yield from reader
     except (OSError, ValueError, TypeError, pd.errors.ParserError) as err:  # the type only: pandas quotes cells
-        raise DataFileError(f"{path}: cannot be read as {suffix.lstrip('.').upper()} ({type(err).__name__})") from None
-    raise DataFileError(f"{path}: unknown file type {suffix!r}; use .csv or .parquet")
+        raise _unreadable(path, err) from None
+
+
+def read_table(path: Path, max_bytes: int | None = None) -> pd.DataFrame:
+    """The whole file as one table (see `iter_table`); for callers that need every row at once."""
+    chunks = list(iter_table(path, max_bytes=max_bytes))
+    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
 
 
 def _missing(series: pd.Series, markers: list[str]) -> np.ndarray:
@@ -149,63 +225,252 @@ def _match(series: pd.Series, allowed: list[Value], missing: np.ndarray) -> np.n
     return out
 
 
-def _check_column(spec: ColumnSpec, series: pd.Series, markers: list[str], stats: ColumnStats,
-                  bad_rows: np.ndarray, report: ValidationReport) -> np.ndarray:
-    missing = _missing(series, markers)
-    if spec.kind == "categorical":
-        codes = _match(series, list(spec.categories or []), missing)
-        unknown = np.isnan(codes) & ~missing
-        stats.unknown_category = int(unknown.sum())
-        _reject(report, bad_rows, unknown, f"{spec.name}: value not among its {len(spec.categories or [])} categories")
-        values = codes
-    else:
-        values, not_number = _numbers(series, missing)
-        stats.not_a_number = int(not_number.sum())
-        if spec.zero_is_missing:
-            missing = missing | (values == 0)
-            values[values == 0] = np.nan
-        _reject(report, bad_rows, not_number, f"{spec.name}: not a number")
-        lo, hi = spec.bounds
-        below, above = values < lo, values > hi
-        stats.out_of_range = int(below.sum() + above.sum())
-        unit = "" if spec.unit == "1" else f" {spec.unit}"
-        if spec.kind == "binary":
-            _reject(report, bad_rows, below | above | ((values != 0) & (values != 1) & ~np.isnan(values)),
-                    f"{spec.name}: not 0 or 1")
+@dataclass
+class _Suspicion:
+    """Per column, over the whole file: the counts the unit check (`UNIT_SUSPICION`) is decided on."""
+
+    measured: int = 0
+    above: int = 0
+    below: int = 0
+
+
+class _Checker:
+    """The rules of `validate_table`, applied block by block: counts add up over the blocks, and every
+    verdict that needs the whole file (a column recorded in another unit, no consented row, one class only)
+    is decided in `finish`, so a file gives the same report whether it is read whole or in blocks.
+
+    Rejection reasons are kept in the order the rules run, whichever block first met them, so ties in the
+    report's reason table come out in the same order too."""
+
+    def __init__(self, schema: StudySchema, source: str, keep_values: bool = True) -> None:
+        self.schema, self.keep_values = schema, keep_values
+        self.report = ValidationReport(source=source)
+        self.markers = [m.strip() for m in schema.study.missing_values]
+        self.needed = [*schema.feature_names, schema.label.column]
+        self.needed += [s.column for s in (schema.consent, schema.split) if s is not None]
+        self.header_seen = False
+        self.unusable = False  # a header-level error: the rows are only counted
+        self.granted_any = False
+        self.consented = 0
+        self.label_unexpected = 0
+        self.order: dict[str, None] = {}
+        self.counts: Counter = Counter()
+        self.stats = [ColumnStats(spec.name) for spec in schema.columns]
+        self.suspicion = [_Suspicion() for _ in schema.columns]
+        self.values: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.tests: list[np.ndarray] = []
+        self.rejected = 0
+
+    def _header(self, columns: Iterable[Any]) -> None:
+        self.header_seen = True
+        names = [str(c).strip() for c in columns]
+        report = self.report
+        repeated = sorted({c for c in names if names.count(c) > 1})
+        if repeated:  # `age` and ` age`: which of the two holds the ages cannot be guessed
+            report.errors.append("column(s) " + ", ".join(map(repr, repeated)) + " appear more than once in the "
+                                 "header (spaces around a name are ignored); keep one column of each name")
+            self.unusable = True
+            return
+        absent = [c for c in self.needed if c not in names]
+        if absent:
+            report.errors.append(f"missing column(s) {', '.join(absent)}: the schema {self.schema.study.name!r} "
+                                 f"needs {', '.join(self.needed)}")
+        extra = [c for c in names if c not in self.needed]
+        if extra:
+            report.warnings.append(f"column(s) not in the schema, ignored: {', '.join(map(str, extra))}")
+        self.unusable = bool(report.errors)
+
+    def _reject(self, bad_rows: np.ndarray, mask: np.ndarray, reason: str) -> None:
+        self.order.setdefault(reason, None)
+        n = int(mask.sum())
+        if n:
+            self.counts[reason] += n
+            bad_rows |= mask
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """Check one block of rows (every block after the first has the same header)."""
+        if not self.header_seen:
+            self._header(frame.columns)
+        self.report.rows += len(frame)
+        if self.unusable or len(frame) == 0:
+            return
+        schema, markers = self.schema, self.markers
+        frame = frame.rename(columns=lambda c: str(c).strip())
+        if schema.consent is not None:
+            c = frame[schema.consent.column]
+            granted = ~np.isnan(_match(c, list(schema.consent.granted), _missing(c, markers)))
+            self.report.no_consent += int((~granted).sum())
+            self.granted_any |= bool(granted.any())
+            frame = frame.loc[granted].reset_index(drop=True)
+        self.consented += len(frame)
+        bad = np.zeros(len(frame), dtype=bool)
+
+        label_series = frame[schema.label.column]
+        label_missing = _missing(label_series, markers)
+        label_idx = _match(label_series, [*schema.label.positive, *schema.label.negative], label_missing)
+        n_pos = len(schema.label.positive)
+        label = np.where(np.isnan(label_idx), -1, (label_idx < n_pos).astype(np.int64))
+        self._reject(bad, label_missing, f"{schema.label.column} (label): missing")
+        unexpected = np.isnan(label_idx) & ~label_missing
+        self.label_unexpected += int(unexpected.sum())
+        self._reject(bad, unexpected, f"{schema.label.column} (label): value is neither a positive "
+                                      f"{schema.label.positive} nor a negative {schema.label.negative}")
+        is_test = None
+        if schema.split is not None:
+            s = frame[schema.split.column]
+            side = _match(s, [*schema.split.train, *schema.split.test], _missing(s, markers))
+            self._reject(bad, np.isnan(side), f"{schema.split.column} (split): neither a train value "
+                                              f"{schema.split.train} nor a test value {schema.split.test}")
+            is_test = side >= len(schema.split.train)
+
+        values = np.empty((len(frame), len(schema.columns))) if self.keep_values else None
+        for j, spec in enumerate(schema.columns):
+            try:
+                column = self._check_column(spec, frame[spec.name], self.stats[j], self.suspicion[j], bad)
+            except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
+                # pandas and numpy quote the cell they could not convert: only the type may be shown
+                raise DataFileError(f"{self.report.source}: column {spec.name!r} cannot be checked "
+                                    f"({type(err).__name__}); check that it holds one kind of value (numbers, or "
+                                    "the schema's categories)") from None
+            if values is not None:
+                values[:, j] = column
+        good = ~bad
+        self.rejected += int(bad.sum())
+        if values is not None:
+            self.values.append(values[good])
+        # without values (`fedhealth validate`) one byte per label: the labels are then only counted
+        self.labels.append(label[good].astype(np.int64 if self.keep_values else np.int8))
+        if is_test is not None:
+            self.tests.append(is_test[good])
+
+    def _check_column(self, spec: ColumnSpec, series: pd.Series, stats: ColumnStats, suspicion: _Suspicion,
+                      bad_rows: np.ndarray) -> np.ndarray:
+        missing = _missing(series, self.markers)
+        stats.rows += len(series)
+        if spec.kind == "categorical":
+            codes = _match(series, list(spec.categories or []), missing)
+            unknown = np.isnan(codes) & ~missing
+            stats.unknown_category += int(unknown.sum())
+            self._reject(bad_rows, unknown, f"{spec.name}: value not among its {len(spec.categories or [])} "
+                                            "categories")
+            values = codes
         else:
-            _reject(report, bad_rows, below, f"{spec.name}: below its valid minimum {lo:g}{unit}")
-            _reject(report, bad_rows, above, f"{spec.name}: above its valid maximum {hi:g}{unit}")
-        measured = int((~np.isnan(values)).sum() + not_number.sum())
-        if measured >= MIN_SUSPECT_VALUES and spec.kind != "binary":
-            for share, side, bound in ((above.sum() / measured, "above the valid maximum", hi),
-                                       (below.sum() / measured, "below the valid minimum", lo)):
-                if share >= UNIT_SUSPICION:
-                    report.errors.append(f"column {spec.name!r}: {share:.0%} of its values are {side} {bound:g}"
-                                         f"{unit}: is it recorded in another unit? The schema declares "
-                                         f"{spec.unit!r}; convert the column or fix the schema")
-            if stats.not_a_number / measured >= UNIT_SUSPICION:
-                report.errors.append(f"column {spec.name!r}: {stats.not_a_number} of {measured} cells are not "
-                                     "numbers (text where numbers are expected); check the column and its "
-                                     "missing-value markers")
-    stats.missing = int(missing.sum())
-    if spec.required:
-        _reject(report, bad_rows, missing, f"{spec.name}: missing (required)")
-    return values
+            values, not_number = _numbers(series, missing)
+            stats.not_a_number += int(not_number.sum())
+            if spec.zero_is_missing:
+                missing = missing | (values == 0)
+                values[values == 0] = np.nan
+            self._reject(bad_rows, not_number, f"{spec.name}: not a number")
+            lo, hi = spec.bounds
+            below, above = values < lo, values > hi
+            stats.out_of_range += int(below.sum() + above.sum())
+            unit = "" if spec.unit == "1" else f" {spec.unit}"
+            if spec.kind == "binary":
+                self._reject(bad_rows, below | above | ((values != 0) & (values != 1) & ~np.isnan(values)),
+                             f"{spec.name}: not 0 or 1")
+            else:
+                self._reject(bad_rows, below, f"{spec.name}: below its valid minimum {lo:g}{unit}")
+                self._reject(bad_rows, above, f"{spec.name}: above its valid maximum {hi:g}{unit}")
+            suspicion.measured += int((~np.isnan(values)).sum() + not_number.sum())
+            suspicion.above += int(above.sum())
+            suspicion.below += int(below.sum())
+        stats.missing += int(missing.sum())
+        if spec.required:
+            self._reject(bad_rows, missing, f"{spec.name}: missing (required)")
+        return values
+
+    def _empty(self) -> ValidRecords:
+        return ValidRecords(np.empty((0, len(self.schema.columns))), np.empty(0, dtype=np.int64), None, self.report)
+
+    def finish(self) -> ValidRecords:
+        """The verdicts that need the whole file, then the usable rows."""
+        report, schema = self.report, self.schema
+        if report.rows == 0:
+            report.errors.append("the file has a header but no rows")
+        if report.errors:
+            return self._empty()
+        if schema.consent is not None and not self.granted_any:
+            report.errors.append(f"no row allows research use (column {schema.consent.column!r} is never one of "
+                                 f"{schema.consent.granted}); nothing can be trained on")
+            return self._empty()
+        report.reasons = Counter({r: self.counts[r] for r in self.order if self.counts[r]})
+        if self.consented and self.label_unexpected / self.consented >= UNIT_SUSPICION:
+            report.errors.append(f"label column {schema.label.column!r}: {self.label_unexpected / self.consented:.0%} "
+                                 f"of rows hold a value the schema does not name (positive {schema.label.positive}, "
+                                 f"negative {schema.label.negative}); fix label.positive/label.negative in the schema")
+        for spec, stats, sus in zip(schema.columns, self.stats, self.suspicion, strict=True):
+            report.columns.append(stats)
+            if spec.kind in ("binary", "categorical") or sus.measured < MIN_SUSPECT_VALUES:
+                pass
+            else:
+                lo, hi = spec.bounds
+                unit = "" if spec.unit == "1" else f" {spec.unit}"
+                for share, side, bound in ((sus.above / sus.measured, "above the valid maximum", hi),
+                                           (sus.below / sus.measured, "below the valid minimum", lo)):
+                    if share >= UNIT_SUSPICION:
+                        report.errors.append(f"column {spec.name!r}: {share:.0%} of its values are {side} "
+                                             f"{bound:g}{unit}: is it recorded in another unit? The schema declares "
+                                             f"{spec.unit!r}; convert the column or fix the schema")
+                if stats.not_a_number / sus.measured >= UNIT_SUSPICION:
+                    report.errors.append(f"column {spec.name!r}: {stats.not_a_number} of {sus.measured} cells are "
+                                         "not numbers (text where numbers are expected); check the column and its "
+                                         "missing-value markers")
+            if stats.missing_rate > 0.5 and not spec.required:
+                report.warnings.append(f"column {spec.name!r} is missing in {stats.missing_rate:.0%} of rows")
+        label = np.concatenate(self.labels) if self.labels else np.empty(0, dtype=np.int64)
+        self.labels = []
+        is_test = np.concatenate(self.tests) if schema.split is not None and self.tests else None
+        if self.keep_values:
+            values = np.concatenate(self.values) if self.values else np.empty((0, len(schema.columns)))
+            self.values = []
+        else:
+            values = np.empty((0, len(schema.columns)))
+        report.rejected = self.rejected
+        report.accepted = len(label)
+        report.positives = int(label.sum())
+        if not report.errors and report.accepted == 0:
+            report.errors.append("every row was rejected; see the reasons above")
+        if not report.errors:
+            problem = class_problem(label, is_test)
+            if problem:
+                report.errors.append(f"{problem}; merge this site with another or leave it out")
+        return ValidRecords(values, label, is_test, report)
 
 
-def _reject(report: ValidationReport, bad_rows: np.ndarray, mask: np.ndarray, reason: str) -> None:
-    n = int(mask.sum())
-    if n:
-        report.reasons[reason] += n
-        bad_rows |= mask
+def class_problem(label: np.ndarray, is_test: np.ndarray | None) -> str | None:
+    """Why these rows cannot give a train and a test side that each hold both classes, or None."""
+    if is_test is None:
+        pos, neg = int(label.sum()), int((1 - label).sum())
+        if pos < 2 or neg < 2:
+            return (f"{pos} positive and {neg} negative usable rows; a stratified train/test split needs at least "
+                    "2 of each")
+        return None
+    for side, mask in (("train", ~is_test), ("test", is_test)):
+        pos, neg = int(label[mask].sum()), int((1 - label[mask]).sum())
+        if pos == 0 or neg == 0:
+            return f"the official {side} split holds {pos} positive and {neg} negative rows; it needs both classes"
+    return None
 
 
-def validate_table(frame: pd.DataFrame, schema: StudySchema, source: str) -> ValidRecords:
-    """Check a hospital's rows against `schema`; returns the usable rows and the report (never raises for
-    bad data: callers decide, see `require_valid`). A table pandas cannot check (a Parquet column of lists,
-    say) raises DataFileError naming the file and the error's type only: pandas quotes the cell."""
+def validate_table(frame: pd.DataFrame | Iterable[pd.DataFrame], schema: StudySchema, source: str,
+                   keep_values: bool = True) -> ValidRecords:
+    """Check a hospital's rows (one table, or its blocks in order) against `schema`; returns the usable rows
+    and the report. Never raises for bad data: `report.ok` is the verdict (`require_valid` callers raise).
+
+    The verdict includes what training needs of the whole file (both classes, on both sides of an official
+    split), so `fedhealth validate` and a study's loading of the same file agree. `keep_values=False` keeps
+    only the labels (as int8: what `fedhealth validate` needs), not the typed values.
+
+    A table pandas cannot check (a Parquet column of lists, say) raises DataFileError naming the file and the
+    error's type only: pandas quotes the cell."""
+    checker = _Checker(schema, source, keep_values)
     try:
-        return _validate_table(frame, schema, source)
+        for block in [frame] if isinstance(frame, pd.DataFrame) else frame:
+            checker.add(block)
+        if not checker.header_seen:
+            raise DataFileError(f"{source}: the file is empty (no header, no rows)")
+        return checker.finish()
     except DataFileError:
         raise
     except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
@@ -213,99 +478,25 @@ def validate_table(frame: pd.DataFrame, schema: StudySchema, source: str) -> Val
                             f"({type(err).__name__}); check that each column holds one kind of value") from None
 
 
-def _validate_table(frame: pd.DataFrame, schema: StudySchema, source: str) -> ValidRecords:
-    report = ValidationReport(source=source, rows=len(frame))
-    markers = [m.strip() for m in schema.study.missing_values]
-    frame = frame.rename(columns=lambda c: str(c).strip())
-    names = [str(c) for c in frame.columns]
-    repeated = sorted({c for c in names if names.count(c) > 1})
-    if repeated:  # `age` and ` age`: which of the two holds the ages cannot be guessed
-        report.errors.append("column(s) " + ", ".join(map(repr, repeated)) + " appear more than once in the "
-                             "header (spaces around a name are ignored); keep one column of each name")
-        return ValidRecords(np.empty((0, len(schema.columns))), np.empty(0, dtype=np.int64), None, report)
-    needed = [*schema.feature_names, schema.label.column]
-    needed += [s.column for s in (schema.consent, schema.split) if s is not None]
-    absent = [c for c in needed if c not in frame.columns]
-    if absent:
-        report.errors.append(f"missing column(s) {', '.join(absent)}: the schema {schema.study.name!r} needs "
-                             f"{', '.join(needed)}")
-    extra = [c for c in frame.columns if c not in needed]
-    if extra:
-        report.warnings.append(f"column(s) not in the schema, ignored: {', '.join(map(str, extra))}")
-    if len(frame) == 0:
-        report.errors.append("the file has a header but no rows")
-    if report.errors:
-        return ValidRecords(np.empty((0, len(schema.columns))), np.empty(0, dtype=np.int64), None, report)
+def check_hospital_file(path: Path, schema: StudySchema, *, keep_values: bool = True, max_bytes: int | None = None,
+                        chunk_rows: int = CHUNK_ROWS) -> ValidRecords:
+    """The one check of a hospital's file: `fedhealth validate`, a study's loading (`fedhealth simulate`)
+    and a deployed hospital's training all call it, so they give the same verdict in the same words.
 
-    keep = np.ones(len(frame), dtype=bool)
-    if schema.consent is not None:
-        c = frame[schema.consent.column]
-        granted = ~np.isnan(_match(c, list(schema.consent.granted), _missing(c, markers)))
-        report.no_consent = int((~granted).sum())
-        keep &= granted
-        if not granted.any():
-            report.errors.append(f"no row allows research use (column {schema.consent.column!r} is never one of "
-                                 f"{schema.consent.granted}); nothing can be trained on")
-            return ValidRecords(np.empty((0, len(schema.columns))), np.empty(0, dtype=np.int64), None, report)
-    frame = frame.loc[keep].reset_index(drop=True)
-    bad = np.zeros(len(frame), dtype=bool)
-
-    label_series = frame[schema.label.column]
-    label_missing = _missing(label_series, markers)
-    label_idx = _match(label_series, [*schema.label.positive, *schema.label.negative], label_missing)
-    n_pos = len(schema.label.positive)
-    label = np.where(np.isnan(label_idx), -1, (label_idx < n_pos).astype(np.int64))
-    _reject(report, bad, label_missing, f"{schema.label.column} (label): missing")
-    unexpected = np.isnan(label_idx) & ~label_missing
-    _reject(report, bad, unexpected, f"{schema.label.column} (label): value is neither a positive "
-                                     f"{schema.label.positive} nor a negative {schema.label.negative}")
-    if len(frame) and unexpected.mean() >= UNIT_SUSPICION:
-        report.errors.append(f"label column {schema.label.column!r}: {unexpected.mean():.0%} of rows hold a value "
-                             f"the schema does not name (positive {schema.label.positive}, negative "
-                             f"{schema.label.negative}); fix label.positive/label.negative in the schema")
-
-    is_test = None
-    if schema.split is not None:
-        s = frame[schema.split.column]
-        s_missing = _missing(s, markers)
-        side = _match(s, [*schema.split.train, *schema.split.test], s_missing)
-        _reject(report, bad, np.isnan(side), f"{schema.split.column} (split): neither a train value "
-                                             f"{schema.split.train} nor a test value {schema.split.test}")
-        is_test = side >= len(schema.split.train)
-
-    values = np.empty((len(frame), len(schema.columns)))
-    for j, spec in enumerate(schema.columns):
-        stats = ColumnStats(spec.name, rows=len(frame))
-        try:
-            values[:, j] = _check_column(spec, frame[spec.name], markers, stats, bad, report)
-        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
-            # pandas and numpy quote the cell they could not convert: only the type may be shown
-            raise DataFileError(f"{source}: column {spec.name!r} cannot be checked ({type(err).__name__}); "
-                                "check that it holds one kind of value (numbers, or the schema's categories)"
-                                ) from None
-        report.columns.append(stats)
-        if stats.missing_rate > 0.5 and not spec.required:
-            report.warnings.append(f"column {spec.name!r} is missing in {stats.missing_rate:.0%} of rows")
-
-    good = ~bad
-    report.rejected = int(bad.sum())
-    report.accepted = int(good.sum())
-    report.positives = int(label[good].sum())
-    if not report.errors and report.accepted == 0:
-        report.errors.append("every row was rejected; see the reasons above")
-    return ValidRecords(values[good], label[good].astype(np.int64),
-                        None if is_test is None else is_test[good], report)
+    Reads the file in blocks (`iter_table`). DataFileError only when it cannot be read at all (missing, a
+    special file, over the size limit, not CSV or Parquet); otherwise `report.ok` says whether it is usable."""
+    return validate_table(iter_table(path, chunk_rows, max_bytes), schema, str(path), keep_values)
 
 
-def read_hospital_file(path: Path, schema: StudySchema, hospital: str | None = None) -> ValidRecords:
+def read_hospital_file(path: Path, schema: StudySchema, hospital: str | None = None,
+                       max_bytes: int | None = None) -> ValidRecords:
     """Read and validate a hospital's file; DataFileError (naming hospital, file and every problem) if
     nothing usable is left."""
     who = f"hospital {hospital!r}: " if hospital else ""
     try:
-        frame = read_table(path)
+        records = check_hospital_file(path, schema, max_bytes=max_bytes)
     except DataFileError as err:
         raise DataFileError(f"{who}{err}") from None
-    records = validate_table(frame, schema, str(path))
     if not records.report.ok:
         raise DataFileError("\n".join([f"{who}{path}: not usable with schema {schema.study.name!r}",
                                        *records.report.lines()]))

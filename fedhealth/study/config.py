@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from fedhealth.errors import StudyConfigError
 from fedhealth.study.builtin_schema import REGIONS, TIERS
 from fedhealth.study.names import MAX_NAME, name_problem
 from fedhealth.study.policy import SitePolicy, effective_cap
-from fedhealth.study.schema import StudySchema
+from fedhealth.study.schema import NOT_FINITE, StudySchema
 
 Tier = Literal["tertiary", "secondary", "community"]
 Region = Literal["north", "south", "east", "west", "central"]
@@ -36,7 +37,9 @@ class ConfigError(StudyConfigError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: inf or nan in any float key (a learning rate, a clipping norm, a target epsilon)
+    # passes every `gt`/`le` bound yet breaks training or the privacy accounting rounds later.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class HospitalConfig(_Strict):
@@ -198,6 +201,9 @@ class PrivacyConfig(_Strict):
     target_epsilon: float | None = Field(default=None, gt=0)
     delta: float | None = Field(default=None, gt=0, lt=1,
                                 description="default: min(1e-5, 0.1 / largest training set)")
+    allow_large_delta: bool = Field(
+        default=False, description="simulation: accept a delta above 1 / (10 x the smallest hospital's training "
+                                   "records); a deployed hospital's own policy still applies")
     max_grad_norm: float = Field(default=1.0, gt=0, description="per-sample L2 clipping norm")
     max_epsilon: float = Field(default=10.0, gt=0, description="default per-hospital cap (epsilon at delta)")
     clipping_norm: float = Field(default=1.0, gt=0, description="hospital mode: L2 clip of each model update")
@@ -380,6 +386,21 @@ class StudyConfig(_Strict):
         return self._fingerprint
 
 
+def machine_problems(cfg: StudyConfig, cpus: int | None = None) -> list[str]:
+    """Why this machine cannot run the study's simulation (one line per problem; empty: it can).
+
+    Why here and not in the model: Ray never schedules a simulated hospital that asks for more CPUs than
+    the machine has, so the run waits forever; but a deployed hospital re-validates the study on its own
+    machine, where these simulation-only resources mean nothing, so only the loader on the machine that
+    simulates calls this. GPUs are not a study key: every simulated hospital asks Ray for none."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    wanted = cfg.federation.cpus_per_client
+    if wanted > cpus:
+        return [f"federation.cpus_per_client = {wanted:g}: this machine has {cpus} CPU cores, so no simulated "
+                f"hospital could ever start (the run would wait forever); give at most {cpus}"]
+    return []
+
+
 def _one_data_source(cfg: StudyConfig) -> None:
     """A study has one schema: the generator's (no `schema` key, every hospital generated) or a schema
     file (every hospital a file). Mixing the two would put records of two different schemas into one
@@ -439,6 +460,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = "not allowed; " + msg.replace("Input should be", "choose one of")
         elif e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and section)"
+        elif e["type"] == "finite_number":
+            msg = NOT_FINITE
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         lines.append(f"{source}: {key}{shown}: {msg}" if key else f"{source}: {msg}")

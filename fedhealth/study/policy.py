@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedhealth.study.schema import NOT_FINITE
+from fedhealth.study.textfile import NotUtf8Error, read_utf8
+
 if TYPE_CHECKING:
     from fedhealth.study.config import StudyConfig
 
 
 class SitePolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # an inf cap is no cap
 
     max_epsilon: float | None = Field(default=None, gt=0,
                                       description="hard cap on cumulative epsilon; also requires record-level DP")
@@ -45,9 +48,17 @@ class SitePolicy(BaseModel):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: site policy file not found")
         try:
-            return cls.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
-        except (tomllib.TOMLDecodeError, ValidationError) as err:
+            return cls.model_validate(tomllib.loads(read_utf8(path)))
+        except NotUtf8Error as err:
+            raise ValueError(str(err)) from None
+        except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{path}: invalid site policy: {err}") from None
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'policy'}: "
+                f"{NOT_FINITE if e['type'] == 'finite_number' else e['msg'].removeprefix('Value error, ')}"
+                for e in err.errors())
+            raise ValueError(f"{path}: invalid site policy: {problems}") from None
 
 
 DEFAULT_DELTA_FACTOR = 10  # unset max_delta: delta at most 1 / (10 x records)

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedhealth.errors import StudyConfigError
+from fedhealth.study.textfile import NotUtf8Error, read_utf8
 
 ColumnKind = Literal["continuous", "count", "binary", "categorical"]
 Value = int | float | str
@@ -34,8 +35,14 @@ class SchemaError(StudyConfigError, ValueError):
     """A schema file that cannot describe a study (unreadable, self-contradictory): one line per problem."""
 
 
+# The reason given for inf or nan in any number of a study, its schema or a site policy (pydantic's type
+# `finite_number`), in one wording wherever it is refused.
+NOT_FINITE = "not a finite number (inf and nan are refused): give a number"
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf or nan in a range, centre or scale would pass every comparison and break the encoding
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def same_value(a: Value, b: Value) -> bool:
@@ -251,9 +258,11 @@ def load_schema(path: Path) -> StudySchema:
     """Read and check a schema TOML file; SchemaError names the file and every problem."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_utf8(path))
     except FileNotFoundError:
         raise SchemaError(f"{path}: schema file not found") from None
+    except NotUtf8Error as err:
+        raise SchemaError(str(err)) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise SchemaError(f"{path}: not a readable TOML file ({err})") from None
     return schema_from_dict(data, str(path))
@@ -266,7 +275,7 @@ def schema_from_dict(data: dict[str, Any], source: str) -> StudySchema:
         lines = []
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"])
-            msg = e["msg"].removeprefix("Value error, ")
+            msg = NOT_FINITE if e["type"] == "finite_number" else e["msg"].removeprefix("Value error, ")
             lines.append(f"{source}: {loc + ': ' if loc else ''}{msg}")
         raise SchemaError("\n".join(lines)) from None
 

@@ -196,6 +196,12 @@ def derive_secagg_params(cfg: StudyConfig, noise_std_per_hospital: float) -> Sec
             bound += DISTRIBUTED_NOISE_TAIL * noise_std
     else:
         bound = sa.update_bound or DEFAULT_UPDATE_BOUND
+    if not math.isfinite(bound) or not math.isfinite(noise_std):
+        # The config refuses inf and nan, but the noise share comes from the privacy calibration: a clipping
+        # range that is not finite would quantise every update to the same value, silently.
+        raise ValueError(f"{KEY}: the clipping range of the masked updates ({bound}) or the noise share per "
+                         f"hospital ({noise_std}) is not a finite number; check privacy.clipping_norm, "
+                         f"{KEY}.update_bound and the noise settings")
 
     return SecAggParams(
         hospitals_per_round=m, num_shares=k, reconstruction_threshold=t, max_weight=max_weight,
