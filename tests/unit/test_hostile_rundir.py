@@ -96,7 +96,10 @@ def _state(ws: Path, **fields) -> None:
 def _failed(ws: Path) -> Path:
     """A copy whose run stopped (failed) after round 1: `--resume` would continue it."""
     run = _copy(ws)
-    _state(ws, status="failed", error="RuntimeError: the server host went down", last_round=1)
+    server = json.loads((ws / RUN / rundir.STATE_FILE).read_text()).get("server") or {}
+    # the process that failed let go of the run (as `fedhealth simulate` does when it records a failure)
+    _state(ws, status="failed", error="RuntimeError: the server host went down", last_round=1,
+           server={**server, "released_at": "2026-12-01T00:00:00Z"})
     return run
 
 
