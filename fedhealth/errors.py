@@ -8,7 +8,7 @@ keeps its built-in base, so `except ValueError` and `except RuntimeError` catch 
 category                     raised as (module under fedhealth/: class)
 ===========================  ==================================================================================
 StudyConfigError             study.config: ConfigError; study.schema: SchemaError;
-                             study.textfile: NotUtf8Error
+                             study.textfile: TextFileError, NotUtf8Error
 DataError                    data.validation: DataFileError
 RunDirectoryError            runs.rundir: RunDirError, RunDirDamaged; reporting.report: ReportError;
                              experiments.privacy_audit: AuditError

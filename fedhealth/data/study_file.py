@@ -11,17 +11,17 @@ from pathlib import Path
 
 from fedhealth.data.files import resolve_study_files
 from fedhealth.study.config import ConfigError, StudyConfig, apply_overrides, machine_problems, parse_config
-from fedhealth.study.textfile import NotUtf8Error, read_utf8
+from fedhealth.study.textfile import TextFileError, read_utf8
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     """Read, override and validate a TOML study config; every failure is a ConfigError naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a FIFO or a device is refused by read_utf8, naming what it is
         raise ConfigError(f"{path}: config file not found")
     try:
         data = tomllib.loads(read_utf8(path))
-    except NotUtf8Error as err:
+    except TextFileError as err:
         raise ConfigError(str(err)) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None

@@ -176,12 +176,29 @@ def iter_table(path: Path, chunk_rows: int = CHUNK_ROWS, max_bytes: int | None =
         if suffix in (".parquet", ".pq"):
             yield pd.read_parquet(path)
             return
-        reader = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",",
-                             chunksize=chunk_rows)
+        sep = "\t" if suffix == ".tsv" else ","
+        header = _raw_header(path, sep)
+        reader = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, chunksize=chunk_rows)
         with reader:
-            yield from reader
+            for block in reader:
+                if header is not None and len(header) == block.shape[1]:
+                    block.columns = header  # `age,age` as written, not pandas' `age, age.1`
+                yield block
     except (OSError, ValueError, TypeError, pd.errors.ParserError) as err:  # the type only: pandas quotes cells
         raise _unreadable(path, err) from None
+
+
+def _raw_header(path: Path, sep: str) -> list[str] | None:
+    """The header as written, when it repeats a name exactly (else None): pandas renames a second `age` to
+    `age.1`, which would then be ignored as an unknown column while the first is checked, so the file would
+    pass with half its ages unread. Only the first line is read; its cells are column names, not records."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        row = next(csv.reader(handle, delimiter=sep), None)
+    if row is None or len(set(row)) == len(row):
+        return None
+    return row
 
 
 def read_table(path: Path, max_bytes: int | None = None) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedhealth.study.schema import NOT_FINITE
-from fedhealth.study.textfile import NotUtf8Error, read_utf8
+from fedhealth.study.textfile import TextFileError, read_utf8
 
 if TYPE_CHECKING:
     from fedhealth.study.config import StudyConfig
@@ -45,11 +45,11 @@ class SitePolicy(BaseModel):
 
     @classmethod
     def from_file(cls, path: Path) -> SitePolicy:
-        if not path.is_file():
+        if not path.exists():  # a FIFO or a device is refused by read_utf8, naming what it is
             raise FileNotFoundError(f"{path}: site policy file not found")
         try:
             return cls.model_validate(tomllib.loads(read_utf8(path)))
-        except NotUtf8Error as err:
+        except TextFileError as err:
             raise ValueError(str(err)) from None
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{path}: invalid site policy: {err}") from None

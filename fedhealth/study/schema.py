@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedhealth.errors import StudyConfigError
-from fedhealth.study.textfile import NotUtf8Error, read_utf8
+from fedhealth.study.textfile import TextFileError, read_utf8
 
 ColumnKind = Literal["continuous", "count", "binary", "categorical"]
 Value = int | float | str
@@ -261,7 +261,7 @@ def load_schema(path: Path) -> StudySchema:
         data = tomllib.loads(read_utf8(path))
     except FileNotFoundError:
         raise SchemaError(f"{path}: schema file not found") from None
-    except NotUtf8Error as err:
+    except TextFileError as err:
         raise SchemaError(str(err)) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise SchemaError(f"{path}: not a readable TOML file ({err})") from None

@@ -6,18 +6,42 @@ offset and the line, so the one byte can be found and the file saved again as UT
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from fedhealth.errors import StudyConfigError
 
+# A study config, schema or site policy is a page of TOML; a file far larger is not one (a log, a data
+# export given by mistake, a link to /dev/zero) and is refused before it is read into memory.
+MAX_TEXT_BYTES = 16 * 1024 * 1024
+_NOT_A_FILE = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
 
-class NotUtf8Error(StudyConfigError, ValueError):
+
+class TextFileError(StudyConfigError, ValueError):
+    """A study text file that cannot be read as one: not a regular file, too large, or not UTF-8; the message
+    names the file."""
+
+
+class NotUtf8Error(TextFileError):
     """A text file with a byte that is not UTF-8; the message names the file, byte offset and line."""
 
 
 def read_utf8(path: Path) -> str:
-    """The file's text; NotUtf8Error naming the file, the first bad byte's offset and its line."""
-    raw = Path(path).read_bytes()
+    """The file's text; NotUtf8Error naming the file, the first bad byte's offset and its line.
+
+    A FIFO, device, socket or directory is refused before it is opened (reading a FIFO waits forever for a
+    writer), and so is a file over `MAX_TEXT_BYTES`; both errors name the file."""
+    path = Path(path)
+    info = os.stat(path)  # follows links: a link to /dev/zero is a character device; missing: FileNotFoundError
+    for is_kind, kind in _NOT_A_FILE:
+        if is_kind(info.st_mode):
+            raise TextFileError(f"{path}: is {kind}, not a text file; give the path of a TOML file")
+    if info.st_size > MAX_TEXT_BYTES:
+        raise TextFileError(f"{path}: {info.st_size} bytes, over the {MAX_TEXT_BYTES} bytes a study's TOML file "
+                               "may have; is this the right file?")
+    raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -31,11 +31,11 @@ def _study(ws: Path, hospital: str = "H1", name: str = "s") -> Path:
     return path
 
 
-def _files_study(ws: Path) -> Path:
-    """A file study whose one hospital's header repeats `age` (` age`: a leading space)."""
+def _files_study(ws: Path, repeat: str = " age") -> Path:
+    """A file study whose one hospital's header repeats `age` (` age`: a leading space; or `age` exactly)."""
     source = write_hospital(ws / "data")
     lines = source.read_text().splitlines()
-    lines[0] = lines[0].replace("note", " age")
+    lines[0] = lines[0].replace("note", repeat)
     (ws / "data" / "dup.csv").write_text("\n".join(lines) + "\n")
     path = ws / "files.toml"
     path.write_text('name = "dup"\nschema = "data/schema.toml"\n[[hospitals]]\nname = "A"\ndata = "data/dup.csv"\n'
@@ -131,6 +131,12 @@ CASES = [
     Hostile("simulate header repeats age", lambda ws: ["simulate", "-c", _in(ws, "files.toml"), "--out",
                                                        _in(ws, "out", "run")], 2,
             names=("dup.csv", "'age'", "more than once"), setup=_files_study),
+    Hostile("validate header repeats age exactly", lambda ws: ["validate", "--schema", _in(ws, "data", "schema.toml"),
+                                                               "--data", _in(ws, "data", "dup.csv")],
+            1, names=("'age'", "more than once"), setup=lambda ws: _files_study(ws, "age")),
+    Hostile("simulate header repeats age exactly", lambda ws: ["simulate", "-c", _in(ws, "files.toml"), "--out",
+                                                               _in(ws, "out", "run")], 2,
+            names=("dup.csv", "'age'", "more than once"), setup=lambda ws: _files_study(ws, "age")),
     Hostile("validate --json into a missing folder", lambda ws: ["validate", "--schema", _in(ws, "schema.toml"),
                                                                  "--data", _in(ws, "toy.csv"), "--json",
                                                                  _in(ws, "out", "nope", "r.json")], 2,
