@@ -75,7 +75,8 @@ def certs_init(
     server_name: Annotated[list[str] | None, typer.Option(
         "--server-name", help="a name SuperNodes dial (DNS name or IP); repeatable [default: localhost, 127.0.0.1]",
         show_default=False)] = None,
-    days: Annotated[int, typer.Option("--days", min=1, help="certificate validity (days)")] = 365,
+    days: Annotated[int, typer.Option("--days", min=1, max=36500,
+                                      help="certificate validity (days, 1 to 36500)")] = 365,
     force: Annotated[bool, typer.Option("--force", help="replace an existing PKI in --out")] = False,
 ) -> None:
     """Create the operator's part of the PKI: a study CA and the SuperLink's TLS certificate (no hospital keys:

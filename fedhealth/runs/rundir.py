@@ -5,6 +5,7 @@ Layout::
     config.resolved.toml   the whole study config, populations expanded, defaults filled
     state.json             status (running / completed / failed / interrupted), last completed round, fingerprint,
                            the server process driving it (pid, host) and each resume
+    driver.lock            locked (flock) by the one process driving the run; holds its pid
     metrics.jsonl          one JSON object per round per hospital (federated model on its test split)
     rounds.jsonl           one JSON object per round: who was aggregated, who failed and why
     checkpoints/round_NNNN.npz  global weights (and server optimiser state) after each completed round
@@ -25,6 +26,7 @@ append-only JSONL file (a write a crash cut short): it is skipped, with a warnin
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.resolved.toml"
 STATE_FILE = "state.json"
+LOCK_FILE = "driver.lock"  # flock'ed by the process driving the run, for as long as it drives it
 METRICS_FILE = "metrics.jsonl"
 ROUNDS_FILE = "rounds.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -301,17 +304,69 @@ def create_run_dir(cfg, out: Path | None = None, base: Path = Path("runs"),
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a directory; a run directory must be a new or empty folder: "
                           "choose another --out")
-    if out.exists() and any(out.iterdir()):
-        found = ""
-        with contextlib.suppress(RunDirError, OSError, ValueError):
-            found = f" ({describe_state(out)})"
-        raise RunDirError(f"{out}: run directory exists and is not empty{found}; {resume_hint}")
+    _refuse_non_empty(out, resume_hint)
     out.mkdir(parents=True, exist_ok=True)
+    held = _hold(out)
+    try:  # again under the lock: another process may have created the run between the check and the lock
+        _refuse_non_empty(out, resume_hint)
+    except RunDirError:
+        if not held:
+            release_run(out)
+        raise
     atomic_write_text(out / CONFIG_FILE, config_to_toml(cfg))
     write_json(out / STATE_FILE, {"status": "running", "last_round": 0, "rounds": cfg.federation.rounds,
                                   "fingerprint": cfg.fingerprint(), "server": server_identity(),
                                   "updated_at": _now()})
     return out
+
+
+def _refuse_non_empty(out: Path, resume_hint: str) -> None:
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        found = ""
+        with contextlib.suppress(RunDirError, OSError, ValueError):
+            found = f" ({describe_state(out)})"
+        raise RunDirError(f"{out}: run directory exists and is not empty{found}; {resume_hint}")
+
+
+# The locks this process holds, by resolved run directory: the open file each flock lives on. flock is the
+# one record of "who drives this run" that cannot go stale: the kernel drops it when the process exits,
+# SIGKILL included, where state.json can only say what the process wrote before it died.
+_HELD: dict[Path, int] = {}
+
+
+def _hold(run_dir: Path) -> bool:
+    """Take the run's lock (LOCK_FILE) for this process, or RunDirError naming the process that has it.
+    True when this process held it already (a run it created and now resumes itself: what it may do is
+    then told by the state, as before)."""
+    key = run_dir.resolve()
+    if key in _HELD:
+        return True
+    try:
+        fd = os.open(inside(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        raise RunDirError(f"{run_dir / LOCK_FILE}: cannot open the run's lock file ({err.strerror}); "
+                          "a run directory must be a folder this user can write") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        except OSError:
+            pid = "?"
+        os.close(fd)
+        raise RunDirError(f"{run_dir}: is being driven by another process (pid {pid if pid.isdigit() else '?'}); "
+                          "wait for it or stop it") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
+    return False
+
+
+def release_run(run_dir: Path) -> None:
+    """Let go of the run's lock (the run ended, or this process stopped driving it); nothing if not held."""
+    fd = _HELD.pop(run_dir.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor drops the flock
 
 
 def _now() -> str:
@@ -424,8 +479,20 @@ def reopen_run_dir(run_dir: Path, cfg=None) -> Path:
     Refused, with the reason: not a run directory; its config no longer matches the fingerprint it was
     written with (or, when `cfg` is given, the study submitted now is another one: a resumed study must
     be the same study, or the hospitals' ledgers would charge it as new); already completed; or still
-    being run by a live process.
+    being run by a live process (another process holds its lock, LOCK_FILE, whatever state.json says).
+    The lock is taken before anything is read and kept while this process drives the run.
     """
+    read_state(run_dir)  # "not a fedhealth run directory" before a lock file is created in any folder
+    held = _hold(run_dir)
+    try:
+        return _reopen(run_dir, cfg)
+    except BaseException:
+        if not held:
+            release_run(run_dir)
+        raise
+
+
+def _reopen(run_dir: Path, cfg) -> Path:
     state = read_state(run_dir)
     from fedhealth.data.study_file import load_config
 
@@ -496,6 +563,8 @@ def mark_status(run_dir: Path, status: str, released: bool = False, **extra: Any
         server = dict(read_state(run_dir).get("server") or {})
         extra["server"] = {**server, "released_at": _now()} if server else server
     update_state(run_dir, status=status, last_round=last_completed_round(run_dir), **extra)
+    if released or status == "completed":
+        release_run(run_dir)
 
 
 @contextlib.contextmanager

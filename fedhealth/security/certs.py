@@ -43,12 +43,13 @@ this module creates 0700 (a pre-existing `out_dir` keeps its mode).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,6 +67,7 @@ from fedhealth.errors import TrustError
 CURVE = ec.SECP384R1  # Flower's node-auth keys are P-384; the TLS keys use the same curve
 SIGNATURE_HASH = hashes.SHA384  # the hash that matches a P-384 key's strength
 NIST_CURVES = (ec.SECP192R1, ec.SECP224R1, ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)  # as Flower's uses_nist_ec_curve
+MAX_DAYS = 36500  # a hundred years: the longest validity asked for, well inside X.509's dates (to 9999)
 CLOCK_SKEW = timedelta(minutes=5)  # certificates start this much before "now", so a slow clock still accepts them
 
 MANIFEST = "pki.json"
@@ -213,6 +215,46 @@ def _make_private_dir(path: Path) -> None:
     os.chmod(path, 0o700)  # mkdir's mode is masked by the umask, and an existing directory keeps its own
 
 
+class _Created:
+    """What one call creates (folders, files), so that a failure part-way removes exactly that: a refused or
+    failed command leaves nothing behind (exit 2: nothing written), and never removes a folder or file that
+    was there before it."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+
+    def folder(self, path: Path) -> None:
+        missing = []
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o700)
+            self.paths.append(folder)
+        _make_private_dir(path)
+
+    def file(self, path: Path, data: bytes, mode: int) -> None:
+        if not path.exists():
+            self.paths.append(path)
+        _write_file(path, data, mode)
+
+    def undo(self) -> None:
+        for path in reversed(self.paths):
+            with contextlib.suppress(OSError):  # a folder someone else filled meanwhile stays
+                path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+@contextlib.contextmanager
+def _creating() -> Iterator[_Created]:
+    created = _Created()
+    try:
+        yield created
+    except BaseException:
+        created.undo()
+        raise
+
+
 def _write_file(path: Path, data: bytes, mode: int) -> None:
     """Write atomically and durably with `mode` set before any byte lands on disk (see fedhealth.durable)."""
     atomic_write_bytes(path, data, mode)
@@ -281,17 +323,13 @@ def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SE
     general_names = [parse_server_name(n) for n in names]
     if len({str(g.value) for g in general_names}) != len(general_names):
         raise PKIError(f"server names {names} contain a duplicate; list each name once")
-    if days < 1:
-        raise PKIError(f"days={days}: certificates must be valid for at least 1 day")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise PKIError(f"days={days!r}: certificates must be valid for at least 1 day and at most {MAX_DAYS} days (a whole number)")
     _refuse_to_overwrite(root, [Path(MANIFEST), CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY], force,
                          "a study PKI is", "Choose another --out, or pass --force to replace them (every hospital "
                          "then needs the new CA)")
 
-    if not root.exists():
-        _make_private_dir(root)
-    for sub in (CA_CERT.parent, SERVER_CERT.parent, HOSPITALS_DIR):
-        _make_private_dir(root / sub)
-
+    # Everything that can fail on the arguments happens before the first folder exists.
     issued = (now or datetime.now(UTC)).astimezone(UTC)
     start, end = issued - CLOCK_SKEW, issued + timedelta(days=days)
     ca_key = ec.generate_private_key(CURVE())
@@ -299,10 +337,22 @@ def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SE
     server_key = ec.generate_private_key(CURVE())
     server = _issue_server(server_key, ca_key, ca, general_names, study, start, end)
 
-    _write_file(root / CA_KEY, _pem_private(ca_key), 0o600)
-    _write_file(root / CA_CERT, ca.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write_file(root / SERVER_KEY, _pem_private(server_key), 0o600)
-    _write_file(root / SERVER_CERT, server.public_bytes(serialization.Encoding.PEM), 0o644)
+    with _creating() as created:
+        created.folder(root)
+        for sub in (CA_CERT.parent, SERVER_CERT.parent, HOSPITALS_DIR):
+            created.folder(root / sub)
+        _write_pki(created, root, ca_key, ca, server_key, server, general_names, study, issued, days)
+    return StudyPKI(root, root / MANIFEST, root / CA_CERT, root / CA_KEY, root / SERVER_CERT, root / SERVER_KEY,
+                    tuple(str(g.value) for g in general_names))
+
+
+def _write_pki(created: _Created, root: Path, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
+               server_key: ec.EllipticCurvePrivateKey, server: x509.Certificate,
+               general_names: Sequence[x509.GeneralName], study: str, issued: datetime, days: int) -> None:
+    created.file(root / CA_KEY, _pem_private(ca_key), 0o600)
+    created.file(root / CA_CERT, ca.public_bytes(serialization.Encoding.PEM), 0o644)
+    created.file(root / SERVER_KEY, _pem_private(server_key), 0o600)
+    created.file(root / SERVER_CERT, server.public_bytes(serialization.Encoding.PEM), 0o644)
 
     san = tuple(str(g.value) for g in general_names)
     manifest = {
@@ -319,8 +369,7 @@ def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SE
                    "not_before": _iso(server.not_valid_before_utc), "not_after": _iso(server.not_valid_after_utc)},
         "hospitals": "hospitals/<name>/supernode_auth.pub: public keys sent by the hospitals (certs add-hospital)",
     }
-    _write_file(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
-    return StudyPKI(root, root / MANIFEST, root / CA_CERT, root / CA_KEY, root / SERVER_CERT, root / SERVER_KEY, san)
+    created.file(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
 
 
 def _openssh_pair(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, comment: str) -> tuple[bytes, bytes]:
@@ -358,9 +407,12 @@ def init_hospital_keys(out_dir: str | Path, hospital: str, *, force: bool = Fals
                                 APPROVAL_PRIVATE_KEY, APPROVAL_PUBLIC_KEY, TRUSTED_ENTITIES, HOSPITAL_MANIFEST],
                          force, "hospital keys are", "(a new SuperNode key must be registered again, a new audit key "
                          "starts a new log). Choose another --out, or pass --force to replace them")
-    if not root.exists():
-        _make_private_dir(root)
+    with _creating() as created:
+        _write_hospital_keys(created, root, hospital)
+    return _hospital_keys(root, hospital)
 
+
+def _write_hospital_keys(created: _Created, root: Path, hospital: str) -> None:
     node_key = ec.generate_private_key(CURVE())
     audit_key = ec.generate_private_key(CURVE())
     approval_key = ed25519.Ed25519PrivateKey.generate()
@@ -369,15 +421,16 @@ def init_hospital_keys(out_dir: str | Path, hospital: str, *, force: bool = Fals
         AUDIT_PRIVATE_KEY: _openssh_pair(audit_key, f"fedhealth-audit-{hospital}"),
         APPROVAL_PRIVATE_KEY: _openssh_pair(approval_key, f"fedhealth-approval-{hospital}"),
     }
+    created.folder(root)
     for name, (private, public) in written.items():
-        _write_file(root / name, private, 0o600)
-        _write_file(root / f"{name}.pub", public, 0o644)
+        created.file(root / name, private, 0o600)
+        created.file(root / f"{name}.pub", public, 0o644)
     key_id = approval_key_id(hospital)
     approval_public = written[APPROVAL_PRIVATE_KEY][1].decode("ascii").strip()
     trusted = (f"# flower-supernode --trusted-entities: the keys whose signature makes an app version runnable here.\n"
                f"# This hospital's own approval key only; add another with `fedhealth app trust`.\n"
                f"{json.dumps(key_id)}: {json.dumps(approval_public)}\n")
-    _write_file(root / TRUSTED_ENTITIES, trusted.encode(), 0o644)
+    created.file(root / TRUSTED_ENTITIES, trusted.encode(), 0o644)
     fingerprints = {name: openssh_fingerprint(public) for name, (_, public) in written.items()}
     manifest = {"format": 1, "hospital": hospital, "created": _iso(datetime.now(UTC)),
                 "supernode_auth": {"public_key": NODE_PUBLIC_KEY, "fingerprint": fingerprints[NODE_PRIVATE_KEY],
@@ -387,7 +440,14 @@ def init_hospital_keys(out_dir: str | Path, hospital: str, *, force: bool = Fals
                 "app_approval": {"public_key": APPROVAL_PUBLIC_KEY, "key_id": key_id,
                                  "fingerprint": fingerprints[APPROVAL_PRIVATE_KEY],
                                  "used_by": TRUSTED_ENTITIES}}
-    _write_file(root / HOSPITAL_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
+    created.file(root / HOSPITAL_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
+
+
+def _hospital_keys(root: Path, hospital: str) -> HospitalKeys:
+    """The files `init_hospital_keys` wrote, with their fingerprints read back from the public keys."""
+    fingerprints = {name: openssh_fingerprint((root / f"{name}.pub").read_bytes())
+                    for name in (NODE_PRIVATE_KEY, AUDIT_PRIVATE_KEY, APPROVAL_PRIVATE_KEY)}
+    key_id = approval_key_id(hospital)
     return HospitalKeys(root, hospital,
                         NodeKeyFiles(root / NODE_PRIVATE_KEY, root / NODE_PUBLIC_KEY, fingerprints[NODE_PRIVATE_KEY]),
                         root / AUDIT_PRIVATE_KEY, root / AUDIT_PUBLIC_KEY, fingerprints[AUDIT_PRIVATE_KEY],
@@ -412,8 +472,9 @@ def add_hospital_public_key(pki_dir: str | Path, hospital: str, public_key: str 
             raise PKIError(f"{target}: hospital {hospital!r} already has another public key filed "
                            f"({public_key_fingerprint(old)}, new {public_key_fingerprint(key)}); pass --force to "
                            "replace it (then register the new one and confirm the change with the hospital)")
-    _make_private_dir(target.parent)
-    _write_file(target, line, 0o644)
+    with _creating() as created:
+        created.folder(target.parent)
+        created.file(target, line, 0o644)
     return target, public_key_fingerprint(key)
 
 
