@@ -49,11 +49,16 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from fedhealth.durable import PathEscapeError, inside
 from fedhealth.errors import TrustError
 from fedhealth.security.certs import _write_file, openssh_fingerprint
+from fedhealth.study.names import name_problem, shown
 
 _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+# What a FAB's version may hold at all (it becomes the file name `<version>.fab`): digits, letters, '.', '+', '-',
+# starting with a digit or letter; publishing then asks for Flower's x.y.z.
+_VERSION_CHARS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
 
 
 class AppTrustError(TrustError, ValueError):
@@ -107,10 +112,32 @@ def summarize_fab(data: bytes) -> FabSummary:
         name = config["project"]["name"]
         version = config["project"]["version"]
         publisher = config["tool"]["flwr"]["app"]["publisher"]
-    except KeyError as err:
+    except (KeyError, TypeError) as err:
         raise AppTrustError(f"the FAB's pyproject.toml lacks {err}: Flower needs project name, version and "
                             "tool.flwr.app.publisher") from None
+    _check_fab_names(publisher, name, version)
     return FabSummary(fab_sha256(data), f"@{publisher}/{name}", str(version), len(data), files)
+
+
+def _check_fab_names(publisher: object, name: object, version: object) -> None:
+    """A FAB's publisher, name and version become folders and a file name in a registry
+    (`apps/<publisher>/<name>/<version>.fab`) and what a reviewer reads: the FAB is the publisher's word, so
+    each is held to the rule for names (fedhealth.study.names) before anything is built from it."""
+    for field, value in (("tool.flwr.app.publisher", publisher), ("project.name", name)):
+        problem = name_problem(value)
+        if problem is not None:
+            raise AppTrustError(f"the FAB's pyproject.toml {field} {shown(value)}: {problem}")
+    if not isinstance(version, str) or not _VERSION_CHARS.match(version):
+        raise AppTrustError(f"the FAB's pyproject.toml project.version {shown(version)}: use digits, letters, "
+                            "'.', '+' and '-' (at most 64, starting with a digit or letter), e.g. 1.0.0")
+
+
+def _registry_path(root: Path, *parts: str) -> Path:
+    """`root/parts...`, refused (AppTrustError) if it would lead outside the registry (a link inside it)."""
+    try:
+        return inside(root, *parts)
+    except PathEscapeError as err:
+        raise AppTrustError(str(err)) from None
 
 
 def diff_fabs(old: FabSummary, new: FabSummary) -> dict[str, list[str]]:
@@ -286,7 +313,7 @@ class Registry:
         if not _VERSION.match(summary.version):
             raise AppTrustError(f"version {summary.version!r}: Flower's app specs need x.y.z (digits only)")
         publisher, name = summary.app_id[1:].split("/", 1)
-        target = self.root / "apps" / publisher / name / f"{summary.version}.fab"
+        target = _registry_path(self.root, "apps", publisher, name, f"{summary.version}.fab")
         if target.exists() and target.read_bytes() != data and not replace:
             raise AppTrustError(f"{target}: {summary.app_id}=={summary.version} is already published with other "
                                 "bytes; publish a new version (hospitals approved the old bytes), or --replace")
@@ -303,7 +330,7 @@ class Registry:
             raise AppTrustError("signature record lacks fab_sha256 or public_key_id (made by fedhealth app approve?)")
         if self.find(sha) is None:
             raise AppTrustError(f"no published FAB has sha256 {sha}; publish it first (fedhealth app publish)")
-        target = self.root / "signatures" / sha / f"{key_id.replace('/', '_')}.json"
+        target = _registry_path(self.root, "signatures", sha, f"{key_id.replace('/', '_')}.json")
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_file(target, (json.dumps(dict(record), indent=2) + "\n").encode(), 0o644)
         return target
@@ -316,15 +343,23 @@ class Registry:
 
     def lookup(self, app_id: str, version: str | None) -> tuple[Path, list[dict[str, Any]]] | None:
         """The FAB for `@publisher/name` (`version` None: the latest) and its signature records."""
-        if not app_id.startswith("@") or app_id.count("/") != 1:
+        if not isinstance(app_id, str) or not app_id.startswith("@") or app_id.count("/") != 1:
             return None
-        folder = self.root / "apps" / app_id[1:]
-        versions = sorted((p.stem for p in folder.glob("*.fab") if _VERSION.match(p.stem)), key=_version_key)
-        if not versions or (version is not None and version not in versions):
+        publisher, name = app_id[1:].split("/", 1)
+        if name_problem(publisher) or name_problem(name) or (version is not None and (
+                not isinstance(version, str) or not _VERSION.match(version))):
+            return None  # a request's names are held to the rule the registry's own paths were made by
+        try:
+            folder = _registry_path(self.root, "apps", publisher, name)
+            versions = sorted((p.stem for p in folder.glob("*.fab") if _VERSION.match(p.stem)), key=_version_key)
+            if not versions or (version is not None and version not in versions):
+                return None
+            path = _registry_path(folder, f"{version or versions[-1]}.fab")
+            sha = fab_sha256(path.read_bytes())
+            signatures = _registry_path(self.root, "signatures", sha)
+        except AppTrustError:
             return None
-        path = folder / f"{version or versions[-1]}.fab"
-        sha = fab_sha256(path.read_bytes())
-        records = [json.loads(p.read_text()) for p in sorted((self.root / "signatures" / sha).glob("*.json"))]
+        records = [json.loads(p.read_text()) for p in sorted(signatures.glob("*.json"))]
         return path, records
 
 
@@ -364,8 +399,11 @@ def serve_registry(root: str | Path, host: str = "127.0.0.1", port: int = 0) -> 
 
         def do_GET(self) -> None:  # noqa: N802
             rel = self.path.removeprefix("/fab/")
-            path = (registry.root / "apps" / rel).resolve()
-            if rel == self.path or not path.is_file() or (registry.root / "apps").resolve() not in path.parents:
+            try:
+                path = _registry_path(registry.root / "apps", *rel.split("/"))
+            except AppTrustError:
+                path = None
+            if rel == self.path or path is None or not path.is_file() or path.suffix != ".fab":
                 self._send(404, b'{"detail": "not found"}')
                 return
             self._send(200, path.read_bytes(), "application/octet-stream")

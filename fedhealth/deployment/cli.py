@@ -10,14 +10,18 @@ The library modules are imported inside the commands so `fedhealth --help` stays
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import click
 import typer
 from typer.core import TyperCommand
 
 from fedhealth.deployment.processes import DEFAULT_CONNECTION  # standard library only: cheap to import
+
+if TYPE_CHECKING:
+    from fedhealth.deployment.app_trust import FabFile
 
 certs_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                         help="Create and check the study's TLS certificates and SuperNode keys.")
@@ -60,6 +64,23 @@ def _not_an_input(out: Path, *inputs: Path | None) -> None:
     for given in inputs:
         if given is not None and out.exists() and given.exists() and os.path.samefile(out, given):
             _fail(f"--out {out}: is also an input of this command ({given}); choose another --out", 2)
+
+
+def _not_a_project_file(out: Path, project: Path, files: Iterable[FabFile]) -> None:
+    """An `--out` inside `--project` (links followed) is refused, --force or not, unless it is a `.fab` the
+    build does not read: a file the FAB holds, the project's pyproject.toml or .gitignore, or any other name
+    (a `.py`, `.toml`, ... the next build would pick up) would put the FAB where the app's sources are.
+    A `.fab` in a folder of the project (the docs' `deploy/app.fab`) is what Flower's builder never reads."""
+    root, target = project.resolve(), out.resolve()
+    if root not in target.parents:
+        return
+    relative = target.relative_to(root).as_posix()
+    if relative in {f.path for f in files} | {"pyproject.toml", ".gitignore"}:
+        _fail(f"--out {out}: is {relative} of --project {project}, a file the build reads; write the FAB "
+              "elsewhere (e.g. deploy/app.fab)", 2)
+    if not target.name.endswith(".fab"):
+        _fail(f"--out {out}: is inside --project {project} and not a .fab file, so a later build could read "
+              "it as a source; name it NAME.fab or write it outside the project", 2)
 
 
 def _require_files(*labelled: tuple[str, Path | None]) -> None:
@@ -242,7 +263,7 @@ def app_build(
     force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
 ) -> None:
     """Build the FAB `flwr run` would submit (Flower's own builder; the same files give the same bytes)."""
-    from fedhealth.deployment.app_trust import build_fab, summarize_fab
+    from fedhealth.deployment.app_trust import AppTrustError, build_fab, summarize_fab
     from fedhealth.security.certs import _write_file
 
     _not_an_input(out, project / "pyproject.toml")
@@ -252,9 +273,13 @@ def app_build(
         data = build_fab(project)
     except Exception as err:  # Flower's builder raises click and value errors for a bad project
         _fail(f"{project}: cannot build a FAB: {err}", 2)
+    try:
+        summary = summarize_fab(data)
+    except AppTrustError as err:
+        _fail(f"{project}: {err}", 2)
+    _not_a_project_file(out, project, summary.files)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_file(out, data, 0o644)
-    summary = summarize_fab(data)
     _say(f"built {out}: {summary.app_id}=={summary.version}, {len(summary.files)} files, sha256 {summary.sha256}")
 
 
