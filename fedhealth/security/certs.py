@@ -324,7 +324,8 @@ def init_study_pki(out_dir: str | Path, server_names: Sequence[str] = DEFAULT_SE
     if len({str(g.value) for g in general_names}) != len(general_names):
         raise PKIError(f"server names {names} contain a duplicate; list each name once")
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
-        raise PKIError(f"days={days!r}: certificates must be valid for at least 1 day and at most {MAX_DAYS} days (a whole number)")
+        raise PKIError(f"days={days!r}: certificates must be valid for at least 1 day and at most {MAX_DAYS} days "
+                       "(a whole number)")
     _refuse_to_overwrite(root, [Path(MANIFEST), CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY], force,
                          "a study PKI is", "Choose another --out, or pass --force to replace them (every hospital "
                          "then needs the new CA)")
