@@ -374,7 +374,9 @@ def resume(run_dir: str | Path, *, verbose: bool = False, progress: bool | Conso
     RunDirectoryError
         (as ``fedhealth.runs.rundir.RunDirError``) not a run directory, its config no longer matches the run that
         wrote it, it already completed, or a live process still runs it (also when its state says ``failed`` or
-        ``interrupted``: a process that has not let go of the run may still train).
+        ``interrupted``: a process that has not let go of the run may still train), or another process holds the
+        run's lock (``driver.lock``: it drives the run now; the lock is taken before anything is written and
+        held until the run ends, the driver lets go of it, or its process exits).
     FederationError, RunInterrupted
         As for `simulate`.
     """
