@@ -19,8 +19,9 @@ stored, so no other process can slip a charge in between.
 
 Each entry records everything needed to recompute epsilon independently (e.g. with Google's
 dp-accounting): noise multiplier, sample rate, steps, delta, clipping norm, the accountant, and the
-cumulative epsilon after this charge. Entries of the two privacy units compose separately:
-`unit = "record"` (DP-SGD: neighbouring datasets differ in one patient record of this hospital) and
+cumulative epsilon after this charge, and the digest of the study's privacy terms it was charged under
+(`fedhealth.privacy.terms`: so an edited terms file no longer matches). Entries of the two privacy units
+compose separately: `unit = "record"` (DP-SGD: neighbouring datasets differ in one patient record of this hospital) and
 `unit = "hospital"` (hospital-level DP: they differ in this hospital's whole contribution).
 """
 
