@@ -14,7 +14,8 @@ RunDirectoryError            runs.rundir: RunDirError, RunDirDamaged; reporting.
                              experiments.privacy_audit: AuditError
 UsageError                   api (an argument it cannot use); durable: PathEscapeError
 PrivacyBudgetError           privacy.ledger: BudgetExceeded
-PrivacyRecordsError          privacy.ledger: LedgerError, LedgerUnreadable; privacy.audit: AuditError;
+PrivacyRecordsError          privacy.ledger: LedgerError, LedgerUnreadable; privacy.terms: TermsUnusable;
+                             privacy.audit: AuditError;
                              privacy.secret: SecretError
 HospitalRefusedError         hospital.guard: HospitalRefusal; hospital.app: NonFiniteUpdateError;
                              hospital.secure_aggregation: UpdateRefused, _Declined; privacy.ledger: StaleRound;

@@ -26,6 +26,7 @@ from fedhealth.errors import HospitalRefusedError
 from fedhealth.hospital.identity import check_own_schema, resolve_hospital
 from fedhealth.hospital.node_config import Mode, NodeConfigError, NodeSettings, settings_of
 from fedhealth.model.qffl import LOSS_KEY
+from fedhealth.privacy.terms import TERMS_REASON, FixedTerms, TermsChanged, check_terms
 from fedhealth.seeding import derive_seed
 from fedhealth.study.config import StudyConfig
 from fedhealth.study.policy import SitePolicy, effective_cap, hospitals_per_round, policy_violation
@@ -141,9 +142,11 @@ class HospitalClient(NumPyClient):
             secure=secure, records=public_train_records(cfg, self.index))
         if violation:
             return self._declined(parameters, f"{violation}; declining this round")
-        refused = self._terms_refused(cfg, policy, server_round, config)  # fixed only by a round it would train
-        if refused:
-            return self._declined(parameters, *refused)
+        fixed = self._terms(cfg, policy, server_round, config)  # checked before anything is charged or written
+        if isinstance(fixed, tuple):
+            return self._declined(parameters, *fixed)
+        bound = {} if fixed is None or fixed.terms["mode"] == "none" else \
+            {"terms": fixed.digest, "before_write": fixed.bind}  # fixed only by a charge the ledger accepts
         shared: dict[str, Scalar] = {}
         local: dict[str, Scalar] = {}
         if cfg.privacy.mode == "record":
@@ -151,7 +154,11 @@ class HospitalClient(NumPyClient):
 
             ledger_dir = self._ledger_dir(config)
             cap = effective_cap(policy, cfg.privacy.max_epsilon)
-            outcome = train_with_budget(cfg, split, model, list(parameters), server_round, ledger_dir, cap)
+            try:
+                outcome = train_with_budget(cfg, split, model, list(parameters), server_round, ledger_dir, cap,
+                                            noise=fixed.noise if fixed is not None else None, **bound)
+            except TermsChanged as err:  # fixed by another request of the study between the check and the charge
+                return self._declined(parameters, TERMS_REASON + "; declining this round", str(err))
             if outcome.weights is None:
                 return self._declined(parameters, outcome.declined, outcome.detail)
             weights, shared, local = outcome.weights, dict(outcome.shared), dict(outcome.local)
@@ -163,7 +170,11 @@ class HospitalClient(NumPyClient):
 
                 ledger_dir = self._ledger_dir(config)
                 cap = policy.max_hospital_epsilon if policy is not None and policy.max_hospital_epsilon else math.inf
-                refused = charge_hospital_release(cfg, split, list(parameters), server_round, ledger_dir, cap)
+                try:
+                    refused = charge_hospital_release(cfg, split, list(parameters), server_round, ledger_dir, cap,
+                                                      **bound)
+                except TermsChanged as err:
+                    return self._declined(parameters, TERMS_REASON + "; declining this round", str(err))
                 if refused is not None:
                     return self._declined(parameters, refused.declined, refused.detail)
             qffl = cfg.federation.strategy.name == "qfedavg"
@@ -204,11 +215,14 @@ class HospitalClient(NumPyClient):
         not the hospital's disk)."""
         return self.own_ledger_dir or (str(config.get(LEDGER_DIR_KEY, "")) if self.simulated else "")
 
-    def _terms_refused(self, cfg: StudyConfig, policy: SitePolicy | None, server_round: int,
-                       config: dict[str, Scalar]) -> tuple[str, str] | None:
-        """(reason, detail) when this round asks for privacy terms other than those this hospital fixed at the
-        study's first round here (`fedhealth.privacy.terms`), else None. Checked before anything is charged."""
-        from fedhealth.privacy.terms import TERMS_REASON, TermsChanged, fix_or_check
+    def _terms(self, cfg: StudyConfig, policy: SitePolicy | None, server_round: int,
+               config: dict[str, Scalar]) -> FixedTerms | tuple[str, str] | None:
+        """The privacy terms this request runs under (`fedhealth.privacy.terms`), or (reason, detail) when it
+        asks for other terms than those this hospital fixed for the study's name, or when its terms file or
+        ledger cannot be trusted. None: no ledger folder, nothing fixed and nothing can be. Writes nothing:
+        the terms are fixed by the ledger's charge (`FixedTerms.bind`), so a declined round fixes nothing."""
+        from fedhealth.privacy.ledger import LedgerError
+        from fedhealth.privacy.round import LEDGER_REASON
 
         folder = self._ledger_dir(config)
         if not folder:
@@ -218,10 +232,11 @@ class HospitalClient(NumPyClient):
         else:
             cap = effective_cap(policy, cfg.privacy.max_epsilon)
         try:
-            fix_or_check(Path(folder), cfg.hospitals[self.index].name, cfg, server_round, cap)
+            return check_terms(Path(folder), cfg.hospitals[self.index].name, cfg, self.index, server_round, cap)
         except TermsChanged as err:
             return TERMS_REASON + "; declining this round", str(err)
-        return None
+        except LedgerError as err:  # the terms file or the ledger: whether the study was private cannot be told
+            return LEDGER_REASON, str(err)
 
     @staticmethod
     def _train_plain(cfg, split, model, parameters: NDArrays, config: dict[str, Scalar], seed: int):

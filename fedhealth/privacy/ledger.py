@@ -19,8 +19,9 @@ stored, so no other process can slip a charge in between.
 
 Each entry records everything needed to recompute epsilon independently (e.g. with Google's
 dp-accounting): noise multiplier, sample rate, steps, delta, clipping norm, the accountant, and the
-cumulative epsilon after this charge. Entries of the two privacy units compose separately:
-`unit = "record"` (DP-SGD: neighbouring datasets differ in one patient record of this hospital) and
+cumulative epsilon after this charge, and the digest of the study's privacy terms it was charged under
+(`fedhealth.privacy.terms`: so an edited terms file no longer matches). Entries of the two privacy units
+compose separately: `unit = "record"` (DP-SGD: neighbouring datasets differ in one patient record of this hospital) and
 `unit = "hospital"` (hospital-level DP: they differ in this hospital's whole contribution).
 """
 
@@ -33,7 +34,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -79,13 +80,22 @@ class LedgerEntry:
     study: str = ""  # which study charged it ("name:config fingerprint"); a hospital's ledger outlives studies
     release: str = ""  # the release key (see fedhealth.privacy.release); a retry with the same key is free
     unit: str = "record"  # "record" (DP-SGD) or "hospital" (hospital-level DP)
+    # SHA-256 of the privacy terms the study fixed at this hospital (fedhealth.privacy.terms): binds the terms
+    # file to this chained record, so an edited terms file no longer matches the charges made under it
+    terms: str = ""
 
 
 def _chain(previous: str, entry: LedgerEntry) -> str:
     # Fields that joined the entry later are left out of the hash at their old default, so older ledgers verify.
-    defaults = {"study": "", "release": "", "unit": "record"}
+    defaults = {"study": "", "release": "", "unit": "record", "terms": ""}
     body = {k: v for k, v in asdict(entry).items() if k != "chain" and not (k in defaults and v == defaults[k])}
     return hashlib.sha256((previous + json.dumps(body, sort_keys=True)).encode()).hexdigest()
+
+
+def study_name(study: str) -> str:
+    """The name part of a ledger entry's study ("name:config fingerprint"): the key a study's privacy terms
+    are fixed under, whatever its fingerprint (names never hold a ':')."""
+    return study.rsplit(":", 1)[0] if ":" in study else study
 
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
@@ -181,6 +191,26 @@ class PrivacyLedger:
         own = [e for e in self.entries if e.unit == unit]
         return own[-1].epsilon if own else 0.0
 
+    @classmethod
+    def reading(cls, path: Path, hospital: str) -> PrivacyLedger:
+        """The ledger at `path`, verified, at the delta it was kept at: to read what it holds whatever delta a
+        request asks (the terms check compares delta itself). Raises LedgerError as loading does."""
+        delta = 0.0
+        if path.exists():
+            try:
+                recorded = json.loads(path.read_text(encoding="utf-8"))["delta"]
+                if isinstance(recorded, bool) or not isinstance(recorded, int | float):
+                    raise TypeError(type(recorded).__name__)
+                delta = float(recorded)
+            except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+                raise LedgerUnreadable(f"{path}: privacy ledger of hospital {hospital!r} cannot be read "
+                                       f"({type(err).__name__}); refusing to train until it is restored") from None
+        return cls(path, hospital, math.inf, delta)
+
+    def name_entries(self, name: str) -> list[LedgerEntry]:
+        """Every entry (both units) of the studies named `name`, whatever their config fingerprint."""
+        return [e for e in self.entries if study_name(e.study) == name]
+
     @property
     def spent(self) -> float:
         """Record-level epsilon spent over every study (the figure the hospital's cap bounds)."""
@@ -228,13 +258,18 @@ class PrivacyLedger:
 
     # ---- charging ----
     def charge(self, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
-               max_grad_norm: float, study: str = "", release: str = "", unit: str = "record") -> LedgerEntry:
+               max_grad_norm: float, study: str = "", release: str = "", unit: str = "record", terms: str = "",
+               before_write: Callable[[PrivacyLedger], None] | None = None) -> LedgerEntry:
         """Charge one release before it leaves; raise BudgetExceeded (charging nothing) if it would pass the cap.
 
         `release` (its key) already charged: a retry of the same release, returned without a new charge — the
         caller must re-send the stored update, never a new one. Any other release is new spending, also within
         a round already charged: a server re-sending round r with other weights pays for each. A round older
         than the last this study charged raises StaleRound (that request only; nothing is written).
+
+        `terms`: the digest of the privacy terms it is charged under (recorded in the entry). `before_write`
+        runs under the lock once the charge is accepted (not stale, within the cap) and before it is written:
+        what it raises aborts the charge, so the study's terms are fixed only by a round the ledger accepts.
         """
         if unit not in UNITS:
             raise ValueError(f"privacy unit must be one of {UNITS}, got {unit!r}")
@@ -254,8 +289,11 @@ class PrivacyLedger:
                     f"hospital {self.hospital}: round {server_round} would raise its {unit}-level epsilon from "
                     f"{before:.3f} to {projected:.3f} (delta={self.delta:g}), above its cap of {cap:g}; "
                     "declining this round")
+            if before_write is not None:
+                before_write(self)
             entry = LedgerEntry(server_round, noise_multiplier, sample_rate, steps, self.delta, max_grad_norm,
-                                projected, ACCOUNTANT, time.time(), study=study, release=release, unit=unit)
+                                projected, ACCOUNTANT, time.time(), study=study, release=release, unit=unit,
+                                terms=terms)
             entry = replace(entry, chain=_chain(self.entries[-1].chain if self.entries else "", entry))
             self.entries.append(entry)
             self._save()

@@ -16,6 +16,7 @@ about its other studies and its cap.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -102,9 +103,15 @@ def _figures(ledger: PrivacyLedger, entry: LedgerEntry, study: str, charged: flo
 
 
 def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, received: list[np.ndarray],
-                      server_round: int, ledger_dir: str, cap: float) -> PrivateRound:
+                      server_round: int, ledger_dir: str, cap: float, *, noise: float | None = None,
+                      terms: str = "", before_write: Callable[[PrivacyLedger], None] | None = None) -> PrivateRound:
     """Release this round's update under record-level DP, or decline it. `cap` is the hospital's epsilon cap
-    as its own policy sets it (the caller resolves who wins); `received` is the global model it was sent."""
+    as its own policy sets it (the caller resolves who wins); `received` is the global model it was sent.
+
+    `noise`, `terms`, `before_write`: the study's privacy terms as the hospital fixed them
+    (`fedhealth.privacy.terms.FixedTerms`): the noise multiplier fixed at the study's first charge (used
+    as is, never calibrated again), the terms' digest recorded in the charge, and what binds the terms
+    to the ledger under its lock before the charge is written."""
     from fedhealth.model import get_weights
 
     if not ledger_dir:
@@ -131,11 +138,14 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
             # A calibrated noise multiplier is fixed for the study: reuse the one the ledger recorded rather
             # than calibrating again in every process (seconds of RDP evaluations each time).
             own = ledger.study_entries(study)
-            sigma = own[0].noise_multiplier if (own and cfg.privacy.noise_multiplier is None) \
-                else noise_for(cfg, split.index)
+            if noise is not None:
+                sigma = noise
+            else:
+                sigma = own[0].noise_multiplier if (own and cfg.privacy.noise_multiplier is None) \
+                    else noise_for(cfg, split.index)
             before = ledger.spent
             entry = ledger.charge(server_round, sigma, schedule.sample_rate, steps, cfg.privacy.max_grad_norm,
-                                  study=study, release=key)
+                                  study=study, release=key, terms=terms, before_write=before_write)
             result, taken = train_private(
                 model, split.x_train, split.y_train, epochs=cfg.training.local_epochs, schedule=schedule,
                 learning_rate=cfg.training.learning_rate, momentum=cfg.training.momentum, noise_multiplier=sigma,
@@ -158,7 +168,8 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
 
 
 def charge_hospital_release(cfg: StudyConfig, split: HospitalSplit, received: list[np.ndarray], server_round: int,
-                            ledger_dir: str, cap: float) -> PrivateRound | None:
+                            ledger_dir: str, cap: float, *, terms: str = "",
+                            before_write: Callable[[PrivacyLedger], None] | None = None) -> PrivateRound | None:
     """Record a hospital-level release in the hospital's ledger (unit "hospital") before it leaves; a
     PrivateRound with the decline when it would pass `cap`, else None (go ahead).
 
@@ -166,7 +177,8 @@ def charge_hospital_release(cfg: StudyConfig, split: HospitalSplit, received: li
     studies: its ledger composes them, as it does record-level releases. Each request is charged (a nonce
     in the key): its noise share is drawn afresh, so even a retry is a new release. The epsilon is the one
     the study announces (noise multiplier at q = 1, one step per round); in `central` mode the server adds
-    that noise, and the hospital cannot check that it did (see docs/threat-model.md)."""
+    that noise, and the hospital cannot check that it did (see docs/threat-model.md). `terms` and
+    `before_write`: as for `train_with_budget`."""
     import secrets as _secrets
 
     from fedhealth.privacy.hospital_level import hospital_noise
@@ -181,7 +193,7 @@ def charge_hospital_release(cfg: StudyConfig, split: HospitalSplit, received: li
         ledger = PrivacyLedger(inside(ledger_dir, f"{name}.json"), name, math.inf, cfg.privacy_delta(),
                                hospital_cap=cap)
         ledger.charge(server_round, hospital_noise(cfg), 1.0, 1, cfg.privacy.clipping_norm, study=study,
-                      release=key, unit="hospital")
+                      release=key, unit="hospital", terms=terms, before_write=before_write)
     except BudgetExceeded as refusal:
         return PrivateRound(declined=BUDGET_REASON, detail=str(refusal))
     except StaleRound as stale:
