@@ -481,7 +481,7 @@ def _coerce(text: str) -> Any:
     """CLI override values are TOML values (`3`, `0.1`, `true`, `"fedprox"`, `[32, 16]`); bare words are strings."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # nested too deeply: kept as text, refused as a value
         return text
 
 

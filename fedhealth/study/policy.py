@@ -13,14 +13,13 @@ the server name the rule, never the hospital's own figures (its limits, its reco
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedhealth.study.schema import NOT_FINITE
-from fedhealth.study.textfile import TextFileError, read_utf8
+from fedhealth.study.textfile import NotTomlError, TextFileError, read_toml
 
 if TYPE_CHECKING:
     from fedhealth.study.config import StudyConfig
@@ -48,11 +47,11 @@ class SitePolicy(BaseModel):
         if not path.exists():  # a FIFO or a device is refused by read_utf8, naming what it is
             raise FileNotFoundError(f"{path}: site policy file not found")
         try:
-            return cls.model_validate(tomllib.loads(read_utf8(path)))
+            return cls.model_validate(read_toml(path))
+        except NotTomlError as err:
+            raise ValueError(f"{path}: invalid site policy: {err.why}") from None
         except TextFileError as err:
             raise ValueError(str(err)) from None
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: invalid site policy: {err}") from None
         except ValidationError as err:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'policy'}: "
