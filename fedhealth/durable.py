@@ -92,7 +92,7 @@ def regular_file_problem(path: Path | str) -> str | None:
     path = Path(path)
     try:
         info = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a part of the path is a file: `path` is not there either
         return None
     except OSError as err:
         return f"cannot be read ({err.strerror or type(err).__name__})"

@@ -11,7 +11,6 @@ out before anything else is looked at.
 from __future__ import annotations
 
 import os
-import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedhealth.durable import special_kind
 from fedhealth.errors import DataError
 from fedhealth.study.schema import ColumnSpec, StudySchema, Value, as_number
 
@@ -119,10 +119,6 @@ def max_data_bytes() -> int:
     return limit
 
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
-
-
 def check_data_file(path: Path, max_bytes: int | None = None) -> int:
     """Refuse, before the file is opened, what cannot be a hospital's table; returns its size in bytes.
 
@@ -137,8 +133,8 @@ def check_data_file(path: Path, max_bytes: int | None = None) -> int:
         raise DataFileError(f"{path}: data file not found") from None
     except OSError as err:
         raise DataFileError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+    kind = special_kind(info.st_mode)
+    if kind is not None:
         via = f" (it is a link to {os.path.realpath(path)})" if path.is_symlink() else ""
         raise DataFileError(f"{path}: is {kind}{via}, not a regular file; give the path of the CSV or Parquet "
                             "file itself")
