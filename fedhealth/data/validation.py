@@ -301,7 +301,7 @@ class _Checker:
             named = [repr(c) for c in repeated if c in known]
             unnamed = [i + 1 for i, c in enumerate(names) if c in repeated and c not in known]
             parts = ([f"column(s) {', '.join(named)}"] if named else []) + (
-                [f"the cells at position(s) {_positions(unnamed)}"] if unnamed else [])
+                [f"the cells at {_positions(unnamed)}"] if unnamed else [])
             report.errors.append(" and ".join(parts) + " appear more than once in the header (spaces around a name "
                                  "are ignored); keep one column of each name")
             self.unusable = True
