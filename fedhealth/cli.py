@@ -625,16 +625,22 @@ def budget(
     Exit 0 verified; 1 the ledger or the audit cross-check failed; 2 a file is missing or unreadable."""
     import json as json_lib
 
+    from fedhealth.durable import regular_file_problem
     from fedhealth.privacy.budget import read_budget
-    from fedhealth.privacy.ledger import LedgerError
+    from fedhealth.privacy.ledger import LedgerError, LedgerUnreadable
     from fedhealth.study.policy import SitePolicy
 
     for label, path in (("ledger", ledger), ("policy", policy), ("audit log", audit_log), ("audit key", audit_key)):
+        problem = regular_file_problem(path) if path is not None else None
+        if problem:  # a FIFO or a device is never opened
+            _fail(f"{path}: the {label} {problem}; give the path of the file itself")
         if path is not None and not path.is_file():
             _fail(f"{path}: {label} not found (no such file)")
     try:
         cap = SitePolicy.from_file(policy).max_epsilon if policy is not None else None
         result = read_budget(ledger, cap, audit_log, audit_key)
+    except LedgerUnreadable as err:  # not a ledger at all (damaged, special, not JSON): bad input, exit 2
+        _fail(str(err), 2)
     except LedgerError as err:
         _fail(f"the ledger does not verify, so no budget can be read from it: {err}", 1)
     except (ValueError, OSError) as err:

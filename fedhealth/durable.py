@@ -12,6 +12,7 @@ hospital's node config), and `inside` refuses any path that would still land out
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -66,3 +67,37 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file of `os.stat` mode `mode` is when it is not a regular file ("a FIFO (named pipe)", ...);
+    None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for is_kind, name in _SPECIAL_KINDS if is_kind(mode)), "not a regular file")
+
+
+def regular_file_problem(path: Path | str) -> str | None:
+    """Why `path` cannot be read as a file, decided without opening it; None when it is a regular file or
+    does not exist (the caller says "missing" in its own words).
+
+    Why before opening, and why one helper: opening a FIFO waits for a writer forever and a link to
+    /dev/zero reads without end, so every reader of a file a user can point at (data files, the study's
+    TOML, a run directory's files, ledgers, audit logs, certificates) asks this first. `os.stat` follows
+    links, so the kind is that of the file that would be read; a link is named with its target."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # a part of the path is a file: `path` is not there either
+        return None
+    except OSError as err:
+        return f"cannot be read ({err.strerror or type(err).__name__})"
+    kind = special_kind(info.st_mode)
+    if kind is None:
+        return None
+    via = f" (a link to {terminal_safe(os.path.realpath(path))})" if path.is_symlink() else ""
+    return f"is {kind}{via}, not a regular file"

@@ -6,12 +6,11 @@ definition itself stays free of file I/O beyond its own TOML."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from fedhealth.data.files import resolve_study_files
 from fedhealth.study.config import ConfigError, StudyConfig, apply_overrides, machine_problems, parse_config
-from fedhealth.study.textfile import TextFileError, read_utf8
+from fedhealth.study.textfile import TextFileError, read_toml
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -20,11 +19,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyCo
     if not path.exists():  # a FIFO or a device is refused by read_utf8, naming what it is
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = tomllib.loads(read_utf8(path))
+        data = read_toml(path)
     except TextFileError as err:
         raise ConfigError(str(err)) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
     data.setdefault("name", path.stem)
     data = apply_overrides(data, overrides or [])
     problems = resolve_study_files(data, path.resolve().parent)

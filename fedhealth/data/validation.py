@@ -11,7 +11,6 @@ out before anything else is looked at.
 from __future__ import annotations
 
 import os
-import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedhealth.durable import special_kind
 from fedhealth.errors import DataError
 from fedhealth.study.schema import ColumnSpec, StudySchema, Value, as_number
 
@@ -119,10 +119,6 @@ def max_data_bytes() -> int:
     return limit
 
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
-
-
 def check_data_file(path: Path, max_bytes: int | None = None) -> int:
     """Refuse, before the file is opened, what cannot be a hospital's table; returns its size in bytes.
 
@@ -137,8 +133,8 @@ def check_data_file(path: Path, max_bytes: int | None = None) -> int:
         raise DataFileError(f"{path}: data file not found") from None
     except OSError as err:
         raise DataFileError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+    kind = special_kind(info.st_mode)
+    if kind is not None:
         via = f" (it is a link to {os.path.realpath(path)})" if path.is_symlink() else ""
         raise DataFileError(f"{path}: is {kind}{via}, not a regular file; give the path of the CSV or Parquet "
                             "file itself")
@@ -251,6 +247,13 @@ class _Suspicion:
     below: int = 0
 
 
+def _positions(positions: list[int], shown: int = 20) -> str:
+    """1-based header positions as `position 5` / `positions 5, 6, 9` (the first `shown`, then a count)."""
+    head = ", ".join(map(str, positions[:shown]))
+    more = f" and {len(positions) - shown} more" if len(positions) > shown else ""
+    return f"position{'s' if len(positions) > 1 else ''} {head}{more}"
+
+
 class _Checker:
     """The rules of `validate_table`, applied block by block: counts add up over the blocks, and every
     verdict that needs the whole file (a column recorded in another unit, no consented row, one class only)
@@ -280,22 +283,37 @@ class _Checker:
         self.rejected = 0
 
     def _header(self, columns: Iterable[Any]) -> None:
+        """Check the header against the schema. Only the schema's own column names are ever written into
+        the report: a cell of the first line that is not one may be a record (a file saved without its
+        header row makes pandas take the first patient's row as the header), so it is named by its
+        1-based position only."""
         self.header_seen = True
         names = [str(c).strip() for c in columns]
         report = self.report
+        known = [*self.needed, *(c.name for c in self.schema.columns if c.name not in self.needed)]
+        if names and not any(c in known for c in names):
+            report.errors.append(f"the first line holds none of the schema's columns ({', '.join(self.needed)}): "
+                                 "is the header row missing? The first line of the file must name the columns")
+            self.unusable = True
+            return
         repeated = sorted({c for c in names if names.count(c) > 1})
         if repeated:  # `age` and ` age`: which of the two holds the ages cannot be guessed
-            report.errors.append("column(s) " + ", ".join(map(repr, repeated)) + " appear more than once in the "
-                                 "header (spaces around a name are ignored); keep one column of each name")
+            named = [repr(c) for c in repeated if c in known]
+            unnamed = [i + 1 for i, c in enumerate(names) if c in repeated and c not in known]
+            parts = ([f"column(s) {', '.join(named)}"] if named else []) + (
+                [f"the cells at {_positions(unnamed)}"] if unnamed else [])
+            report.errors.append(" and ".join(parts) + " appear more than once in the header (spaces around a name "
+                                 "are ignored); keep one column of each name")
             self.unusable = True
             return
         absent = [c for c in self.needed if c not in names]
         if absent:
             report.errors.append(f"missing column(s) {', '.join(absent)}: the schema {self.schema.study.name!r} "
                                  f"needs {', '.join(self.needed)}")
-        extra = [c for c in names if c not in self.needed]
+        extra = [i + 1 for i, c in enumerate(names) if c not in self.needed]
         if extra:
-            report.warnings.append(f"column(s) not in the schema, ignored: {', '.join(map(str, extra))}")
+            many = "1 column" if len(extra) == 1 else f"{len(extra)} columns"
+            report.warnings.append(f"{many} not in the schema, ignored: {_positions(extra)}")
         self.unusable = bool(report.errors)
 
     def _reject(self, bad_rows: np.ndarray, mask: np.ndarray, reason: str) -> None:

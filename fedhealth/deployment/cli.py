@@ -84,9 +84,17 @@ def _not_a_project_file(out: Path, project: Path, files: Iterable[FabFile]) -> N
 
 
 def _require_files(*labelled: tuple[str, Path | None]) -> None:
-    """A file that is not there is a usage error (exit 2), unlike a file that fails a check (exit 1)."""
+    """A file that is not there, or is not a regular file (a FIFO, a device, a folder: never opened), is a
+    usage error (exit 2), unlike a file that fails a check (exit 1)."""
+    from fedhealth.durable import regular_file_problem
+
     for label, path in labelled:
-        if path is not None and not path.is_file():
+        if path is None:
+            continue
+        problem = regular_file_problem(path)
+        if problem:
+            _fail(f"{path}: the {label} {problem}; give the path of the file itself", 2)
+        if not path.is_file():
             _fail(f"{path}: {label} not found (no such file); check the path", 2)
 
 

@@ -12,11 +12,10 @@ epsilons (RDP composes tighter than adding epsilons).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedhealth.privacy.ledger import UNITS, PrivacyLedger, epsilon_of
+from fedhealth.privacy.ledger import UNITS, LedgerUnreadable, PrivacyLedger, epsilon_of, read_ledger_file
 
 
 @dataclass(frozen=True)
@@ -53,9 +52,14 @@ def read_budget(ledger_path: Path, cap: float | None = None, audit_log: Path | N
     """The verified budget of the hospital whose ledger is `ledger_path`. Raises LedgerError if it does not verify.
 
     `cap`: the hospital's cap from its policy (else the one recorded in the ledger)."""
-    raw = json.loads(ledger_path.read_text(encoding="utf-8"))
-    hospital, delta = str(raw.get("hospital", "")), float(raw.get("delta", 0.0))
-    ledger = PrivacyLedger(ledger_path, hospital, float(raw.get("cap", 0.0)), delta)  # verifies or raises
+    raw = read_ledger_file(ledger_path)  # LedgerUnreadable naming the file: special, not JSON, not an object
+    hospital, delta, recorded_cap = raw.get("hospital", ""), raw.get("delta", 0.0), raw.get("cap", 0.0)
+    if not isinstance(hospital, str) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                for v in (delta, recorded_cap)):
+        raise LedgerUnreadable(f"{ledger_path}: privacy ledger cannot be read (its hospital is not a name, or "
+                               "its delta or cap is not a number); restore it from a backup")
+    delta = float(delta)
+    ledger = PrivacyLedger(ledger_path, hospital, float(recorded_cap), delta)  # verifies or raises
     studies: list[StudyBudget] = []
     for unit in UNITS:
         names = list(dict.fromkeys(e.study for e in ledger.entries if e.unit == unit))
@@ -65,7 +69,7 @@ def read_budget(ledger_path: Path, cap: float | None = None, audit_log: Path | N
                 study=_short(study), unit=unit, releases=len(own), rounds=tuple(sorted({e.round for e in own})),
                 epsilon=epsilon_of([(e.noise_multiplier, e.sample_rate, e.steps) for e in own], delta)))
     total = {unit: ledger.spent_in(unit) for unit in UNITS if any(e.unit == unit for e in ledger.entries)}
-    budget = Budget(hospital, delta, cap if cap is not None else float(raw.get("cap", 0.0)), studies, total)
+    budget = Budget(hospital, delta, cap if cap is not None else float(recorded_cap), studies, total)
     if audit_log is not None:
         budget.audit = _cross_check(ledger, audit_log, audit_public_key, budget.problems)
     return budget

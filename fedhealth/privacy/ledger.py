@@ -38,8 +38,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from fedhealth.durable import atomic_write_text
+from fedhealth.durable import atomic_write_text, regular_file_problem
 from fedhealth.errors import HospitalRefusedError, PrivacyBudgetError, PrivacyRecordsError
 
 ACCOUNTANT = "rdp"
@@ -119,6 +120,37 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
         return float(accountant.get_epsilon(delta=delta))
 
 
+def _unreadable(path: Path, hospital: str | None, why: str) -> LedgerUnreadable:
+    whose = f" of hospital {hospital!r}" if hospital is not None else ""
+    return LedgerUnreadable(f"{path}: privacy ledger{whose} cannot be read ({why}); "
+                            + ("refusing to train until it is restored" if hospital is not None
+                               else "restore it from a backup"))
+
+
+def read_ledger_file(path: Path, hospital: str | None = None) -> dict[str, Any]:
+    """The ledger file's JSON object, or LedgerUnreadable naming the file and why (a FIFO or a device, never
+    opened; not UTF-8; not JSON; nested too deeply; not an object). The one reader of a ledger file, for
+    the hospital before a charge and for `fedhealth budget` alike; `hospital` names whose ledger it is in
+    the message when known."""
+    problem = regular_file_problem(path)
+    if problem:
+        raise _unreadable(path, hospital, problem.removeprefix("is "))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise _unreadable(path, hospital, f"not UTF-8 text at byte {err.start}") from None
+    except json.JSONDecodeError as err:
+        raise _unreadable(path, hospital, f"not valid JSON at line {err.lineno} column {err.colno}") from None
+    except RecursionError:
+        raise _unreadable(path, hospital, "JSON nested too deeply to be a ledger") from None
+    except OSError as err:
+        raise _unreadable(path, hospital, err.strerror or type(err).__name__) from None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string"}.get(type(data), f"a {type(data).__name__}")
+        raise _unreadable(path, hospital, f"it holds {kind}, not a ledger's JSON object")
+    return data
+
+
 class PrivacyLedger:
     """One hospital's ledger file. `cap`: its record-level epsilon cap; `hospital_cap`: its hospital-level one.
 
@@ -143,15 +175,13 @@ class PrivacyLedger:
         self.entries = []
         if not self.path.exists():
             return
+        data = read_ledger_file(self.path, self.hospital)
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
             self.entries = [LedgerEntry(**e) for e in data.get("entries", [])]
-            cap = data.get("cap")
-            self.recorded_cap = float(cap) if isinstance(cap, int | float) and not isinstance(cap, bool) else None
-        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as err:
-            reason = err.strerror if isinstance(err, OSError) else type(err).__name__
-            raise LedgerUnreadable(f"{self.path}: privacy ledger of hospital {self.hospital!r} cannot be read "
-                                   f"({reason}); refusing to train until it is restored") from None
+        except (ValueError, TypeError, AttributeError) as err:
+            raise _unreadable(self.path, self.hospital, f"an entry of the wrong form ({type(err).__name__})") from None
+        cap = data.get("cap")
+        self.recorded_cap = float(cap) if isinstance(cap, int | float) and not isinstance(cap, bool) else None
         if data.get("hospital") != self.hospital:
             raise LedgerError(f"{self.path}: ledger belongs to {data.get('hospital')!r}, not {self.hospital!r}")
         if float(data.get("delta", self.delta)) != self.delta:

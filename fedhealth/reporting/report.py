@@ -21,6 +21,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from fedhealth.data.study_file import load_config
+from fedhealth.durable import regular_file_problem
 from fedhealth.errors import RunDirectoryError
 from fedhealth.reporting.deployment_summary import deployment_summary, is_recordless
 from fedhealth.runs import rundir
@@ -36,6 +37,10 @@ class ReportError(RunDirectoryError, RuntimeError):
 
 def _load(run_dir: Path) -> dict[str, Any]:
     needed = [rundir.CONFIG_FILE, rundir.SUMMARY_FILE, rundir.METRICS_FILE, rundir.ROUNDS_FILE]
+    for name in needed:  # a FIFO or a device where a file belongs is named as what it is, never opened
+        problem = regular_file_problem(run_dir / name)
+        if problem:
+            raise rundir.damaged(run_dir / name, problem)
     if (run_dir / rundir.CONFIG_FILE).is_file() and is_recordless(run_dir):
         # a deployment's server holds no records: its summary comes from what the hospitals reported
         rundir.write_json(run_dir / rundir.SUMMARY_FILE,

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from fedhealth.durable import atomic_write_text as _durable_write_text
-from fedhealth.durable import inside
+from fedhealth.durable import inside, regular_file_problem
 from fedhealth.errors import RunDirectoryError
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,9 @@ def damaged(path: Path, why: str) -> RunDirDamaged:
 
 
 def _text(path: Path) -> str:
+    problem = regular_file_problem(path)  # a FIFO would block the read forever, /dev/zero fill the memory
+    if problem:
+        raise damaged(path, problem)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -259,6 +262,9 @@ def load_weights(path: Path) -> tuple[list[np.ndarray], dict[str, list[np.ndarra
     """Inverse of save_weights: (weights, {name: arrays}); RunDirDamaged naming the file when it is not one."""
     import zipfile
 
+    problem = regular_file_problem(path)
+    if problem:
+        raise damaged(path, problem)
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = sorted(data.files)
@@ -536,6 +542,10 @@ def check_resumable(run_dir: Path) -> None:
 
 def read_state(run_dir: Path) -> dict[str, Any]:
     path = run_dir / STATE_FILE
+    for needed in (run_dir / CONFIG_FILE, path):  # there but not a file: damage, not "not a run directory"
+        problem = regular_file_problem(needed)
+        if problem:
+            raise damaged(needed, problem)
     if not (run_dir / CONFIG_FILE).is_file() or not path.is_file():
         raise RunDirError(f"{run_dir}: not a fedhealth run directory (no {CONFIG_FILE} and {STATE_FILE})")
     state = read_json_object(path)

@@ -13,7 +13,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -23,6 +23,7 @@ from fedhealth.errors import StudyConfigError
 from fedhealth.study.builtin_schema import REGIONS, TIERS
 from fedhealth.study.names import MAX_NAME, name_problem
 from fedhealth.study.policy import SitePolicy, effective_cap
+from fedhealth.study.ranges import within
 from fedhealth.study.schema import NOT_FINITE, StudySchema
 
 Tier = Literal["tertiary", "secondary", "community"]
@@ -112,15 +113,18 @@ class StrategyConfig(_Strict):
 
     name: StrategyName = "fedavg"
     fraction_fit: float = Field(default=1.0, gt=0, le=1)
-    proximal_mu: float = Field(default=0.01, ge=0, description="FedProx proximal term weight")
-    server_learning_rate: float = Field(default=0.05, gt=0, description="FedAdam eta")
+    proximal_mu: Annotated[float, within("federation.strategy.proximal_mu")] = Field(
+        default=0.01, ge=0, description="FedProx proximal term weight")
+    server_learning_rate: Annotated[float, within("federation.strategy.server_learning_rate")] = Field(
+        default=0.05, gt=0, description="FedAdam eta")
     server_momentum: float = Field(default=0.9, ge=0, lt=1, description="FedAdam beta_1")
     server_second_moment: float = Field(default=0.99, ge=0, lt=1, description="FedAdam beta_2")
-    server_tau: float = Field(default=1e-3, gt=0, description="FedAdam adaptivity tau")
+    server_tau: Annotated[float, within("federation.strategy.server_tau")] = Field(
+        default=1e-3, gt=0, description="FedAdam adaptivity tau")
     q: float = Field(default=1.0, ge=0, le=50,
                      description="q-FedAvg fairness: 0 = unweighted mean of updates, larger = more weight to "
                                  "the hospitals with the highest loss")
-    qffl_learning_rate: float = Field(
+    qffl_learning_rate: Annotated[float, within("federation.strategy.qffl_learning_rate")] = Field(
         default=10.0, gt=0,
         description="q-FedAvg's 1/L (Lipschitz estimate). The paper's L = 1/lr fits one local SGD step; a "
                     "round of local training moves much further, and at 1/L = lr the global model barely "
@@ -144,9 +148,9 @@ class TrainingConfig(_Strict):
 
     local_epochs: int = Field(default=1, ge=1, le=1000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
-    learning_rate: float = Field(default=0.05, gt=0, le=10)
+    learning_rate: Annotated[float, within("training.learning_rate")] = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: Annotated[float, within("training.weight_decay")] = Field(default=0.0, ge=0)
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
 
 
@@ -163,12 +167,14 @@ class SecureAggregationConfig(_Strict):
     dropout_rate: float = Field(default=0.1, ge=0, lt=0.5,
                                 description="expected fraction of hospitals lost mid-round; sizes shares/threshold")
     max_consecutive_failures: int = Field(default=3, ge=1, description="failed rounds in a row before the run stops")
-    timeout: float = Field(default=600.0, gt=0, description="seconds the server waits for each protocol stage")
+    timeout: Annotated[float, within("federation.secure_aggregation.timeout")] = Field(
+        default=600.0, gt=0, description="seconds the server waits for each protocol stage")
     num_shares: int | None = Field(default=None, ge=3, description="override: neighbours per hospital (odd)")
     reconstruction_threshold: int | None = Field(default=None, ge=2, description="override: shares to unmask")
     max_weight: int | None = Field(default=None, ge=1,
                                    description="override: largest FedAvg weight (training records) of any hospital")
-    update_bound: float | None = Field(default=None, gt=0,
+    update_bound: Annotated[float, within("federation.secure_aggregation.update_bound")] | None = Field(
+        default=None, gt=0,
                                        description="override: per-coordinate bound on a model update")
 
 
@@ -178,8 +184,9 @@ class FederationConfig(_Strict):
     secure_aggregation: SecureAggregationConfig = Field(default_factory=SecureAggregationConfig)
     participants: list[str] | None = Field(
         default=None, description="hospitals that train (by name); the others only evaluate. Default: all")
-    cpus_per_client: float = Field(default=1.0, gt=0, description="Ray CPUs per simulated hospital")
-    wait_for_hospitals: float = Field(
+    cpus_per_client: Annotated[float, within("federation.cpus_per_client")] = Field(
+        default=1.0, gt=0, description="Ray CPUs per simulated hospital")
+    wait_for_hospitals: Annotated[float, within("federation.wait_for_hospitals")] = Field(
         default=600.0, gt=0, description="seconds the server waits, before each round, for every hospital to be "
                                          "connected; then it goes on with those present, or stops the study")
     min_hospitals: int | None = Field(
@@ -197,16 +204,19 @@ class PrivacyConfig(_Strict):
     """
 
     mode: Literal["none", "record", "hospital"] = "none"
-    noise_multiplier: float | None = Field(default=None, gt=0)
-    target_epsilon: float | None = Field(default=None, gt=0)
-    delta: float | None = Field(default=None, gt=0, lt=1,
+    noise_multiplier: Annotated[float, within("privacy.noise_multiplier")] | None = Field(default=None, gt=0)
+    target_epsilon: Annotated[float, within("privacy.target_epsilon")] | None = Field(default=None, gt=0)
+    delta: Annotated[float, within("privacy.delta")] | None = Field(default=None, gt=0, lt=1,
                                 description="default: min(1e-5, 0.1 / largest training set)")
     allow_large_delta: bool = Field(
         default=False, description="simulation: accept a delta above 1 / (10 x the smallest hospital's training "
                                    "records); a deployed hospital's own policy still applies")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="per-sample L2 clipping norm")
-    max_epsilon: float = Field(default=10.0, gt=0, description="default per-hospital cap (epsilon at delta)")
-    clipping_norm: float = Field(default=1.0, gt=0, description="hospital mode: L2 clip of each model update")
+    max_grad_norm: Annotated[float, within("privacy.max_grad_norm")] = Field(
+        default=1.0, gt=0, description="per-sample L2 clipping norm")
+    max_epsilon: Annotated[float, within("privacy.max_epsilon")] = Field(
+        default=10.0, gt=0, description="default per-hospital cap (epsilon at delta)")
+    clipping_norm: Annotated[float, within("privacy.clipping_norm")] = Field(
+        default=1.0, gt=0, description="hospital mode: L2 clip of each model update")
     hospital_noise: Literal["central", "distributed"] = Field(
         default="central", description="hospital mode: noise added by the server after unmasking, or split "
                                        "across hospitals before masking (needs secure aggregation)")
@@ -481,7 +491,7 @@ def _coerce(text: str) -> Any:
     """CLI override values are TOML values (`3`, `0.1`, `true`, `"fedprox"`, `[32, 16]`); bare words are strings."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # nested too deeply: kept as text, refused as a value
         return text
 
 

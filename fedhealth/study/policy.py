@@ -13,14 +13,14 @@ the server name the rule, never the hospital's own figures (its limits, its reco
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedhealth.study.ranges import within
 from fedhealth.study.schema import NOT_FINITE
-from fedhealth.study.textfile import TextFileError, read_utf8
+from fedhealth.study.textfile import NotTomlError, TextFileError, read_toml
 
 if TYPE_CHECKING:
     from fedhealth.study.config import StudyConfig
@@ -29,11 +29,11 @@ if TYPE_CHECKING:
 class SitePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # an inf cap is no cap
 
-    max_epsilon: float | None = Field(default=None, gt=0,
+    max_epsilon: Annotated[float, within("policy.max_epsilon")] | None = Field(default=None, gt=0,
                                       description="hard cap on cumulative epsilon; also requires record-level DP")
-    max_hospital_epsilon: float | None = Field(
+    max_hospital_epsilon: Annotated[float, within("policy.max_hospital_epsilon")] | None = Field(
         default=None, gt=0, description="hard cap on this hospital's hospital-level epsilon over all its studies")
-    max_delta: float | None = Field(
+    max_delta: Annotated[float, within("policy.max_delta")] | None = Field(
         default=None, gt=0, lt=1,
         description="largest delta the hospital accepts; unset: 1 / (10 x its training records)")
     allowed_models: list[Literal["logreg", "mlp"]] | None = None
@@ -48,17 +48,22 @@ class SitePolicy(BaseModel):
         if not path.exists():  # a FIFO or a device is refused by read_utf8, naming what it is
             raise FileNotFoundError(f"{path}: site policy file not found")
         try:
-            return cls.model_validate(tomllib.loads(read_utf8(path)))
+            return cls.model_validate(read_toml(path))
+        except NotTomlError as err:
+            raise ValueError(f"{path}: invalid site policy: {err.why}") from None
         except TextFileError as err:
             raise ValueError(str(err)) from None
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: invalid site policy: {err}") from None
         except ValidationError as err:
             problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'policy'}: "
+                f"{'.'.join(map(str, e['loc'])) or 'policy'}{_shown(e.get('input'))}: "
                 f"{NOT_FINITE if e['type'] == 'finite_number' else e['msg'].removeprefix('Value error, ')}"
                 for e in err.errors())
             raise ValueError(f"{path}: invalid site policy: {problems}") from None
+
+
+def _shown(value: object) -> str:
+    """` = value` after a key in an error (a policy is the hospital's own settings, never a record)."""
+    return "" if isinstance(value, dict) else f" = {value!r}"
 
 
 DEFAULT_DELTA_FACTOR = 10  # unset max_delta: delta at most 1 / (10 x records)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedhealth.errors import StudyConfigError
-from fedhealth.study.textfile import TextFileError, read_utf8
+from fedhealth.study.textfile import NotTomlError, TextFileError, read_toml
 
 ColumnKind = Literal["continuous", "count", "binary", "categorical"]
 Value = int | float | str
@@ -258,13 +257,15 @@ def load_schema(path: Path) -> StudySchema:
     """Read and check a schema TOML file; SchemaError names the file and every problem."""
     path = Path(path)
     try:
-        data = tomllib.loads(read_utf8(path))
+        data = read_toml(path)
     except FileNotFoundError:
         raise SchemaError(f"{path}: schema file not found") from None
+    except NotTomlError as err:
+        raise SchemaError(f"{path}: not a readable TOML file ({err.why})") from None
     except TextFileError as err:
         raise SchemaError(str(err)) from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise SchemaError(f"{path}: not a readable TOML file ({err})") from None
+    except OSError as err:
+        raise SchemaError(f"{path}: not a readable TOML file ({err.strerror or type(err).__name__})") from None
     return schema_from_dict(data, str(path))
 
 

@@ -37,6 +37,7 @@ MAX_QUANTIZATION = 2**30  # Flower quantises into int32
 MIN_QUANTIZATION = 2**16
 FULL_GRAPH_UP_TO = 15  # up to this many hospitals per round, everyone is everyone's neighbour
 ROUND_FAILURE_TARGET = 1e-3  # chance a round cannot unmask at the configured dropout rate
+MAX_CLIPPING_RANGE = 1e6  # per-coordinate bound: at 2^30 steps, one step is about 2e-3
 DEFAULT_UPDATE_BOUND = 8.0  # per-coordinate bound on an update when DP does not bound it
 DISTRIBUTED_NOISE_TAIL = 8.0  # standard deviations of distributed DP noise kept inside the clipping range
 KEY = "federation.secure_aggregation"
@@ -202,6 +203,13 @@ def derive_secagg_params(cfg: StudyConfig, noise_std_per_hospital: float) -> Sec
         raise ValueError(f"{KEY}: the clipping range of the masked updates ({bound}) or the noise share per "
                          f"hospital ({noise_std}) is not a finite number; check privacy.clipping_norm, "
                          f"{KEY}.update_bound and the noise settings")
+    if bound > MAX_CLIPPING_RANGE:
+        # quantised into at most 2^30 steps over [-bound, bound], one step would be coarser than an update
+        raise ValueError(f"{KEY}: the clipping range of the masked updates ({bound:g}) is above "
+                         f"{MAX_CLIPPING_RANGE:g}: "
+                         f"quantised into 2^30 steps, one step ({2 * bound / MAX_QUANTIZATION:.3g}) would be "
+                         f"coarser than a model update; lower privacy.clipping_norm, privacy.noise_multiplier or "
+                         f"{KEY}.update_bound")
 
     return SecAggParams(
         hospitals_per_round=m, num_shares=k, reconstruction_threshold=t, max_weight=max_weight,

@@ -7,16 +7,16 @@ offset and the line, so the one byte can be found and the file saved again as UT
 from __future__ import annotations
 
 import os
-import stat
+import tomllib
 from pathlib import Path
+from typing import Any
 
+from fedhealth.durable import special_kind
 from fedhealth.errors import StudyConfigError
 
 # A study config, schema or site policy is a page of TOML; a file far larger is not one (a log, a data
 # export given by mistake, a link to /dev/zero) and is refused before it is read into memory.
 MAX_TEXT_BYTES = 16 * 1024 * 1024
-_NOT_A_FILE = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
 
 
 class TextFileError(StudyConfigError, ValueError):
@@ -35,9 +35,9 @@ def read_utf8(path: Path) -> str:
     writer), and so is a file over `MAX_TEXT_BYTES`; both errors name the file."""
     path = Path(path)
     info = os.stat(path)  # follows links: a link to /dev/zero is a character device; missing: FileNotFoundError
-    for is_kind, kind in _NOT_A_FILE:
-        if is_kind(info.st_mode):
-            raise TextFileError(f"{path}: is {kind}, not a text file; give the path of a TOML file")
+    kind = special_kind(info.st_mode)
+    if kind is not None:
+        raise TextFileError(f"{path}: is {kind}, not a text file; give the path of a TOML file")
     if info.st_size > MAX_TEXT_BYTES:
         raise TextFileError(f"{path}: {info.st_size} bytes, over the {MAX_TEXT_BYTES} bytes a study's TOML file "
                                "may have; is this the right file?")
@@ -48,3 +48,30 @@ def read_utf8(path: Path) -> str:
         line = raw.count(b"\n", 0, err.start) + 1
         raise NotUtf8Error(f"{path}: byte offset {err.start} (line {line}) is not UTF-8 text (is the file saved "
                            "as Latin-1 or Windows-1252?); save it as UTF-8") from None
+
+
+class NotTomlError(TextFileError):
+    """A study text file that is UTF-8 but not TOML (a syntax error, or arrays or tables nested so deeply
+    that the parser runs out of stack); the message names the file, `why` is the reason alone (for a caller
+    that words the file's role itself)."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path}: not valid TOML: {why}")
+        self.why = why
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The file parsed as TOML: TextFileError (special, too large, not UTF-8) or NotTomlError, each naming
+    the file; FileNotFoundError for a missing file, so each caller says "not found" in its own words.
+
+    Why one reader: Python's TOML parser recurses once per level of nesting, so `a = [[[ ... ]]]` thousands
+    deep raised a RecursionError (not a TOMLDecodeError) that each of the three readers let through as an
+    unexpected crash."""
+    path = Path(path)
+    text = read_utf8(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise NotTomlError(path, str(err)) from None
+    except RecursionError:
+        raise NotTomlError(path, "arrays or tables nested too deeply to be a study file") from None
