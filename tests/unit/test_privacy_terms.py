@@ -165,7 +165,7 @@ def test_a_round_the_ledger_declines_fixes_no_terms_and_a_round_going_back_is_st
     """Finding 3: the terms are checked before anything is written and written by the ledger's accepted
     charge only: a first round over the cap fixes nothing; a round older than one charged (the ledger's
     StaleRound, per study) is declined with every file unchanged."""
-    over_cap = load_config(SMOKE, [*RECORD_DP, "privacy.max_epsilon=0.001"])
+    over_cap = load_config(SMOKE, [*RECORD_DP, "privacy.max_epsilon=0.01"])
     client = _client(tmp_path)
     weights = initial_weights(over_cap)
     _declined(client, weights, over_cap, 1)
