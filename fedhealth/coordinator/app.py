@@ -62,11 +62,13 @@ def min_contributors(cfg: StudyConfig) -> int:
 
 
 def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
-              on_round: RoundCallback | None = None, stop: threading.Event | None = None) -> None:
+              on_round: RoundCallback | None = None) -> None:
     """Run (or continue) the study's rounds; the run directory must already hold its config.
 
-    `stop` (simulation): once set, the next exchange with the hospitals raises `RunInterrupted` and a round
-    not yet recorded stays unrecorded, so the run directory ends at its last completed round."""
+    A simulation's driver that may be asked to stop passes a `StoppableGrid`: once its stop is set, the next
+    exchange with the hospitals raises `RunInterrupted` and a round not yet recorded stays unrecorded, so the
+    run directory ends at its last completed round."""
+    stop: threading.Event | None = getattr(grid, "fedhealth_stop", None)
     node_names: NodeNames | None = None
     if hasattr(grid, "pull_interval"):
         # Simulation's in-memory Grid polls for replies every 0.1 s; SecAgg+ needs four exchanges per
@@ -75,8 +77,6 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     else:  # deployment's Grid sleeps 3 s between pulls for replies
         grid = PromptGrid(grid)
         node_names = registered_names(grid)
-    if stop is not None:
-        grid = StoppableGrid(grid, stop)
     last = rundir.last_completed_round(run_dir)
     if last:
         weights, opt_state = rundir.load_weights(rundir.checkpoint_path(run_dir, last))
@@ -167,7 +167,10 @@ def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None
     def main(grid: Grid, context: Context) -> None:
         if cfg is not None and run_dir is not None:
             try:
-                run_study(grid, context, cfg, run_dir, on_round, stop)
+                # the stop wraps Flower's own Grid, innermost, so every proxy a caller puts around the
+                # Grid it is given (the SecAgg+ screen, a benchmark's or a test's tap) sees each exchange
+                run_study(StoppableGrid(grid, stop) if stop is not None else grid, context, cfg, run_dir,
+                          on_round)
             except RunInterrupted:
                 if stop is None or not stop.is_set():
                     raise

@@ -23,6 +23,13 @@ class GridTap:
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
 
+    def __setattr__(self, name: str, value) -> None:
+        # a setting given to the proxy (the Grid's `pull_interval`) is the wrapped Grid's
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._grid, name, value)
+
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))

@@ -31,8 +31,20 @@ class StoppableGrid:
         self._stop = stop
         self._poll = poll_interval
 
+    @property
+    def fedhealth_stop(self) -> threading.Event:
+        """The driver's stop request; `run_study` finds it through any proxy put around this Grid."""
+        return self._stop
+
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        # a setting given to the proxy (the Grid's `pull_interval`) is the wrapped Grid's
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._grid, name, value)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         check_stop(self._stop)
