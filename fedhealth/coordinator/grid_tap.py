@@ -15,20 +15,28 @@ from flwr.serverapp.grid import Grid
 OnExchange = Callable[[list[Message], list[Message]], "list[Message] | None"]
 
 
-class GridTap:
-    def __init__(self, grid: Grid, on_exchange: OnExchange) -> None:
+class GridProxy:
+    """A Grid wrapped by one of fedhealth's proxies: everything but what the proxy changes is the wrapped
+    Grid's, reads and settings alike (the Grid's `pull_interval` set through any number of proxies reaches
+    Flower's Grid). The proxy's own attributes start with `_`."""
+
+    def __init__(self, grid: Grid) -> None:
         self._grid = grid
-        self._on_exchange = on_exchange
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
 
     def __setattr__(self, name: str, value) -> None:
-        # a setting given to the proxy (the Grid's `pull_interval`) is the wrapped Grid's
         if name.startswith("_"):
             object.__setattr__(self, name, value)
         else:
             setattr(self._grid, name, value)
+
+
+class GridTap(GridProxy):
+    def __init__(self, grid: Grid, on_exchange: OnExchange) -> None:
+        super().__init__(grid)
+        self._on_exchange = on_exchange
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)

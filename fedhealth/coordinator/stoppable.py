@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp.grid import Grid
 
+from fedhealth.coordinator.grid_tap import GridProxy
 from fedhealth.errors import RunInterrupted
 
 
@@ -25,9 +26,9 @@ def check_stop(stop: threading.Event | None) -> None:
         raise RunInterrupted("the driver asked the study to stop")
 
 
-class StoppableGrid:
+class StoppableGrid(GridProxy):
     def __init__(self, grid: Grid, stop: threading.Event, poll_interval: float = 0.01) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._stop = stop
         self._poll = poll_interval
 
@@ -35,16 +36,6 @@ class StoppableGrid:
     def fedhealth_stop(self) -> threading.Event:
         """The driver's stop request; `run_study` finds it through any proxy put around this Grid."""
         return self._stop
-
-    def __getattr__(self, name: str):
-        return getattr(self._grid, name)
-
-    def __setattr__(self, name: str, value) -> None:
-        # a setting given to the proxy (the Grid's `pull_interval`) is the wrapped Grid's
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._grid, name, value)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         check_stop(self._stop)
