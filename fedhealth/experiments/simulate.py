@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -76,7 +77,7 @@ FEDERATION_THREAD = "fedhealth-federation"
 
 @contextmanager
 def shared_ray() -> Iterator[None]:
-    """Run every federation inside on one Ray instance instead of starting and stopping Ray for each.
+    """Run every Ray federation inside on one Ray instance instead of starting and stopping Ray for each.
 
     Flower's Ray backend starts Ray when none is running and shuts it down after every federation:
     about 4.5 s to start and 1.5 s to stop on 2 cores (FLOWER-NOTES), paid again by each sibling of a
@@ -84,8 +85,30 @@ def shared_ray() -> Iterator[None]:
     this context the backend still terminates its actors after each federation (nothing of one run
     survives into the next) but leaves Ray up; it is shut down when the outermost context exits, and
     whatever Ray process outlives `ray.shutdown` (raylet's agents, a worker a stop had to kill) is killed.
+    In-process federations (`federation.backend = "in-process"`) never touch Ray: nothing is imported
+    or started for them, here or at the end.
     """
     global _shared_depth
+    _shared_depth += 1
+    try:
+        yield
+    finally:
+        _shared_depth -= 1
+        if _shared_depth == 0:
+            _unpatch_ray_backend()
+            if "ray" in sys.modules:
+                stop_ray()
+
+
+_ray_patch: tuple[Any, Any, Any] | None = None  # (RayBackend, its terminate, its build) while patched
+
+
+def _patch_ray_backend() -> None:
+    """Inside `shared_ray`, before a Ray federation: its backend ends its actors but not Ray, and registers
+    itself so that a stop finds the federation's actors."""
+    global _ray_patch
+    if _shared_depth == 0 or _ray_patch is not None:
+        return
     with _flower_deprecations_silenced():
         from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
@@ -95,20 +118,20 @@ def shared_ray() -> Iterator[None]:
         if self.pool:
             self.pool.terminate_all_actors()
 
-    def build_and_register(self: RayBackend, app_fn) -> None:  # a stop must find the federation's actors
+    def build_and_register(self: RayBackend, app_fn) -> None:
         original_build(self, app_fn)
         _backends.append(self)
 
-    _shared_depth += 1
-    if _shared_depth == 1:
-        RayBackend.terminate, RayBackend.build = terminate_actors_only, build_and_register
-    try:
-        yield
-    finally:
-        _shared_depth -= 1
-        if _shared_depth == 0:
-            RayBackend.terminate, RayBackend.build = original, original_build
-            stop_ray()
+    RayBackend.terminate, RayBackend.build = terminate_actors_only, build_and_register
+    _ray_patch = (RayBackend, original, original_build)
+
+
+def _unpatch_ray_backend() -> None:
+    global _ray_patch
+    if _ray_patch is not None:
+        backend, terminate, build = _ray_patch
+        backend.terminate, backend.build = terminate, build
+        _ray_patch = None
 
 
 def stop_ray() -> None:
@@ -174,26 +197,39 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
     from fedhealth.hospital.app import build_client_app
 
     _quiet_flower(verbose)
+    on_ray = cfg.federation.backend == "ray"
     backend_config = {
         "client_resources": {"num_cpus": cfg.federation.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose},
     }
+    if cfg.federation.ray_address:  # Flower's documented way onto a running cluster: Ray's own init argument
+        backend_config["init_args"]["address"] = cfg.federation.ray_address
 
     def federation(stop: threading.Event | None = None) -> None:
         with _flower_deprecations_silenced():
             from flwr.simulation import run_simulation
 
-            run_simulation(server_app=build_server_app(cfg, run_dir, on_round, stop=stop),
-                           client_app=build_client_app(cfg, mode="simulation"), num_supernodes=len(cfg.hospitals),
-                           backend_config=backend_config, verbose_logging=verbose)
+            from fedhealth.experiments import in_process
 
-    if threading.current_thread() is threading.main_thread():
+            with contextlib.nullcontext() if on_ray else in_process.selected():
+                run_simulation(server_app=build_server_app(cfg, run_dir, on_round, stop=stop),
+                               client_app=build_client_app(cfg, mode="simulation"),
+                               num_supernodes=len(cfg.hospitals), backend_config=backend_config,
+                               verbose_logging=verbose)
+
+    if on_ray:
+        _patch_ray_backend()
+    if threading.current_thread() is threading.main_thread() and on_ray:
         with shared_ray(), interrupts.federation_stop() as request:
+            _patch_ray_backend()
             _start_ray(backend_config)
             try:
                 _run_until_stopped(federation, request, run_dir)
             finally:
                 _backends.clear()
+    elif threading.current_thread() is threading.main_thread():
+        with interrupts.federation_stop() as request:
+            _run_until_stopped(federation, request, run_dir, on_ray=False)
     else:  # no signal reaches this thread: the caller's own handling stands
         federation()
     done = rundir.last_completed_round(run_dir)
@@ -203,7 +239,7 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
 
 
 def _run_until_stopped(federation: Callable[[threading.Event], None], request: interrupts.StopRequest,
-                       run_dir: Path) -> None:
+                       run_dir: Path, on_ray: bool = True) -> None:
     """Run `federation` in a thread while this (main) thread waits, ready for a stop signal."""
     failure: list[BaseException] = []
 
@@ -219,7 +255,10 @@ def _run_until_stopped(federation: Callable[[threading.Event], None], request: i
     while thread.is_alive() and not request.event.is_set():
         thread.join(0.1)
     if request.event.is_set():
-        _wind_down(thread, request)
+        if on_ray:
+            _wind_down(thread, request)
+        else:
+            _wait_for_task(thread, request)
         name = request.signal_name
         rundir.mark_status(run_dir, "interrupted", released=not thread.is_alive(), stopped_by=name)
         raise RunInterrupted(_stopped(run_dir, name), name)
@@ -249,6 +288,15 @@ def _wind_down(thread: threading.Thread, request: interrupts.StopRequest) -> Non
         thread.join(KILL_WAIT_SECONDS)
     if thread.is_alive():
         log.error("the federation did not stop after its Ray workers were killed; Ray is shut down under it")
+
+
+def _wait_for_task(thread: threading.Thread, request: interrupts.StopRequest) -> None:
+    """In-process hospitals are threads of this process, which nothing can kill safely: the server stops at
+    its next exchange, and the hospital's current task (one local training or evaluation) runs to its end,
+    so that a DP release charged is also stored. A second signal stops the wait; the run is then recorded
+    as not released (its thread still runs until the process exits)."""
+    while thread.is_alive() and not request.forced.is_set():
+        thread.join(0.1)
 
 
 def privacy_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:

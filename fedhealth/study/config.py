@@ -184,8 +184,15 @@ class FederationConfig(_Strict):
     secure_aggregation: SecureAggregationConfig = Field(default_factory=SecureAggregationConfig)
     participants: list[str] | None = Field(
         default=None, description="hospitals that train (by name); the others only evaluate. Default: all")
+    backend: Literal["in-process", "ray"] = Field(
+        default="in-process", description="simulation only: Flower's simulation engine runs the hospitals' "
+        "ClientApps in this process, one at a time (\"in-process\", no start-up cost), or on Ray actors "
+        "(\"ray\": several cores, a cluster with ray_address); a deployed hospital ignores it")
+    ray_address: str | None = Field(
+        default=None, description="simulation with backend \"ray\": the address of a running Ray cluster to "
+        "join (\"auto\", or host:port of its head); default: start Ray on this machine")
     cpus_per_client: Annotated[float, within("federation.cpus_per_client")] = Field(
-        default=1.0, gt=0, description="Ray CPUs per simulated hospital")
+        default=1.0, gt=0, description="Ray CPUs per simulated hospital (backend \"ray\")")
     wait_for_hospitals: Annotated[float, within("federation.wait_for_hospitals")] = Field(
         default=600.0, gt=0, description="seconds the server waits, before each round, for every hospital to be "
                                          "connected; then it goes on with those present, or stops the study")

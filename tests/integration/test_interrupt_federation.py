@@ -1,4 +1,5 @@
-"""Signals to `fedhealth simulate` run as a real process, during round 1 of the smoke study.
+"""Signals to `fedhealth simulate` run as a real process, during round 1 of the smoke study, on both of Flower's
+simulation backends that fedhealth uses: Ray's (`federation.backend = "ray"`) and the in-process one.
 
 SIGINT and SIGTERM: the process exits within 10 s with code 130, the run directory says `interrupted`, every
 process it had started (Ray's services, agents and the hospitals' workers) is gone, and nothing of its Ray
@@ -86,14 +87,37 @@ def _ray_session_processes(driver: int) -> dict[int, str]:
             if (argv := _argv(pid)) and any(marker.search(a) for a in argv)}
 
 
-def _start(out: Path) -> tuple[subprocess.Popen, Path]:
+ON_RAY = ("federation.backend=ray",)
+# In-process, a round of the smoke study is over in well under a second: longer local training leaves round 1
+# running long enough to be caught in it (each hospital's task still ends within STOP_WITHIN).
+IN_PROCESS = ("federation.backend=in-process", "training.local_epochs=40")
+
+
+def _start(out: Path, overrides: tuple[str, ...] = ON_RAY) -> tuple[subprocess.Popen, Path]:
     """`fedhealth simulate` on the smoke study as a user runs it, in a session of its own (a signal meant for
     it never reaches pytest); output to a file, so a full pipe never stalls it."""
     log = out.parent / f"{out.name}.log"
+    sets = [a for o in overrides for a in ("--set", o)]
     with log.open("w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "fedhealth.cli", "simulate", "--config", str(SMOKE), "--out",
-                                 str(out)], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                                 str(out), *sets], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     return proc, log
+
+
+def _during_round_one_in_process(proc: subprocess.Popen, out: Path, log: Path) -> dict[int, int]:
+    """Wait until the first hospital of round 1 has sent its update (its audit trail has a line) while the round
+    is not recorded; return every process the driver has started by then (none is expected)."""
+    deadline = time.monotonic() + STARTUP
+    audit = out / rundir.AUDIT_DIR
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        if audit.is_dir() and any(f.stat().st_size for f in audit.glob("*.jsonl")):
+            assert rundir.last_completed_round(out) == 0, "round 1 ended before the test could stop it"
+            return _descendants(proc.pid)
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no hospital finished a task of round 1 within {STARTUP:.0f} s:\n{log.read_text()}")
 
 
 def _during_round_one(proc: subprocess.Popen, out: Path, log: Path) -> dict[int, int]:
@@ -142,12 +166,29 @@ def _assert_interrupted(out: Path, name: str, log: Path) -> None:
     assert rundir.read_jsonl(out / rundir.ROUNDS_FILE) == []  # a round cut short is not recorded at all
 
 
+def _final_model(tmp_path_factory, overrides: tuple[str, ...]) -> list[np.ndarray]:
+    run = federate(smoke(*overrides), tmp_path_factory.mktemp("uninterrupted") / "run")
+    weights, _ = rundir.load_weights(rundir.checkpoint_path(run, 2))
+    return weights
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> list[np.ndarray]:
     """The smoke study's final global model, run without interruption (in this process)."""
-    run = federate(smoke(), tmp_path_factory.mktemp("uninterrupted") / "run")
-    weights, _ = rundir.load_weights(rundir.checkpoint_path(run, 2))
-    return weights
+    return _final_model(tmp_path_factory, ON_RAY)
+
+
+def _resume_ends_with(out: Path, want: list[np.ndarray]) -> None:
+    resumed = run_cli("simulate", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    state = rundir.read_state(out)
+    assert state["status"] == "completed" and state["resumes"][0]["previous"].startswith("interrupted by SIGINT")
+    final, _ = rundir.load_weights(rundir.checkpoint_path(out, 2))
+    model, _ = rundir.load_weights(out / rundir.MODEL_FILE)
+    assert len(final) == len(want)
+    for got, expected, saved in zip(final, want, model, strict=True):
+        assert np.array_equal(got, expected) and np.array_equal(saved, expected)
+    assert [r["round"] for r in rundir.read_jsonl(out / rundir.ROUNDS_FILE)] == [1, 2]
 
 
 def test_sigint_in_round_one_stops_cleanly_and_resume_ends_with_the_uninterrupted_model(tmp_path, uninterrupted):
@@ -164,16 +205,24 @@ def test_sigint_in_round_one_stops_cleanly_and_resume_ends_with_the_uninterrupte
     status = run_cli("status", str(out))
     assert status.returncode == 1 and "interrupted by SIGINT during round 1" in status.stdout, status.stdout
 
-    resumed = run_cli("simulate", "--resume", str(out))
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    state = rundir.read_state(out)
-    assert state["status"] == "completed" and state["resumes"][0]["previous"].startswith("interrupted by SIGINT")
-    final, _ = rundir.load_weights(rundir.checkpoint_path(out, 2))
-    model, _ = rundir.load_weights(out / rundir.MODEL_FILE)
-    assert len(final) == len(uninterrupted)
-    for got, want, saved in zip(final, uninterrupted, model, strict=True):
-        assert np.array_equal(got, want) and np.array_equal(saved, want)
-    assert [r["round"] for r in rundir.read_jsonl(out / rundir.ROUNDS_FILE)] == [1, 2]
+    _resume_ends_with(out, uninterrupted)
+
+
+def test_sigint_in_process_stops_after_the_current_task_and_resume_ends_with_the_uninterrupted_model(
+        tmp_path, tmp_path_factory):
+    """In-process hospitals are threads: nothing is killed; the server stops at its next exchange and the task
+    running ends on its own. No process was started, none is left, and the resumed run is the uninterrupted one."""
+    want = _final_model(tmp_path_factory, IN_PROCESS)
+    out = tmp_path / "run"
+    proc, log = _start(out, IN_PROCESS)
+    before = _during_round_one_in_process(proc, out, log)
+    assert not _ray_session_processes(proc.pid), "an in-process federation started Ray"
+    code, seconds = _stop(proc, signal.SIGINT, log)
+    assert code == 130, log.read_text()
+    assert seconds < STOP_WITHIN, f"exit {seconds:.1f} s after SIGINT:\n{log.read_text()}"
+    _nothing_left(proc, before, within=0.5)
+    _assert_interrupted(out, "SIGINT", log)
+    _resume_ends_with(out, want)
 
 
 def test_sigterm_in_round_one_stops_cleanly(tmp_path):
