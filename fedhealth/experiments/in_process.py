@@ -65,7 +65,6 @@ class InProcessBackend(Backend):
     def __init__(self, backend_config: BackendConfig) -> None:
         super().__init__(backend_config)
         self.app_fn: Callable[[], ClientApp] | None = None
-        self.messages = 0  # processed, for tests and benchmarks
 
     def build(self, app_fn: Callable[[], ClientApp]) -> None:
         """Keep the engine's ClientApp loader; there is nothing to start."""
@@ -92,7 +91,6 @@ class InProcessBackend(Backend):
             raise
         except Exception as ex:
             raise ClientAppException(str(ex)) from ex
-        self.messages += 1
         return over_the_wire(reply), context
 
     def terminate(self) -> None:
@@ -119,20 +117,12 @@ def _install() -> None:
 
 
 @contextmanager
-def selected(backend_config: BackendConfig | None = None,
-             on_build: Callable[[InProcessBackend], None] | None = None) -> Iterator[None]:
+def selected(backend_config: BackendConfig | None = None) -> Iterator[None]:
     """Federations that Flower's simulation engine starts on this thread, inside the block, use
-    `InProcessBackend` instead of Ray. `on_build` receives each backend the engine builds."""
+    `InProcessBackend` instead of Ray."""
     _install()
-
-    def factory() -> Backend:
-        backend = InProcessBackend(backend_config or {})
-        if on_build is not None:
-            on_build(backend)
-        return backend
-
     previous = getattr(_chosen, "factory", None)
-    _chosen.factory = factory
+    _chosen.factory = lambda: InProcessBackend(backend_config or {})
     try:
         yield
     finally:
