@@ -7,7 +7,7 @@
 Epoch time: one local epoch on a realistic hospital (the default study's 6,000-record secondary hospital,
 4,500 training records), batch 64, one torch thread (as each simulated hospital has), for the default MLP
 and for logistic regression, measured side by side and interleaved in this process, each call timed from
-the outside (setup included):
+the outside (setup included), in wall seconds and in the training thread's CPU seconds:
 - plain: plain SGD (fedhealth.model.training.train);
 - dp_new: our DP-SGD (fedhealth.privacy.dp.train_private: the linear path, one backward pass per step,
   each record's gradient norm from its layer inputs and output gradients, the clipped sum in one product);
@@ -17,7 +17,8 @@ the outside (setup included):
   its Poisson DataLoader);
 and, for the MLP, the whole private release a hospital makes (fedhealth.privacy.round.train_with_budget:
 the DP-SGD epoch plus the hospital's secret, the release key, the locked and fsync'ed ledger charge with its
-RDP accounting, and the stored update). Medians of `--repeats` runs each (a first, uncounted pass warms up).
+RDP accounting, and the stored update). Medians of `--repeats` runs each (a first, uncounted pass warms up;
+the order of the paths alternates from pass to pass).
 Every DP path: per-record clipping of all parameters jointly to 1.0, Poisson sampling at the schedule's
 rate for exactly its steps, Gaussian noise of std sigma x 1.0 on the clipped sum divided by the expected
 batch size, noise and sampling from seeded generators: the same guarantee.
@@ -71,10 +72,12 @@ def opacus_hooks_epoch(model, x: np.ndarray, y: np.ndarray, batch_size: int, lr:
         optimizer.step()
 
 
-def _timed(fn, *args, **kwargs) -> float:
-    start = time.perf_counter()
+def _timed(fn, *args, **kwargs) -> tuple[float, float]:
+    """Wall seconds and this thread's CPU seconds (with one torch thread, forward and backward run on the
+    calling thread): on a shared machine the CPU seconds are what other processes disturb least."""
+    wall, cpu = time.perf_counter(), time.thread_time()
     fn(*args, **kwargs)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.thread_time() - cpu
 
 
 def epoch_times(repeats: int) -> dict:
@@ -92,7 +95,7 @@ def epoch_times(repeats: int) -> dict:
     def fresh(name: str):
         return build_model(name, x.shape[1], models[name][0], seed=0)
 
-    def dp(fn, name: str, i: int) -> float:
+    def dp(fn, name: str, i: int) -> tuple[float, float]:
         return _timed(fn, fresh(name), x, y, epochs=1, schedule=schedule, learning_rate=lr, momentum=0.9,
                       noise_multiplier=sigma, max_grad_norm=1.0, noise_seed=i, sampling_seed=i)
 
@@ -113,17 +116,22 @@ def epoch_times(repeats: int) -> dict:
         epsilon_of([(sigma, schedule.sample_rate, schedule.steps_per_epoch * (i + 2))], cfg.privacy_delta())
         return time.perf_counter() - start
 
-    runs = {name: {p: [] for p in paths} for name in models}
+    runs: dict[str, dict[str, list[tuple[float, float]]]] = {name: {p: [] for p in paths} for name in models}
     extra: dict[str, list[float]] = {"release": [], "accounting": []}
     for i in range(repeats + 1):  # the first pass warms up imports and allocators, not counted
         for name in models:
-            t = {"plain": _timed(train, fresh(name), x, y, epochs=1, batch_size=b, learning_rate=lr, seed=i),
-                 "dp_new": dp(train_private, name, i), "dp_old": dp(train_private_opacus, name, i),
-                 "opacus_hooks": _timed(opacus_hooks_epoch, fresh(name), x, y, b, lr, sigma, i)}
+            run = {"plain": lambda n=name, i=i: _timed(train, fresh(n), x, y, epochs=1, batch_size=b,
+                                                       learning_rate=lr, seed=i),
+                   "dp_new": lambda n=name, i=i: dp(train_private, n, i),
+                   "dp_old": lambda n=name, i=i: dp(train_private_opacus, n, i),
+                   "opacus_hooks": lambda n=name, i=i: _timed(opacus_hooks_epoch, fresh(n), x, y, b, lr, sigma, i)}
+            order = paths if i % 2 else paths[::-1]  # alternate the order, so no path always runs first
+            t = {p: run[p]() for p in order}
             if i:
                 for p in paths:
                     runs[name][p].append(t[p])
-            print(f"pass {i} {name}: " + " ".join(f"{p} {t[p]:.4f}" for p in paths), file=sys.stderr)
+            print(f"pass {i} {name}: " + " ".join(f"{p} {t[p][0]:.4f}s/{t[p][1]:.4f}cpu" for p in paths),
+                  file=sys.stderr)
         t_release, t_accounting = release(i), accounting(i)
         if i:
             extra["release"].append(t_release)
@@ -133,15 +141,21 @@ def epoch_times(repeats: int) -> dict:
                  "mlp_hidden": list(cfg.model.hidden),
                  "torch_threads": torch.get_num_threads(), "load_average_before_after": None}
     for name in models:
-        med = {p: statistics.median(runs[name][p]) for p in paths}
+        med = {p: statistics.median(w for w, _ in runs[name][p]) for p in paths}
+        cpu = {p: statistics.median(c for _, c in runs[name][p]) for p in paths}
         out[name] = {
             "plain_epoch_s": round(med["plain"], 4), "dp_new_epoch_s": round(med["dp_new"], 4),
             "dp_old_epoch_s": round(med["dp_old"], 4), "opacus_hooks_epoch_s": round(med["opacus_hooks"], 4),
             "ratio_new_over_plain": round(med["dp_new"] / med["plain"], 2),
             "ratio_old_over_plain": round(med["dp_old"] / med["plain"], 2),
             "ratio_opacus_hooks_over_plain": round(med["opacus_hooks"] / med["plain"], 2),
-            "speedup_new_over_old": round(med["dp_old"] / med["dp_new"], 2)}
-    dp_mlp = statistics.median(runs["mlp"]["dp_new"])
+            "speedup_new_over_old": round(med["dp_old"] / med["dp_new"], 2),
+            # the same, in CPU seconds of the training thread
+            "cpu_s": {p: round(cpu[p], 4) for p in paths},
+            "cpu_ratio_new_over_plain": round(cpu["dp_new"] / cpu["plain"], 2),
+            "cpu_ratio_old_over_plain": round(cpu["dp_old"] / cpu["plain"], 2),
+            "cpu_ratio_opacus_hooks_over_plain": round(cpu["opacus_hooks"] / cpu["plain"], 2)}
+    dp_mlp = statistics.median(w for w, _ in runs["mlp"]["dp_new"])
     rel, acc = statistics.median(extra["release"]), statistics.median(extra["accounting"])
     # what the hospital's secret, release key, locked + fsync'ed charge and stored update add to an MLP epoch
     out["release"] = {"release_epoch_s": round(rel, 4), "ratio_release_over_dp_new": round(rel / dp_mlp, 3),

@@ -174,18 +174,22 @@ def _linear_layers(model: nn.Module, xt: torch.Tensor) -> list[nn.Linear] | None
     if (not params or not len(xt) or any(not p.requires_grad for p in owned)
             or len({id(p) for p in owned}) != len(owned) or {id(p) for p in params} != {id(p) for p in owned}):
         return None
-    calls: list[tuple[nn.Module, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, _out: calls.append((mod, inp[0]))) for m in linears]
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int, int]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0], out, inp[0]._version,
+                                                                         out._version))) for m in linears]
     try:
         with torch.no_grad():
-            out = model(xt[:1].expand(2, -1))
+            logits = model(xt[:1].expand(2, -1))
     finally:
         for h in hooks:
             h.remove()
-    if (tuple(out.shape) != (2,) or sorted(id(m) for m, _ in calls) != sorted(id(m) for m in linears)
-            or any(a.dim() != 2 or len(a) != 2 for _, a in calls)):
+    if (tuple(logits.shape) != (2,) or sorted(id(c[0]) for c in calls) != sorted(id(m) for m in linears)
+            or any(a.dim() != 2 or len(a) != 2 or out.dim() != 2 for _, a, out, _, _ in calls)
+            # changed in place after the layer (an in-place ReLU): the output gradient autograd gives is
+            # then the gradient after that change, not the layer's
+            or any(a._version != va or out._version != vo for _, a, out, va, vo in calls)):
         return None
-    return [m for m, _ in calls]
+    return [c[0] for c in calls]
 
 
 @torch.no_grad()

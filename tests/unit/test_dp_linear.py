@@ -217,8 +217,10 @@ class _Frozen(nn.Module):
         return self.head(self.body(x)).squeeze(-1)
 
 
-@pytest.mark.parametrize("make", [lambda: nn.Sequential(_Scaled(3, 1), nn.Flatten(0)), _Twice, _Normed, _Frozen],
-                         ids=["linear-subclass", "layer-called-twice", "layernorm", "frozen-bias"])
+@pytest.mark.parametrize("make", [lambda: nn.Sequential(_Scaled(3, 1), nn.Flatten(0)), _Twice, _Normed, _Frozen,
+                                  lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 1),
+                                                        nn.Flatten(0))],
+                         ids=["linear-subclass", "layer-called-twice", "layernorm", "frozen-bias", "in-place-relu"])
 def test_any_other_model_trains_on_opacus_per_sample_gradients(make):
     x, y = _data(100, 3, 5)
     assert _linear_layers(make(), torch.as_tensor(x)) is None
