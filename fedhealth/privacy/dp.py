@@ -207,9 +207,12 @@ def clipped_sum(layers: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]], max_
     pass. A record whose gradient holds a NaN or an infinity (or whose norm overflows) is zeroed, as
     `_zero_non_finite_samples` does on the Opacus path: see there for why."""
     sq = None
-    for layer, a, g in layers:
-        term = torch.linalg.vecdot(g, g) * (torch.linalg.vecdot(a, a) + (1.0 if layer.bias is not None else 0.0))
-        sq = term if sq is None else sq + term
+    for layer, a, g in layers:  # in place: each step is a few dozen small operations, each allocation counts
+        term = torch.linalg.vecdot(a, a)
+        if layer.bias is not None:
+            term.add_(1.0)
+        term.mul_(torch.linalg.vecdot(g, g))
+        sq = term if sq is None else sq.add_(term)
     assert sq is not None
     # Every entry is >= 0 or NaN, so the sum is finite exactly when every entry is (or it overflows, a
     # false alarm the careful branch below handles right): one reduction, not a check per record.
@@ -218,8 +221,10 @@ def clipped_sum(layers: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]], max_
         sq = torch.where(keep, sq, 0.0)
         layers = [(layer, torch.where(keep[:, None], a, 0.0), torch.where(keep[:, None], g, 0.0))
                   for layer, a, g in layers]
-    norms = sq.sqrt()
-    coef = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1)
+    norms = sq.sqrt_()
+    # C / (norm + 1e-6) as PyTorch computes a float over a tensor (the reciprocal, times C), without the
+    # Python-level operator that costs more than the arithmetic here
+    coef = norms.add(1e-6).reciprocal_().mul_(max_grad_norm).clamp_(max=1.0).unsqueeze_(1)
     for layer, a, g in layers:
         scaled = g * coef
         torch.mm(scaled.t(), a, out=out[layer.weight])
