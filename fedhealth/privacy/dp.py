@@ -1,4 +1,8 @@
-"""DP-SGD with Opacus: per-sample clipping, Poisson sampling, Gaussian noise.
+"""DP-SGD: per-record clipping, Poisson sampling, Gaussian noise (docs/privacy.md, How DP-SGD runs).
+
+Models made of `nn.Linear` layers (both of fedhealth's) train in one backward pass per step with the
+per-record norms taken from each layer's input and output gradient; any other model on Opacus's
+per-sample gradients and DPOptimizer. Opacus's RDP accountant calibrates the noise.
 
 The ledger, not Opacus's own accountant, is the record of what was spent (see ledger.py); this
 module only trains, with exactly the (noise multiplier, sample rate, steps) the ledger charged, and with
