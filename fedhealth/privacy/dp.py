@@ -1,4 +1,8 @@
-"""DP-SGD with Opacus: per-sample clipping, Poisson sampling, Gaussian noise.
+"""DP-SGD: per-record clipping, Poisson sampling, Gaussian noise (docs/privacy.md, How DP-SGD runs).
+
+Models made of `nn.Linear` layers (both of fedhealth's) train in one backward pass per step with the
+per-record norms taken from each layer's input and output gradient; any other model on Opacus's
+per-sample gradients and DPOptimizer. Opacus's RDP accountant calibrates the noise.
 
 The ledger, not Opacus's own accountant, is the record of what was spent (see ledger.py); this
 module only trains, with exactly the (noise multiplier, sample rate, steps) the ledger charged, and with
@@ -113,17 +117,208 @@ def _zero_non_finite_samples(params: list[nn.Parameter]) -> None:
 def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, schedule: DPSchedule,
                   learning_rate: float, momentum: float, noise_multiplier: float, max_grad_norm: float,
                   noise_seed: int, sampling_seed: int) -> tuple[TrainResult, int]:
-    """Train `model` in place with DP-SGD (Opacus); returns the result and the number of DP steps taken.
+    """Train `model` in place with DP-SGD; returns the result and the number of DP steps taken.
 
     Privacy meaning: each of the `epochs * schedule.steps_per_epoch` steps is the sampled Gaussian
     mechanism at rate `schedule.sample_rate` and noise multiplier `noise_multiplier` on per-record
-    gradients clipped to `max_grad_norm`, which is exactly what the ledger charges. A step whose Poisson
-    batch is empty adds the noise alone (Opacus's empty-batch path), as the accountant assumes.
+    gradients clipped to `max_grad_norm` (jointly over every parameter), which is exactly what the ledger
+    charges. A step whose Poisson batch is empty adds the noise alone (Opacus's empty-batch path), as the
+    accountant assumes.
 
     `noise_seed` and `sampling_seed` must come from the hospital's secret (`HospitalSecret.seed`): the
-    noise is only noise to whoever cannot regenerate it. Opacus's building blocks are used directly
-    (its per-sample gradients, DPOptimizer and Poisson sampler) so that the schedule is the public one
-    of `dp_schedule`, not one derived from how many records the hospital holds.
+    noise is only noise to whoever cannot regenerate it.
+
+    A model whose every trainable parameter sits in an `nn.Linear` on (records, features) inputs (both
+    fedhealth models) trains on the one-backward linear path (`_train_linear`), which computes the same
+    clipped sum as Opacus without per-sample gradients; any other model on Opacus's per-sample gradients
+    (`train_private_opacus`). Both draw the same batches and the same noise from the same seeds.
+    """
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.float32)
+    linears = _linear_layers(model, xt)
+    if linears is None:
+        return train_private_opacus(model, x, y, epochs=epochs, schedule=schedule, learning_rate=learning_rate,
+                                    momentum=momentum, noise_multiplier=noise_multiplier,
+                                    max_grad_norm=max_grad_norm, noise_seed=noise_seed, sampling_seed=sampling_seed)
+    return _train_linear(model, linears, xt, yt, epochs=epochs, schedule=schedule, learning_rate=learning_rate,
+                         momentum=momentum, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                         noise_seed=noise_seed, sampling_seed=sampling_seed)
+
+
+def poisson_batches(n_records: int, schedule: DPSchedule, generator: torch.Generator,
+                    block_elements: int = 1 << 22) -> Iterator[torch.Tensor]:
+    """One epoch of Poisson batches: each record in each step's batch with probability `sample_rate`,
+    for exactly `schedule.steps_per_epoch` steps (empty batches included).
+
+    The same draws, in the same order, as Opacus's `UniformWithReplacementSampler` with this generator (one
+    uniform per record per step, kept below the rate), but drawn for many steps in one call and split,
+    instead of one call and a Python list per step; at most `block_elements` uniforms are held at once."""
+    rows = max(1, block_elements // max(n_records, 1))
+    left = schedule.steps_per_epoch
+    while left > 0:
+        k = min(rows, left)
+        mask = torch.rand((k, n_records), generator=generator) < schedule.sample_rate
+        yield from torch.split(mask.nonzero()[:, 1], mask.sum(dim=1).tolist())
+        left -= k
+
+
+def _linear_layers(model: nn.Module, xt: torch.Tensor) -> list[nn.Linear] | None:
+    """The model's `nn.Linear` layers in call order, when the linear path computes its per-record
+    gradients exactly; None (use Opacus's per-sample gradients) otherwise.
+
+    Exact when: every trainable parameter is the weight or bias of an `nn.Linear` (the class itself, not a
+    subclass that may compute something else), each such layer trains all its parameters, no parameter is
+    shared, and a forward pass on two records (the first, twice) calls each layer once, on a (records,
+    features) input, and returns one logit per record. Anything else between the layers (ReLU, squeeze)
+    holds no parameter and acts on each record alone, so the backward pass carries each record's gradient
+    separately."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    owned = [p for m in linears for p in m.parameters(recurse=False)]
+    if (not params or not len(xt) or any(not p.requires_grad for p in owned)
+            or len({id(p) for p in owned}) != len(owned) or {id(p) for p in params} != {id(p) for p in owned}):
+        return None
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int, int]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0], out, inp[0]._version,
+                                                                         out._version))) for m in linears]
+    try:
+        with torch.no_grad():
+            logits = model(xt[:1].expand(2, -1))
+    finally:
+        for h in hooks:
+            h.remove()
+    if (tuple(logits.shape) != (2,) or sorted(id(c[0]) for c in calls) != sorted(id(m) for m in linears)
+            or any(a.dim() != 2 or len(a) != 2 or out.dim() != 2 for _, a, out, _, _ in calls)
+            # changed in place after the layer (an in-place ReLU): the output gradient autograd gives is
+            # then the gradient after that change, not the layer's
+            or any(a._version != va or out._version != vo for _, a, out, va, vo in calls)):
+        return None
+    return [c[0] for c in calls]
+
+
+@torch.no_grad()
+def clipped_sum(layers: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]], max_grad_norm: float,
+                out: dict[nn.Parameter, torch.Tensor]) -> torch.Tensor:
+    """Sum over records of each record's gradient clipped to `max_grad_norm` (L2, over every parameter
+    jointly), written into `out[p]` for each parameter; returns each record's gradient norm (before
+    clipping; 0 for a zeroed record).
+
+    `layers` holds, for each `nn.Linear`, its input `a` (records x in) and the gradient `g` of the summed
+    loss with respect to its output (records x out). A record's gradient of that layer is then the outer
+    product g_i a_i^T (weight) and g_i (bias), so its squared norm is |g_i|^2 (|a_i|^2 + 1) and the clipped
+    sum is (c * g)^T a with c_i = min(1, C / (norm_i + 1e-6)), Opacus's clipping factor: the "ghost norm"
+    of Opacus's fast gradient clipping, with the clipped sum taken directly instead of by a second backward
+    pass. A record whose gradient holds a NaN or an infinity (or whose norm overflows) is zeroed, as
+    `_zero_non_finite_samples` does on the Opacus path: see there for why."""
+    sq = None
+    for layer, a, g in layers:  # in place: each step is a few dozen small operations, each allocation counts
+        term = torch.linalg.vecdot(a, a)
+        if layer.bias is not None:
+            term.add_(1.0)
+        term.mul_(torch.linalg.vecdot(g, g))
+        sq = term if sq is None else sq.add_(term)
+    assert sq is not None
+    # Every entry is >= 0 or NaN, so the sum is finite exactly when every entry is (or it overflows, a
+    # false alarm the careful branch below handles right): one reduction, not a check per record.
+    if not math.isfinite(sq.sum().item()):
+        keep = torch.isfinite(sq)
+        sq = torch.where(keep, sq, 0.0)
+        layers = [(layer, torch.where(keep[:, None], a, 0.0), torch.where(keep[:, None], g, 0.0))
+                  for layer, a, g in layers]
+    norms = sq.sqrt_()
+    # C / (norm + 1e-6) as PyTorch computes a float over a tensor (the reciprocal, times C), without the
+    # Python-level operator that costs more than the arithmetic here
+    coef = norms.add(1e-6).reciprocal_().mul_(max_grad_norm).clamp_(max=1.0).unsqueeze_(1)
+    for layer, a, g in layers:
+        scaled = g * coef
+        torch.mm(scaled.t(), a, out=out[layer.weight])
+        if layer.bias is not None:
+            torch.sum(scaled, dim=0, out=out[layer.bias])
+    return norms
+
+
+def _train_linear(model: nn.Module, linears: list[nn.Linear], xt: torch.Tensor, yt: torch.Tensor, *, epochs: int,
+                  schedule: DPSchedule, learning_rate: float, momentum: float, noise_multiplier: float,
+                  max_grad_norm: float, noise_seed: int, sampling_seed: int) -> tuple[TrainResult, int]:
+    """DP-SGD for a model of `nn.Linear` layers (see `_linear_layers`) in one backward pass per step.
+
+    Each step: the Poisson batch's summed loss, its gradient with respect to each layer's output
+    (autograd, one pass, no parameter gradient), each record's clipped gradient summed (`clipped_sum`),
+    Gaussian noise of std `noise_multiplier * max_grad_norm` added, the sum divided by the expected batch
+    size, and one SGD step: Opacus's DPOptimizer's arithmetic, in its order, with its noise drawn from the
+    same generator. Why not Opacus's own classes: per-sample gradients, its hooks and its optimizer's
+    per-parameter bookkeeping cost several plain epochs per epoch on a model this small, dominated by
+    per-operation overhead; so the parameters are trained as one flat vector (the model's parameters
+    viewing into it while it trains, its own tensors updated when it ends) and each step is a fixed handful
+    of tensor operations. The noise is one draw for the flat vector rather than one per parameter: the same
+    distribution from the same generator, in fewer calls."""
+    start = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    grad = torch.zeros_like(flat)
+    noise = torch.empty_like(flat)
+    param_views: list[torch.Tensor] = []
+    grad_views: dict[nn.Parameter, torch.Tensor] = {}
+    offset = 0
+    for p in params:
+        param_views.append(flat[offset:offset + p.numel()].view_as(p))
+        grad_views[p] = grad[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    originals = [p.data for p in params]
+    vector = nn.Parameter(flat)
+    vector.grad = grad
+    optimizer = torch.optim.SGD([vector], lr=learning_rate, momentum=momentum)
+    sampling = torch.Generator().manual_seed(sampling_seed % 2**64)
+    noise_gen = torch.Generator().manual_seed(noise_seed % 2**64)
+    std = noise_multiplier * max_grad_norm
+    divisor = schedule.expected_batch_size
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda _m, inp, out: seen.append((inp[0], out))) for m in linears]
+    steps, losses = 0, []
+    try:
+        for p, view in zip(params, param_views, strict=True):
+            p.data = view
+        model.train()
+        for _ in range(epochs):
+            losses = []
+            for idx in poisson_batches(len(xt), schedule, sampling):
+                if len(idx):
+                    seen.clear()
+                    logits = model(xt.index_select(0, idx))
+                    loss = nn.functional.binary_cross_entropy_with_logits(logits, yt.index_select(0, idx),
+                                                                          reduction="sum")
+                    losses.append(loss.item() / len(idx))
+                    outputs = torch.autograd.grad(loss, [out for _, out in seen])
+                    clipped_sum([(m, a, g) for m, (a, _), g in zip(linears, seen, outputs, strict=True)],
+                                max_grad_norm, grad_views)
+                else:  # an empty Poisson batch: no gradient, the step adds the noise alone
+                    grad.zero_()
+                torch.normal(0.0, std, size=noise.shape, generator=noise_gen, out=noise)
+                grad.add_(noise).div_(divisor)
+                optimizer.step()
+                steps += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for p, original in zip(params, originals, strict=True):
+                original.copy_(p.data)
+                p.data = original
+                p.grad = grad_views[p].clone()  # the last step's noised gradient, as Opacus's path leaves it
+    mean = float(np.mean(losses)) if losses else math.nan
+    return TrainResult(mean, steps, time.perf_counter() - start), steps
+
+
+@opacus_quiet()
+def train_private_opacus(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, schedule: DPSchedule,
+                  learning_rate: float, momentum: float, noise_multiplier: float, max_grad_norm: float,
+                  noise_seed: int, sampling_seed: int) -> tuple[TrainResult, int]:
+    """DP-SGD on Opacus's per-sample gradients (expanded weights), DPOptimizer and Poisson sampler: the
+    path for a model with a parametrised layer other than `nn.Linear`, and the reference the linear path
+    (`train_private`) is tested against. Same arguments, result and privacy meaning as `train_private`.
+
+    Opacus's building blocks are used directly rather than `PrivacyEngine`, so that the schedule is the
+    public one of `dp_schedule`, not one derived from how many records the hospital holds.
     """
     from opacus.grad_sample.utils import wrap_model
     from opacus.optimizers import DPOptimizer
