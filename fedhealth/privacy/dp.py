@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 
 from fedhealth.model.training import TrainResult
@@ -88,6 +87,8 @@ def sample_rate(n_records: int, batch_size: int) -> float:
 @opacus_quiet()
 def calibrate_noise(target_epsilon: float, delta: float, q: float, steps: int) -> float:
     """Noise multiplier that spends at most `target_epsilon` (at `delta`) over `steps` steps at rate q."""
+    from opacus.accountants.utils import get_noise_multiplier  # here: a study without DP never imports Opacus
+
     return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=q,
                                       steps=steps, accountant="rdp", epsilon_tolerance=0.005))
 
