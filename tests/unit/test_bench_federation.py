@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 
 from fedhealth.data.hospitals import load_hospital
 from fedhealth.data.study_file import load_config
+from fedhealth.metrics import classification
 from fedhealth.privacy.hospital_level import calibrated_secagg_params
 from tests.support import ROOT
 
@@ -32,6 +32,7 @@ def _bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_federation", BENCH_DIR / "bench_federation.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -113,13 +114,19 @@ import numpy as np
 import _flower_peer as peer
 x_train, y_train, x_test, y_test = peer._hospital(sys.argv[1])
 np.savez(sys.argv[2], x_train=x_train.numpy(), y_train=y_train.numpy(), x_test=x_test.numpy(), y_test=y_test.numpy())
-print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"fedhealth", "server", "clients"})))
+rng = np.random.default_rng(3)
+y = (rng.random(400) < 0.4).astype(np.float32)
+score = np.round(rng.random(400) + 0.3 * y, 2)  # rounded: ties, which count one half
+one_class = peer.auroc(np.ones(5, dtype=np.float32), np.arange(5.0))
+print(json.dumps({"auroc": peer.auroc(y, score), "one_class": repr(one_class),
+                  "imported": sorted({m.split(".")[0] for m in sys.modules} & {"fedhealth", "server", "clients"})}))
 """
 
 
 def test_the_peer_imports_without_fedhealth_and_reads_the_rows_fedhealth_reads(data_dir, tmp_path):
-    """In a fresh interpreter that can reach only benchmarks/, the peer imports (Flower, torch, Opacus) and
-    reads hospital 3's file; its train and test rows are exactly the ones fedhealth loads from that file."""
+    """In a fresh interpreter that can reach only benchmarks/, the peer imports (Flower, torch) and reads
+    hospital 3's file: its train and test rows are exactly the ones fedhealth loads from that file, and its
+    AUROC (the rank statistic, in numpy) is fedhealth's."""
     job = bench.JOBS[2]
     cfg = load_config(_study(tmp_path, job, data_dir))
     out = tmp_path / "peer.npz"
@@ -127,7 +134,13 @@ def test_the_peer_imports_without_fedhealth_and_reads_the_rows_fedhealth_reads(d
     proc = subprocess.run([sys.executable, "-c", PEER_PROBE, str(data_dir / "h03.csv"), str(out)], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert said["imported"] == []
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.4).astype(np.float32)
+    score = np.round(rng.random(400) + 0.3 * y, 2)
+    assert said["auroc"] == pytest.approx(classification.roc_auc(y, score), abs=1e-12)
+    assert said["one_class"] == "nan"  # one class: undefined
     split = load_hospital(cfg, 2)
     with np.load(out) as peer:
         assert peer["x_train"].shape == (ROWS - TEST_ROWS, bench.FEATURES)
@@ -135,20 +148,6 @@ def test_the_peer_imports_without_fedhealth_and_reads_the_rows_fedhealth_reads(d
         np.testing.assert_array_equal(peer["y_train"], split.y_train)
         np.testing.assert_array_equal(peer["x_test"], split.x_test)
         np.testing.assert_array_equal(peer["y_test"], split.y_test)
-
-
-def test_the_peers_auroc_is_the_rank_statistic():
-    spec = importlib.util.spec_from_file_location("_flower_peer_auroc", BENCH_DIR / "_flower_peer.py")
-    assert spec is not None and spec.loader is not None
-    peer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(peer)
-    from fedhealth.metrics import classification
-
-    rng = np.random.default_rng(3)
-    y = (rng.random(400) < 0.4).astype(np.float32)
-    score = np.round(rng.random(400) + 0.3 * y, 2)  # rounded: ties, which count one half
-    assert peer.auroc(y, score) == pytest.approx(classification.roc_auc(y, score), abs=1e-12)
-    assert math.isnan(peer.auroc(np.ones(5, dtype=np.float32), np.arange(5.0)))  # one class: undefined
 
 
 def test_an_unknown_job_is_refused_with_the_valid_names(capsys):
