@@ -12,6 +12,12 @@ it and Flower's verdict computed by Flower's own `_verify_fab`, in the SuperNode
 JSON line in the hospital's app-check log (`FEDHEALTH_APP_LOG`). It changes no decision Flower
 makes. It is tied to flwr 1.41's internals and refuses to start if they are not what it expects.
 
+Two more things it does for speed, both outside Flower's files: it pulls again every
+`FEDHEALTH_SUPERNODE_POLL_INTERVAL` seconds (default 0.5) while no message comes, where Flower's loop sleeps a
+fixed 3 s (`install`); and with `--isolation process` and `FEDHEALTH_CLIENTAPP=forkserver` (what
+clients/deploy.sh passes by default) it starts fedhealth's SuperExec beside the node, which forks each message's
+`flwr-clientapp` from a warm fork server (fedhealth/deployment/superexec.py, `start_superexec`).
+
 It also explains the one refusal a hospital cannot read: when the SuperLink will not activate the node,
 Flower exits with `[code: 2004] Failed to activate SuperNode.` for two different causes (the key is not
 registered, or the SuperLink still counts the node online after an unclean stop), and only the SuperLink's
