@@ -176,21 +176,13 @@ def install(runtime_api_address: str) -> None:
     rs.get_executor = get_executor
 
 
-def command(runtime_api_address: str, parent_pid: int) -> list[str]:
-    """This SuperExec for a SuperNode whose Runtime API is at `runtime_api_address` (plain HTTP on loopback, as
-    the SuperExec a SuperNode starts itself in subprocess isolation), stopping when `parent_pid` exits."""
-    return [sys.executable, "-m", "fedhealth.cli", "deploy", "superexec", PROGRAM, "--runtime-api-address",
-            runtime_api_address, "--insecure", "--parent-pid", str(parent_pid)]
-
-
-PROGRAM = "flower-superexec"  # the first argument: on the command line so kill_tree's marks find this process
-
-
 def main(args: Sequence[str]) -> None:
-    """Flower's `flower-superexec` with `args` (after PROGRAM), given the fork-server executor."""
+    """Flower's `flower-superexec` with `args` (after its program name, which `supernode.superexec_command` puts
+    first so that the command line names flower-superexec), given the fork-server executor."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.supercore.superexec import run_superexec as rs
 
+    from fedhealth.deployment.supernode import SUPEREXEC_PROGRAM as PROGRAM
     from fedhealth.deployment.supernode import LauncherError, _option, check_flower
 
     check_flower()

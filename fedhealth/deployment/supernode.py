@@ -227,10 +227,20 @@ def start_superexec(args: Sequence[str]) -> subprocess.Popen | None:
         raise LauncherError(f"{CLIENTAPP_ENV}={mode!r}: give forkserver or subprocess")
     if _option(args, "--isolation") != "process" or mode != "forkserver":
         return None
-    from fedhealth.deployment.superexec import command
-
     address = f"{_option(args, '--host') or '127.0.0.1'}:{_option(args, '--port') or '9094'}"
-    return subprocess.Popen(command(address, os.getpid()))
+    return subprocess.Popen(superexec_command(address, os.getpid()))
+
+
+SUPEREXEC_PROGRAM = "flower-superexec"  # superexec_command's first argument, on the command line for kill_tree
+
+
+def superexec_command(runtime_api_address: str, parent_pid: int) -> list[str]:
+    """fedhealth's SuperExec for a SuperNode whose Runtime API is at `runtime_api_address` (plain HTTP on
+    loopback, as the SuperExec a SuperNode starts itself in subprocess isolation), stopping when `parent_pid`
+    exits. Its command line names flower-superexec and the node's `--runtime-api-address`, which is how
+    `fedhealth.deployment.processes.kill_tree` and `pgrep -af 'flower-|flwr-'` find a node's processes."""
+    return [sys.executable, "-m", "fedhealth.cli", "deploy", "superexec", SUPEREXEC_PROGRAM, "--runtime-api-address",
+            runtime_api_address, "--insecure", "--parent-pid", str(parent_pid)]
 
 
 def launch(args: Sequence[str]) -> None:
