@@ -55,7 +55,7 @@ def _zygote(preload: list[str]) -> subprocess.Popen:
 
 
 def test_the_fork_server_runs_flowers_clientapp_once_per_request() -> None:
-    server = _zygote(["json"])
+    server = _zygote(["flwr.supernode.cli.flwr_clientapp"])  # imported once, not once per child
     requests = [{"argv": ["--help"]}, "not json", {"argv": ["--help"], "quiet": True}, {"argv": ["--help"]}]
     out, err = server.communicate("".join((json.dumps(r) if isinstance(r, dict) else r) + "\n" for r in requests),
                                   timeout=300)
