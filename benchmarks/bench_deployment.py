@@ -4,6 +4,12 @@
     .venv/bin/python benchmarks/bench_deployment.py superlink-restart --workdir /tmp/r2  # the SuperLink restarted
     .venv/bin/python benchmarks/bench_deployment.py absent-hospital --workdir /tmp/r3    # one hospital late
     .venv/bin/python benchmarks/bench_deployment.py absent-hospital --workdir /tmp/r4 --wait-for-hospitals 30
+    .venv/bin/python benchmarks/bench_deployment.py round-time --workdir /tmp/r5  # seconds per round, by mode
+
+`round-time` runs the same SecAgg+ + DP-SGD study in each deployment mode (`--modes`, default Flower's own
+new `flwr-clientapp` per message with its 3 s SuperNode poll, against fedhealth's default: ClientApps forked
+from a warm fork server, 0.5 s poll) and once in simulation, and prints each mode's per-round seconds, the
+simulation's and their ratio; its progress goes to stderr, stdout is the one JSON line.
 
 Each scenario sets up the same three-hospital deployment as `fedhealth deploy demo` (its `Host`, in
 fedhealth/deployment/demo.py: every process started with server/deploy.sh and clients/deploy.sh, on 127.0.0.1
@@ -18,7 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +35,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedhealth.deployment.demo import HOSPITALS, DemoError, Host, log, rounds_of, state_of, summary  # noqa: E402
+from fedhealth.deployment.demo import (  # noqa: E402
+    DATA,
+    HOSPITALS,
+    STUDY,
+    DemoError,
+    Host,
+    log,
+    new_folder,
+    rounds_of,
+    state_of,
+    summary,
+)
 from fedhealth.deployment.processes import Service, wait_until  # noqa: E402
 
 
@@ -146,7 +165,85 @@ def absent_hospital(host: Host, wait: float, wait_for_hospitals: float | None = 
                    flwr_run_exit=run.proc.returncode)
 
 
-SCENARIOS = ("supernode-restart", "superlink-restart", "absent-hospital")
+def simulation_twin(host: Host, rounds: int) -> tuple[Path, Path]:
+    """The deployment study as a simulation config: the same three hospitals' files (where the deployment
+    declares `records`, the simulation names the data), the same model, training, SecAgg+ and DP settings,
+    no references (the deployment runs with references=false). Returns (config, run directory)."""
+    text = (host.root / STUDY).read_text()
+    text = text.replace('schema = "../data/heart-disease/schema.toml"',
+                        f'schema = "{host.root / DATA / "schema.toml"}"')
+    text = re.sub(r"(?m)^rounds = \d+", f"rounds = {rounds}", text)
+    for name, csv in HOSPITALS.items():
+        text = re.sub(rf'(?m)^(name = "{re.escape(name)}"\n)records = \d+', rf'\1data = "{host.root / DATA / csv}"',
+                      text)
+    text += "\n[references]\nlocal_only = false\npooled = false\nnon_private_federation = false\n"
+    config = host.dir / "simulation" / "study.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(text)
+    return config, host.dir / "simulation" / "run"
+
+
+def round_seconds(out: Path) -> list[float]:
+    return [float(r["seconds"]) for r in rounds_of(out) if r.get("seconds") is not None]
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def round_time(workdir: Path, rounds: int, modes: list[tuple[str, str]]) -> dict[str, Any]:
+    """Per-round seconds of the SecAgg+ + DP-SGD study, three hospitals on 127.0.0.1, in each deployment mode
+    (clients/deploy.sh --clientapp, FEDHEALTH_SUPERNODE_POLL_INTERVAL), each a fresh deployment in its own
+    folder; then the same study in simulation. Round 1 carries each run's first-message costs (the FAB
+    installed, the run's context made); `steady` is the median of the later rounds."""
+    result: dict[str, Any] = {"rounds": rounds, "deployment": {}}
+    for clientapp, poll in modes:
+        label = f"{clientapp}-poll-{poll}"
+        host = Host(workdir / label)
+        host.clientapp, host.node_env = clientapp, {"FEDHEALTH_SUPERNODE_POLL_INTERVAL": poll}
+        log(f"{label}: setting up")
+        host.prepare()
+        try:
+            host.start_superlink()
+            host.connect_and_register()
+            for name in HOSPITALS:
+                host.start_hospital(name)
+            out = host.dir / "server" / "runs" / "round-time"
+            load_before = load()
+            t0 = time.perf_counter()
+            run = host.submit(host.study(rounds), out)
+            run.wait(3600)
+            seconds = round_seconds(out)
+            result["deployment"][label] = {
+                "clientapp": clientapp, "supernode_poll_s": poll, "state": state_of(out),
+                "round_seconds": seconds, "steady_round_s": statistics.median(seconds[1:]) if len(seconds) > 1
+                else None, "study_seconds": round(time.perf_counter() - t0, 1),
+                "audit_entries": {h: host.audit(h).get("entries") for h in HOSPITALS},
+                "load_before": load_before, "load_after": load()}
+            log(f"{label}: {result['deployment'][label]}")
+        finally:
+            host.stop_all()
+    sim = Host(workdir / "simulation-host")
+    config, out = simulation_twin(sim, rounds)
+    load_before = load()
+    t0 = time.perf_counter()
+    done = sim.sh(str(sim.bin / "fedhealth"), "simulate", "--config", str(config), "--out", str(out), timeout=3600,
+                  check=False)
+    seconds = round_seconds(out)
+    result["simulation"] = {"state": state_of(out), "exit": done.returncode, "round_seconds": seconds,
+                            "steady_round_s": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
+                            "process_seconds": round(time.perf_counter() - t0, 1), "load_before": load_before,
+                            "load_after": load()}
+    if done.returncode != 0:
+        result["simulation"]["error"] = done.stderr[-2000:]
+    sim_steady = result["simulation"]["steady_round_s"] or (seconds[0] if seconds else None)
+    for figures in result["deployment"].values():
+        steady = figures["steady_round_s"]
+        figures["ratio_to_simulation"] = round(steady / sim_steady, 2) if steady and sim_steady else None
+    return result
+
+
+SCENARIOS = ("supernode-restart", "superlink-restart", "absent-hospital", "round-time")
 
 
 def main() -> int:
@@ -156,7 +253,24 @@ def main() -> int:
     parser.add_argument("--wait", type=float, default=90.0, help="absent-hospital: seconds before the third starts")
     parser.add_argument("--wait-for-hospitals", type=float, default=None,
                         help="absent-hospital: the study's federation.wait_for_hospitals; the third never starts")
+    parser.add_argument("--rounds", type=int, default=3, help="round-time: rounds per study (round 1 is warm-up)")
+    parser.add_argument("--modes", default="subprocess:flower,forkserver:0.5",
+                        help="round-time: comma-separated CLIENTAPP:POLL, clients/deploy.sh --clientapp and "
+                             "FEDHEALTH_SUPERNODE_POLL_INTERVAL ('flower': Flower's own 3 s)")
     args = parser.parse_args()
+    if args.scenario == "round-time":
+        modes = [tuple(m.split(":", 1)) for m in args.modes.split(",") if m]
+        if any(len(m) != 2 for m in modes):
+            parser.error("--modes: give CLIENTAPP:POLL pairs, e.g. subprocess:flower,forkserver:0.5")
+        try:
+            new_folder(args.workdir)
+            with contextlib.redirect_stdout(sys.stderr):
+                result = round_time(args.workdir, args.rounds, modes)  # type: ignore[arg-type]
+        except DemoError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps({"scenario": args.scenario, **result}))
+        return 0 if all(f["state"] == "completed" for f in result["deployment"].values()) else 1
     try:
         host = Host(args.workdir)
     except DemoError as err:  # not a checkout, or a workdir in use

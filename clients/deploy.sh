@@ -9,7 +9,8 @@
 #   clients/deploy.sh --name NAME --data FILE --schema FILE --key FILE --ca FILE --superlink HOST:PORT
 #                              --policy FILE --audit-log FILE --ledger-dir DIR
 #                              [--public-key FILE] [--audit-key FILE] [--trusted-entities FILE] [--app-log FILE]
-#                              [--host H] [--port P] [-- extra flower-supernode args]
+#                              [--host H] [--port P] [--clientapp forkserver|subprocess]
+#                              [-- extra flower-supernode args]
 #
 #   --name        the hospital's name in the study (node config hospital-name)
 #   --data        its CSV or Parquet file (read-only is enough; node config data-file)
@@ -29,6 +30,10 @@
 #   --superlink   the SuperLink as HOST:PORT; HOST must be one of the server certificate's names
 #   --host/--port this SuperNode's local Runtime API, which its ClientApp processes use (default 127.0.0.1:9094;
 #                 give each SuperNode on one machine its own port)
+#   --clientapp   how each message's ClientApp process starts (default forkserver): `forkserver` runs the
+#                 SuperNode with --isolation process beside fedhealth's SuperExec, which forks every message's
+#                 flwr-clientapp from one process that has already imported flwr, torch and Opacus (still a new
+#                 process per message); `subprocess` is Flower's default, a new interpreter per message
 #   FLWR_HOME     the SuperNode's Flower home (its installed apps; writable): default flwr-home/ next to --ledger-dir
 #
 # Checks, in order, each stopping with a non-zero exit and the file named: every file is there (exit 2);
@@ -39,7 +44,9 @@
 # Every option can come from the environment instead (containers): FEDHEALTH_HOSPITAL, FEDHEALTH_DATA,
 # FEDHEALTH_SCHEMA, FEDHEALTH_POLICY, FEDHEALTH_LEDGER_DIR, FEDHEALTH_AUDIT_LOG, FEDHEALTH_KEY,
 # FEDHEALTH_PUBLIC_KEY, FEDHEALTH_AUDIT_KEY, FEDHEALTH_TRUSTED_ENTITIES, FEDHEALTH_APP_LOG, FEDHEALTH_CA,
-# FEDHEALTH_SUPERLINK, FEDHEALTH_RUNTIME_HOST, FEDHEALTH_RUNTIME_PORT.
+# FEDHEALTH_SUPERLINK, FEDHEALTH_RUNTIME_HOST, FEDHEALTH_RUNTIME_PORT, FEDHEALTH_CLIENTAPP; and
+# FEDHEALTH_SUPERNODE_POLL_INTERVAL, seconds between the SuperNode's pulls while idle (default 0.5; Flower's
+# own loop waits 3 s; `flower` keeps Flower's).
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/../fedhealth/deployment/deploy_env.sh"
@@ -59,6 +66,7 @@ ca=${FEDHEALTH_CA:-}
 superlink=${FEDHEALTH_SUPERLINK:-}
 rhost=${FEDHEALTH_RUNTIME_HOST:-127.0.0.1}
 rport=${FEDHEALTH_RUNTIME_PORT:-9094}
+clientapp=${FEDHEALTH_CLIENTAPP:-forkserver}
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -77,6 +85,7 @@ while [ $# -gt 0 ]; do
     --superlink) superlink=${2?"$1 needs a value"}; shift 2 ;;
     --host) rhost=${2?"$1 needs a value"}; shift 2 ;;
     --port) rport=${2?"$1 needs a value"}; shift 2 ;;
+    --clientapp) clientapp=${2?"$1 needs a value"}; shift 2 ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) die 2 "unknown argument '$1' (see --help)" ;;
@@ -97,11 +106,16 @@ for pair in "name:--name (FEDHEALTH_HOSPITAL)" "data:--data (FEDHEALTH_DATA)" "s
   [ -n "${!var}" ] || missing+=("${pair#*:}")
 done
 [ ${#missing[@]} -eq 0 ] || die 2 "missing: ${missing[*]}"
+case "$clientapp" in
+  forkserver) isolation=process ;;
+  subprocess) isolation=subprocess ;;
+  *) die 2 "--clientapp '$clientapp': give forkserver or subprocess (FEDHEALTH_CLIENTAPP)" ;;
+esac
 for arg in ${extra[@]+"${extra[@]}"}; do
   case "$arg" in
     --insecure) die 2 "--insecure is refused: a hospital connects only over TLS, trusting only the study CA ($ca)" ;;
-    --root-certificates|--auth-supernode-private-key|--node-config|--trusted-entities)
-      die 2 "$arg is set by this script; use its options" ;;
+    --root-certificates|--auth-supernode-private-key|--node-config|--trusted-entities|--isolation|--isolation=*)
+      die 2 "$arg is set by this script; use its options (--clientapp for the isolation)" ;;
   esac
 done
 check_file() {  # $1 path, $2 what it is, $3 the option naming it
@@ -144,12 +158,13 @@ export FLWR_HOME=${FLWR_HOME:-$(dirname -- "$ledger")/flwr-home}
 node_config="hospital-name='$name' data-file='$data' schema-file='$schema' policy-file='$policy'"
 node_config+=" ledger-dir='$ledger' audit-log='$audit' audit-key='$audit_key'"
 echo "hospital $name: starting its SuperNode for $superlink (Runtime API $rhost:$rport; runs only apps signed by" \
-  "a key in $trusted; each app it is sent is recorded in $app_log; FLWR_HOME: $FLWR_HOME)"
+  "a key in $trusted; each app it is sent is recorded in $app_log; FLWR_HOME: $FLWR_HOME; ClientApps: $clientapp)"
 # flower-supernode itself, through the hospital's own launcher (`fedhealth deploy supernode`, in
 # fedhealth/deployment/supernode.py), which records every app Flower is asked to run and Flower's verdict on it;
 # the verdict and the refusal are Flower's.
-export FEDHEALTH_APP_LOG="$app_log" FEDHEALTH_HOSPITAL="$name"
+export FEDHEALTH_APP_LOG="$app_log" FEDHEALTH_HOSPITAL="$name" FEDHEALTH_CLIENTAPP="$clientapp"
 exec "$PYTHON" -m fedhealth.cli deploy supernode \
+  --isolation "$isolation" \
   --superlink "$superlink" \
   --root-certificates "$ca" \
   --auth-supernode-private-key "$key" \

@@ -553,6 +553,21 @@ def deploy_supernode(ctx: typer.Context) -> None:
         _fail(str(err), 1)
 
 
+@deploy_app.command("superexec", cls=_Verbatim, add_help_option=False)
+def deploy_superexec(ctx: typer.Context) -> None:
+    """flower-superexec for a hospital's SuperNode in process isolation, its ClientApps forked from a warm fork
+    server (fedhealth/deployment/superexec.py); started by `fedhealth deploy supernode` when
+    FEDHEALTH_CLIENTAPP=forkserver. Every argument is flower-superexec's, passed on unchanged. Refuses to start
+    (exit 1) on a flwr other than 1.41.0."""
+    from fedhealth.deployment.superexec import main
+    from fedhealth.deployment.supernode import LauncherError
+
+    try:
+        main(list(ctx.args))
+    except LauncherError as err:
+        _fail(str(err), 1)
+
+
 @deploy_app.command("demo")
 def deploy_demo(
     folder: Annotated[Path, typer.Argument(help="a new or empty folder that keeps everything (PKI, each "

@@ -98,6 +98,10 @@ class Host:
         self.services: dict[str, Service] = {}
         self.address = f"127.0.0.1:{self.port}"  # what the hospitals dial
         self.control_address = f"127.0.0.1:{self.link_port}"  # what the operator's flwr CLI dials
+        # clients/deploy.sh --clientapp for every hospital (None: the script's default) and extra environment
+        # for their SuperNodes (e.g. FEDHEALTH_SUPERNODE_POLL_INTERVAL); benchmarks compare the settings
+        self.clientapp: str | None = None
+        self.node_env: dict[str, str] = {}
 
     def env(self, **extra: str) -> dict[str, str]:
         path = f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -139,9 +143,10 @@ class Host:
                     name, "--sha256", review["sha256"], "--out", str(site / "approval.json"))
             self.sh(fedhealth, "app", "add-signature", str(site / "approval.json"), "--dir", str(registry))
 
-    def start(self, name: str, cmd: list[str], home: Path, marks: list[str]) -> Service:
+    def start(self, name: str, cmd: list[str], home: Path, marks: list[str],
+              env: dict[str, str] | None = None) -> Service:
         service = Service(name, cmd, self.dir / "logs" / f"{name}.log", cwd=self.root, marks=marks,
-                          env={"FLWR_HOME": str(home), "PATH": self.env()["PATH"]})
+                          env={"FLWR_HOME": str(home), "PATH": self.env()["PATH"], **(env or {})})
         self.services[name] = service.start()
         return service
 
@@ -180,10 +185,12 @@ class Host:
                "--ledger-dir", str(site / "ledger"), "--audit-log", str(site / "audit" / "audit.jsonl"),
                "--key", str(site / "keys" / "supernode_auth"),
                "--ca", str(self.pki / "ca" / "ca.crt"), "--superlink", self.address, "--port", str(self.ports[name])]
+        if self.clientapp is not None:
+            cmd += ["--clientapp", self.clientapp]
         old = self.services.get(name)
         if old is not None and old.running():
             raise DemoError(f"hospital {name} is already running")
-        return self.start(name, cmd, site / "flwr-home", [runtime_mark(self.ports[name])])
+        return self.start(name, cmd, site / "flwr-home", [runtime_mark(self.ports[name])], self.node_env)
 
     def study(self, rounds: int, timeout: float | None = None, wait_for_hospitals: float | None = None) -> str:
         """The deployment study with another round count, SecAgg+ stage timeout or wait for hospitals, as a

@@ -12,6 +12,12 @@ it and Flower's verdict computed by Flower's own `_verify_fab`, in the SuperNode
 JSON line in the hospital's app-check log (`FEDHEALTH_APP_LOG`). It changes no decision Flower
 makes. It is tied to flwr 1.41's internals and refuses to start if they are not what it expects.
 
+Two more things it does for speed, both outside Flower's files: it pulls again every
+`FEDHEALTH_SUPERNODE_POLL_INTERVAL` seconds (default 0.5) while no message comes, where Flower's loop sleeps a
+fixed 3 s (`install`); and with `--isolation process` and `FEDHEALTH_CLIENTAPP=forkserver` (what
+clients/deploy.sh passes by default) it starts fedhealth's SuperExec beside the node, which forks each message's
+`flwr-clientapp` from a warm fork server (fedhealth/deployment/superexec.py, `start_superexec`).
+
 It also explains the one refusal a hospital cannot read: when the SuperLink will not activate the node,
 Flower exits with `[code: 2004] Failed to activate SuperNode.` for two different causes (the key is not
 registered, or the SuperLink still counts the node online after an unclean stop), and only the SuperLink's
@@ -24,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -37,6 +44,10 @@ APP_LOG_ENV = "FEDHEALTH_APP_LOG"
 HOSPITAL_ENV = "FEDHEALTH_HOSPITAL"
 ACTIVATION_REFUSED = "[code: 2004]"  # flwr 1.41: FLEET_NODE_ACTIVATION_FAILED, in the SuperNode's exit message
 HEARTBEAT_WINDOW_S = 60  # flwr 1.41 keeps a node online for 2 x its 30 s heartbeat interval after its last one
+POLL_ENV = "FEDHEALTH_SUPERNODE_POLL_INTERVAL"
+DEFAULT_POLL_S = 0.5  # a few Fleet API requests a second per hospital while idle
+FLOWER_POLL_S = 3.0  # flwr 1.41's fixed sleep after an empty pull (start_client_internal.py)
+CLIENTAPP_ENV = "FEDHEALTH_CLIENTAPP"  # "forkserver": start fedhealth's SuperExec beside a --isolation process node
 
 
 def app_verdict(fab: Any, trusted: dict[str, str] | None) -> dict[str, Any]:
@@ -73,8 +84,31 @@ def app_verdict(fab: Any, trusted: dict[str, str] | None) -> dict[str, Any]:
             "verified_by": verified, "decision": decision}
 
 
-def install(app_log: Path | None, hospital: str) -> None:
-    """Wrap flwr 1.41's `_pull_and_store_message` so the FAB it downloads for a new run is recorded."""
+def poll_interval() -> float | None:
+    """Seconds between the SuperNode's pulls for messages while none comes (`FEDHEALTH_SUPERNODE_POLL_INTERVAL`,
+    default 0.5), or None for Flower's own fixed 3 s (a value of 3 or more, or `flower`)."""
+    raw = os.environ.get(POLL_ENV, "").strip()
+    if raw.lower() == "flower":
+        return None
+    try:
+        value = float(raw) if raw else DEFAULT_POLL_S
+    except ValueError:
+        raise LauncherError(f"{POLL_ENV}={raw!r}: give seconds between 0.05 and 3, or 'flower'") from None
+    if not 0.05 <= value <= FLOWER_POLL_S:
+        raise LauncherError(f"{POLL_ENV}={raw!r}: give seconds between 0.05 and 3, or 'flower'")
+    return None if value >= FLOWER_POLL_S else value
+
+
+def install(app_log: Path | None, hospital: str, poll: float | None = None) -> None:
+    """Wrap flwr 1.41's `_pull_and_store_message` so the FAB it downloads for a new run is recorded, and, with
+    `poll`, so that it pulls again every `poll` seconds until a message comes.
+
+    Why the second: Flower's SuperNode loop (`start_client_internal`) sleeps a fixed 3 s after every pull that
+    brought nothing, with no flag to change it, and a SecAgg+ round is five exchanges that each wait for that
+    pull. Pulling again inside the wrapper means Flower's loop only ever sees a message (it never reaches its
+    sleep); each pull is the same single Fleet API request Flower makes."""
+    import time
+
     from flwr.supercore import log as flwr_log
     from flwr.supernode import start_client_internal as sci
 
@@ -105,7 +139,11 @@ def install(app_log: Path | None, hospital: str) -> None:
             return fab
 
         kwargs["get_fab"] = recorded_get_fab
-        return original(*args, **kwargs)
+        while True:
+            run_id = original(*args, **kwargs)
+            if run_id is not None or poll is None:
+                return run_id
+            time.sleep(poll)
 
     pull_and_store_message._fedhealth_wrapped = True  # type: ignore[attr-defined]
     pull_and_store_message.__wrapped__ = original  # type: ignore[attr-defined]
@@ -176,6 +214,35 @@ class _Refusals(logging.Handler):
             self.seen = True
 
 
+def start_superexec(args: Sequence[str]) -> subprocess.Popen | None:
+    """fedhealth's SuperExec (fedhealth/deployment/superexec.py) for this node, when the node runs with
+    `--isolation process` and `$FEDHEALTH_CLIENTAPP` is `forkserver`; None otherwise (in subprocess isolation
+    Flower starts its own SuperExec; with `process` and no fedhealth one, whoever set it up runs theirs).
+
+    It is started as Flower starts its own in subprocess isolation: plain HTTP to this node's Runtime API on
+    loopback, `--parent-pid` this process (it exits when the node does), in this process group (stopping the
+    group stops it)."""
+    mode = os.environ.get(CLIENTAPP_ENV, "")
+    if mode not in ("", "forkserver", "subprocess"):
+        raise LauncherError(f"{CLIENTAPP_ENV}={mode!r}: give forkserver or subprocess")
+    if _option(args, "--isolation") != "process" or mode != "forkserver":
+        return None
+    address = f"{_option(args, '--host') or '127.0.0.1'}:{_option(args, '--port') or '9094'}"
+    return subprocess.Popen(superexec_command(address, os.getpid()))
+
+
+SUPEREXEC_PROGRAM = "flower-superexec"  # superexec_command's first argument, on the command line for kill_tree
+
+
+def superexec_command(runtime_api_address: str, parent_pid: int) -> list[str]:
+    """fedhealth's SuperExec for a SuperNode whose Runtime API is at `runtime_api_address` (plain HTTP on
+    loopback, as the SuperExec a SuperNode starts itself in subprocess isolation), stopping when `parent_pid`
+    exits. Its command line names flower-superexec and the node's `--runtime-api-address`, which is how
+    `fedhealth.deployment.processes.kill_tree` and `pgrep -af 'flower-|flwr-'` find a node's processes."""
+    return [sys.executable, "-m", "fedhealth.cli", "deploy", "superexec", SUPEREXEC_PROGRAM, "--runtime-api-address",
+            runtime_api_address, "--insecure", "--parent-pid", str(parent_pid)]
+
+
 def launch(args: Sequence[str]) -> None:
     """Install the record, then run Flower's own `flower-supernode` entry point with `args`, unchanged.
 
@@ -186,10 +253,11 @@ def launch(args: Sequence[str]) -> None:
     check_flower()
     app_log = os.environ.get(APP_LOG_ENV)
     hospital = os.environ.get(HOSPITAL_ENV, "?")
-    install(Path(app_log) if app_log else None, hospital)
+    install(Path(app_log) if app_log else None, hospital, poll_interval())
     from flwr.common.logger import FLOWER_LOGGER
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
+    superexec = start_superexec(args)
     refusals = _Refusals()
     FLOWER_LOGGER.addHandler(refusals)
     sys.argv = ["flower-supernode", *args]  # flower-supernode parses sys.argv itself
@@ -203,3 +271,6 @@ def launch(args: Sequence[str]) -> None:
         raise
     finally:
         FLOWER_LOGGER.removeHandler(refusals)
+        if superexec is not None and superexec.poll() is None:
+            superexec.terminate()
+            superexec.wait(timeout=10)

@@ -19,7 +19,7 @@ from fedhealth.cli import app
 from fedhealth.deployment.processes import DEFAULT_CONNECTION
 from tests.support import ROOT  # noqa: E402
 
-COMMANDS = ("connection", "preflight", "node-config", "gateway", "supernode", "demo")
+COMMANDS = ("connection", "preflight", "node-config", "gateway", "supernode", "superexec", "demo")
 
 
 def _run(*args: str, **kwargs):
@@ -159,7 +159,7 @@ def test_supernode_refuses_another_flower(fake_supernode: list[list[str]], monke
 
 def test_one_cli_no_module_entry_points() -> None:
     """The deployment modules are libraries; the scripts and docs call `fedhealth deploy` (via `-m fedhealth.cli`)."""
-    for name in ("processes", "gateway", "supernode"):
+    for name in ("processes", "gateway", "supernode", "superexec"):
         text = (ROOT / "fedhealth" / "deployment" / f"{name}.py").read_text()
         assert "__main__" not in text and "argparse" not in text, name
     stale = []
