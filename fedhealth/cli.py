@@ -674,7 +674,37 @@ app.add_typer(deploy_app, name="deploy", cls=_Guarded)
 
 
 def main() -> None:
-    app()
+    """The `fedhealth` command. A simulation leaves torch, Flower and their threads loaded; tearing the
+    interpreter down module by module after the work is done and every file is closed costs seconds and
+    saves nothing, so the command exits the way a process does once Python's own exit handlers have run
+    (what was registered to run at exit still runs, output is flushed, every run-directory file was
+    already written durably and closed)."""
+    try:
+        app()
+        code = 0
+    except SystemExit as done:  # click ends every command with one, carrying the code the command chose
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """What the interpreter's own exit does that matters (non-daemon threads joined, exit handlers run,
+    logging and output flushed), then the process ends without the module-by-module teardown."""
+    import atexit
+    import contextlib
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

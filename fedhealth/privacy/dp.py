@@ -84,13 +84,12 @@ def sample_rate(n_records: int, batch_size: int) -> float:
     return dp_schedule(n_records, batch_size).sample_rate
 
 
-@opacus_quiet()
 def calibrate_noise(target_epsilon: float, delta: float, q: float, steps: int) -> float:
-    """Noise multiplier that spends at most `target_epsilon` (at `delta`) over `steps` steps at rate q."""
-    from opacus.accountants.utils import get_noise_multiplier  # here: a study without DP never imports Opacus
+    """Noise multiplier that spends at most `target_epsilon` (at `delta`) over `steps` steps at rate q, by
+    Opacus's RDP accountant (`fedhealth.privacy.rdp.calibrate`)."""
+    from fedhealth.privacy.rdp import calibrate
 
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=q,
-                                      steps=steps, accountant="rdp", epsilon_tolerance=0.005))
+    return calibrate(target_epsilon, delta, q, steps)
 
 
 def _zero_non_finite_samples(params: list[nn.Parameter]) -> None:

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -100,7 +99,8 @@ def study_name(study: str) -> str:
 
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
-    """Epsilon at `delta` of a sequence of (noise multiplier, sample rate, steps), by Opacus's RDP accountant."""
+    """Epsilon at `delta` of a sequence of (noise multiplier, sample rate, steps), by Opacus's RDP accountant
+    (`fedhealth.privacy.rdp.epsilon`: the same number, each (sigma, q)'s one-step RDP computed once)."""
     if not history:
         return 0.0
     # RDP is additive in steps, so runs of equal (sigma, q) merge into one entry: the same epsilon,
@@ -111,13 +111,9 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
             merged[-1] = (merged[-1][0], merged[-1][1], merged[-1][2] + int(n))
         else:
             merged.append((float(s), float(q), int(n)))
-    from opacus.accountants import RDPAccountant  # here, not at import: every ClientApp process imports this module
+    from fedhealth.privacy.rdp import epsilon
 
-    accountant = RDPAccountant()
-    accountant.history = merged
-    with warnings.catch_warnings():  # "the best order is the largest alpha": the bound is loose, never too low
-        warnings.filterwarnings("ignore", message=".*Optimal order is the.*")
-        return float(accountant.get_epsilon(delta=delta))
+    return epsilon(merged, delta)
 
 
 def _unreadable(path: Path, hospital: str | None, why: str) -> LedgerUnreadable:
