@@ -6,3 +6,18 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 # the helpers' own checks (tests/support.py) report what they compared, as the tests' asserts do
 pytest.register_assert_rewrite("tests.support")
+
+
+# Test files that bind fixed ports on 127.0.0.1 (the deployment walk-through's 9092-9097, `flwr run`'s local
+# SuperLink): under pytest-xdist they share one worker, so two of them never run at once.
+FIXED_PORTS = {"test_deployment", "test_deployment_docs", "test_flwr_run"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject.toml). Each test file is
+    one group, so it runs whole on one worker: a module's fixtures (a federation that several tests read) are
+    built once, as in a single process. `-n 0` runs everything in this process instead."""
+    for item in items:
+        stem = item.path.stem
+        item.add_marker(pytest.mark.xdist_group("fixed-ports" if stem in FIXED_PORTS else stem))

@@ -23,7 +23,7 @@ class Marks:
         self.items = {item.nodeid: item.get_closest_marker("slow") is not None for item in items}
 
 marks = Marks()
-code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests"], plugins=[marks])
+code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0", "tests"], plugins=[marks])
 print("SLOW-MARKS " + json.dumps(marks.items))
 sys.exit(code)
 """
