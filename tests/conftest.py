@@ -15,9 +15,14 @@ FIXED_PORTS = {"test_deployment", "test_deployment_docs", "test_flwr_run"}
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject.toml). Each test file is
-    one group, so it runs whole on one worker: a module's fixtures (a federation that several tests read) are
-    built once, as in a single process. `-n 0` runs everything in this process instead."""
+    """The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject.toml). Unit tests are
+    handed out one by one (the two workers stay evenly busy). Each integration test file is one group that
+    runs whole on one worker, so its module fixtures (a federation that several tests read) are built once,
+    as in a single process; the files that bind fixed ports are one group together. `-n 0` runs everything
+    in this process instead."""
     for item in items:
         stem = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("fixed-ports" if stem in FIXED_PORTS else stem))
+        if stem in FIXED_PORTS:
+            item.add_marker(pytest.mark.xdist_group("fixed-ports"))
+        elif "integration" in item.path.parts:
+            item.add_marker(pytest.mark.xdist_group(stem))

@@ -163,7 +163,8 @@ def test_the_report_and_its_figures_are_written_for_the_extremes(refs, mode, sec
     assert re.search(r">\s*None\s*<", html) is None
 
 
-@pytest.mark.parametrize("refs", [frozenset(), frozenset({"pooled"}), frozenset(REFERENCES)], ids=str)
+@pytest.mark.parametrize("refs", [frozenset(), frozenset({"pooled"}), frozenset(REFERENCES)],
+                         ids=lambda refs: "+".join(sorted(refs)) or "none")  # the same ids in every process
 def test_the_end_of_run_table_has_a_column_per_model_the_run_has(refs, tmp_path, monkeypatch):
     from rich.console import Console
 
