@@ -202,8 +202,9 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
         "client_resources": {"num_cpus": cfg.federation.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose},
     }
-    if cfg.federation.ray_address:  # Flower's documented way onto a running cluster: Ray's own init argument
-        backend_config["init_args"]["address"] = cfg.federation.ray_address
+    # Flower's documented way onto a running cluster is Ray's own init argument. Without one, "local": a new
+    # Ray of this process, never one that `ray start` left on the machine (which Ray would otherwise join)
+    backend_config["init_args"]["address"] = cfg.federation.ray_address or "local"
 
     def federation(stop: threading.Event | None = None) -> None:
         with _flower_deprecations_silenced():
