@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_secagg.py                       5, 20 and 100 hospitals, 4 rounds
     .venv/bin/python benchmarks/bench_secagg.py --hospitals 5 20 --rounds 3
+    .venv/bin/python benchmarks/bench_secagg.py --hospitals 10 30 100 300 --rounds 3 --backend ray
 
 How it measures:
 
@@ -17,7 +18,9 @@ How it measures:
   `model_bytes` is the float32 model; `upload_vs_model` the secure upload over it.
 * SecAgg+ promises per-hospital cost that grows with the neighbourhood (`num_shares`, about
   2 log2 n), not with n: `upload_growth` compares upload per hospital at the largest and smallest
-  sizes with log2 of their ratio of hospitals.
+  sizes with log2 of their ratio of hospitals, and `secure_extra_s_per_hospital` (secure minus plain
+  round time, over the hospitals) shows how the time cost per hospital grows.
+* `--backend` picks the simulation backend (`federation.backend`), the same for every run.
 
 Exactly one JSON line goes to stdout; progress goes to stderr. Exit status 1 if a run fails.
 """
@@ -40,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 
 
-def study_toml(hospitals: int, rounds: int, secure: bool) -> str:
+def study_toml(hospitals: int, rounds: int, secure: bool, backend: str) -> str:
     return f"""name = "bench-secagg-{hospitals}"
 seed = 1234
 [population]
@@ -54,6 +57,7 @@ local_epochs = 1
 batch_size = 128
 [federation]
 rounds = {rounds}
+backend = "{backend}"
 [federation.secure_aggregation]
 enabled = {"true" if secure else "false"}
 [references]
@@ -114,10 +118,10 @@ def run_job(config: Path, out: Path) -> dict[str, Any]:
     }
 
 
-def launch(hospitals: int, rounds: int, secure: bool, workdir: Path) -> dict[str, Any]:
+def launch(hospitals: int, rounds: int, secure: bool, backend: str, workdir: Path) -> dict[str, Any]:
     tag = f"{hospitals}-{'secure' if secure else 'plain'}"
     config = workdir / f"{tag}.toml"
-    config.write_text(study_toml(hospitals, rounds, secure))
+    config.write_text(study_toml(hospitals, rounds, secure, backend))
     result = workdir / f"{tag}.json"
     proc = subprocess.run([sys.executable, __file__, "--job", str(config), str(workdir / tag), str(result)],
                           capture_output=True, text=True, cwd=ROOT, timeout=1800)
@@ -136,6 +140,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hospitals", type=int, nargs="+", default=[5, 20, 100])
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (round 1 is not timed)")
+    parser.add_argument("--backend", choices=["in-process", "ray"], default="in-process",
+                        help="federation.backend for every run")
     parser.add_argument("--job", nargs=3, metavar=("CONFIG", "OUT", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
@@ -148,12 +154,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-secagg-") as tmp:
         for n in args.hospitals:
             print(f"{n} hospitals", file=sys.stderr)
-            plain = launch(n, args.rounds, False, Path(tmp))
-            secure = launch(n, args.rounds, True, Path(tmp))
+            plain = launch(n, args.rounds, False, args.backend, Path(tmp))
+            secure = launch(n, args.rounds, True, args.backend, Path(tmp))
             sizes[str(n)] = {
                 "plain_round_s": round(plain["round_s"], 3),
                 "secure_round_s": round(secure["round_s"], 3),
                 "ratio": round(secure["round_s"] / plain["round_s"], 2),
+                "secure_extra_s_per_hospital": round((secure["round_s"] - plain["round_s"]) / n, 4),
                 "num_shares": secure["num_shares"],
                 "threshold": secure["threshold"],
                 "secure_stage_s": secure["stage_s"],
@@ -171,7 +178,7 @@ def main() -> None:
             "log2_hospitals_ratio": round(math.log2(int(large) / int(small)), 2),
             "upload_ratio": round(sizes[large]["secure_upload_bytes"] / sizes[small]["secure_upload_bytes"], 2),
         }
-    print(json.dumps({"bench": "secagg", "rounds": args.rounds, "cpus": os.cpu_count(), "sizes": sizes,
+    print(json.dumps({"bench": "secagg", "backend": args.backend, "rounds": args.rounds, "cpus": os.cpu_count(), "sizes": sizes,
                       "upload_growth": growth,
                       "goal_ratio_at_20_le_1.25": sizes.get("20", {}).get("ratio", math.nan) <= 1.25}))
 

@@ -197,7 +197,7 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
     from fedhealth.hospital.app import build_client_app
 
     _quiet_flower(verbose)
-    on_ray = cfg.federation.backend == "ray"
+    on_ray = simulation_backend(cfg) == "ray"
     backend_config = {
         "client_resources": {"num_cpus": cfg.federation.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose},
@@ -210,8 +210,9 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
         with _flower_deprecations_silenced():
             from flwr.simulation import run_simulation
 
-            from fedhealth.experiments import in_process
+            from fedhealth.experiments import in_process, message_pump
 
+            message_pump.install()
             with contextlib.nullcontext() if on_ray else in_process.selected():
                 run_simulation(server_app=build_server_app(cfg, run_dir, on_round, stop=stop),
                                client_app=build_client_app(cfg, mode="simulation"),
@@ -237,6 +238,27 @@ def run_federation(cfg: StudyConfig, run_dir: Path,
     if done < cfg.federation.rounds:
         raise SimulationError(f"{run_dir}: federation stopped after round {done} of {cfg.federation.rounds}; "
                               "see the log above, then `fedhealth simulate --resume` this directory")
+
+
+RAY_FROM_HOSPITALS = 100
+"""With `federation.backend = "auto"`, federations of this many hospitals or more run on Ray (given more than
+one core): measured on 2 cores (docs/results.md, "SecAgg+ as hospitals grow"), Ray's second actor outweighs
+its start-up from about here; below it, the in-process backend's missing start-up cost wins."""
+
+
+def simulation_backend(cfg: StudyConfig) -> str:
+    """The backend a simulation of `cfg` runs on: `federation.backend`, with "auto" resolved.
+
+    "auto" is Ray when a `ray_address` names a cluster, or when the study has `RAY_FROM_HOSPITALS` hospitals
+    or more and this machine has several cores; "in-process" otherwise. Both give the same model bit for bit
+    (tests/integration/test_simulate_federation.py), so the choice is one of speed only."""
+    chosen = cfg.federation.backend
+    if chosen != "auto":
+        return chosen
+    if cfg.federation.ray_address is not None:
+        return "ray"
+    several_cores = (os.cpu_count() or 1) > 1
+    return "ray" if several_cores and len(cfg.hospitals) >= RAY_FROM_HOSPITALS else "in-process"
 
 
 def _run_until_stopped(federation: Callable[[threading.Event], None], request: interrupts.StopRequest,

@@ -184,10 +184,11 @@ class FederationConfig(_Strict):
     secure_aggregation: SecureAggregationConfig = Field(default_factory=SecureAggregationConfig)
     participants: list[str] | None = Field(
         default=None, description="hospitals that train (by name); the others only evaluate. Default: all")
-    backend: Literal["in-process", "ray"] = Field(
-        default="in-process", description="simulation only: Flower's simulation engine runs the hospitals' "
+    backend: Literal["auto", "in-process", "ray"] = Field(
+        default="auto", description="simulation only: Flower's simulation engine runs the hospitals' "
         "ClientApps in this process, one at a time (\"in-process\", no start-up cost), or on Ray actors "
-        "(\"ray\": several cores, a cluster with ray_address); a deployed hospital ignores it")
+        "(\"ray\": several cores, a cluster with ray_address); \"auto\": Ray given a ray_address or "
+        "from 100 hospitals on a machine of several cores, in-process otherwise; a deployed hospital ignores it")
     ray_address: str | None = Field(
         default=None, description="simulation with backend \"ray\": the address of a running Ray cluster to "
         "join (\"auto\", or host:port of its head); default: start Ray on this machine")
@@ -198,6 +199,13 @@ class FederationConfig(_Strict):
                                          "connected; then it goes on with those present, or stops the study")
     min_hospitals: int | None = Field(
         default=None, ge=1, description="fewest connected hospitals a round may go on with (default: all)")
+
+    @model_validator(mode="after")
+    def _ray_address_needs_ray(self) -> "FederationConfig":
+        if self.ray_address is not None and self.backend == "in-process":
+            raise ValueError("federation.ray_address is set but federation.backend = \"in-process\" never uses "
+                             "Ray: set federation.backend = \"ray\" (or \"auto\"), or remove ray_address")
+        return self
 
 
 class PrivacyConfig(_Strict):
