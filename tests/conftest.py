@@ -26,3 +26,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("fixed-ports"))
         elif "integration" in item.path.parts:
             item.add_marker(pytest.mark.xdist_group(stem))
+
+
+# ---- The suite's own collection, for tests/unit/test_suite_layout.py ----
+# Which collected test carries the `slow` marker, as it stands after every collection hook, kept and
+# deselected tests alike. test_suite_layout reads it when this session collected the whole suite (as every
+# pytest-xdist worker does), instead of collecting the suite a second time in a subprocess.
+SLOW_MARKS = pytest.StashKey[dict]()
+_DESELECTED = pytest.StashKey[list]()
+
+
+def pytest_deselected(items):
+    if items:
+        config = items[0].config
+        config.stash.setdefault(_DESELECTED, []).extend(items)
+
+
+@pytest.hookimpl(trylast=True)  # after every other hook has marked and deselected
+def pytest_collection_finish(session):
+    everything = list(session.items) + session.config.stash.get(_DESELECTED, [])
+    session.config.stash[SLOW_MARKS] = {item.nodeid: item.get_closest_marker("slow") is not None
+                                        for item in everything}

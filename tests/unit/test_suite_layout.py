@@ -29,9 +29,25 @@ sys.exit(code)
 """
 
 
+def _whole_suite_collected(config: pytest.Config) -> bool:
+    """Whether this session collected every test of tests/ (no file, directory, -k or node id narrowed it)."""
+    args = [arg.split("::")[0] for arg in config.args]
+    whole = {ROOT.resolve(), (ROOT / "tests").resolve()}
+    return (config.getoption("keyword") == "" and all((config.invocation_params.dir / a).resolve() in whole
+                                                      for a in args))
+
+
 @pytest.fixture(scope="module")
-def slow() -> dict[str, bool]:
-    """Every test the suite collects -> whether it carries the `slow` marker."""
+def slow(request) -> dict[str, bool]:
+    """Every test the suite collects -> whether it carries the `slow` marker.
+
+    From this session's own collection when it covered the whole suite (tests/conftest.py records it after
+    every hook, deselected tests included); otherwise from a collection of the whole suite in a subprocess."""
+    from tests.conftest import SLOW_MARKS
+
+    marks = request.config.stash.get(SLOW_MARKS, None)
+    if marks is not None and _whole_suite_collected(request.config):
+        return marks
     proc = subprocess.run([sys.executable, "-c", COLLECT], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("SLOW-MARKS ")]
