@@ -178,7 +178,8 @@ def main() -> None:
             "log2_hospitals_ratio": round(math.log2(int(large) / int(small)), 2),
             "upload_ratio": round(sizes[large]["secure_upload_bytes"] / sizes[small]["secure_upload_bytes"], 2),
         }
-    print(json.dumps({"bench": "secagg", "backend": args.backend, "rounds": args.rounds, "cpus": os.cpu_count(), "sizes": sizes,
+    print(json.dumps({"bench": "secagg", "backend": args.backend, "rounds": args.rounds, "cpus": os.cpu_count(),
+                      "sizes": sizes,
                       "upload_growth": growth,
                       "goal_ratio_at_20_le_1.25": sizes.get("20", {}).get("ratio", math.nan) <= 1.25}))
 

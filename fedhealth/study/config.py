@@ -201,7 +201,7 @@ class FederationConfig(_Strict):
         default=None, ge=1, description="fewest connected hospitals a round may go on with (default: all)")
 
     @model_validator(mode="after")
-    def _ray_address_needs_ray(self) -> "FederationConfig":
+    def _ray_address_needs_ray(self) -> FederationConfig:
         if self.ray_address is not None and self.backend == "in-process":
             raise ValueError("federation.ray_address is set but federation.backend = \"in-process\" never uses "
                              "Ray: set federation.backend = \"ray\" (or \"auto\"), or remove ray_address")
