@@ -24,6 +24,7 @@ from fedhealth.coordinator.attendance import NodeNames, StudyClientManager
 from fedhealth.coordinator.observed import ObservedStrategy
 from fedhealth.coordinator.prompt_grid import PromptGrid
 from fedhealth.coordinator.recorder import RoundCallback, RunRecorder
+from fedhealth.coordinator.reply_deadline import ReplyDeadline
 from fedhealth.coordinator.secure_aggregation import SecureAggregationWorkflow
 from fedhealth.coordinator.stoppable import StoppableGrid, check_stop
 from fedhealth.coordinator.strategies import build_strategy, is_qffl, optimizer_state, restore_optimizer_state
@@ -77,6 +78,7 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     else:  # deployment's Grid sleeps 3 s between pulls for replies
         grid = PromptGrid(grid)
         node_names = registered_names(grid)
+    grid = ReplyDeadline(grid, cfg.federation.reply_timeout, node_names)  # no exchange waits for ever
     last = rundir.last_completed_round(run_dir)
     if last:
         weights, opt_state = rundir.load_weights(rundir.checkpoint_path(run_dir, last))

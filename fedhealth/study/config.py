@@ -199,6 +199,10 @@ class FederationConfig(_Strict):
                                          "connected; then it goes on with those present, or stops the study")
     min_hospitals: int | None = Field(
         default=None, ge=1, description="fewest connected hospitals a round may go on with (default: all)")
+    reply_timeout: Annotated[float, within("federation.reply_timeout")] = Field(
+        default=600.0, gt=0, description="seconds the server waits for the hospitals' replies to an exchange that "
+                                         "has no wait of its own (evaluation, plain aggregation's training); a "
+                                         "hospital silent for longer is left out of that exchange")
 
     @model_validator(mode="after")
     def _ray_address_needs_ray(self) -> FederationConfig:

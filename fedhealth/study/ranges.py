@@ -46,6 +46,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "federation.cpus_per_client": (
         0.01, 1e6, "Ray cannot schedule a share below 0.01 CPU, and no machine has a million cores"),
     "federation.wait_for_hospitals": (0.01, DAY, _WAIT),
+    "federation.reply_timeout": (0.01, DAY, _WAIT),
     "privacy.noise_multiplier": (
         1e-6, 1e4, "below 1e-6 the noise protects nothing and the accounting overflows, above 10000 an update is "
                    "all noise"),
