@@ -4,7 +4,8 @@
 #   - no telemetry, no run-time dependency installation (it would try to pull a CUDA torch);
 #   - Flower's configuration from configs/flower/config.toml (copied to $FLWR_HOME, default ./.flwr);
 #   - success checked in the run directory (flwr run was seen to exit 0 when the ServerApp raised);
-#   - the local SuperLink that `flwr run` leaves running in the background is stopped afterwards.
+#   - the local SuperLink that `flwr run` leaves running in the background is stopped afterwards (only
+#     processes started meanwhile with this FLWR_HOME: never another study's SuperLink or SuperExec).
 # Usage: bash scripts/flwr_run.sh [extra flwr run args, e.g. --run-config "config='configs/smoke.toml'"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +19,13 @@ cp configs/flower/config.toml "$FLWR_HOME/config.toml"
 
 out=${FEDHEALTH_OUT:-$PWD/runs/$(date +%Y%m%d-%H%M%S)-flwr}
 before=$(pgrep -f "flower-superlink|flower-superexec" || true)
+ours() {  # started by this script's `flwr run`: it runs with this FLWR_HOME (another user's SuperLink does not)
+  tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | grep -qxF "FLWR_HOME=$FLWR_HOME"
+}
 stop_started() {
   local started=() pid
   for pid in $(pgrep -f "flower-superlink|flower-superexec" || true); do
-    grep -qx "$pid" <<<"$before" || started+=("$pid")
+    grep -qx "$pid" <<<"$before" || ! ours "$pid" || started+=("$pid")
   done
   [ ${#started[@]} -gt 0 ] || return 0
   kill "${started[@]}" 2>/dev/null || true

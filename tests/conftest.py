@@ -8,24 +8,14 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 pytest.register_assert_rewrite("tests.support")
 
 
-# Test files that bind fixed ports on 127.0.0.1 (the deployment walk-through's 9092-9097, `flwr run`'s local
-# SuperLink): under pytest-xdist they share one worker, so two of them never run at once.
-FIXED_PORTS = {"test_deployment", "test_deployment_docs", "test_flwr_run"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    """The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject.toml). Unit tests are
-    handed out one by one (the two workers stay evenly busy). Each integration test file is one group that
-    runs whole on one worker, so its module fixtures (a federation that several tests read) are built once,
-    as in a single process; the files that bind fixed ports are one group together. `-n 0` runs everything
-    in this process instead."""
-    for item in items:
-        stem = item.path.stem
-        if stem in FIXED_PORTS:
-            item.add_marker(pytest.mark.xdist_group("fixed-ports"))
-        elif "integration" in item.path.parts:
-            item.add_marker(pytest.mark.xdist_group(stem))
+# The suite runs on two pytest-xdist workers, each test file whole on one of them (`-n 2 --dist loadfile`,
+# pyproject.toml), so a file's module fixtures (a federation that several tests read) are built once, as in a
+# single process. `--dist loadgroup` with `xdist_group` marks was used before: with pytest 9.2 and
+# pytest-xdist 3.8 it silently does nothing (xdist tags a group by assigning `item._nodeid`, which pytest 9.2's
+# `nodeid` no longer reads), and the tests of one file were spread over both workers. Fixed ports: only
+# tests/integration/test_deployment_docs.py binds docs/deployment.md's 9092-9097, and only
+# tests/integration/test_flwr_run.py the local SuperLink's 39091-39093 (flwr/cli/constant.py); every
+# other deployment test takes free ports. `-n 0` runs everything in this process instead.
 
 
 # ---- The suite's own collection, for tests/unit/test_suite_layout.py ----

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import time
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,18 +185,27 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _proc_stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, state letter) of a live process, None if gone."""
+def _proc_stat(pid: int) -> tuple[int, str, int, int] | None:
+    """(parent pid, state letter, process group, start time in clock ticks) of a live process, None if gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     rest = text[text.rindex(")") + 2:].split()
-    return int(rest[1]), rest[0]
+    return int(rest[1]), rest[0], int(rest[2]), int(rest[19])
 
 
 def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _process_table() -> dict[int, tuple[int, str, int, int]]:
+    table = {}
+    for pid in _all_pids():
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] not in ("Z", "X"):
+            table[pid] = stat
+    return table
 
 
 def alive(pid: int) -> bool:
@@ -207,32 +216,39 @@ def alive(pid: int) -> bool:
 
 def descendants(pids: Iterable[int]) -> set[int]:
     """Every live process below `pids` in the parent tree (children, grandchildren, ...)."""
-    parents: dict[int, list[int]] = {}
-    for pid in _all_pids():
-        stat = _proc_stat(pid)
-        if stat is not None:
-            parents.setdefault(stat[0], []).append(pid)
+    return _below(set(pids), _process_table())
+
+
+def _below(roots: set[int], table: Mapping[int, tuple[int, str, int, int]]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, stat in table.items():
+        children.setdefault(stat[0], []).append(pid)
     found: set[int] = set()
-    todo = list(pids)
+    todo = list(roots)
     while todo:
-        for child in parents.get(todo.pop(), []):
+        for child in children.get(todo.pop(), []):
             if child not in found:
                 found.add(child)
                 todo.append(child)
     return found
 
 
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def processes_mentioning(marks: Sequence[str]) -> set[int]:
     """Live Flower processes (`flower-*`, `flwr-*`) whose command line contains one of `marks`.
 
     Why: a `flower-superexec` whose parent died is re-parented to init and no longer shows in
-    `descendants`; its command line still names its parent (`--parent-pid N`) and the ports it serves."""
+    `descendants`; its command line still names its parent (`--parent-pid N`) and the ports it serves.
+    Whose they are is `owned_processes`' question: a pid and a port are both reused."""
     found = set()
     for pid in _all_pids():
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
+        cmd = _command_line(pid)
         if ("flower-" in cmd or "flwr-" in cmd) and any(m in cmd for m in marks) and alive(pid):
             found.add(pid)
     return found
@@ -244,21 +260,50 @@ def runtime_mark(port: int, host: str = "127.0.0.1") -> str:
     return f"--runtime-api-address {host}:{port} "
 
 
-def kill_tree(pids: Iterable[int], marks: Sequence[str] = (), timeout: float = 10.0) -> list[int]:
-    """SIGTERM `pids`, their process groups and every descendant (and Flower processes naming `marks`),
-    wait up to `timeout` seconds, then SIGKILL what is left. Returns the pids that needed SIGKILL."""
-    roots = [p for p in pids if p > 0]
-    targets = set(roots) | descendants(roots) | (processes_mentioning(marks) if marks else set())
-    for pid in roots:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)  # our services lead their own group (start_new_session)
+def owned_processes(root: int, root_started: int, root_reaped: bool, marks: Sequence[str] = ()) -> set[int]:
+    """The live processes that belong to the service started as `root` (start time `root_started`, in clock
+    ticks): itself, everything below it, the rest of its process group, and the orphans (re-parented to init)
+    among the Flower processes naming one of `marks`, started after it.
+
+    Why so careful: on a busy machine pids are reused within minutes (Linux's default pid_max is 32768), and a
+    free port a test released is soon another test's. Once `root` has exited and been reaped (`root_reaped`),
+    its pid, its group id and the `--parent-pid ROOT` on its children's command lines can all name another
+    service's processes; and a `--runtime-api-address` mark can name a later service on the same port. So a
+    marked process counts only if it started after `root` and was adopted: its parent is init, or a process
+    older than `root` (a subreaper), never a younger process outside this tree, which is some other service
+    started since. The group counts only while its leader is `root` itself or gone. Whatever the service's
+    own tree still reaches is found through `descendants`."""
+    table = _process_table()
+    leader = table.get(root)
+    ours_alive = leader is not None and leader[3] == root_started and not root_reaped
+    found = {root} | _below({root}, table) if ours_alive else set()
+    if leader is None or ours_alive:  # the group id is still ours (or nobody's)
+        found |= {pid for pid, stat in table.items() if stat[2] == root and stat[3] >= root_started}
+    if marks:
+        for pid in processes_mentioning(marks):
+            stat = table.get(pid)
+            if stat is None or stat[3] < root_started:
+                continue
+            parent = table.get(stat[0])
+            if stat[0] <= 1 or parent is None or parent[3] < root_started:
+                found.add(pid)
+    return found | _below(found, table)
+
+
+def kill_processes(find: Callable[[], set[int]], timeout: float = 10.0) -> list[int]:
+    """SIGTERM what `find()` returns, look again (children started meanwhile join), wait up to `timeout`
+    seconds, then SIGKILL what is left. Returns the pids that needed SIGKILL."""
+    targets = find()
     for pid in targets:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        # children started while we waited (a superexec spawning a new app process) join the list
-        targets |= descendants(t for t in targets if alive(t))
+        new = find() - targets
+        for pid in new:  # a superexec spawning a new app process while we waited
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        targets |= new
         if not any(alive(p) for p in targets):
             return []
         time.sleep(0.1)
@@ -279,9 +324,11 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     # strings only this service's processes carry, e.g. "--runtime-api-address 127.0.0.1:PORT " (its SuperExec and
-    # the app processes it starts); not the SuperLink's address, which every SuperNode names too. See kill_tree.
+    # the app processes it starts); not the SuperLink's address, which every SuperNode names too. See
+    # owned_processes.
     marks: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    started: int = 0  # the root process's start time (clock ticks since boot): tells it from a reused pid
 
     def start(self) -> Service:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -289,6 +336,8 @@ class Service:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.cwd,
                                          start_new_session=True)
+        stat = _proc_stat(self.proc.pid)
+        self.started = stat[3] if stat is not None else 0
         self.marks.append(f"--parent-pid {self.proc.pid} ")  # trailing space: pid 12 must not match 123
         return self
 
@@ -311,11 +360,18 @@ class Service:
         except subprocess.TimeoutExpired:
             return None
 
+    def processes(self) -> set[int]:
+        """This service's live processes (see `owned_processes`): empty once it stopped cleanly."""
+        if self.proc is None:
+            return set()
+        reaped = self.proc.returncode is not None
+        return {p for p in owned_processes(self.proc.pid, self.started, reaped, self.marks) if alive(p)}
+
     def stop(self, timeout: float = 10.0) -> list[int]:
         """Stop the service and everything it started; reap it. Returns pids that needed SIGKILL."""
         if self.proc is None:
             return []
-        forced = kill_tree([self.proc.pid], self.marks, timeout)
+        forced = kill_processes(self.processes, timeout)
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -38,6 +38,7 @@ from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
 
+from fedhealth.deployment.superexec_watch import SuperExecWatch, watch_flowers_superexec
 from fedhealth.errors import DeploymentError
 
 APP_LOG_ENV = "FEDHEALTH_APP_LOG"
@@ -161,7 +162,8 @@ def check_flower() -> None:
 
     pull = sci._pull_and_store_message
     pull = getattr(pull, "__wrapped__", pull)  # Flower's own, if `install` already wrapped it
-    if flwr.__version__ != "1.41.0" or "trusted_entities" not in pull.__code__.co_varnames:
+    starts_superexec = "subprocess" in sci.start_client_internal.__code__.co_names  # superexec_watch wraps it
+    if flwr.__version__ != "1.41.0" or "trusted_entities" not in pull.__code__.co_varnames or not starts_superexec:
         raise LauncherError(f"fedhealth's SuperNode launcher was written against flwr 1.41.0 (found "
                             f"{flwr.__version__}); check flwr/supernode/start_client_internal.py and update "
                             "fedhealth/deployment/supernode.py before deploying")
@@ -257,7 +259,11 @@ def launch(args: Sequence[str]) -> None:
     from flwr.common.logger import FLOWER_LOGGER
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
+    watch = SuperExecWatch(hospital)
+    watch_flowers_superexec(watch)  # subprocess isolation: the SuperExec Flower starts
     superexec = start_superexec(args)
+    if superexec is not None:  # --clientapp forkserver: fedhealth's own
+        watch.track(superexec)
     refusals = _Refusals()
     FLOWER_LOGGER.addHandler(refusals)
     sys.argv = ["flower-supernode", *args]  # flower-supernode parses sys.argv itself
@@ -270,6 +276,7 @@ def launch(args: Sequence[str]) -> None:
                 print(f"error: {line}", file=sys.stderr, flush=True)
         raise
     finally:
+        watch.stop()
         FLOWER_LOGGER.removeHandler(refusals)
         if superexec is not None and superexec.poll() is None:
             superexec.terminate()

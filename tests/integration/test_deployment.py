@@ -13,10 +13,12 @@ SuperLink and hospital restarts about 220 s, and the file about 300 s on an idle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -29,8 +31,6 @@ import pytest
 from fedhealth.deployment.processes import (
     FLOWER_ENV,
     Service,
-    alive,
-    descendants,
     free_port,
     port_open,
     processes_mentioning,
@@ -182,9 +182,6 @@ class Deployment:
         """The latest service started under `name`."""
         return [s for s in self.services if s.name == name][-1]
 
-    def marks(self) -> list[str]:
-        return [m for s in self.services for m in s.marks]
-
     def logs(self, *names: str, tail: int = 2500) -> str:
         chosen = [s for s in self.services if not names or s.name in names]
         return "\n".join(f"----- {s.name} (exit {s.proc.poll() if s.proc else None}) -----\n{s.output()[-tail:]}"
@@ -259,8 +256,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     finally:
         for service in reversed(dep.services):
             service.stop()
-        leftovers = {p for p in processes_mentioning(dep.marks()) | descendants(s.pid for s in dep.services
-                                                                                 if s.proc) if alive(p)}
+        leftovers = {p for s in dep.services for p in s.processes()}
         assert not leftovers, f"processes left running: {sorted(leftovers)}"
 
 
@@ -429,6 +425,16 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _superexecs(mark: str) -> list[int]:
+    """The live `flower-superexec` processes serving the Runtime API that `mark` names."""
+    found = []
+    for pid in processes_mentioning([mark]):
+        with contextlib.suppress(OSError):
+            if b"flower-superexec" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return sorted(found)
+
+
 def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink_restart(deployment):
     """Round 1 runs; then the SuperLink is stopped (its ServerApp with it) before round 2 can finish, and the
     run directory must say so; hungary's SuperNode is stopped too. The SuperLink restarts on its database, the
@@ -443,9 +449,20 @@ def test_three_hospitals_finish_a_secure_study_across_a_hospital_and_a_superlink
     started = time.perf_counter()
     study = _study_file(deployment.root, rounds=2)
     cfg = load_config(study)
-    deployment.start_hospital(deployment.sites["cleveland"])
+    cleveland = deployment.start_hospital(deployment.sites["cleveland"])
     deployment.start_hospital(deployment.sites["hungary"])
     deployment.start_hospital_container_style(deployment.sites["va-long-beach"])
+    # cleveland's SuperExec (which starts a ClientApp per message) is killed under its running SuperNode, as
+    # an administrator's `pkill` or the OOM killer would: the hospital's launcher starts it again, and
+    # cleveland's updates are in every round below (`hospitals_aggregated == [0, 1, 2]`)
+    mark = runtime_mark(deployment.sites["cleveland"].port)
+    wait_until(lambda: _superexecs(mark) or not cleveland.running(), 120, 0.2, "cleveland's SuperExec")
+    (killed,) = _superexecs(mark)
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: "Started it again" in cleveland.output() or not cleveland.running(), 30, 0.2,
+               "cleveland's SuperExec started again")
+    assert f"its SuperExec (pid {killed}) ended (signal SIGKILL) while the SuperNode runs" in cleveland.output()
+    assert len(_superexecs(mark)) == 1
     out = deployment.root / "server" / "runs" / "study"
     # server/entrypoint.sh run: `flwr run . fedhealth-deployment --stream --run-config "config=... out=...
     # references=false"`, then exit 1 unless the run directory says completed (flwr run alone exits 0 anyway)
@@ -948,5 +965,5 @@ def test_hospitals_in_their_own_network_namespaces_reach_the_superlink_only_over
         for service in reversed(services):
             service.stop()
         net.close()
-        leftovers = {p for s in services if s.proc for p in processes_mentioning(s.marks) if alive(p)}
+        leftovers = {p for s in services for p in s.processes()}
         assert not leftovers, f"processes left running: {sorted(leftovers)}"

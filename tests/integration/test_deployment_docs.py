@@ -27,10 +27,7 @@ import pytest
 
 from fedhealth.deployment.processes import (
     Service,
-    alive,
-    descendants,
     port_open,
-    processes_mentioning,
     runtime_mark,
     wait_until,
 )
@@ -128,9 +125,7 @@ def reader(tmp_path: Path) -> Iterator[Reader]:
     finally:
         for service in reversed(reader.services):
             service.stop()
-        marks = [m for s in reader.services for m in s.marks]
-        left = {p for p in processes_mentioning(marks) | descendants(s.pid for s in reader.services if s.proc)
-                if alive(p)}
+        left = {p for s in reader.services for p in s.processes()}
         assert not left, f"processes left running: {sorted(left)}"
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,14 +12,24 @@ from tests.support import ROOT
 pytestmark = pytest.mark.slow
 
 
-def _flower_pids() -> set[str]:
+def _flower_pids(flwr_home: Path) -> set[str]:
+    """Live SuperLinks and SuperExecs running with `flwr_home` (another test's deployment has its own)."""
     out = subprocess.run(["pgrep", "-f", "flower-superlink|flower-superexec"], capture_output=True, text=True)
-    return set(out.stdout.split())
+    found = set()
+    for pid in out.stdout.split():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"FLWR_HOME={flwr_home}".encode() in environ:
+            found.add(pid)
+    return found
 
 
 def test_flwr_run_writes_a_complete_run_and_stops_what_it_started(tmp_path):
-    before = _flower_pids()
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FEDHEALTH_OUT": str(tmp_path / "run")}
+    home = tmp_path / "flwr-home"
+    assert not _flower_pids(home)
+    env = {**os.environ, "FLWR_HOME": str(home), "FEDHEALTH_OUT": str(tmp_path / "run")}
     proc = subprocess.run(["bash", "scripts/flwr_run.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -26,7 +37,8 @@ def test_flwr_run_writes_a_complete_run_and_stops_what_it_started(tmp_path):
     assert state["status"] == "completed" and state["last_round"] == 2
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["overall"]["auroc"]["federated"] > 0.7
-    assert _flower_pids() <= before  # the background SuperLink was stopped
+    assert "Starting Flower SuperLink" in proc.stdout + proc.stderr  # flwr run started its local SuperLink ...
+    assert not _flower_pids(home)  # ... and the wrapper stopped it and its SuperExec
 
 
 def test_flwr_run_fails_loudly_when_the_server_app_fails(tmp_path):
