@@ -221,6 +221,13 @@ def _fmt(v: Any) -> str:
     return "—" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
 
 
+def _with_ci(value: Any, ci: list[float | None] | None) -> str:
+    """0.848 [0.79, 0.90]: the figure to 3 decimals, its interval to 2 (the interval is that coarse)."""
+    if ci is None or ci[0] is None or _fmt(value) == "—":
+        return _fmt(value)
+    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def print_summary_table(summary: dict[str, Any]) -> None:
     table = Table(title=f"{summary['study']}: test AUROC per hospital ({summary['strategy']}, "
                         f"{summary['model']}, {summary['rounds']} rounds)")
@@ -233,14 +240,29 @@ def print_summary_table(summary: dict[str, Any]) -> None:
         table.add_column(col, justify="right" if col == "records" else "left")
     for key in keys:
         table.add_column(titles[key], justify="right")
+    from fedhealth.reporting.report import gain_text
+
+    gains = "gain" in summary["overall"]
+    if gains:
+        table.add_column("gain over local-only", justify="right")
+
+    def cells(values: dict[str, Any], cis: dict[str, Any], gain: dict[str, Any] | None) -> list[str]:
+        row = [_with_ci(values.get(k), cis.get(k)) for k in keys]
+        return [*row, gain_text(gain)] if gains else row
+
     for h in summary["hospitals"]:
-        table.add_row(h["name"], h["tier"], h["region"], str(h["records"]), *(_fmt(h["auroc"].get(k)) for k in keys))
+        table.add_row(h["name"], h["tier"], h["region"], str(h["records"]),
+                      *cells(h["auroc"], h.get("auroc_ci", {}), h.get("gain")))
     table.add_section()
-    m = summary["overall"]["mean_hospital_auroc"]
-    table.add_row("mean of hospitals", "", "", "", *(_fmt(m.get(k)) for k in keys))
-    o = summary["overall"]["auroc"]
-    table.add_row("all test records", "", "", "", *(_fmt(o.get(k)) for k in keys))
+    o = summary["overall"]
+    table.add_row("mean of hospitals", "", "", "",
+                  *cells(o["mean_hospital_auroc"], o.get("mean_hospital_auroc_ci", {}), o.get("mean_hospital_gain")))
+    table.add_row("all test records", "", "", "", *cells(o["auroc"], o.get("auroc_ci", {}), o.get("gain")))
     console.print(table)
+    if "intervals" in summary:
+        console.print("[dim]In brackets: 95 % intervals over the test records (AUROC: DeLong; gain: paired "
+                      "DeLong). * the gain's interval excludes zero; without it the gain is not distinguishable "
+                      "from zero on this test set.[/dim]")
     privacy = summary.get("privacy")
     if privacy and privacy["mode"] == "hospital":
         console.print(f"privacy spent: hospital-level DP, epsilon {privacy['epsilon']:.3f} at delta="

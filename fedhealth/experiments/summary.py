@@ -11,6 +11,15 @@ Keys are plain and documented here because papers and dashboards read them:
     summary["overall"]["brier"][...]            Brier score on all test records
     summary["calibration"][model]               reliability bands on all test records, and their ECE
     summary["equity"]                           see `fedhealth.metrics.equity.equity_summary`
+
+Every figure has its 95 % interval beside it (`fedhealth.metrics.intervals`; `summary["intervals"]` says
+how each was computed), as [low, high], or [null, null] where the figure itself is undefined:
+
+    summary["hospitals"][i]["auroc_ci" | "brier_ci" | "accuracy_ci"][model]
+    summary["hospitals"][i]["gain"]   federated minus local-only AUROC on the hospital's test records:
+        {"estimate", "ci", "distinguishable_from_zero"} (paired DeLong); absent without a local-only model
+    summary["overall"]["auroc_ci" | "mean_hospital_auroc_ci" | "brier_ci" | "accuracy_ci"][model]
+    summary["overall"]["gain"], summary["overall"]["mean_hospital_gain"]   as a hospital's "gain"
 """
 
 from __future__ import annotations
@@ -25,7 +34,24 @@ from fedhealth.experiments.references import Predictions
 from fedhealth.metrics.calibration import expected_calibration_error, reliability_bins
 from fedhealth.metrics.classification import binary_metrics, roc_auc
 from fedhealth.metrics.equity import equity_summary
+from fedhealth.metrics.intervals import (
+    LEVEL,
+    Interval,
+    accuracy_rows,
+    auroc_difference_interval,
+    auroc_interval,
+    bootstrap_interval,
+    brier_rows,
+    mean_auroc_interval,
+)
 from fedhealth.study.config import StudyConfig
+
+RESAMPLES = 1000  # bootstrap resamples per figure
+
+
+def _gain(interval: Interval) -> dict[str, Any]:
+    return {"estimate": interval.estimate if interval.defined else None, "ci": interval.as_list(),
+            "distinguishable_from_zero": interval.defined and not interval.covers_zero}
 
 
 def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict[str, Predictions],
@@ -33,32 +59,59 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
     # Real data has no known true risk: the best-possible reference is then absent, not NaN.
     known_risk = all(np.isfinite(s.test_true_risk).all() for s in splits)
     hospitals = []
+    hospital_auroc: dict[str, list[Interval]] = {key: [] for key in preds}
+    hospital_gains: list[Interval] = []
     for s in splits:
         row: dict[str, Any] = {
             "name": s.hospital.name, "index": s.index, "tier": s.hospital.tier, "region": s.hospital.region,
             "records": s.hospital.records, "n_train": int(len(s.y_train)), "n_test": int(len(s.y_test)),
             "prevalence": s.prevalence,
             "auroc": {}, "auprc": {}, "brier": {}, "accuracy": {},
+            "auroc_ci": {}, "brier_ci": {}, "accuracy_ci": {},
         }
-        for key, pred in preds.items():
-            m = binary_metrics(s.y_test, pred.by_hospital[s.index])
+        for j, (key, pred) in enumerate(preds.items()):
+            p = pred.by_hospital[s.index]
+            m = binary_metrics(s.y_test, p)
             row["auroc"][key], row["auprc"][key], row["brier"][key] = m.auroc, m.auprc, m.brier
             row["accuracy"][key] = m.accuracy  # at threshold 0.5: for comparison with benchmarks that report it
+            auroc = auroc_interval(s.y_test, p)
+            hospital_auroc[key].append(auroc)
+            row["auroc_ci"][key] = auroc.as_list()
+            seed = (cfg.seed, s.index, j)
+            row["brier_ci"][key] = bootstrap_interval(brier_rows, s.y_test, p, seed, resamples=RESAMPLES).as_list()
+            row["accuracy_ci"][key] = bootstrap_interval(accuracy_rows, s.y_test, p, seed,
+                                                         resamples=RESAMPLES).as_list()
+        if "federated" in preds and "local_only" in preds:
+            gain = auroc_difference_interval(s.y_test, preds["federated"].by_hospital[s.index],
+                                             preds["local_only"].by_hospital[s.index])
+            hospital_gains.append(gain)
+            row["gain"] = _gain(gain)
         if known_risk:
             row["auroc"]["best_possible"] = s.bayes_auroc
         hospitals.append(row)
 
     y_all = np.concatenate([s.y_test for s in splits])
     overall: dict[str, Any] = {"auroc": {}, "mean_hospital_auroc": {}, "brier": {}, "accuracy": {},
+                               "auroc_ci": {}, "mean_hospital_auroc_ci": {}, "brier_ci": {}, "accuracy_ci": {},
                                "n_test": int(len(y_all))}
     calibration: dict[str, Any] = {}
-    for key, pred in preds.items():
-        p_all = np.concatenate([pred.by_hospital[s.index] for s in splits])
+    all_records: dict[str, np.ndarray] = {}
+    for j, (key, pred) in enumerate(preds.items()):
+        p_all = all_records[key] = np.concatenate([pred.by_hospital[s.index] for s in splits])
         overall["auroc"][key] = roc_auc(y_all, p_all)
         overall["brier"][key] = float(np.mean((p_all - y_all) ** 2))
         overall["accuracy"][key] = float(np.mean((p_all >= 0.5) == (y_all == 1)))
+        overall["auroc_ci"][key] = auroc_interval(y_all, p_all).as_list()
+        overall["mean_hospital_auroc_ci"][key] = mean_auroc_interval(hospital_auroc[key]).as_list()
+        seed = (cfg.seed, len(splits), j)
+        overall["brier_ci"][key] = bootstrap_interval(brier_rows, y_all, p_all, seed, resamples=RESAMPLES).as_list()
+        overall["accuracy_ci"][key] = bootstrap_interval(accuracy_rows, y_all, p_all, seed,
+                                                         resamples=RESAMPLES).as_list()
         bins = reliability_bins(y_all, p_all)
         calibration[key] = {"bins": bins, "ece": expected_calibration_error(bins)}
+    if hospital_gains:
+        overall["gain"] = _gain(auroc_difference_interval(y_all, all_records["federated"], all_records["local_only"]))
+        overall["mean_hospital_gain"] = _gain(mean_auroc_interval(hospital_gains))
     if known_risk:
         overall["auroc"]["best_possible"] = roc_auc(y_all, np.concatenate([s.test_true_risk for s in splits]))
     for key in [*preds, *(["best_possible"] if known_risk else [])]:
@@ -67,4 +120,11 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
     return {"study": cfg.name, "seed": cfg.seed, "strategy": cfg.federation.strategy.name,
             "model": cfg.model.name, "rounds": cfg.federation.rounds, "overall": overall,
             "hospitals": hospitals, "calibration": calibration, "equity": equity_summary(hospitals),
+            "intervals": {"level": LEVEL, "auroc": "DeLong (normal approximation, clipped to [0, 1])",
+                          "gain": "paired DeLong on the same test records; mean_hospital_gain and "
+                                  "mean_hospital_auroc_ci combine the hospitals' DeLong variances",
+                          "brier, accuracy": f"stratified bootstrap, {RESAMPLES} resamples, percentile, "
+                                             f"seeded from the study seed",
+                          "covers": "the finite test sets only, not the training run: another seed "
+                                    "trains another model"},
             **(extra or {})}

@@ -87,6 +87,12 @@ def equity_summary(hospitals: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if has_local:
         out["hospitals_that_gained"] = int(sum(g > 0 for g in gains))
+        intervals = [h.get("gain") for h in rows]
+        if all(i is not None for i in intervals):  # summaries written before intervals have none
+            out["hospitals_that_gained_beyond_noise"] = int(sum(
+                i["distinguishable_from_zero"] and i["estimate"] > 0 for i in intervals))
+            out["hospitals_that_lost_beyond_noise"] = int(sum(
+                i["distinguishable_from_zero"] and i["estimate"] < 0 for i in intervals))
         out["gain_vs_records_spearman"] = spearman(records, gains)
         out["smallest_vs_largest"] = _smallest_vs_largest(rows, gains)
     out["sentence"] = equity_sentence(out, len(rows))
@@ -114,6 +120,15 @@ def equity_sentence(eq: dict[str, Any], n: int) -> str:
     gained = eq["hospitals_that_gained"]
     first = (f"Every one of the {n} hospitals gained over training alone" if gained == n
              else f"{gained} of {n} hospitals gained over training alone")
+    if "hospitals_that_gained_beyond_noise" in eq:
+        sure, lost = eq["hospitals_that_gained_beyond_noise"], eq["hospitals_that_lost_beyond_noise"]
+        unsure = n - sure - lost
+        parts = [f"{sure} beyond the test-set noise, with a 95 % interval above zero"]
+        if lost:
+            parts.append(f"{lost} lost beyond it")
+        if unsure:
+            parts.append(f"for {unsure} the gain is not distinguishable from zero")
+        first += f" ({'; '.join(parts)})"
     comp = eq.get("smallest_vs_largest")
     if not comp:
         return first + "."

@@ -62,18 +62,28 @@ def final_comparison(hospitals: list[dict[str, Any]], keys: list[str]) -> Figure
     rows = sorted(hospitals, key=lambda h: h["records"])
     fig, ax = _figure(8.0, max(3.0, 0.32 * len(rows) + 1.2))
     y = np.arange(len(rows))
+    models = [k for k in keys if k != "best_possible"]
     for key in keys:
         values = [h["auroc"].get(key) for h in rows]
         marker = "|" if key == "best_possible" else "o"
-        ax.scatter([v if v is not None else np.nan for v in values], y, color=MODEL_COLOURS.get(key, "grey"),
-                   marker=marker, s=60 if key == "best_possible" else 28, label=MODEL_LABELS.get(key, key), zorder=3)
+        # models drawn side by side in each hospital's row, each with its 95 % interval as a horizontal bar
+        dy = (models.index(key) - (len(models) - 1) / 2) * 0.18 if key in models else 0.0
+        x = np.array([v if v is not None else np.nan for v in values], dtype=float)
+        ax.scatter(x, y + dy, color=MODEL_COLOURS.get(key, "grey"), marker=marker,
+                   s=60 if key == "best_possible" else 28, label=MODEL_LABELS.get(key, key), zorder=3)
+        cis = [h.get("auroc_ci", {}).get(key) for h in rows]
+        if any(ci and ci[0] is not None for ci in cis):
+            low = np.array([ci[0] if ci and ci[0] is not None else np.nan for ci in cis], dtype=float)
+            high = np.array([ci[1] if ci and ci[1] is not None else np.nan for ci in cis], dtype=float)
+            ax.errorbar(x, y + dy, xerr=np.vstack([x - low, high - x]), fmt="none",
+                        ecolor=MODEL_COLOURS.get(key, "grey"), elinewidth=1, alpha=0.6, zorder=2)
     for i, h in enumerate(rows):
         lo, fed = h["auroc"].get("local_only"), h["auroc"].get("federated")
         if lo is not None and fed is not None:
             ax.annotate("", xy=(fed, i), xytext=(lo, i),
                         arrowprops={"arrowstyle": "->", "color": "#1565c0" if fed >= lo else "#c62828", "lw": 1})
     ax.set_yticks(y, [f"{h['name']} ({h['records']:,})" for h in rows], fontsize=7 if len(rows) > 20 else 8)
-    ax.set_xlabel("test AUROC")
+    ax.set_xlabel("test AUROC (bars: 95 % DeLong interval)")
     ax.set_title("Per hospital, smallest at the bottom: training alone → federated" if "local_only" in keys
                  else "Per hospital, smallest at the bottom")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)

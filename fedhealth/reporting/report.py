@@ -147,6 +147,14 @@ def model_keys(summary: dict[str, Any]) -> list[str]:
     return [k for k in MODEL_ORDER if k in summary["overall"]["auroc"]]
 
 
+def gain_text(gain: dict[str, Any] | None) -> str:
+    """+0.028 [-0.01, +0.07]: a gain over local-only with its paired interval; * when it excludes zero."""
+    if not gain or gain.get("estimate") is None:
+        return "–"
+    low, high = gain["ci"]
+    return f"{gain['estimate']:+.3f} [{low:+.2f}, {high:+.2f}]{'*' if gain['distinguishable_from_zero'] else ''}"
+
+
 def render_report(data: dict[str, Any], images: dict[str, str]) -> str:
     """The report's HTML from the run directory's contents (`_load`) and the figures' inlined images."""
     cfg, summary = data["cfg"], data["summary"]
@@ -155,6 +163,8 @@ def render_report(data: dict[str, Any], images: dict[str, str]) -> str:
     env.filters["auc"] = lambda v: "–" if v is None else f"{v:.3f}"
     env.filters["signed"] = lambda v: "–" if v is None else f"{v:+.3f}"
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f} %"
+    env.filters["ci"] = lambda ci: "" if not ci or ci[0] is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    env.filters["gain"] = gain_text
     return env.get_template("report.html.j2").render(
         cfg=cfg, summary=summary, hospitals=summary["hospitals"], keys=model_keys(summary), images=images,
         rounds=data["rounds"], failed=[r for r in data["rounds"] if r.get("status") == "failed"],

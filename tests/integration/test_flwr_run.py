@@ -37,7 +37,7 @@ def test_flwr_run_writes_a_complete_run_and_stops_what_it_started(tmp_path):
     assert state["status"] == "completed" and state["last_round"] == 2
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["overall"]["auroc"]["federated"] > 0.7
-    assert "Starting Flower SuperLink" in proc.stdout + proc.stderr  # flwr run started its local SuperLink ...
+    assert "Starting local SuperLink" in proc.stdout + proc.stderr  # flwr run started its local SuperLink ...
     assert not _flower_pids(home)  # ... and the wrapper stopped it and its SuperExec
 
 
