@@ -120,7 +120,7 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
     return {"study": cfg.name, "seed": cfg.seed, "strategy": cfg.federation.strategy.name,
             "model": cfg.model.name, "rounds": cfg.federation.rounds, "overall": overall,
             "hospitals": hospitals, "calibration": calibration, "equity": equity_summary(hospitals),
-            "intervals": {"level": LEVEL, "auroc": "DeLong (normal approximation, clipped to [0, 1])",
+            "intervals": {"level": LEVEL, "auroc": "DeLong standard error, interval on the logit scale",
                           "gain": "paired DeLong on the same test records; mean_hospital_gain and "
                                   "mean_hospital_auroc_ci combine the hospitals' DeLong variances",
                           "brier, accuracy": f"stratified bootstrap, {RESAMPLES} resamples, percentile, "
