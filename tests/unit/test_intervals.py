@@ -39,7 +39,7 @@ def test_delong_matches_mlstatkit(seed, n, prevalence, rounding):
     z95 = NormalDist().inv_cdf(0.975)
     for ours, auc, ci in ((auroc_interval(y, a), auc_a, ci_a), (auroc_interval(y, b), auc_b, ci_b)):
         assert ours.estimate == pytest.approx(auc, abs=1e-12)
-        if 0 < ci[0] and ci[1] < 1:  # MLstatkit's interval is AUROC +- z SE (clipped): the same SE
+        if ci[0] > 0 and ci[1] < 1:  # MLstatkit's interval is AUROC +- z SE (clipped): the same SE
             assert ours.se == pytest.approx((ci[1] - ci[0]) / (2 * z95), abs=1e-12)
         # ours is formed on the logit scale: asymmetric, inside (0, 1), and around the same estimate
         assert 0 < ours.low < ours.estimate < ours.high < 1
