@@ -1,8 +1,9 @@
 """fedhealth: federated learning for hospitals, with differential privacy and secure aggregation.
 
-The Python API (see `fedhealth.api`): `load_study`, `simulate`, `resume`, `sweep`, `contribution`, `report` and
-`Run`; and the errors (see `fedhealth.errors`), every one a `FedhealthError`; and `RunInterrupted`, which is not an
-error but SIGINT or SIGTERM stopping a run (a `KeyboardInterrupt`; the run directory says `interrupted`).
+The Python API (see `fedhealth.api`): `load_study`, `simulate`, `simulate_seeds`, `resume`, `sweep`,
+`contribution`, `report` and `Run`; and the errors (see `fedhealth.errors`), every one a `FedhealthError`; and
+`RunInterrupted`, which is not an error but SIGINT or SIGTERM stopping a run (a `KeyboardInterrupt`; the run
+directory says `interrupted`).
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from fedhealth.errors import (
 )
 
 if TYPE_CHECKING:
-    from fedhealth.api import Run, contribution, load_study, report, resume, simulate, sweep
+    from fedhealth.api import Run, contribution, load_study, report, resume, simulate, simulate_seeds, sweep
 
 __version__ = "0.1.0"
 
-_API = ("Run", "contribution", "load_study", "report", "resume", "simulate", "sweep")
+_API = ("Run", "contribution", "load_study", "report", "resume", "simulate", "simulate_seeds", "sweep")
 __all__ = [  # spelt out (not *_API) so that linters and type checkers read it
     "Run",
     "contribution",
@@ -41,6 +42,7 @@ __all__ = [  # spelt out (not *_API) so that linters and type checkers read it
     "report",
     "resume",
     "simulate",
+    "simulate_seeds",
     "sweep",
     "AggregationError",
     "DataError",

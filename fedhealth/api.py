@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
 
-__all__ = ["Run", "contribution", "load_study", "report", "resume", "simulate", "sweep"]
+__all__ = ["Run", "contribution", "load_study", "report", "resume", "simulate", "simulate_seeds", "sweep"]
 
 RoundHook = Callable[[int, dict[str, Any]], None]
 Overrides = Mapping[str, Any] | Iterable[str] | None
@@ -354,6 +354,70 @@ def simulate(study: StudyConfig | str | Path, out: str | Path | None = None, *, 
     _check_sizes(cfg)
     run_dir = rundir.create_run_dir(cfg, Path(out) if out is not None else None)
     return _run(cfg, run_dir, verbose=verbose, progress=progress, write_report=report, on_round=on_round)
+
+
+def parse_seeds(seeds: str | Iterable[int]) -> list[int]:
+    """``"42,43,44"`` (or integers) as a list of at least two distinct non-negative seeds; UsageError if not."""
+    items = [x.strip() for x in seeds.split(",")] if isinstance(seeds, str) else list(seeds)
+    try:
+        values = [int(x) for x in items if x != ""]
+    except (TypeError, ValueError):
+        raise UsageError(f"seeds {seeds!r}: give whole numbers separated by commas, e.g. 42,43,44") from None
+    if len(values) < 2 or len(set(values)) != len(values) or min(values) < 0:
+        raise UsageError(f"seeds {seeds!r}: give at least two different non-negative seeds, e.g. 42,43,44")
+    return values
+
+
+def simulate_seeds(study: StudyConfig | str | Path, seeds: str | Iterable[int], out: str | Path | None = None, *,
+                   overrides: Overrides = None, verbose: bool = False, progress: bool | Console = False,
+                   report: bool = True) -> dict[str, Any]:
+    """The same study once per seed, as ``fedhealth simulate --seeds 42,43,44``: how much each figure moves.
+
+    Parameters
+    ----------
+    study
+        A `StudyConfig` or the path of a study config (TOML).
+    seeds
+        At least two distinct seeds: ``"42,43,44"`` or integers. Each replaces the study's ``seed``, which
+        draws the generated records, the splits, the initial model and the training (and DP) randomness.
+    out
+        A new or empty directory: one run directory per seed (``seed-42/``, ...) and ``seeds.json``.
+        Default ``runs/<time>-<study name>-seeds``.
+    overrides, verbose, progress, report
+        As for `simulate`, for every run.
+
+    Returns
+    -------
+    dict
+        What ``seeds.json`` holds (`fedhealth.experiments.seeds`): mean, sd (ddof 1) and the values of each
+        AUROC per model, overall and per hospital, and of each gain over local-only, with the number of runs
+        in which that gain was distinguishable from zero.
+
+    Raises
+    ------
+    UsageError
+        Fewer than two seeds, a repeated or negative seed.
+    RunDirectoryError
+        ``out`` exists and is not empty; nothing was started.
+    FederationError, RunInterrupted
+        As for `simulate`; the runs already completed stay in ``out``.
+    """
+    from fedhealth.experiments.seeds import seed_summary
+
+    cfg = _study(study, overrides)
+    values = parse_seeds(seeds)
+    root = Path(out) if out is not None else default_out_dir(cfg, "seeds")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise rundir.RunDirError(f"{root}: exists and is not an empty folder; --seeds writes one run directory per "
+                                 "seed into a new or empty folder: choose another --out")
+    runs = []
+    for k, seed in enumerate(values, start=1):
+        _say(progress, f"[bold]seed {seed}[/] ({k} of {len(values)})")
+        runs.append(simulate(_study(cfg, {"seed": seed}), root / f"seed-{seed}", verbose=verbose,
+                             progress=progress, report=report))
+    result = seed_summary(values, [r.summary for r in runs], [str(r.path) for r in runs])
+    rundir.write_json(root / "seeds.json", result)
+    return result
 
 
 def resume(run_dir: str | Path, *, verbose: bool = False, progress: bool | Console = False, report: bool = True,

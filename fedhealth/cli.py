@@ -228,6 +228,40 @@ def _with_ci(value: Any, ci: list[float | None] | None) -> str:
     return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def _spread_cell(v: dict[str, Any] | None, signed: bool = False) -> str:
+    if not v or v["mean"] is None:
+        return "—"
+    sign = "+" if signed else ""
+    return f"{v['mean']:{sign}.3f} ± {v['sd']:.3f}" if v["sd"] is not None else f"{v['mean']:{sign}.3f}"
+
+
+def print_seeds_table(result: dict[str, Any]) -> None:
+    """Mean ± sd over the seeds of each hospital's AUROC per model, and of its gain over local-only."""
+    n = len(result["seeds"])
+    seeds = ", ".join(map(str, result["seeds"]))
+    table = Table(title=f"{result['study']}: test AUROC, mean ± sd over {n} seeds ({seeds})")
+    table.add_column("hospital")
+    models = result["models"]
+    for key in models:
+        table.add_column(key.replace("_", "-"), justify="right")
+    gains = "gain" in result["overall"]
+    if gains:
+        table.add_column("gain over local-only", justify="right")
+        table.add_column(f"gain beyond noise (of {n})", justify="right")
+    for h in result["hospitals"]:
+        extra = [_spread_cell(h.get("gain"), True), str(h["gain"]["distinguishable_in"])] if gains else []
+        table.add_row(h["name"], *(_spread_cell(h["auroc"][k]) for k in models), *extra)
+    table.add_section()
+    o = result["overall"]
+    for label, figure, gain in (("mean of hospitals", "mean_hospital_auroc", "mean_hospital_gain"),
+                                ("all test records", "auroc", "gain")):
+        extra = [_spread_cell(o.get(gain), True), str(o[gain]["distinguishable_in"])] if gains else []
+        table.add_row(label, *(_spread_cell(o[figure][k]) for k in models), *extra)
+    console.print(table)
+    console.print("[dim]sd: standard deviation over the seeds (each seed draws its own records, splits, initial "
+                  "model and training); 'beyond noise': runs whose gain had a 95 % interval excluding zero.[/dim]")
+
+
 def print_summary_table(summary: dict[str, Any]) -> None:
     table = Table(title=f"{summary['study']}: test AUROC per hospital ({summary['strategy']}, "
                         f"{summary['model']}, {summary['rounds']} rounds)")
@@ -294,6 +328,8 @@ def simulate(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: federation.rounds=5")] = None,
     rounds: Annotated[int | None, typer.Option(help="override federation.rounds")] = None,
     seed: Annotated[int | None, typer.Option(help="override seed")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="run the study once per seed (42,43,44) into --out/seed-N and report mean ± sd")] = None,
     strategy: Annotated[str | None, typer.Option(help="override federation.strategy.name")] = None,
     model: Annotated[str | None, typer.Option(help="override model.name")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Flower's and Ray's logs")] = False,
@@ -315,12 +351,19 @@ def simulate(
         _fail("--resume continues a run with its own saved config: drop --config and overrides")
     if resume is None and config is None:
         _fail("--config is required (e.g. --config configs/default.toml)")
+    if seeds is not None and (resume is not None or seed is not None):
+        _fail("--seeds runs the study once per seed: drop --seed and --resume (resume each seed-N run on its own)")
     try:
+        if seeds is not None:
+            result = api.simulate_seeds(config, seeds, out, overrides=overrides, verbose=verbose, progress=console)
+            print_seeds_table(result)
+            console.print(f"runs and seeds.json: {Path(result['runs'][0]).parent}")
+            return
         if resume is not None:
             run = api.resume(resume, verbose=verbose, progress=console)
         else:
             run = api.simulate(config, out, overrides=overrides, verbose=verbose, progress=console)
-    except (ConfigError, rundir.RunDirError, TrackingError) as err:
+    except (ConfigError, rundir.RunDirError, TrackingError, errors.UsageError) as err:
         _fail(str(err))
     except SimulationError as err:
         _fail(str(err), code=1)
