@@ -380,6 +380,8 @@ def simulate_seeds(study: StudyConfig | str | Path, seeds: str | Iterable[int], 
     seeds
         At least two distinct seeds: ``"42,43,44"`` or integers. Each replaces the study's ``seed``, which
         draws the generated records, the splits, the initial model and the training (and DP) randomness.
+        A ``[population]`` study keeps the hospitals (names, sizes, tiers) its own seed drew, so that every
+        run is the same federation.
     out
         A new or empty directory: one run directory per seed (``seed-42/``, ...) and ``seeds.json``.
         Default ``runs/<time>-<study name>-seeds``.
@@ -410,11 +412,13 @@ def simulate_seeds(study: StudyConfig | str | Path, seeds: str | Iterable[int], 
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise rundir.RunDirError(f"{root}: exists and is not an empty folder; --seeds writes one run directory per "
                                  "seed into a new or empty folder: choose another --out")
+    studies = [_study(cfg, {"seed": seed}) for seed in values]  # every seed checked before the first run
+    for each in studies:
+        _check_sizes(each)
     runs = []
-    for k, seed in enumerate(values, start=1):
+    for k, (seed, each) in enumerate(zip(values, studies, strict=True), start=1):
         _say(progress, f"[bold]seed {seed}[/] ({k} of {len(values)})")
-        runs.append(simulate(_study(cfg, {"seed": seed}), root / f"seed-{seed}", verbose=verbose,
-                             progress=progress, report=report))
+        runs.append(simulate(each, root / f"seed-{seed}", verbose=verbose, progress=progress, report=report))
     result = seed_summary(values, [r.summary for r in runs], [str(r.path) for r in runs])
     rundir.write_json(root / "seeds.json", result)
     return result

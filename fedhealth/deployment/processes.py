@@ -170,11 +170,19 @@ def node_config(values: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- processes and ports
 
 
+# Ports that fixed programs take: docs/deployment.md's walk-through (9092-9097) and `flwr run`'s local SuperLink
+# (39091-39093, flwr/cli/constant.py, inside the OS's range of ports it hands out): never given by free_port
+RESERVED_PORTS = frozenset(range(9092, 9098)) | frozenset(range(39091, 39094))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on right now (the OS picks it), never one of `RESERVED_PORTS`."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in RESERVED_PORTS:
+            return port
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -277,8 +285,10 @@ def owned_processes(root: int, root_started: int, root_reaped: bool, marks: Sequ
     leader = table.get(root)
     ours_alive = leader is not None and leader[3] == root_started and not root_reaped
     found = {root} | _below({root}, table) if ours_alive else set()
-    if leader is None or ours_alive:  # the group id is still ours (or nobody's)
+    if not root_reaped:  # unreaped, the root holds its pid and group id: nobody else can have them
         found |= {pid for pid, stat in table.items() if stat[2] == root and stat[3] >= root_started}
+    else:  # once reaped, `--parent-pid ROOT` may name a newer process's children
+        marks = [m for m in marks if m != f"--parent-pid {root} "]
     if marks:
         for pid in processes_mentioning(marks):
             stat = table.get(pid)
@@ -293,21 +303,22 @@ def owned_processes(root: int, root_started: int, root_reaped: bool, marks: Sequ
 def kill_processes(find: Callable[[], set[int]], timeout: float = 10.0) -> list[int]:
     """SIGTERM what `find()` returns, look again (children started meanwhile join), wait up to `timeout`
     seconds, then SIGKILL what is left. Returns the pids that needed SIGKILL."""
-    targets = find()
-    for pid in targets:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
+    targets: set[int] = set()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        new = find() - targets
-        for pid in new:  # a superexec spawning a new app process while we waited
+    while True:
+        # looked up again every pass: a pid that ended meanwhile (and may be someone else's now) drops out,
+        # a child started meanwhile (a superexec spawning an app process) joins
+        current = find()
+        if not current:
+            return []
+        for pid in current - targets:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
-        targets |= new
-        if not any(alive(p) for p in targets):
-            return []
+        targets |= current
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.1)
-    forced = [p for p in targets if alive(p)]
+    forced = sorted(find())
     for pid in forced:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
@@ -347,7 +358,14 @@ class Service:
         return self.proc.pid
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Still running. Does not reap an ended root (its pid and group id stay reserved for `stop`)."""
+        if self.proc is None or self.proc.returncode is not None:
+            return False
+        try:
+            ended = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return self.proc.poll() is None
+        return ended is None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -13,9 +13,9 @@ stopping is logged as an error (pid, exit status) and started again with the sam
 names this process as its `--parent-pid`, so it still ends with the node. Starting again is safe: a SuperExec
 holds no state of its own (it asks the node's Runtime API for tasks; a task it had taken and not launched is
 left to Flower's expiry, as after any SuperExec restart). After `max_restarts` within `window` seconds the
-watch gives up and stops the node with SIGTERM (Flower's clean exit, which deregisters it), so that a
-service manager that restarts the node (compose's `restart: unless-stopped`, systemd's `Restart=`) sees it
-and a human can read why.
+watch gives up and stops the node with SIGTERM (Flower's clean exit, which deregisters it); the launcher
+then exits with status 1, so that a service manager that restarts a failed node (compose's `restart:
+unless-stopped`, systemd's `Restart=on-failure`) sees it and a human can read why.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class SuperExecWatch:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.gave_up = False  # the restarts were spent: the node must exit with an error status (`launch`)
 
     @property
     def restarts(self) -> int:
@@ -79,20 +80,38 @@ class SuperExecWatch:
 
     def stop(self) -> None:
         """The node is stopping: never start a SuperExec again."""
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        """Stop watching and end the SuperExecs still running (the node's own exit)."""
+        self.stop()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
     def _watch(self) -> None:
         while not self._stopping.wait(self.interval):
             with self._lock:
                 ended = [p for p in self._procs if p.poll() is not None]
             for proc in ended:
-                self._replace(proc)
+                try:
+                    self._replace(proc)
+                except Exception:  # the watch must outlive any one failure (an OSError starting a SuperExec)
+                    log.exception("fedhealth: hospital %s: could not start its SuperExec again", self.hospital)
 
     def _replace(self, proc: subprocess.Popen) -> None:
         if self._stopping.wait(self.grace):
             return
         status = proc.returncode
-        how = f"signal {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+        how = f"signal {_signal_name(-status)}" if status < 0 else f"exit status {status}"
         now = time.monotonic()
         self._restarts = [t for t in self._restarts if now - t < self.window]
         with self._lock:
@@ -102,17 +121,27 @@ class SuperExecWatch:
                       "stopping this SuperNode, which can run no ClientApp without it; see the lines above",
                       self.hospital, proc.pid, how, len(self._restarts) + 1, _suffix(len(self._restarts) + 1),
                       self.window)
+            self.gave_up = True
             self._stopping.set()
             self._give_up()
             return
-        replacement = subprocess.Popen(list(_argv(proc)))
-        with self._lock:
+        with self._lock:  # under the lock with stop(): nothing is started once the node is stopping
+            if self._stopping.is_set():
+                return
+            replacement = subprocess.Popen(list(_argv(proc)))
             self._procs.append(replacement)
             self._restarts.append(now)
         log.error("fedhealth: hospital %s: its SuperExec (pid %d) ended (%s) while the SuperNode runs; without "
                   "it no ClientApp can start. Started it again (pid %d, restart %d of at most %d within %.0f s)",
                   self.hospital, proc.pid, how, replacement.pid, len(self._restarts), self.max_restarts,
                   self.window)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name in the enum
+        return f"{number} ({signal.strsignal(number) or 'unknown'})"
 
 
 def _argv(proc: subprocess.Popen) -> Sequence[str]:

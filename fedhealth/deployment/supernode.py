@@ -270,14 +270,13 @@ def launch(args: Sequence[str]) -> None:
     try:
         flower_supernode()
     except SystemExit:
+        if watch.gave_up:  # Flower exits 0 after the SIGTERM the watch sent: this is a failure
+            raise SystemExit(1) from None
         if refusals.seen:
             for line in activation_refused(hospital, _option(args, "--auth-supernode-private-key"),
                                            _option(args, "--superlink")):
                 print(f"error: {line}", file=sys.stderr, flush=True)
         raise
     finally:
-        watch.stop()
         FLOWER_LOGGER.removeHandler(refusals)
-        if superexec is not None and superexec.poll() is None:
-            superexec.terminate()
-            superexec.wait(timeout=10)
+        watch.terminate()  # the SuperExecs it watches, replacements included (Flower's own exits with the node)

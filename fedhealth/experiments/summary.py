@@ -50,8 +50,9 @@ RESAMPLES = 1000  # bootstrap resamples per figure
 
 
 def _gain(interval: Interval) -> dict[str, Any]:
+    # an interval of no width (no variance on this test set) says nothing about noise: never "beyond" it
     return {"estimate": interval.estimate if interval.defined else None, "ci": interval.as_list(),
-            "distinguishable_from_zero": interval.defined and not interval.covers_zero}
+            "distinguishable_from_zero": interval.defined and interval.high > interval.low and not interval.covers_zero}
 
 
 def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict[str, Predictions],
@@ -111,7 +112,7 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
         calibration[key] = {"bins": bins, "ece": expected_calibration_error(bins)}
     if hospital_gains:
         overall["gain"] = _gain(auroc_difference_interval(y_all, all_records["federated"], all_records["local_only"]))
-        overall["mean_hospital_gain"] = _gain(mean_auroc_interval(hospital_gains))
+        overall["mean_hospital_gain"] = _gain(mean_auroc_interval(hospital_gains, bounded=False))
     if known_risk:
         overall["auroc"]["best_possible"] = roc_auc(y_all, np.concatenate([s.test_true_risk for s in splits]))
     for key in [*preds, *(["best_possible"] if known_risk else [])]:

@@ -107,7 +107,10 @@ def auroc_interval(y_true: np.ndarray, score: np.ndarray, level: float = LEVEL) 
     y, why = _classes(y_true)
     if why:
         return _undefined(why)
-    aucs, cov = _delong(y, np.asarray(score, dtype=np.float64)[None, :])
+    score = np.asarray(score, dtype=np.float64)
+    if not np.isfinite(score).all():
+        return _undefined(f"undefined: {int((~np.isfinite(score)).sum())} prediction(s) are not numbers")
+    aucs, cov = _delong(y, score[None, :])
     auc, se = float(aucs[0]), float(np.sqrt(max(cov[0, 0], 0.0)))
     if se == 0.0:  # every positive outranks every negative (or none does): DeLong's variance is 0
         return _wilson(auc, int(min(y.sum(), len(y) - y.sum())), level)
@@ -125,9 +128,11 @@ def _wilson(auc: float, n_eff: int, level: float) -> Interval:
     z = _z(level)
     centre = (auc + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
     half = z * np.sqrt(auc * (1 - auc) / n_eff + z * z / (4 * n_eff * n_eff)) / (1 + z * z / n_eff)
-    return Interval(auc, max(0.0, centre - half), min(1.0, centre + half),
-                    f"Wilson over the smaller class ({n_eff} records): the test set is perfectly separated, so "
-                    "DeLong's variance is 0", float(half / z))
+    low, high = max(0.0, min(centre - half, auc)), min(1.0, max(centre + half, auc))  # rounding: keep auc inside
+    why = ("the test set is perfectly separated" if auc in (0.0, 1.0)
+           else "every score is tied (a constant predictor)")
+    return Interval(auc, low, high, f"Wilson over the smaller class ({n_eff} records): {why}, so DeLong's "
+                    "variance is 0", float(half / z))
 
 
 def auroc_difference_interval(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
@@ -137,6 +142,8 @@ def auroc_difference_interval(y_true: np.ndarray, score_a: np.ndarray, score_b: 
     if why:
         return _undefined(why)
     scores = np.stack([np.asarray(score_a, dtype=np.float64), np.asarray(score_b, dtype=np.float64)])
+    if not np.isfinite(scores).all():
+        return _undefined("undefined: some predictions are not numbers")
     aucs, cov = _delong(y, scores)
     diff = float(aucs[0] - aucs[1])
     se = float(np.sqrt(max(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1], 0.0)))
@@ -144,7 +151,7 @@ def auroc_difference_interval(y_true: np.ndarray, score_a: np.ndarray, score_b: 
     return Interval(diff, diff - half, diff + half, "DeLong, paired", se)
 
 
-def mean_auroc_interval(intervals: list[Interval], level: float = LEVEL) -> Interval:
+def mean_auroc_interval(intervals: list[Interval], level: float = LEVEL, bounded: bool = True) -> Interval:
     """The unweighted mean of hospitals' AUROCs (or of their gains), each on its own test set: the sets are
     independent, so the variance of the mean is the sum of the DeLong variances over the count squared.
     Hospitals whose figure is undefined are left out, as in the mean itself."""
@@ -154,7 +161,10 @@ def mean_auroc_interval(intervals: list[Interval], level: float = LEVEL) -> Inte
         return _undefined("undefined: no hospital's figure is defined")
     mean = float(np.mean([i.estimate for i in shown]))
     se = float(np.sqrt(sum(i.se ** 2 for i in shown)) / len(shown))
-    return Interval(mean, mean - z * se, mean + z * se, "DeLong, independent hospitals", se)
+    low, high = mean - z * se, mean + z * se
+    if bounded:  # a mean of AUROCs stays in [0, 1]; a mean of gains (bounded=False) may be negative
+        low, high = max(0.0, low), min(1.0, high)
+    return Interval(mean, low, high, "DeLong, independent hospitals", se)
 
 
 def bootstrap_interval(metric: Callable[[np.ndarray, np.ndarray], np.ndarray], y_true: np.ndarray,
@@ -169,13 +179,15 @@ def bootstrap_interval(metric: Callable[[np.ndarray, np.ndarray], np.ndarray], y
     if len(y) == 0:
         return _undefined("undefined: no test records")
     rng = np.random.default_rng(seed)
-    columns = []
-    for cls in (0.0, 1.0):  # resample within each class: every resample keeps the prevalence
-        idx = np.flatnonzero(y == cls)
-        if len(idx):
-            columns.append(idx[rng.integers(0, len(idx), size=(resamples, len(idx)))])
-    rows = np.concatenate(columns, axis=1)
-    values = metric(y[rows], p[rows])
+    classes = [idx for idx in (np.flatnonzero(y == 0.0), np.flatnonzero(y == 1.0)) if len(idx)]
+    chunk = max(1, min(resamples, 2_000_000 // len(y)))  # resamples drawn at once: bounded memory on big test sets
+    parts = []
+    for start in range(0, resamples, chunk):
+        k = min(chunk, resamples - start)
+        # resample within each class: every resample keeps the prevalence
+        rows = np.concatenate([idx[rng.integers(0, len(idx), size=(k, len(idx)))] for idx in classes], axis=1)
+        parts.append(metric(y[rows], p[rows]))
+    values = np.concatenate(parts)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return Interval(float(metric(y[None, :], p[None, :])[0]), float(low), float(high), "stratified bootstrap")

@@ -75,7 +75,7 @@ def final_comparison(hospitals: list[dict[str, Any]], keys: list[str]) -> Figure
         if any(ci and ci[0] is not None for ci in cis):
             low = np.array([ci[0] if ci and ci[0] is not None else np.nan for ci in cis], dtype=float)
             high = np.array([ci[1] if ci and ci[1] is not None else np.nan for ci in cis], dtype=float)
-            ax.errorbar(x, y + dy, xerr=np.vstack([x - low, high - x]), fmt="none",
+            ax.errorbar(x, y + dy, xerr=np.clip(np.vstack([x - low, high - x]), 0, None), fmt="none",
                         ecolor=MODEL_COLOURS.get(key, "grey"), elinewidth=1, alpha=0.6, zorder=2)
     for i, h in enumerate(rows):
         lo, fed = h["auroc"].get("local_only"), h["auroc"].get("federated")

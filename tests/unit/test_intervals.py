@@ -150,3 +150,40 @@ def test_a_perfectly_separated_test_set_gets_an_interval_with_width():
     assert "perfectly separated" in i.method and i.defined
     z = 1.959963984540054  # Wilson's lower bound for 12 of 12
     assert i.low == pytest.approx(12 / (12 + z * z))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_separated_test_set_of_any_size_keeps_its_estimate_inside_its_interval(flip):
+    """Rounding in Wilson's formula once put the upper bound a hair below an AUROC of 1, and the report's
+    error bars refused the negative width."""
+    for positives in range(2, 40):
+        for negatives in (2, 3, 7, 19, 60):
+            y = np.r_[np.ones(positives), np.zeros(negatives)]
+            s = np.r_[np.full(positives, 0.9), np.full(negatives, 0.1)]
+            i = auroc_interval(y, -s if flip else s)
+            assert i.low <= i.estimate <= i.high and 0.0 <= i.low and i.high <= 1.0, (positives, negatives)
+
+
+def test_a_constant_predictor_is_named_as_such_and_nan_predictions_are_undefined():
+    y = np.r_[np.ones(10), np.zeros(10)]
+    constant = auroc_interval(y, np.full(20, 0.3))
+    assert constant.estimate == 0.5 and "constant predictor" in constant.method
+    s = np.linspace(0, 1, 20)
+    s[3] = np.nan
+    assert not auroc_interval(y, s).defined and "not numbers" in auroc_interval(y, s).method
+    assert not auroc_difference_interval(y, s, np.linspace(0, 1, 20)).defined
+
+
+def test_a_mean_of_aurocs_stays_within_0_and_1_and_a_mean_of_gains_need_not():
+    near_one = Interval(0.99, 0.95, 1.0, "DeLong", se=0.03)
+    assert mean_auroc_interval([near_one, near_one]).high == 1.0
+    gain = Interval(-0.2, -0.3, -0.1, "DeLong, paired", se=0.05)
+    assert mean_auroc_interval([gain, gain], bounded=False).low < -0.2
+
+
+def test_the_bootstrap_in_chunks_gives_the_same_kind_of_interval_on_a_big_test_set():
+    rng = np.random.default_rng(2)
+    y = (rng.random(40_000) < 0.3).astype(float)
+    p = np.clip(0.3 * y + rng.uniform(0, 0.7, 40_000), 0, 1)
+    i = bootstrap_interval(brier_rows, y, p, seed=1, resamples=200)
+    assert i.low < i.estimate < i.high and i.high - i.low < 0.01

@@ -86,3 +86,11 @@ def test_the_equity_sentence_says_which_gains_are_not_distinguishable_from_zero(
     assert eq["sentence"].startswith("3 of 4 hospitals gained over training alone (1 beyond the test-set noise, "
                                      "with a 95 % interval above zero; 1 lost beyond it; for 2 the gain is not "
                                      "distinguishable from zero)")
+
+
+def test_a_gain_with_no_width_is_never_beyond_the_noise():
+    from fedhealth.experiments.summary import _gain
+    from fedhealth.metrics.intervals import Interval
+
+    assert _gain(Interval(0.5, 0.5, 0.5, "DeLong, paired", 0.0))["distinguishable_from_zero"] is False
+    assert _gain(Interval(0.2, 0.1, 0.3, "DeLong, paired", 0.05))["distinguishable_from_zero"] is True

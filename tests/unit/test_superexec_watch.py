@@ -92,7 +92,7 @@ def test_a_superexec_that_keeps_ending_stops_the_node_once(watch, caplog):
     with caplog.at_level(logging.ERROR, logger="flwr"):
         assert _until(lambda: bool(gave_up))
         time.sleep(0.5)
-    assert len(gave_up) == 1 and w.restarts == 2
+    assert len(gave_up) == 1 and w.restarts == 2 and w.gave_up  # the launcher then exits with status 1
     assert "ended (exit status 3), the 3rd time within 60 s: stopping this SuperNode" in caplog.text
 
 
@@ -119,3 +119,24 @@ def test_flowers_superexec_is_handed_to_the_watch_and_the_nodes_exit_stops_it(tm
     superexec.wait()
     time.sleep(0.5)
     assert w.restarts == 0  # the node's exit stopped the watch
+
+
+def test_a_superexec_ended_by_a_real_time_signal_is_named_and_replaced(watch, caplog):
+    w = watch()
+    proc = subprocess.Popen(SLEEPER)
+    w.track(proc)
+    with caplog.at_level(logging.ERROR, logger="flwr"):
+        os.kill(proc.pid, signal.SIGRTMIN + 1)  # no name in signal.Signals
+        assert _until(lambda: w.restarts == 1)
+    assert f"signal {int(signal.SIGRTMIN) + 1} (" in caplog.text
+
+
+def test_terminate_ends_every_superexec_it_watches(watch):
+    w = watch()
+    first = subprocess.Popen(SLEEPER)
+    w.track(first)
+    first.kill()
+    assert _until(lambda: w.restarts == 1)
+    (replacement,) = w._procs
+    w.terminate(timeout=5)
+    assert replacement.poll() is not None
