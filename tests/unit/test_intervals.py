@@ -161,7 +161,7 @@ def test_a_separated_test_set_of_any_size_keeps_its_estimate_inside_its_interval
             y = np.r_[np.ones(positives), np.zeros(negatives)]
             s = np.r_[np.full(positives, 0.9), np.full(negatives, 0.1)]
             i = auroc_interval(y, -s if flip else s)
-            assert i.low <= i.estimate <= i.high and 0.0 <= i.low and i.high <= 1.0, (positives, negatives)
+            assert i.low <= i.estimate <= i.high and i.low >= 0.0 and i.high <= 1.0, (positives, negatives)
 
 
 def test_a_constant_predictor_is_named_as_such_and_nan_predictions_are_undefined():
