@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,11 @@ def toy_frame(n=40, seed=0) -> pd.DataFrame:
         "outcome": rng.choice(["yes", "no"], n),
         "consent": "research",
     })
+
+
+def eventually(condition, seconds: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll `condition()` until it holds or `seconds` pass; its last value (for `assert eventually(...)`)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(interval)
+    return bool(condition())

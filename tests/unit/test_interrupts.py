@@ -20,14 +20,7 @@ import pytest
 
 from fedhealth.errors import RunInterrupted
 from fedhealth.experiments import interrupts
-from tests.support import ROOT
-
-
-def _wait_for(condition, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
+from tests.support import ROOT, eventually
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -44,10 +37,10 @@ def test_outside_a_federation_a_stop_signal_raises_run_interrupted(signum):
 def test_inside_a_federation_a_signal_only_asks_it_to_stop_and_a_second_one_skips_the_grace():
     with interrupts.federation_stop() as request:
         os.kill(os.getpid(), signal.SIGTERM)
-        assert _wait_for(request.event.is_set) and request.signal_name == "SIGTERM"
+        assert eventually(request.event.is_set, 5.0, 0.02) and request.signal_name == "SIGTERM"
         assert not request.forced.is_set()
         os.kill(os.getpid(), signal.SIGINT)
-        assert _wait_for(request.forced.is_set) and request.signal_name == "SIGTERM"  # the first one stays
+        assert eventually(request.forced.is_set, 5.0, 0.02) and request.signal_name == "SIGTERM"  # the first one stays
 
 
 def test_a_signal_the_process_ignores_stays_ignored():
@@ -64,7 +57,7 @@ def test_a_signal_the_process_ignores_stays_ignored():
 def test_kill_spares_a_reused_pid():
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        assert _wait_for(lambda: interrupts._stat(proc.pid) is not None)
+        assert eventually(lambda: interrupts._stat(proc.pid) is not None, 5.0, 0.02)
         started = interrupts._stat(proc.pid)[2]
         assert interrupts.kill({proc.pid: started - 1}, grace=0) == []  # another start time: not the one recorded
         assert proc.poll() is None
@@ -99,7 +92,7 @@ def test_the_reaper_kills_a_killed_drivers_ray_processes_and_nothing_else(tmp_pa
         time.sleep(1.5)  # the reaper looks once a second
         driver.kill()
         driver.wait()
-        assert _wait_for(lambda: not interrupts._alive(ray_pid, ray_started), 5.0)
+        assert eventually(lambda: not interrupts._alive(ray_pid, ray_started), 5.0, 0.02)
         assert interrupts._alive(other_pid, other_started)
     finally:
         for pid in (ray_pid, other_pid):

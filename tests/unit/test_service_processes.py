@@ -9,10 +9,10 @@ study's SuperExecs)."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from fedhealth.deployment.processes import Service, alive, runtime_mark
+from tests.support import eventually
 
 MARK = runtime_mark(47)  # a Runtime API address no real process here serves
 
@@ -29,14 +29,6 @@ def _marked(tmp: Path, *extra: str) -> list[str]:
     return [sys.executable, str(_script(tmp, "marked", "time.sleep(60)")), "flwr-clientapp", *MARK.split(), *extra]
 
 
-def _until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
 
 def test_stop_ends_the_whole_tree_and_the_orphans_it_left(tmp_path: Path) -> None:
     """A child in a session of its own, and an orphan re-parented to init that names the service's mark."""
@@ -51,9 +43,9 @@ def test_stop_ends_the_whole_tree_and_the_orphans_it_left(tmp_path: Path) -> Non
                                      f"open({str(orphan_file)!r}, 'w').write(out)\n"
                                      "time.sleep(60)")
     service = Service("node", [sys.executable, str(main)], tmp_path / "node.log", marks=[MARK]).start()
-    assert _until(lambda: orphan_file.exists() and orphan_file.read_text().strip() != ""), service.output()
+    assert eventually(lambda: orphan_file.exists() and orphan_file.read_text().strip() != ""), service.output()
     orphan = int(orphan_file.read_text())
-    assert _until(lambda: len(service.processes()) == 3), service.processes()
+    assert eventually(lambda: len(service.processes()) == 3), service.processes()
     assert orphan in service.processes() and service.pid in service.processes()
     assert service.stop(timeout=5) == []
     assert not alive(orphan) and service.processes() == set()
@@ -69,7 +61,7 @@ def test_stopping_a_service_that_ended_spares_a_later_one_on_its_port_and_pid_ma
                                                                              "time.sleep(60)"))],
                     tmp_path / "later.log", marks=[MARK]).start()
     try:
-        assert _until(lambda: len(later.processes()) == 2)
+        assert eventually(lambda: len(later.processes()) == 2)
         (child,) = later.processes() - {later.pid}
         assert first.processes() == set()
         first.stop(timeout=2)
@@ -87,7 +79,7 @@ def test_a_marked_process_under_another_service_is_not_this_ones(tmp_path: Path)
     spawner = _script(tmp_path, "other", f"subprocess.Popen({_marked(tmp_path)!r})\ntime.sleep(60)")
     other = Service("other", [sys.executable, str(spawner)], tmp_path / "other.log").start()
     try:
-        assert _until(lambda: len(other.processes()) == 2)
+        assert eventually(lambda: len(other.processes()) == 2)
         (marked,) = other.processes() - {other.pid}
         assert marked not in service.processes()
         service.stop(timeout=5)

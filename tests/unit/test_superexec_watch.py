@@ -16,17 +16,10 @@ import pytest
 
 from fedhealth.deployment import superexec_watch
 from fedhealth.deployment.superexec_watch import SuperExecWatch, watch_flowers_superexec
+from tests.support import eventually
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
-
-def _until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -51,7 +44,7 @@ def test_a_superexec_that_ends_while_the_node_runs_is_started_again_with_the_sam
     w.track(first)
     with caplog.at_level(logging.ERROR, logger="flwr"):
         first.send_signal(signal.SIGTERM)
-        assert _until(lambda: w.restarts == 1)
+        assert eventually(lambda: w.restarts == 1)
     (replacement,) = w._procs
     assert replacement.pid != first.pid and replacement.poll() is None
     assert replacement.args == SLEEPER
@@ -90,7 +83,7 @@ def test_a_superexec_that_keeps_ending_stops_the_node_once(watch, caplog):
     w = watch(max_restarts=2, window=60.0, give_up=lambda: gave_up.append(time.monotonic()))
     w.track(subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]))
     with caplog.at_level(logging.ERROR, logger="flwr"):
-        assert _until(lambda: bool(gave_up))
+        assert eventually(lambda: bool(gave_up))
         time.sleep(0.5)
     assert len(gave_up) == 1 and w.restarts == 2 and w.gave_up  # the launcher then exits with status 1
     assert "ended (exit status 3), the 3rd time within 60 s: stopping this SuperNode" in caplog.text
@@ -127,7 +120,7 @@ def test_a_superexec_ended_by_a_real_time_signal_is_named_and_replaced(watch, ca
     w.track(proc)
     with caplog.at_level(logging.ERROR, logger="flwr"):
         os.kill(proc.pid, signal.SIGRTMIN + 1)  # no name in signal.Signals
-        assert _until(lambda: w.restarts == 1)
+        assert eventually(lambda: w.restarts == 1)
     assert f"signal {int(signal.SIGRTMIN) + 1} (" in caplog.text
 
 
@@ -136,7 +129,7 @@ def test_terminate_ends_every_superexec_it_watches(watch):
     first = subprocess.Popen(SLEEPER)
     w.track(first)
     first.kill()
-    assert _until(lambda: w.restarts == 1)
+    assert eventually(lambda: w.restarts == 1)
     (replacement,) = w._procs
     w.terminate(timeout=5)
     assert replacement.poll() is not None
