@@ -30,7 +30,7 @@
 #   --superlink   the SuperLink as HOST:PORT; HOST must be one of the server certificate's names
 #   --host/--port this SuperNode's local Runtime API, which its ClientApp processes use (default 127.0.0.1:9094;
 #                 give each SuperNode on one machine its own port)
-#   --clientapp   how each message's ClientApp process starts (default subprocess): `forkserver` runs the
+#   --clientapp   how each message's ClientApp process starts (default forkserver): `forkserver` runs the
 #                 SuperNode with --isolation process beside fedhealth's SuperExec, which forks every message's
 #                 flwr-clientapp from one process that has already imported flwr, torch and Opacus (still a new
 #                 process per message); `subprocess` is Flower's default, a new interpreter per message
@@ -66,7 +66,7 @@ ca=${FEDHEALTH_CA:-}
 superlink=${FEDHEALTH_SUPERLINK:-}
 rhost=${FEDHEALTH_RUNTIME_HOST:-127.0.0.1}
 rport=${FEDHEALTH_RUNTIME_PORT:-9094}
-clientapp=${FEDHEALTH_CLIENTAPP:-subprocess}
+clientapp=${FEDHEALTH_CLIENTAPP:-forkserver}
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -285,14 +285,19 @@ def print_summary_table(summary: dict[str, Any]) -> None:
         return [*row, gain_text(gain)] if gains else row
 
     for h in summary["hospitals"]:
-        table.add_row(h["name"], h["tier"], h["region"], str(h["records"]),
-                      *cells(h["auroc"], h.get("auroc_ci", {}), h.get("gain")))
+        row = cells(h["auroc"], h.get("auroc_ci", {}), h.get("gain"))
+        if h.get("undefined"):  # say "undefined" (with the reason under the table), never a bare dash
+            row = ["undefined†" if c in ("—", "–") else c for c in row]
+        table.add_row(h["name"], h["tier"], h["region"], str(h["records"]), *row)
     table.add_section()
     o = summary["overall"]
     table.add_row("mean of hospitals", "", "", "",
                   *cells(o["mean_hospital_auroc"], o.get("mean_hospital_auroc_ci", {}), o.get("mean_hospital_gain")))
     table.add_row("all test records", "", "", "", *cells(o["auroc"], o.get("auroc_ci", {}), o.get("gain")))
     console.print(table)
+    for h in summary["hospitals"]:
+        for reason in (h.get("undefined") or {}).values():
+            console.print(f"† {h['name']}: {reason}", markup=False, highlight=False, soft_wrap=True)
     if "intervals" in summary:
         console.print("[dim]In brackets: 95 % intervals over the test records (AUROC: DeLong; gain: paired "
                       "DeLong). * the gain's interval excludes zero; without it the gain is not distinguishable "

@@ -12,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhealth.data.synthetic import HospitalProfile, generate_hospital, stratified_test_mask, train_test_split
+from fedhealth.data.synthetic import (
+    HospitalProfile,
+    generate_hospital,
+    one_class_sides,
+    stratified_test_mask,
+    train_test_split,
+)
 from fedhealth.metrics.classification import roc_auc
 from fedhealth.study.builtin_schema import ENCODED_WIDTH, encode_features
-from fedhealth.study.config import ConfigError, HospitalConfig, StudyConfig
+from fedhealth.study.config import MIN_TRAIN_RECORDS, ConfigError, HospitalConfig, StudyConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,6 @@ class HospitalSplit:
     prevalence: float  # outcome rate over all of this hospital's records
 
 
-MIN_TRAIN_RECORDS = 10  # fewer training records than this at a hospital: its local steps learn nothing useful
 
 
 def _enough_to_train(cfg: StudyConfig, h: HospitalConfig, n_train: int, n_all: int, official: bool) -> None:
@@ -48,6 +53,18 @@ def _enough_to_train(cfg: StudyConfig, h: HospitalConfig, n_train: int, n_all: i
                else f"training.test_fraction = {cfg.training.test_fraction:g} leaves it")
         raise ConfigError(f"hospital {h.name!r}: {how} {n_train} training records of its {n_all} (at least "
                           f"{MIN_TRAIN_RECORDS} are needed); lower training.test_fraction or give it more records")
+
+
+def _warn_one_class(h: HospitalConfig, y_train: np.ndarray, y_test: np.ndarray) -> None:
+    """Say so, naming the site, when a side of its split holds one class: it trains with the federation all the
+    same (a referral centre where nearly everyone has the disease still has something to teach), and what needs
+    both classes is reported as undefined, never as a number (`fedhealth.experiments.summary.undefined_reasons`)."""
+    from fedhealth.data.validation import one_class_consequence
+
+    sides = one_class_sides(y_train, y_test)
+    if sides:
+        log.warning("hospital %s: %s: %s", h.name, " and ".join(sides),
+                    one_class_consequence(np.unique(y_train).size < 2, np.unique(y_test).size < 2))
 
 
 def input_width(cfg: StudyConfig) -> int:
@@ -86,6 +103,7 @@ def _build(cfg: StudyConfig, index: int, data_file: str | None = None) -> Hospit
     records = generate_hospital(_profile(h), index, cfg.seed)
     train, test = train_test_split(records, cfg.training.test_fraction, cfg.seed, index)
     _enough_to_train(cfg, h, len(train.label), len(records.label), official=False)
+    _warn_one_class(h, train.label, test.label)
     best = roc_auc(test.label, test.true_risk)
     return HospitalSplit(
         index=index,
@@ -131,6 +149,7 @@ def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha:
     _enough_to_train(cfg, h, int((~test).sum()), len(test), official=records.is_test is not None)
     x = schema.encode(records.values)
     y = records.label.astype(np.float32)
+    _warn_one_class(h, y[~test], y[test])
     return HospitalSplit(
         index=index, hospital=h,
         x_train=x[~test], y_train=y[~test], x_test=x[test], y_test=y[test],

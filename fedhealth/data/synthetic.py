@@ -46,6 +46,7 @@ __all__ = [
     "ckd_epi_2021",
     "generate_hospital",
     "generate_hospitals",
+    "one_class_sides",
     "train_test_split",
 ]
 
@@ -644,11 +645,14 @@ def train_test_split(
 
     Each class is shuffled with ``default_rng(SeedSequence([seed, index, 1]))`` and ``test_fraction``
     of it (rounded, at least one and at most all but one) goes to the test side, so both sides hold at
-    least one positive and one negative. Rows keep their original order within each side.
+    least one record of every class that has two or more. A class with one record trains (it can still
+    teach the federated model); a class with none is absent from both sides. Such a site is not refused:
+    it trains with the federation, and the figures its sides cannot give (its own AUROC on a one-class
+    test side, a local-only model from one class) are reported as undefined (`one_class_sides`). Rows
+    keep their original order within each side.
 
     Raises:
-        ValueError: if ``test_fraction`` is not in (0, 1), or the hospital has fewer than two
-            positives or two negatives (then no such split exists).
+        ValueError: if ``test_fraction`` is not in (0, 1).
     """
     test_mask = stratified_test_mask(records.label, test_fraction, seed, index, records.profile.name)
     return _subset(records, np.flatnonzero(~test_mask)), _subset(records, np.flatnonzero(test_mask))
@@ -663,16 +667,23 @@ def stratified_test_mask(label: np.ndarray, test_fraction: float, seed: int, ind
     test_parts = []
     for cls in (0, 1):
         idx = np.flatnonzero(label == cls)
-        if idx.size < 2:
-            raise ValueError(
-                f"hospital {name!r} has {idx.size} record(s) with {LABEL}={cls}; a stratified split needs "
-                f"at least 2 positives and 2 negatives (it has {len(label)} records in all)"
-            )
-        n_test = min(max(round(test_fraction * idx.size), 1), idx.size - 1)
+        n_test = min(max(round(test_fraction * idx.size), 1), idx.size - 1) if idx.size >= 2 else 0
         test_parts.append(rng.permutation(idx)[:n_test])
     test_mask = np.zeros(len(label), dtype=bool)
     test_mask[np.concatenate(test_parts)] = True
     return test_mask
+
+
+def one_class_sides(y_train: np.ndarray, y_test: np.ndarray) -> list[str]:
+    """Which sides of a hospital's split hold one class only (or no records), as phrases for a warning:
+    e.g. ``["its training split holds 31 positive and 0 negative records"]``; empty when both hold both."""
+    out = []
+    for side, y in (("training", y_train), ("test", y_test)):
+        pos = int(np.sum(y == 1))
+        neg = int(np.size(y) - pos)
+        if pos == 0 or neg == 0:
+            out.append(f"its {side} split holds {pos} positive and {neg} negative records")
+    return out
 
 
 def bayes_auroc(records: HospitalRecords) -> float:

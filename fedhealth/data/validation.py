@@ -22,6 +22,7 @@ import pandas as pd
 
 from fedhealth.durable import special_kind
 from fedhealth.errors import DataError
+from fedhealth.study.config import MIN_TRAIN_RECORDS
 from fedhealth.study.schema import ColumnSpec, StudySchema, Value, as_number
 
 UNIT_SUSPICION = 0.5  # a column with at least this share of measured values outside its range is suspect
@@ -466,26 +467,51 @@ class _Checker:
         report.positives = int(label.sum())
         if not report.errors and report.accepted == 0:
             report.errors.append("every row was rejected; see the reasons above")
+        if not report.errors and report.accepted <= MIN_TRAIN_RECORDS:
+            report.errors.append(f"{report.accepted} usable rows; a site needs more than {MIN_TRAIN_RECORDS} (at "
+                                 f"least {MIN_TRAIN_RECORDS} to train on, and a test side); merge this site with "
+                                 "another or leave it out")
         if not report.errors:
-            problem = class_problem(label, is_test)
-            if problem:
-                report.errors.append(f"{problem}; merge this site with another or leave it out")
+            note = class_note(label, is_test)
+            if note:
+                report.warnings.append(note)
         return ValidRecords(values, label, is_test, report)
 
 
-def class_problem(label: np.ndarray, is_test: np.ndarray | None) -> str | None:
-    """Why these rows cannot give a train and a test side that each hold both classes, or None."""
+def class_note(label: np.ndarray, is_test: np.ndarray | None) -> str | None:
+    """Why a side of this file's train/test split will hold one class only, and what that leaves undefined;
+    None when both sides hold both classes.
+
+    Not a refusal: such a site (a referral centre where nearly everyone has the disease) still trains with
+    the federation; what cannot be computed for it (its local-only model from one class, an AUROC on a
+    one-class test side) is reported as undefined. A class with fewer than 2 rows cannot be on both sides of
+    a seeded split: it trains only."""
+    def counts(mask: np.ndarray) -> tuple[int, int]:
+        return int(label[mask].sum()), int((1 - label[mask]).sum())
+
     if is_test is None:
-        pos, neg = int(label.sum()), int((1 - label).sum())
-        if pos < 2 or neg < 2:
-            return (f"{pos} positive and {neg} negative usable rows; a stratified train/test split needs at least "
-                    "2 of each")
-        return None
-    for side, mask in (("train", ~is_test), ("test", is_test)):
-        pos, neg = int(label[mask].sum()), int((1 - label[mask]).sum())
-        if pos == 0 or neg == 0:
-            return f"the official {side} split holds {pos} positive and {neg} negative rows; it needs both classes"
-    return None
+        pos, neg = counts(np.ones(len(label), dtype=bool))
+        if min(pos, neg) >= 2:
+            return None
+        train_one, where = min(pos, neg) == 0, (f"{pos} positive and {neg} negative usable rows, so the seeded "
+                                               "split's test side holds one class")
+        if train_one:
+            where += " and so does its training side"
+    else:
+        (tp, tn), (sp, sn) = counts(~is_test), counts(is_test)
+        train_one, test_one = min(tp, tn) == 0, min(sp, sn) == 0
+        if not (train_one or test_one):
+            return None
+        where = "; ".join(f"the official {side} split holds {p} positive and {n} negative rows"
+                          for side, p, n, one in (("train", tp, tn, train_one), ("test", sp, sn, test_one)) if one)
+    return f"{where}: {one_class_consequence(train_one, True if is_test is None else test_one)}"
+
+
+def one_class_consequence(train_one: bool, test_one: bool) -> str:
+    """What a one-class side leaves undefined, in the words the warnings share (data loading, validate)."""
+    undefined = [what for what, one in (("its local-only model", train_one), ("its own AUROC", test_one)) if one]
+    return f"this site trains with the federation; {' and '.join(undefined)} {'are' if len(undefined) > 1 else 'is'} " \
+           "undefined"
 
 
 def validate_table(frame: pd.DataFrame | Iterable[pd.DataFrame], schema: StudySchema, source: str,
@@ -493,8 +519,8 @@ def validate_table(frame: pd.DataFrame | Iterable[pd.DataFrame], schema: StudySc
     """Check a hospital's rows (one table, or its blocks in order) against `schema`; returns the usable rows
     and the report. Never raises for bad data: `report.ok` is the verdict (`require_valid` callers raise).
 
-    The verdict includes what training needs of the whole file (both classes, on both sides of an official
-    split), so `fedhealth validate` and a study's loading of the same file agree. `keep_values=False` keeps
+    The verdict includes what training needs of the whole file (a warning when a side of its split will hold one
+    class), so `fedhealth validate` and a study's loading of the same file agree. `keep_values=False` keeps
     only the labels (as int8: what `fedhealth validate` needs), not the typed values.
 
     A table pandas cannot check (a Parquet column of lists, say) raises DataFileError naming the file and the

@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedhealth.runs import rundir
 from fedhealth.study.config import StudyConfig, variant
 
@@ -50,14 +52,15 @@ def compare_strategies(cfg: StudyConfig, q_values: list[float], out: Path,
         for name, q in [("fedavg", None)] + [("qfedavg", float(q)) for q in q_values]:
             sibling = strategy_sibling(cfg, name, q, qffl_learning_rate)
             scores = run_and_score(cfg, sibling, out / sibling.name, splits)
-            worst = min(scores["by_hospital"], key=scores["by_hospital"].get)
+            worst = scores["worst_hospital"]
             results.append({"strategy": name, "q": q, "worst_hospital": worst,
                             "worst_hospital_auroc": scores["worst_hospital_auroc"],
                             "worst_hospital_gain_over_local":
-                                scores["worst_hospital_auroc"] - local["by_hospital"][worst],
+                                scores["worst_hospital_auroc"] - local["by_hospital"].get(worst, float("nan")),
                             "mean_hospital_auroc": scores["mean_hospital_auroc"],
                             "all_records_auroc": scores["all_records_auroc"],
-                            "spread_auroc": max(scores["by_hospital"].values()) - scores["worst_hospital_auroc"],
+                            "spread_auroc": float(np.nanmax(list(scores["by_hospital"].values())))
+                                            - scores["worst_hospital_auroc"],
                             "by_hospital": scores["by_hospital"], "seconds": scores["seconds"]})
             log.warning("%s: worst-hospital AUROC %.4f (%s)", sibling.name, scores["worst_hospital_auroc"], worst)
     base = results[0]

@@ -42,8 +42,14 @@ def _fit(cfg: StudyConfig, model, x: np.ndarray, y: np.ndarray, purpose: str) ->
 
 
 def local_only(cfg: StudyConfig, splits: Sequence[HospitalSplit], init: Sequence[np.ndarray]) -> Predictions:
+    """Each hospital's own model. A hospital whose training split holds one class has none: a model fitted to
+    one class says nothing about telling the classes apart, so its predictions are NaN and every figure of it
+    is undefined (`fedhealth.experiments.summary`, `undefined`), never a number."""
     out = {}
     for s in splits:
+        if np.unique(s.y_train).size < 2:
+            out[s.index] = np.full(len(s.y_test), np.nan)
+            continue
         model = _fresh_model(cfg, init, s.x_train.shape[1])
         _fit(cfg, model, s.x_train, s.y_train, f"local-only/{s.index}")
         out[s.index] = predict_proba(model, s.x_test)

@@ -20,6 +20,13 @@ how each was computed), as [low, high], or [null, null] where the figure itself 
         {"estimate", "ci", "distinguishable_from_zero"} (paired DeLong); absent without a local-only model
     summary["overall"]["auroc_ci" | "mean_hospital_auroc_ci" | "brier_ci" | "accuracy_ci"][model]
     summary["overall"]["gain"], summary["overall"]["mean_hospital_gain"]   as a hospital's "gain"
+
+A hospital whose split has a side with one class only (a referral centre where nearly everyone has the
+disease) trains with the federation all the same; what needs both classes is null, and its row says why:
+
+    summary["hospitals"][i]["undefined"]   {"auroc": reason} when its test split holds one class (every
+        model's AUROC and the gain there), {"local_only": reason} when its training split does (no local-only
+        model: every local-only figure and the gain); absent when everything is defined
 """
 
 from __future__ import annotations
@@ -53,6 +60,22 @@ def _gain(interval: Interval) -> dict[str, Any]:
     # an interval of no width (no variance on this test set) says nothing about noise: never "beyond" it
     return {"estimate": interval.estimate if interval.defined else None, "ci": interval.as_list(),
             "distinguishable_from_zero": interval.defined and interval.high > interval.low and not interval.covers_zero}
+
+
+def _classes_in(y: np.ndarray) -> str:
+    pos = int(np.sum(y == 1))
+    return f"{pos} positive and {len(y) - pos} negative records"
+
+
+def undefined_reasons(split: HospitalSplit, local_only: bool) -> dict[str, str]:
+    """Why some of a hospital's figures are undefined (null in summary.json), by what they concern."""
+    out = {}
+    if np.unique(split.y_test).size < 2:
+        out["auroc"] = f"its test split holds {_classes_in(split.y_test)}: AUROC needs both classes"
+    if local_only and np.unique(split.y_train).size < 2:
+        out["local_only"] = (f"its training split holds {_classes_in(split.y_train)}: no local-only model can be "
+                             "trained on one class")
+    return out
 
 
 def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict[str, Predictions],
@@ -89,6 +112,9 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
             row["gain"] = _gain(gain)
         if known_risk:
             row["auroc"]["best_possible"] = s.bayes_auroc
+        undefined = undefined_reasons(s, local_only="local_only" in preds)
+        if undefined:
+            row["undefined"] = undefined
         hospitals.append(row)
 
     y_all = np.concatenate([s.y_test for s in splits])

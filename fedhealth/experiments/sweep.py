@@ -68,19 +68,27 @@ def run_and_score(cfg: StudyConfig, sibling: StudyConfig, run_dir: Path, splits:
 
 
 def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:
+    """AUROC on all test records, per hospital, and its mean, worst and per-tier mean over the hospitals whose
+    figure is defined (a one-class test set, or no model from a one-class training split, gives none: such a
+    hospital is listed in `undefined_hospitals` and is null in `by_hospital`, never a number)."""
     from fedhealth.metrics.classification import roc_auc
 
     per_hospital = {s.hospital.name: roc_auc(s.y_test, preds.by_hospital[s.index]) for s in splits}
+    defined = {name: v for name, v in per_hospital.items() if np.isfinite(v)}
     by_tier: dict[str, list[float]] = {}
     for s in splits:
-        by_tier.setdefault(s.hospital.tier, []).append(per_hospital[s.hospital.name])
+        if s.hospital.name in defined:
+            by_tier.setdefault(s.hospital.tier, []).append(defined[s.hospital.name])
+    worst = min(defined, key=defined.get) if defined else None
     return {
         "all_records_auroc": roc_auc(np.concatenate([s.y_test for s in splits]),
                                      np.concatenate([preds.by_hospital[s.index] for s in splits])),
-        "mean_hospital_auroc": float(np.mean(list(per_hospital.values()))),
-        "worst_hospital_auroc": float(min(per_hospital.values())),
+        "mean_hospital_auroc": float(np.mean(list(defined.values()))) if defined else float("nan"),
+        "worst_hospital": worst,
+        "worst_hospital_auroc": defined[worst] if worst is not None else float("nan"),
         "by_tier": {t: float(np.mean(v)) for t, v in sorted(by_tier.items())},
         "by_hospital": per_hospital,
+        "undefined_hospitals": sorted(set(per_hospital) - set(defined)),
     }
 
 

@@ -13,12 +13,13 @@ import numpy as np
 
 
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN with one class."""
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN with one class, or when a
+    score is not a number (a model that was never trained, e.g. a local-only model from one class)."""
     y = np.asarray(y_true, dtype=np.float64)
     s = np.asarray(score, dtype=np.float64)
     n_pos = y.sum()
     n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_neg == 0 or not np.isfinite(s).all():
         return float("nan")
     order = np.argsort(s, kind="mergesort")
     _, inverse, counts = np.unique(s[order], return_inverse=True, return_counts=True)
@@ -32,7 +33,7 @@ def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
     definition: sum of (R_k - R_{k-1}) * P_k); NaN when there is no positive."""
     y = np.asarray(y_true, dtype=np.float64)
     s = np.asarray(score, dtype=np.float64)
-    if y.sum() == 0:
+    if y.sum() == 0 or not np.isfinite(s).all():
         return float("nan")
     order = np.argsort(-s, kind="mergesort")
     ys, ss = y[order], s[order]
@@ -60,9 +61,9 @@ def binary_metrics(y_true: np.ndarray, p: np.ndarray) -> BinaryMetrics:
     y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     n = int(len(y))
-    if n == 0:
+    if n == 0 or not np.isfinite(p).all():  # no records, or no model (NaN predictions): every figure undefined
         nan = float("nan")
-        return BinaryMetrics(nan, nan, nan, nan, nan, 0)
+        return BinaryMetrics(nan, nan, nan, nan, nan, n)
     auroc = roc_auc(y, p)
     auprc = average_precision(y, p)
     pc = np.clip(p, 1e-7, 1 - 1e-7)

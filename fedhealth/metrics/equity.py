@@ -70,32 +70,39 @@ def equity_summary(hospitals: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     records = [h["records"] for h in rows]
     federated = [h["auroc"]["federated"] for h in rows]
-    has_local = all(h["auroc"].get("local_only") is not None for h in rows)
-    gains = [h["auroc"]["federated"] - h["auroc"]["local_only"] for h in rows] if has_local else []
+    # gains need both figures: a hospital whose local-only AUROC is undefined (no local-only model from one
+    # class) is left out of every gain figure, and the sentence names it
+    local_rows = [h for h in rows if h["auroc"].get("local_only") is not None]
+    has_local = bool(local_rows)
+    gains = [h["auroc"]["federated"] - h["auroc"]["local_only"] for h in local_rows]
     worst = min(rows, key=lambda h: h["auroc"]["federated"])
+    worst_local = worst["auroc"].get("local_only")
     out: dict[str, Any] = {
         "by_tier": _group_means(rows, "tier"),
         "by_region": _group_means(rows, "region"),
         "worst_hospital": {"name": worst["name"], "auroc": worst["auroc"]["federated"],
-                           "local_only": worst["auroc"].get("local_only"),
-                           "gain": (worst["auroc"]["federated"] - worst["auroc"]["local_only"]) if has_local else None},
+                           "local_only": worst_local,
+                           "gain": (worst["auroc"]["federated"] - worst_local) if worst_local is not None else None},
         "gini": {"records": gini(records), "auroc_federated": gini(federated),
-                 "auroc_local_only": gini([h["auroc"]["local_only"] for h in rows]) if has_local else None,
+                 "auroc_local_only": gini([h["auroc"]["local_only"] for h in local_rows]) if has_local else None,
                  "gain": gini(gains) if has_local else None},
         "gain_by_hospital": [{"name": h["name"], "records": h["records"], "gain": g}
-                             for h, g in zip(rows, gains, strict=False)],
+                             for h, g in zip(local_rows, gains, strict=True)],
     }
+    left_out = [h["name"] for h in hospitals if h not in local_rows]
     if has_local:
         out["hospitals_that_gained"] = int(sum(g > 0 for g in gains))
-        intervals = [h.get("gain") for h in rows]
+        intervals = [h.get("gain") for h in local_rows]
         if all(i is not None for i in intervals):  # summaries written before intervals have none
             out["hospitals_that_gained_beyond_noise"] = int(sum(
                 i["distinguishable_from_zero"] and i["estimate"] > 0 for i in intervals))
             out["hospitals_that_lost_beyond_noise"] = int(sum(
                 i["distinguishable_from_zero"] and i["estimate"] < 0 for i in intervals))
-        out["gain_vs_records_spearman"] = spearman(records, gains)
-        out["smallest_vs_largest"] = _smallest_vs_largest(rows, gains)
-    out["sentence"] = equity_sentence(out, len(rows))
+        out["gain_vs_records_spearman"] = spearman([h["records"] for h in local_rows], gains)
+        out["smallest_vs_largest"] = _smallest_vs_largest(local_rows, gains)
+        if left_out:
+            out["gain_undefined_for"] = left_out
+    out["sentence"] = equity_sentence(out, len(local_rows) if has_local else len(rows))
     return out
 
 
@@ -129,6 +136,9 @@ def equity_sentence(eq: dict[str, Any], n: int) -> str:
         if unsure:
             parts.append(f"for {unsure} the gain is not distinguishable from zero")
         first += f" ({'; '.join(parts)})"
+    if eq.get("gain_undefined_for"):
+        names = ", ".join(eq["gain_undefined_for"])
+        first += f" (left out, their gain undefined: {names})"
     comp = eq.get("smallest_vs_largest")
     if not comp:
         return first + "."

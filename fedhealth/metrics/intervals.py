@@ -178,6 +178,8 @@ def bootstrap_interval(metric: Callable[[np.ndarray, np.ndarray], np.ndarray], y
     p = np.asarray(pred, dtype=np.float64)
     if len(y) == 0:
         return _undefined("undefined: no test records")
+    if not np.isfinite(p).all():
+        return _undefined(f"undefined: {int((~np.isfinite(p)).sum())} prediction(s) are not numbers")
     rng = np.random.default_rng(seed)
     classes = [idx for idx in (np.flatnonzero(y == 0.0), np.flatnonzero(y == 1.0)) if len(idx)]
     chunk = max(1, min(resamples, 2_000_000 // len(y)))  # resamples drawn at once: bounded memory on big test sets

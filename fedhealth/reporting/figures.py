@@ -146,7 +146,7 @@ def equity(hospitals: list[dict[str, Any]]) -> Figure:
         ax.grid(True, alpha=0.3)
     for h in hospitals:
         lo = h["auroc"].get("local_only")
-        if lo is None:
+        if lo is None or h["auroc"]["federated"] is None:  # undefined at this hospital: no point to draw
             continue
         left.scatter(h["records"], h["auroc"]["federated"] - lo, color=TIER_COLOURS.get(h["tier"], "grey"), s=22)
     left.axhline(0, color="grey", linewidth=1)
@@ -167,8 +167,8 @@ def equity(hospitals: list[dict[str, Any]]) -> Figure:
             means.append(np.mean(vals) if vals else np.nan)
         right.bar(x + offset, means, width=0.4, color=MODEL_COLOURS[key], label=MODEL_LABELS[key])
     right.set_xticks(x, tiers)
-    lows = [h["auroc"].get("local_only") or h["auroc"]["federated"] for h in hospitals]
-    right.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
+    lows = [v for h in hospitals for v in (h["auroc"].get("local_only"), h["auroc"]["federated"]) if v is not None]
+    right.set_ylim(max(0.0, min(lows, default=0.5) - 0.05), 1.0)
     right.set_ylabel("mean test AUROC")
     right.set_title("By tier")
     right.legend(fontsize=8)

@@ -30,6 +30,7 @@ Tier = Literal["tertiary", "secondary", "community"]
 Region = Literal["north", "south", "east", "west", "central"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "qfedavg"]
 ModelName = Literal["logreg", "mlp"]
+MIN_TRAIN_RECORDS = 10  # fewer training records than this at a hospital: its local steps learn nothing useful
 DERIVED_SUFFIX = 32  # a sibling study's name (`variant`): the study's own name and a suffix such as -eps-0.5
 
 

@@ -159,10 +159,10 @@ CASES = [
     Hostile("over-the-size-limit", validate("big.csv", "--max-bytes", "100"), 2,
             ("big.csv", "size limit of 100 bytes", "--max-bytes"), setup=big),
     # -- validate and simulate: one verdict (item 8)
-    Hostile("one-class-validate", validate("oneclass.csv"), 1, ("40 positive and 0 negative", "NOT usable"),
-            setup=one_class),
-    Hostile("one-class-simulate", simulate_files, 2,
-            ("hospital 'b'", "40 positive and 0 negative"), setup=with_study(one_class, "oneclass.csv")),
+    # a site with one class is usable (issue 18): a warning, no patient value; the study trains it
+    # (tests/integration/test_real_data_federation.py)
+    Hostile("one-class-validate", validate("oneclass.csv"), 0,
+            ("40 positive and 0 negative", "trains with the federation", "undefined"), setup=one_class),
     Hostile("one-row-validate", validate("onerow.csv"), 1, ("1 rows", "usable rows", "NOT usable"), setup=one_row),
     Hostile("one-row-simulate", simulate_files, 2, ("hospital 'b'", "1 rows", "usable rows"),
             setup=with_study(one_row, "onerow.csv")),
@@ -174,7 +174,7 @@ def test_hostile_numbers_and_data_files(case: Hostile, tmp_path: Path) -> None:
     check(case, tmp_path)
 
 
-@pytest.mark.parametrize("setup, name", [(one_class, "oneclass.csv"), (one_row, "onerow.csv")])
+@pytest.mark.parametrize("setup, name", [(one_row, "onerow.csv")])
 def test_validate_and_simulate_refuse_a_file_in_the_same_words(tmp_path: Path, setup, name: str) -> None:
     """The deployment pre-flight runs `validate`: what it accepts must be what training accepts, and the
     hospital reads the same reason from both."""
@@ -198,6 +198,19 @@ def test_a_usable_file_passes_both(tmp_path: Path) -> None:
                          "--data", str(tmp_path / "data" / "b.csv"))
     assert checked.exit_code == 0 and "usable" in checked.output
     assert [h.records for h in load_config(study).hospitals] == [60, 60, 60]
+
+
+def test_a_one_class_file_passes_both_with_the_same_warning(tmp_path: Path) -> None:
+    """A site whose rows hold one class is not refused (issue 18: it can still teach the federated model):
+    validate accepts it with a warning, and the study loads it and names it in the same words."""
+    from fedhealth.data.study_file import load_config
+
+    one_class(tmp_path)
+    checked = invoke_cli("validate", "--schema", str(tmp_path / "data" / "schema.toml"),
+                         "--data", str(tmp_path / "data" / "oneclass.csv"))
+    assert checked.exit_code == 0 and "40 positive and 0 negative usable rows" in checked.output, checked.output
+    cfg = load_config(file_study(tmp_path, "oneclass.csv"))
+    assert [h.records for h in cfg.hospitals] == [60, 40, 60]
 
 
 def test_the_size_limit_comes_from_the_environment_when_no_option_is_given(tmp_path: Path, monkeypatch) -> None:

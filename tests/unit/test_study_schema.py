@@ -188,8 +188,7 @@ def test_bad_inputs_stop_the_study_naming_hospital_file_and_fix(tmp_path):
     text = str(err.value)
     assert "hospital 'missing'" in text and "absent.csv: data file not found" in text
     assert "hospital 'cols'" in text and "missing column(s) stage" in text
-    assert "hospital 'oneclass'" in text and "0 positive and 50 negative usable rows" in text
-    assert "hospital 'ok'" not in text
+    assert "hospital 'ok'" not in text and "hospital 'oneclass'" not in text  # one class: a warning, not an error
 
 
 def test_mixing_generated_and_file_hospitals_is_refused(tmp_path):
@@ -223,7 +222,7 @@ def test_a_file_changed_after_the_study_was_configured_is_refused(tmp_path):
         load_hospital(cfg, 0)
 
 
-def test_an_official_split_column_is_used_and_checked(tmp_path):
+def test_an_official_split_column_is_used_and_checked(tmp_path, caplog):
     schema = TOY_SCHEMA + '[split]\ncolumn = "set"\ntrain = ["train"]\ntest = ["test"]\n'
     (tmp_path / "data").mkdir()
     frame = toy_frame(60).assign(set=["test" if i % 3 == 0 else "train" for i in range(60)])
@@ -233,8 +232,14 @@ def test_an_official_split_column_is_used_and_checked(tmp_path):
     assert len(split.y_test) == 20 and len(split.y_train) == 40
     frame.assign(outcome=np.where(frame["set"] == "test", "no", frame["outcome"])).to_csv(
         tmp_path / "data" / "a.csv", index=False)
-    with pytest.raises(ConfigError, match="official test split holds 0 positive"):
-        load_config(_file_study(tmp_path, _hospital("a", "a.csv"), schema))
+    # an official test split with one class is not refused (issue 18): the site trains, and says why its
+    # AUROC will be undefined
+    with caplog.at_level(logging.WARNING):
+        cfg = load_config(_file_study(tmp_path, _hospital("a", "a.csv"), schema))
+        split = load_hospital(cfg, 0)
+    assert len(split.y_test) == 20 and not split.y_test.any() and split.y_train.any()
+    assert "the official test split holds 0 positive and 20 negative rows" in caplog.text
+    assert "hospital a: its test split holds 0 positive and 20 negative records" in caplog.text
 
 
 def test_synth_writes_files_schema_and_a_config_that_reads_them_back_identically(tmp_path):

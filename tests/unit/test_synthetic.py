@@ -295,8 +295,22 @@ def test_split_small_hospital_keeps_both_classes_on_each_side() -> None:
     assert set(train.label.tolist()) == {0, 1} == set(test.label.tolist())
 
 
+def test_a_class_with_fewer_than_two_records_trains_and_is_never_tested() -> None:
+    """A site with one positive (or none) is split, not refused (issue 18): the lone positive trains, the test
+    side holds negatives only, and `one_class_sides` says which side holds one class."""
+    from fedhealth.data.synthetic import one_class_sides
+
+    train, test = train_test_split(_tiny([1, 0, 0, 0, 0]), 0.3, seed=0, index=0)
+    assert list(train.label).count(1) == 1 and 1 not in test.label and len(test.label) == 1
+    assert one_class_sides(train.label, test.label) == ["its test split holds 0 positive and 1 negative records"]
+    train, test = train_test_split(_tiny([0, 0, 0, 0, 0]), 0.4, seed=0, index=0)
+    assert (len(train.label), len(test.label)) == (3, 2)
+    assert one_class_sides(train.label, test.label) == ["its training split holds 0 positive and 3 negative records",
+                                                        "its test split holds 0 positive and 2 negative records"]
+    both, other = train_test_split(_tiny([1, 1, 0, 0]), 0.5, seed=0, index=0)
+    assert one_class_sides(both.label, other.label) == []
+
+
 def test_split_raises_naming_the_hospital() -> None:
-    with pytest.raises(ValueError, match="tiny-clinic"):
-        train_test_split(_tiny([1, 0, 0, 0, 0]), 0.3, seed=0, index=0)
     with pytest.raises(ValueError, match="test_fraction"):
         train_test_split(_tiny([1, 1, 0, 0]), 1.0, seed=0, index=0)
