@@ -228,6 +228,14 @@ def _with_ci(value: Any, ci: list[float | None] | None) -> str:
     return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def _auroc_cells(scores: dict[str, Any], tiers: list[str]) -> list[str]:
+    """A sweep row's AUROC cells (all records, mean of hospitals, worst hospital, each tier), each with its
+    interval where the scores carry one."""
+    cells = [_with_ci(scores[k], scores.get(f"{k}_ci"))
+             for k in ("all_records_auroc", "mean_hospital_auroc", "worst_hospital_auroc")]
+    return [*cells, *(_with_ci(scores["by_tier"].get(t), scores.get("by_tier_ci", {}).get(t)) for t in tiers)]
+
+
 def _spread_cell(v: dict[str, Any] | None, signed: bool = False) -> str:
     if not v or v["mean"] is None:
         return "—"
@@ -509,15 +517,14 @@ def sweep(
         table.add_column(col, justify="right")
     for p in result["points"]:
         mia = [_auc_ci(p["membership_inference"]) if p["membership_inference"] else "—"] if audited else []
-        table.add_row("∞ (no DP)" if p["epsilon"] is None else f"{p['epsilon']:g}", _fmt(p["all_records_auroc"]),
-                      _fmt(p["mean_hospital_auroc"]), _fmt(p["worst_hospital_auroc"]),
-                      *[_fmt(p["by_tier"].get(t)) for t in tiers], *mia)
+        table.add_row("∞ (no DP)" if p["epsilon"] is None else f"{p['epsilon']:g}", *_auroc_cells(p, tiers), *mia)
     for key in ("local_only", "pooled"):
-        ref = result["references"][key]
-        table.add_row(key.replace("_", "-"), _fmt(ref["all_records_auroc"]), _fmt(ref["mean_hospital_auroc"]),
-                      _fmt(ref["worst_hospital_auroc"]), *[_fmt(ref["by_tier"].get(t)) for t in tiers],
+        table.add_row(key.replace("_", "-"), *_auroc_cells(result["references"][key], tiers),
                       *([""] if audited else []))
     console.print(table)
+    console.print("[dim]In brackets: 95 % intervals over the test records (DeLong; a mean combines the hospitals' "
+                  "variances). The worst hospital's is its own and does not allow for its being picked as the "
+                  "worst.[/dim]")
     console.print(f"written: {out / rundir.SWEEP_FILE}, {out / rundir.PRIVACY_UTILITY_FIGURE}")
 
 
@@ -554,9 +561,13 @@ def fairness(
     for col in ("strategy", "worst hospital", "mean of hospitals", "all records", "spread"):
         table.add_column(col, justify="right")
     for r in result["runs"]:
-        table.add_row(r["strategy"] if r["q"] is None else f"q-FedAvg q={r['q']:g}", _fmt(r["worst_hospital_auroc"]),
-                      _fmt(r["mean_hospital_auroc"]), _fmt(r["all_records_auroc"]), _fmt(r["spread_auroc"]))
+        table.add_row(r["strategy"] if r["q"] is None else f"q-FedAvg q={r['q']:g}",
+                      *(_with_ci(r[k], r.get(f"{k}_ci")) for k in ("worst_hospital_auroc", "mean_hospital_auroc",
+                                                                      "all_records_auroc")), _fmt(r["spread_auroc"]))
     console.print(table)
+    console.print("[dim]In brackets: 95 % intervals over the test records (DeLong; a mean combines the hospitals' "
+                  "variances). The worst hospital's is its own and does not allow for its being picked as the "
+                  "worst.[/dim]")
     console.print(f"written: {out / FAIRNESS_FILE}")
 
 

@@ -41,8 +41,6 @@ class HospitalSplit:
     prevalence: float  # outcome rate over all of this hospital's records
 
 
-
-
 def _enough_to_train(cfg: StudyConfig, h: HospitalConfig, n_train: int, n_all: int, official: bool) -> None:
     """Refuse a split that leaves a hospital fewer than MIN_TRAIN_RECORDS training records (`test_fraction =
     0.999` trained on one record). Here, where every split is made, so a simulation (`size_problems`, before

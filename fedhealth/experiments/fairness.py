@@ -55,13 +55,17 @@ def compare_strategies(cfg: StudyConfig, q_values: list[float], out: Path,
             worst = scores["worst_hospital"]
             results.append({"strategy": name, "q": q, "worst_hospital": worst,
                             "worst_hospital_auroc": scores["worst_hospital_auroc"],
+                            "worst_hospital_auroc_ci": scores["worst_hospital_auroc_ci"],
+                            "mean_hospital_auroc_ci": scores["mean_hospital_auroc_ci"],
+                            "all_records_auroc_ci": scores["all_records_auroc_ci"],
                             "worst_hospital_gain_over_local":
                                 scores["worst_hospital_auroc"] - local["by_hospital"].get(worst, float("nan")),
                             "mean_hospital_auroc": scores["mean_hospital_auroc"],
                             "all_records_auroc": scores["all_records_auroc"],
                             "spread_auroc": float(np.nanmax(list(scores["by_hospital"].values())))
                                             - scores["worst_hospital_auroc"],
-                            "by_hospital": scores["by_hospital"], "seconds": scores["seconds"]})
+                            "by_hospital": scores["by_hospital"], "by_hospital_ci": scores["by_hospital_ci"],
+                            "seconds": scores["seconds"]})
             log.warning("%s: worst-hospital AUROC %.4f (%s)", sibling.name, scores["worst_hospital_auroc"], worst)
     base = results[0]
     for r in results[1:]:

@@ -70,24 +70,38 @@ def run_and_score(cfg: StudyConfig, sibling: StudyConfig, run_dir: Path, splits:
 def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:
     """AUROC on all test records, per hospital, and its mean, worst and per-tier mean over the hospitals whose
     figure is defined (a one-class test set, or no model from a one-class training split, gives none: such a
-    hospital is listed in `undefined_hospitals` and is null in `by_hospital`, never a number)."""
+    hospital is listed in `undefined_hospitals` and is null in `by_hospital`, never a number).
+
+    Each figure has its 95 % interval beside it, `<figure>_ci` = [low, high] ([null, null] where undefined),
+    computed as in summary.json (`fedhealth.metrics.intervals`): DeLong on the logit scale for one AUROC, the
+    hospitals' DeLong variances combined for a mean. The worst hospital's interval is that hospital's own: it
+    does not allow for its having been picked as the worst, so read it as a lower bound on the uncertainty."""
     from fedhealth.metrics.classification import roc_auc
+    from fedhealth.metrics.intervals import auroc_interval, mean_auroc_interval
 
     per_hospital = {s.hospital.name: roc_auc(s.y_test, preds.by_hospital[s.index]) for s in splits}
+    intervals = {s.hospital.name: auroc_interval(s.y_test, preds.by_hospital[s.index]) for s in splits}
     defined = {name: v for name, v in per_hospital.items() if np.isfinite(v)}
-    by_tier: dict[str, list[float]] = {}
+    by_tier: dict[str, list[str]] = {}
     for s in splits:
         if s.hospital.name in defined:
-            by_tier.setdefault(s.hospital.tier, []).append(defined[s.hospital.name])
+            by_tier.setdefault(s.hospital.tier, []).append(s.hospital.name)
     worst = min(defined, key=defined.get) if defined else None
+    y_all = np.concatenate([s.y_test for s in splits])
+    p_all = np.concatenate([preds.by_hospital[s.index] for s in splits])
     return {
-        "all_records_auroc": roc_auc(np.concatenate([s.y_test for s in splits]),
-                                     np.concatenate([preds.by_hospital[s.index] for s in splits])),
+        "all_records_auroc": roc_auc(y_all, p_all),
+        "all_records_auroc_ci": auroc_interval(y_all, p_all).as_list(),
         "mean_hospital_auroc": float(np.mean(list(defined.values()))) if defined else float("nan"),
+        "mean_hospital_auroc_ci": mean_auroc_interval(list(intervals.values())).as_list(),
         "worst_hospital": worst,
         "worst_hospital_auroc": defined[worst] if worst is not None else float("nan"),
-        "by_tier": {t: float(np.mean(v)) for t, v in sorted(by_tier.items())},
+        "worst_hospital_auroc_ci": intervals[worst].as_list() if worst is not None else [None, None],
+        "by_tier": {t: float(np.mean([defined[n] for n in names])) for t, names in sorted(by_tier.items())},
+        "by_tier_ci": {t: mean_auroc_interval([intervals[n] for n in names]).as_list()
+                       for t, names in sorted(by_tier.items())},
         "by_hospital": per_hospital,
+        "by_hospital_ci": {name: i.as_list() for name, i in intervals.items()},
         "undefined_hospitals": sorted(set(per_hospital) - set(defined)),
     }
 

@@ -199,8 +199,12 @@ def privacy_utility(result: dict[str, Any]) -> Figure:
     inf_x = (max(finite) * 4) if finite else 1.0
     xs = [p["epsilon"] if p["epsilon"] is not None else inf_x for p in points]
     fig, ax = _figure()
-    ax.plot(xs, [p["all_records_auroc"] for p in points], marker="o", color="black", linewidth=2,
-            label="federated, all test records")
+    overall = np.array([np.nan if p["all_records_auroc"] is None else p["all_records_auroc"] for p in points])
+    cis = [p.get("all_records_auroc_ci") or [None, None] for p in points]
+    low = np.array([np.nan if c[0] is None else c[0] for c in cis])
+    high = np.array([np.nan if c[1] is None else c[1] for c in cis])
+    ax.errorbar(xs, overall, yerr=np.vstack([overall - low, high - overall]), marker="o", color="black",
+                linewidth=2, capsize=3, label="federated, all test records (95 % interval)")
     tiers = sorted({t for p in points for t in p["by_tier"]})
     for tier in tiers:
         ax.plot(xs, [p["by_tier"].get(tier) for p in points], marker=".", linestyle="--",
