@@ -6,7 +6,9 @@
 
 Epoch time: one local epoch on a realistic hospital (the default study's 6,000-record secondary hospital,
 4,500 training records), batch 64, one torch thread (as each simulated hospital has), for the default MLP
-and for logistic regression, measured side by side and interleaved in this process, each call timed from
+and for logistic regression, and the same two as discrete-time hazard models (time-to-event: one logit per
+interval, 10 intervals, `fedhealth.model.losses.LogisticHazard`; `mlp_hazard`, `logreg_hazard`), measured
+side by side and interleaved in this process, each call timed from
 the outside (setup included), in wall seconds and in the training thread's CPU seconds:
 - plain: plain SGD (fedhealth.model.training.train);
 - dp_new: our DP-SGD (fedhealth.privacy.dp.train_private: the linear path, one backward pass per step,
@@ -48,6 +50,7 @@ import torch  # noqa: E402
 from fedhealth.data.hospitals import load_hospital  # noqa: E402
 from fedhealth.data.study_file import load_config  # noqa: E402
 from fedhealth.model import build_model  # noqa: E402
+from fedhealth.model.losses import BINARY, LogisticHazard, interval_targets  # noqa: E402
 from fedhealth.model.training import train  # noqa: E402
 from fedhealth.privacy.dp import train_private, train_private_opacus  # noqa: E402
 from fedhealth.privacy.round import noise_for, schedule_for, train_with_budget  # noqa: E402
@@ -72,6 +75,21 @@ def opacus_hooks_epoch(model, x: np.ndarray, y: np.ndarray, batch_size: int, lr:
         optimizer.step()
 
 
+HAZARD_EDGES = np.array([0.0, 30, 60, 90, 180, 270, 365, 540, 730, 1095, 1460])  # days: 10 intervals
+
+
+def hazard_targets(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Time-to-event targets for the same records, for timing the hazard model: exponential event times whose
+    rate depends on the first features, censored uniformly over four years (seeded). Only the loss's work
+    depends on them, not the privacy guarantee."""
+    rng = np.random.default_rng(seed)
+    rate = np.exp(0.5 * x[:, :3].sum(axis=1)) / 700.0
+    event_time = rng.exponential(1.0 / rate)
+    censor_time = rng.uniform(1.0, 1460.0, len(x))
+    return interval_targets(np.minimum(event_time, censor_time) + 0.01, (event_time <= censor_time).astype(int),
+                            HAZARD_EDGES)
+
+
 def _timed(fn, *args, **kwargs) -> tuple[float, float]:
     """Wall seconds and this thread's CPU seconds (with one torch thread, forward and backward run on the
     calling thread): on a shared machine the CPU seconds are what other processes disturb least."""
@@ -89,15 +107,22 @@ def epoch_times(repeats: int) -> dict:
     x, y = split.x_train, split.y_train
     b, lr = cfg.training.batch_size, cfg.training.learning_rate
     torch.set_num_threads(1)
-    models = {"mlp": (cfg.model.hidden,), "logreg": ([],)}
+    y_hazard = hazard_targets(x)
+    hazard = LogisticHazard(len(HAZARD_EDGES) - 1)
+    # name: (architecture, hidden layers, outputs per record, loss, targets)
+    models = {"mlp": ("mlp", cfg.model.hidden, 1, BINARY, y), "logreg": ("logreg", [], 1, BINARY, y),
+              "mlp_hazard": ("mlp", cfg.model.hidden, hazard.n_outputs, hazard, y_hazard),
+              "logreg_hazard": ("logreg", [], hazard.n_outputs, hazard, y_hazard)}
     paths = ("plain", "dp_new", "dp_old", "opacus_hooks")
 
     def fresh(name: str):
-        return build_model(name, x.shape[1], models[name][0], seed=0)
+        arch, hidden, outputs, _, _ = models[name]
+        return build_model(arch, x.shape[1], hidden, seed=0, n_outputs=outputs)
 
     def dp(fn, name: str, i: int) -> tuple[float, float]:
-        return _timed(fn, fresh(name), x, y, epochs=1, schedule=schedule, learning_rate=lr, momentum=0.9,
-                      noise_multiplier=sigma, max_grad_norm=1.0, noise_seed=i, sampling_seed=i)
+        _, _, _, loss, targets = models[name]
+        return _timed(fn, fresh(name), x, targets, epochs=1, schedule=schedule, learning_rate=lr, momentum=0.9,
+                      noise_multiplier=sigma, max_grad_norm=1.0, noise_seed=i, sampling_seed=i, loss=loss)
 
     def release(i: int) -> float:
         """The whole private round: a new release each time (round i), so every one is charged."""
@@ -120,17 +145,20 @@ def epoch_times(repeats: int) -> dict:
     extra: dict[str, list[float]] = {"release": [], "accounting": []}
     for i in range(repeats + 1):  # the first pass warms up imports and allocators, not counted
         for name in models:
-            run = {"plain": lambda n=name, i=i: _timed(train, fresh(n), x, y, epochs=1, batch_size=b,
-                                                       learning_rate=lr, seed=i),
+            loss, targets = models[name][3], models[name][4]
+            run = {"plain": lambda n=name, i=i, loss=loss, t=targets: _timed(
+                       train, fresh(n), x, t, epochs=1, batch_size=b, learning_rate=lr, seed=i, loss=loss),
                    "dp_new": lambda n=name, i=i: dp(train_private, n, i),
                    "dp_old": lambda n=name, i=i: dp(train_private_opacus, n, i),
                    "opacus_hooks": lambda n=name, i=i: _timed(opacus_hooks_epoch, fresh(n), x, y, b, lr, sigma, i)}
-            order = paths if i % 2 else paths[::-1]  # alternate the order, so no path always runs first
+            # Opacus's textbook path is written for the binary loss: timed for the binary models only
+            mine = paths if loss is BINARY else paths[:3]
+            order = mine if i % 2 else mine[::-1]  # alternate the order, so no path always runs first
             t = {p: run[p]() for p in order}
             if i:
-                for p in paths:
+                for p in mine:
                     runs[name][p].append(t[p])
-            print(f"pass {i} {name}: " + " ".join(f"{p} {t[p][0]:.4f}s/{t[p][1]:.4f}cpu" for p in paths),
+            print(f"pass {i} {name}: " + " ".join(f"{p} {t[p][0]:.4f}s/{t[p][1]:.4f}cpu" for p in mine),
                   file=sys.stderr)
         t_release, t_accounting = release(i), accounting(i)
         if i:
@@ -140,7 +168,7 @@ def epoch_times(repeats: int) -> dict:
     out: dict = {"records": int(len(y)), "batch_size": b, "steps": schedule.steps_per_epoch, "repeats": repeats,
                  "mlp_hidden": list(cfg.model.hidden),
                  "torch_threads": torch.get_num_threads(), "load_average_before_after": None}
-    for name in models:
+    for name in ("mlp", "logreg"):
         med = {p: statistics.median(w for w, _ in runs[name][p]) for p in paths}
         cpu = {p: statistics.median(c for _, c in runs[name][p]) for p in paths}
         out[name] = {
@@ -155,6 +183,14 @@ def epoch_times(repeats: int) -> dict:
             "cpu_ratio_new_over_plain": round(cpu["dp_new"] / cpu["plain"], 2),
             "cpu_ratio_old_over_plain": round(cpu["dp_old"] / cpu["plain"], 2),
             "cpu_ratio_opacus_hooks_over_plain": round(cpu["opacus_hooks"] / cpu["plain"], 2)}
+    for name in ("mlp_hazard", "logreg_hazard"):  # the discrete-time hazard model (time-to-event, issue 18)
+        med = {p: statistics.median(w for w, _ in runs[name][p]) for p in paths[:3]}
+        cpu = {p: statistics.median(c for _, c in runs[name][p]) for p in paths[:3]}
+        out[name] = {"intervals": hazard.n_intervals, "plain_epoch_s": round(med["plain"], 4),
+                     "dp_new_epoch_s": round(med["dp_new"], 4), "dp_old_epoch_s": round(med["dp_old"], 4),
+                     "ratio_new_over_plain": round(med["dp_new"] / med["plain"], 2),
+                     "ratio_old_over_plain": round(med["dp_old"] / med["plain"], 2),
+                     "cpu_ratio_new_over_plain": round(cpu["dp_new"] / cpu["plain"], 2)}
     dp_mlp = statistics.median(w for w, _ in runs["mlp"]["dp_new"])
     rel, acc = statistics.median(extra["release"]), statistics.median(extra["accounting"])
     # what the hospital's secret, release key, locked + fsync'ed charge and stored update add to an MLP epoch

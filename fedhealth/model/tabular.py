@@ -1,7 +1,8 @@
 """Logistic regression and a small MLP for tabular records.
 
-Both output one logit per record. No BatchNorm: per-sample gradients (Opacus DP-SGD) need layers
-whose output for one record does not depend on the others in the batch.
+Both output one logit per record, or `n_outputs` logits per record for a loss that needs more
+(`fedhealth.model.losses.LogisticHazard`: one per interval). No BatchNorm: per-sample gradients (Opacus
+DP-SGD) need layers whose output for one record does not depend on the others in the batch.
 """
 
 from __future__ import annotations
@@ -16,37 +17,44 @@ MODEL_NAMES = ("logreg", "mlp")
 
 
 class LogisticRegression(nn.Module):
-    def __init__(self, n_inputs: int) -> None:
+    def __init__(self, n_inputs: int, n_outputs: int = 1) -> None:
         super().__init__()
-        self.linear = nn.Linear(n_inputs, 1)
+        self.linear = nn.Linear(n_inputs, n_outputs)
+        self.squeeze = n_outputs == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x).squeeze(-1)
+        out = self.linear(x)
+        return out.squeeze(-1) if self.squeeze else out
 
 
 class MLP(nn.Module):
-    def __init__(self, n_inputs: int, hidden: Sequence[int]) -> None:
+    def __init__(self, n_inputs: int, hidden: Sequence[int], n_outputs: int = 1) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = n_inputs
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, n_outputs))
         self.net = nn.Sequential(*layers)
+        self.squeeze = n_outputs == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        out = self.net(x)
+        return out.squeeze(-1) if self.squeeze else out
 
 
-def build_model(name: str, n_inputs: int, hidden: Sequence[int] = (32, 16), seed: int = 0) -> nn.Module:
-    """Build a model by name with weights initialised from `seed`, so every party starts identically."""
+def build_model(name: str, n_inputs: int, hidden: Sequence[int] = (32, 16), seed: int = 0,
+                n_outputs: int = 1) -> nn.Module:
+    """Build a model by name with weights initialised from `seed`, so every party starts identically;
+    `n_outputs` logits per record (1: one, squeezed, for the binary outcome)."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model: nn.Module = LogisticRegression(n_inputs) if name == "logreg" else MLP(n_inputs, hidden)
+        model: nn.Module = (LogisticRegression(n_inputs, n_outputs) if name == "logreg"
+                            else MLP(n_inputs, hidden, n_outputs))
     finally:
         torch.random.set_rng_state(gen_state)
     return model

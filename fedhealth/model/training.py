@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from fedhealth.metrics.classification import BinaryMetrics, binary_metrics
+from fedhealth.model.losses import BINARY, OutcomeLoss
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    mean_loss: float  # mean binary cross-entropy over the last epoch's batches
+    mean_loss: float  # mean per-record loss over the last epoch's batches (binary cross-entropy by default)
     steps: int  # optimiser steps taken
     seconds: float  # wall time of the loop
 
@@ -37,8 +38,10 @@ def train(
     seed: int = 0,
     proximal_mu: float = 0.0,
     anchor: Sequence[np.ndarray] | None = None,
+    loss: OutcomeLoss = BINARY,
 ) -> TrainResult:
-    """SGD with momentum on binary cross-entropy, shuffled by `seed` so results are reproducible.
+    """SGD with momentum on `loss` (binary cross-entropy by default; `fedhealth.model.losses`), shuffled by
+    `seed` so results are reproducible. `y`: the loss's targets (the labels, or `interval_targets`).
 
     With `proximal_mu > 0` and `anchor` (the global weights received), adds FedProx's term
     mu/2 * ||w - w_global||^2, which keeps heterogeneous hospitals from drifting apart.
@@ -49,7 +52,6 @@ def train(
     n = len(xt)
     gen = torch.Generator().manual_seed(int(seed) % (2**63))
     opt = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay)
-    loss_fn = nn.BCEWithLogitsLoss()
     params = list(model.parameters())
     anchors = [torch.as_tensor(a) for a in anchor] if (proximal_mu > 0 and anchor is not None) else None
     model.train()
@@ -60,14 +62,14 @@ def train(
         for lo in range(0, n, batch_size):
             idx = order[lo : lo + batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xt[idx]), yt[idx])
+            batch_loss = loss(model(xt[idx]), yt[idx])
             if anchors is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
-                loss = loss + 0.5 * proximal_mu * prox
-            loss.backward()
+                batch_loss = batch_loss + 0.5 * proximal_mu * prox
+            batch_loss.backward()
             opt.step()
             steps += 1
-            last_losses.append(float(loss.detach()))
+            last_losses.append(float(batch_loss.detach()))
     return TrainResult(float(np.mean(last_losses)) if last_losses else float("nan"), steps,
                        time.perf_counter() - start)
 

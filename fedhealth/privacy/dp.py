@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedhealth.model.losses import BINARY, OutcomeLoss
 from fedhealth.model.training import TrainResult
 
 
@@ -116,7 +117,7 @@ def _zero_non_finite_samples(params: list[nn.Parameter]) -> None:
 @opacus_quiet()
 def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, schedule: DPSchedule,
                   learning_rate: float, momentum: float, noise_multiplier: float, max_grad_norm: float,
-                  noise_seed: int, sampling_seed: int) -> tuple[TrainResult, int]:
+                  noise_seed: int, sampling_seed: int, loss: OutcomeLoss = BINARY) -> tuple[TrainResult, int]:
     """Train `model` in place with DP-SGD; returns the result and the number of DP steps taken.
 
     Privacy meaning: each of the `epochs * schedule.steps_per_epoch` steps is the sampled Gaussian
@@ -132,6 +133,9 @@ def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int
     fedhealth models) trains on the one-backward linear path (`_train_linear`), which computes the same
     clipped sum as Opacus without per-sample gradients; any other model on Opacus's per-sample gradients
     (`train_private_opacus`). Both draw the same batches and the same noise from the same seeds.
+
+    `loss` (binary cross-entropy by default) must be a sum of one term per record, as every loss of
+    `fedhealth.model.losses` is: per-sample clipping bounds a record's influence only then.
     """
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.float32)
@@ -139,10 +143,11 @@ def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int
     if linears is None:
         return train_private_opacus(model, x, y, epochs=epochs, schedule=schedule, learning_rate=learning_rate,
                                     momentum=momentum, noise_multiplier=noise_multiplier,
-                                    max_grad_norm=max_grad_norm, noise_seed=noise_seed, sampling_seed=sampling_seed)
+                                    max_grad_norm=max_grad_norm, noise_seed=noise_seed, sampling_seed=sampling_seed,
+                                    loss=loss)
     return _train_linear(model, linears, xt, yt, epochs=epochs, schedule=schedule, learning_rate=learning_rate,
                          momentum=momentum, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                         noise_seed=noise_seed, sampling_seed=sampling_seed)
+                         noise_seed=noise_seed, sampling_seed=sampling_seed, loss=loss)
 
 
 def poisson_batches(n_records: int, schedule: DPSchedule, generator: torch.Generator,
@@ -169,9 +174,9 @@ def _linear_layers(model: nn.Module, xt: torch.Tensor) -> list[nn.Linear] | None
     Exact when: every trainable parameter is the weight or bias of an `nn.Linear` (the class itself, not a
     subclass that may compute something else), each such layer trains all its parameters, no parameter is
     shared, and a forward pass on two records (the first, twice) calls each layer once, on a (records,
-    features) input, and returns one logit per record. Anything else between the layers (ReLU, squeeze)
-    holds no parameter and acts on each record alone, so the backward pass carries each record's gradient
-    separately."""
+    features) input, and returns one logit (or one row of logits) per record. Anything else between the
+    layers (ReLU, squeeze) holds no parameter and acts on each record alone, so the backward pass carries each
+    record's gradient separately."""
     params = [p for p in model.parameters() if p.requires_grad]
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     owned = [p for m in linears for p in m.parameters(recurse=False)]
@@ -187,7 +192,8 @@ def _linear_layers(model: nn.Module, xt: torch.Tensor) -> list[nn.Linear] | None
     finally:
         for h in hooks:
             h.remove()
-    if (tuple(logits.shape) != (2,) or sorted(id(c[0]) for c in calls) != sorted(id(m) for m in linears)
+    if (logits.dim() not in (1, 2) or len(logits) != 2
+            or sorted(id(c[0]) for c in calls) != sorted(id(m) for m in linears)
             or any(a.dim() != 2 or len(a) != 2 or out.dim() != 2 for _, a, out, _, _ in calls)
             # changed in place after the layer (an in-place ReLU): the output gradient autograd gives is
             # then the gradient after that change, not the layer's
@@ -239,7 +245,8 @@ def clipped_sum(layers: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]], max_
 
 def _train_linear(model: nn.Module, linears: list[nn.Linear], xt: torch.Tensor, yt: torch.Tensor, *, epochs: int,
                   schedule: DPSchedule, learning_rate: float, momentum: float, noise_multiplier: float,
-                  max_grad_norm: float, noise_seed: int, sampling_seed: int) -> tuple[TrainResult, int]:
+                  max_grad_norm: float, noise_seed: int, sampling_seed: int,
+                  loss: OutcomeLoss = BINARY) -> tuple[TrainResult, int]:
     """DP-SGD for a model of `nn.Linear` layers (see `_linear_layers`) in one backward pass per step.
 
     Each step: the Poisson batch's summed loss, its gradient with respect to each layer's output
@@ -285,10 +292,9 @@ def _train_linear(model: nn.Module, linears: list[nn.Linear], xt: torch.Tensor, 
                 if len(idx):
                     seen.clear()
                     logits = model(xt.index_select(0, idx))
-                    loss = nn.functional.binary_cross_entropy_with_logits(logits, yt.index_select(0, idx),
-                                                                          reduction="sum")
-                    losses.append(loss.item() / len(idx))
-                    outputs = torch.autograd.grad(loss, [out for _, out in seen])
+                    summed = loss(logits, yt.index_select(0, idx), reduction="sum")
+                    losses.append(summed.item() / len(idx))
+                    outputs = torch.autograd.grad(summed, [out for _, out in seen])
                     clipped_sum([(m, a, g) for m, (a, _), g in zip(linears, seen, outputs, strict=True)],
                                 max_grad_norm, grad_views)
                 else:  # an empty Poisson batch: no gradient, the step adds the noise alone
@@ -312,7 +318,7 @@ def _train_linear(model: nn.Module, linears: list[nn.Linear], xt: torch.Tensor, 
 @opacus_quiet()
 def train_private_opacus(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, schedule: DPSchedule,
                   learning_rate: float, momentum: float, noise_multiplier: float, max_grad_norm: float,
-                  noise_seed: int, sampling_seed: int) -> tuple[TrainResult, int]:
+                  noise_seed: int, sampling_seed: int, loss: OutcomeLoss = BINARY) -> tuple[TrainResult, int]:
     """DP-SGD on Opacus's per-sample gradients (expanded weights), DPOptimizer and Poisson sampler: the
     path for a model with a parametrised layer other than `nn.Linear`, and the reference the linear path
     (`train_private`) is tested against. Same arguments, result and privacy meaning as `train_private`.
@@ -336,7 +342,6 @@ def train_private_opacus(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epoc
         noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         expected_batch_size=schedule.expected_batch_size, loss_reduction="mean",
         generator=torch.Generator().manual_seed(noise_seed % 2**64))
-    loss_fn = nn.BCEWithLogitsLoss()
     private_model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     steps, losses = 0, []
@@ -346,9 +351,9 @@ def train_private_opacus(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epoc
             optimizer.zero_grad(set_to_none=True)
             if indices:
                 idx = torch.as_tensor(indices, dtype=torch.long)
-                loss = loss_fn(private_model(xt[idx]), yt[idx])
-                losses.append(float(loss.detach()))
-                loss.backward()
+                batch_loss = loss(private_model(xt[idx]), yt[idx])
+                losses.append(float(batch_loss.detach()))
+                batch_loss.backward()
                 _zero_non_finite_samples(params)
             else:  # an empty Poisson batch: no gradient, the step adds the noise alone
                 for p in params:

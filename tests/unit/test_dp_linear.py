@@ -240,5 +240,7 @@ def test_both_fedhealth_models_take_the_linear_path():
     x = torch.zeros(5, 7)
     assert _linear_layers(build_model("logreg", 7, [], seed=0), x) is not None
     assert len(_linear_layers(build_model("mlp", 7, [32, 16], seed=0), x) or []) == 3
-    assert _linear_layers(nn.Sequential(nn.Linear(7, 2)), x) is None  # two outputs per record: not one logit
+    # several logits per record (a hazard per interval): per-record gradients are still g_i a_i^T, exact
+    assert _linear_layers(build_model("mlp", 7, [8], seed=0, n_outputs=4), x) is not None
+    assert _linear_layers(nn.Sequential(nn.Linear(7, 2), nn.Unflatten(1, (1, 2))), x) is None  # not (records, out)
     assert _linear_layers(nn.Sequential(nn.Linear(7, 1), nn.Flatten(0)), x[:0]) is None  # no record to probe

@@ -1,0 +1,116 @@
+"""The training loss of each outcome kind, written as a sum of one term per record.
+
+Why a sum over records: DP-SGD's guarantee rests on bounding each record's influence on a step. Per-sample
+clipping (Opacus's, and fedhealth's one-backward linear path in `fedhealth.privacy.dp`) clips the gradient
+of each record's own term, which is that record's influence only if the batch loss is the sum (or mean) of
+terms that each depend on one record. A loss that couples records (a Cox partial likelihood, whose risk sets
+hold many records) breaks that, and is not offered here.
+
+- `BinaryLoss`: binary cross-entropy on one logit per record (the binary outcome).
+- `LogisticHazard`: a discrete-time survival model (Kvamme & Borgan 2021; Gensheimer & Narasimhan 2019). The
+  follow-up is cut into intervals at fixed edges from the study schema; the model gives one logit per
+  interval, the hazard h_j = sigmoid(logit_j) = P(event in interval j | alive at its start). A record's
+  negative log-likelihood involves only its own logits: the intervals it survived, and the one it had its
+  event in.
+
+Targets are float tensors: the label (n,) for `BinaryLoss`; (n, 2) = [interval index, event] for
+`LogisticHazard`, from `interval_targets`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+
+@dataclass(frozen=True)
+class BinaryLoss:
+    """Binary cross-entropy on one logit per record (`BCEWithLogitsLoss`)."""
+
+    n_outputs: int = 1
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
+
+
+@dataclass(frozen=True)
+class LogisticHazard:
+    """Negative log-likelihood of a discrete-time hazard model over `n_intervals` intervals.
+
+    A record with target [k, e] survived intervals 0 .. k-1 and, in interval k, had the event (e = 1) or
+    survived it (e = 0); k = -1 (censored before the middle of the first interval) contributes nothing. Its
+    term is the sum over j <= k of the binary cross-entropy of logit j against 1[j == k and e == 1]: the
+    likelihood prod_{j<k} (1 - h_j) * h_k^e * (1 - h_k)^(1-e). It involves that record's logits only."""
+
+    n_intervals: int
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_intervals
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if logits.dim() != 2 or logits.shape[1] != self.n_intervals:
+            raise ValueError(f"logistic hazard: expected logits of shape (records, {self.n_intervals}), "
+                             f"got {tuple(logits.shape)}")
+        k = target[:, 0].long()
+        event = target[:, 1]
+        j = torch.arange(self.n_intervals, device=logits.device)
+        at_risk = (j[None, :] <= k[:, None]).to(logits.dtype)
+        label = ((j[None, :] == k[:, None]) & (event[:, None] > 0.5)).to(logits.dtype)
+        terms = F.binary_cross_entropy_with_logits(logits, label, reduction="none") * at_risk
+        per_record = terms.sum(dim=1)
+        if reduction == "none":
+            return per_record
+        if reduction == "sum":
+            return per_record.sum()
+        if reduction == "mean":
+            return per_record.mean()
+        raise ValueError(f"reduction {reduction!r}: give 'mean', 'sum' or 'none'")
+
+
+BINARY = BinaryLoss()
+OutcomeLoss = BinaryLoss | LogisticHazard  # what the training loops (plain and DP-SGD) accept as `loss`
+
+
+def interval_targets(time: np.ndarray, event: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Each record's [interval index, event] for `LogisticHazard`, as float32 of shape (records, 2).
+
+    `edges` are the interval boundaries t_0 = 0 < t_1 < ... < t_K (the schema's, in its time unit): interval
+    j is (t_j, t_{j+1}]. A record with an event at time t is in the interval holding t. A record censored at
+    t survived the intervals before it, and survived the interval holding t only if t reached that
+    interval's middle (Gensheimer & Narasimhan's convention: a record censored early in an interval would
+    otherwise count as surviving all of it). Follow-up past t_K is censored at t_K (it survived every
+    interval).
+
+    Raises ValueError (counts and positions, never a value) for times that are not finite and positive,
+    events other than 0/1, or edges that do not start at 0 and increase."""
+    t = np.asarray(time, dtype=np.float64)
+    e = np.asarray(event)
+    b = np.asarray(edges, dtype=np.float64)
+    if b.ndim != 1 or len(b) < 2 or b[0] != 0.0 or not np.all(np.diff(b) > 0) or not np.isfinite(b).all():
+        raise ValueError("interval edges must start at 0 and increase strictly, with at least one interval")
+    if t.shape != e.shape or t.ndim != 1:
+        raise ValueError(f"time and event must be 1-D and of one length; got shapes {t.shape} and {e.shape}")
+    bad = ~np.isfinite(t) | (t <= 0)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} time(s) are not positive finite numbers (first at position "
+                         f"{int(np.flatnonzero(bad)[0])})")
+    if not np.isin(e, (0, 1)).all():
+        raise ValueError(f"{int((~np.isin(e, (0, 1))).sum())} event indicator(s) are not 0 or 1")
+    n_intervals = len(b) - 1
+    k = np.searchsorted(b, t, side="left") - 1  # (t_j, t_{j+1}] holds t
+    late = k >= n_intervals
+    k = np.minimum(k, n_intervals - 1)
+    ev = e.astype(bool) & ~late
+    middle = (b[k] + b[k + 1]) / 2.0
+    k = np.where(~ev & ~late & (t < middle), k - 1, k)
+    return np.stack([k.astype(np.float32), ev.astype(np.float32)], axis=1)
+
+
+def survival_curve(logits: np.ndarray | torch.Tensor) -> np.ndarray:
+    """S(t_{j+1}) = prod_{i<=j} (1 - h_i) at each interval's end, from logits of shape (records, K)."""
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    return torch.exp(torch.cumsum(F.logsigmoid(-z), dim=1)).numpy()
