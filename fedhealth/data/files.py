@@ -50,6 +50,10 @@ def resolve_study_files(data: dict[str, Any], base: Path) -> list[str]:
             return str(err).splitlines()
     else:
         schema = None
+    if schema is not None and schema.study.outcome != "binary":
+        return [f"schema: study.outcome = {schema.study.outcome!r}: `fedhealth validate` checks such a study's "
+                "files, but this version of fedhealth cannot train one yet (its loss and DP-SGD training are "
+                "built, its study, metrics and references are not); train a binary outcome"]
     hospitals = data.get("hospitals") or []
     with_files = [h for h in hospitals if isinstance(h, dict) and "data" in h]
     if with_files and schema is None:

@@ -54,11 +54,13 @@ class ValidationReport:
     no_consent: int = 0
     rejected: int = 0
     accepted: int = 0
-    positives: int = 0
+    positives: int = 0  # rows of the positive class; of a time_to_event study, rows with the event observed
     reasons: Counter = field(default_factory=Counter)
     columns: list[ColumnStats] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    positive_word: str = "positive"  # "with the event" for a time_to_event study
 
     @property
     def ok(self) -> bool:
@@ -74,7 +76,7 @@ class ValidationReport:
 
     def lines(self) -> list[str]:
         """The report for a terminal: counts and rules, never a patient's value."""
-        out = [f"{self.source}: {self.rows} rows; {self.accepted} accepted ({self.positives} positive), "
+        out = [f"{self.source}: {self.rows} rows; {self.accepted} accepted ({self.positives} {self.positive_word}), "
                f"{self.rejected} rejected, {self.no_consent} without research consent"]
         out += [f"  error: {e}" for e in self.errors]
         out += [f"  warning: {w}" for w in self.warnings]
@@ -92,12 +94,15 @@ class ValidationReport:
 @dataclass(frozen=True)
 class ValidRecords:
     """The usable rows of one file: typed values in schema column order (NaN = missing, a categorical
-    column holding its category's index), the 0/1 label and, with a split column, which rows are test."""
+    column holding its category's index), the 0/1 label (for a time_to_event study: the event indicator, 1 =
+    event, 0 = censored), the follow-up time of a time_to_event study, and, with a split column, which rows
+    are test."""
 
     values: np.ndarray
     label: np.ndarray
     is_test: np.ndarray | None
     report: ValidationReport
+    time: np.ndarray | None = None  # a time_to_event study's follow-up per usable row (float64, the schema's unit)
 
 
 DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB: far above any hospital's table, far below what would exhaust memory
@@ -266,9 +271,11 @@ class _Checker:
     def __init__(self, schema: StudySchema, source: str, keep_values: bool = True) -> None:
         self.schema, self.keep_values = schema, keep_values
         self.report = ValidationReport(source=source)
+        if schema.time is not None:
+            self.report.positive_word = "with the event"
         self.markers = [m.strip() for m in schema.study.missing_values]
         self.needed = [*schema.feature_names, schema.label.column]
-        self.needed += [s.column for s in (schema.consent, schema.split) if s is not None]
+        self.needed += [s.column for s in (schema.time, schema.consent, schema.split) if s is not None]
         self.header_seen = False
         self.unusable = False  # a header-level error: the rows are only counted
         self.granted_any = False
@@ -281,6 +288,7 @@ class _Checker:
         self.values: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.tests: list[np.ndarray] = []
+        self.times: list[np.ndarray] = []
         self.rejected = 0
 
     def _header(self, columns: Iterable[Any]) -> None:
@@ -352,6 +360,7 @@ class _Checker:
         self.label_unexpected += int(unexpected.sum())
         self._reject(bad, unexpected, f"{schema.label.column} (label): value is neither a positive "
                                       f"{schema.label.positive} nor a negative {schema.label.negative}")
+        time = self._check_time(frame, bad) if schema.time is not None else None
         is_test = None
         if schema.split is not None:
             s = frame[schema.split.column]
@@ -379,6 +388,24 @@ class _Checker:
         self.labels.append(label[good].astype(np.int64 if self.keep_values else np.int8))
         if is_test is not None:
             self.tests.append(is_test[good])
+        if time is not None:
+            self.times.append(time[good])
+
+    def _check_time(self, frame: pd.DataFrame, bad_rows: np.ndarray) -> np.ndarray:
+        """A time_to_event study's follow-up: a number above 0 and at most the schema's `time.max`; a row
+        without one cannot say how long it was followed, so it is rejected (counted, never shown)."""
+        spec = self.schema.time
+        assert spec is not None
+        series = frame[spec.column]
+        missing = _missing(series, self.markers)
+        values, not_number = _numbers(series, missing)
+        self._reject(bad_rows, missing, f"{spec.column} (follow-up time): missing")
+        self._reject(bad_rows, not_number, f"{spec.column} (follow-up time): not a number")
+        with np.errstate(invalid="ignore"):
+            outside = ~np.isnan(values) & ((values <= 0) | (values > spec.max))
+        self._reject(bad_rows, outside, f"{spec.column} (follow-up time): not above 0 and at most {spec.max:g} "
+                                        f"{spec.unit}")
+        return values
 
     def _check_column(self, spec: ColumnSpec, series: pd.Series, stats: ColumnStats, suspicion: _Suspicion,
                       bad_rows: np.ndarray) -> np.ndarray:
@@ -457,6 +484,8 @@ class _Checker:
         label = np.concatenate(self.labels) if self.labels else np.empty(0, dtype=np.int64)
         self.labels = []
         is_test = np.concatenate(self.tests) if schema.split is not None and self.tests else None
+        time = (np.concatenate(self.times) if self.times else np.empty(0)) if schema.time is not None else None
+        self.times = []
         if self.keep_values:
             values = np.concatenate(self.values) if self.values else np.empty((0, len(schema.columns)))
             self.values = []
@@ -475,7 +504,7 @@ class _Checker:
             note = class_note(label, is_test)
             if note:
                 report.warnings.append(note)
-        return ValidRecords(values, label, is_test, report)
+        return ValidRecords(values, label, is_test, report, time)
 
 
 def class_note(label: np.ndarray, is_test: np.ndarray | None) -> str | None:

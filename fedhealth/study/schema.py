@@ -1,4 +1,4 @@
-"""A study's record schema as a file: columns, types, units, valid ranges, label, consent, split.
+"""A study's record schema as a file: columns, types, units, valid ranges, outcome, consent, split.
 
 Why a file: a hospital that brings its own data (deployment) or a researcher who brings several
 sites' files (simulation) describes the study once, in TOML, and every party checks and encodes its
@@ -161,9 +161,43 @@ class SplitSpec(_Strict):
     test: list[Value] = Field(min_length=1)
 
 
+class TimeSpec(_Strict):
+    """The follow-up time of a time-to-event outcome (`study.outcome = "time_to_event"`); `[label]` is then the
+    event indicator (positive: the event was observed at that time; negative: censored, event-free then).
+
+    `intervals` are the edges of the discrete-time hazard model's intervals, from 0, in `unit`
+    (`fedhealth.model.losses.LogisticHazard`); `horizons` the times at which time-dependent metrics are read.
+    Both are the study's fixed choices, never derived from any hospital's records."""
+
+    column: str = Field(min_length=1)
+    unit: str = Field(min_length=1, description="e.g. days")
+    max: float = Field(gt=0, allow_inf_nan=False, description="the longest valid follow-up, in `unit`")
+    intervals: list[float] = Field(min_length=2)
+    horizons: list[float] = Field(min_length=1)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TimeSpec:
+        edges = self.intervals
+        if edges[0] != 0 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ValueError("time.intervals: the interval edges must start at 0 and increase strictly")
+        if not all(math.isfinite(e) for e in edges) or edges[-1] > self.max:
+            raise ValueError(f"time.intervals: the last edge must be finite and at most time.max ({self.max:g})")
+        if any(not 0 < h <= edges[-1] for h in self.horizons) or sorted(set(self.horizons)) != self.horizons:
+            raise ValueError("time.horizons: give increasing times inside the intervals (above 0, at most the last "
+                             f"edge, {edges[-1]:g})")
+        return self
+
+
+Outcome = Literal["binary", "time_to_event"]
+
+
 class StudyInfo(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
+    outcome: Outcome = Field(default="binary", description="binary: [label] is the outcome; time_to_event: "
+                                                            "[label] is the event indicator and [time] the "
+                                                            "follow-up")
     missing_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "nan"],
                                       description="cell texts read as missing (an empty cell always is)")
 
@@ -171,6 +205,7 @@ class StudyInfo(_Strict):
 class StudySchema(_Strict):
     study: StudyInfo
     label: LabelSpec
+    time: TimeSpec | None = None
     consent: ConsentSpec | None = None
     split: SplitSpec | None = None
     columns: list[ColumnSpec] = Field(min_length=1)
@@ -181,7 +216,12 @@ class StudySchema(_Strict):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"columns: {', '.join(repeated)} listed more than once")
+        if (self.study.outcome == "time_to_event") != (self.time is not None):
+            raise ValueError("a time_to_event study needs a [time] table (its follow-up column), and only such a "
+                             "study has one: set study.outcome = \"time_to_event\" or remove [time]")
         special = {"label": self.label.column}
+        if self.time:
+            special["time"] = self.time.column
         if self.consent:
             special["consent"] = self.consent.column
         if self.split:
@@ -190,7 +230,7 @@ class StudySchema(_Strict):
             if col in names:
                 raise ValueError(f"{role}: column {col!r} is also a model input; a {role} column cannot be one")
         if len(set(special.values())) < len(special):
-            raise ValueError(f"label, consent and split must be different columns; got {special}")
+            raise ValueError(f"label, time, consent and split must be different columns; got {special}")
         return self
 
     # -- what the model sees --------------------------------------------------------------------------
@@ -217,7 +257,11 @@ class StudySchema(_Strict):
         return len(self.encoded_names)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        data = self.model_dump(mode="json")
+        if self.study.outcome == "binary":  # a binary schema's fingerprint is what it was before outcome kinds
+            data.pop("time")
+            data["study"].pop("outcome")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """Model inputs from typed values: shape (n, len(columns)) float64 in schema order, NaN = missing,

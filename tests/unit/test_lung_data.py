@@ -82,3 +82,21 @@ def test_one_site_per_large_institution_and_the_rest_in_other():
     assert {name for name in split if name != "other"} == {f"inst-{inst:02d}" for inst in large}
     assert {inst_of(line) for line in split["other"]} == small
     assert None in small  # the patient without an institution code is in `other`
+
+
+def test_every_site_validates_against_the_time_to_event_schema():
+    """The schema (configs/data/lung/schema.toml) accepts every patient of every site: follow-up in days inside
+    its range, the event coded 0/1 as lifelines ships it; the file checks a hospital's client would run."""
+    from fedhealth.data.validation import check_hospital_file
+    from fedhealth.study.schema import load_schema
+
+    schema = load_schema(LUNG / "schema.toml")
+    assert schema.study.outcome == "time_to_event" and schema.time.column == "time"
+    total, events = 0, 0
+    for path in sorted(LUNG.glob("*.csv")):
+        records = check_hospital_file(path, schema)
+        assert records.report.ok and records.report.rejected == 0, records.report.lines()
+        assert records.time is not None and len(records.time) == records.report.accepted
+        total += records.report.accepted
+        events += int(records.label.sum())
+    assert (total, events) == (RAW_ROWS, 165)

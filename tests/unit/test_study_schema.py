@@ -305,3 +305,68 @@ def test_a_deployment_study_declares_records_and_keeps_files_at_the_hospitals(tm
     generated.write_text('[[hospitals]]\nname = "g"\ntier = "teaching"\nregion = "west"\nrecords = 300\n')
     with pytest.raises(ConfigError, match="tier 'teaching' is not a generator tier"):
         load_config(generated)
+
+
+# -- a time-to-event outcome (issue 18): the schema and the file checks; training it is refused for now --
+
+def _toml(text: str) -> dict:
+    import tomllib
+
+    return tomllib.loads(text)
+
+
+SURVIVAL = TOY_SCHEMA.replace('name = "toy"\n', 'name = "toy"\noutcome = "time_to_event"\n', 1) + """
+[time]
+column = "days"
+unit = "days"
+max = 1000
+intervals = [0, 100, 300, 1000]
+horizons = [100, 300]
+"""
+
+
+def test_a_time_to_event_schema_names_its_follow_up_and_intervals():
+    schema = schema_from_dict(_toml(SURVIVAL), "s.toml")
+    assert schema.study.outcome == "time_to_event" and schema.time.intervals == [0, 100, 300, 1000]
+    assert "days" not in schema.feature_names  # the follow-up is the outcome, never a model input
+    for change, message in [
+        (lambda s: s.replace('outcome = "time_to_event"\n', ""), "a time_to_event study needs a \\[time\\] table"),
+        (lambda s: s.split("[time]")[0], "a time_to_event study needs a \\[time\\] table"),
+        (lambda s: s.replace("intervals = [0, 100", "intervals = [10, 100"), "must start at 0 and increase"),
+        (lambda s: s.replace("intervals = [0, 100, 300, 1000]", "intervals = [0, 300, 100, 1000]"),
+         "must start at 0 and increase"),
+        (lambda s: s.replace("max = 1000\nintervals", "max = 900\nintervals"), "at most time.max \\(900\\)"),
+        (lambda s: s.replace("horizons = [100, 300]", "horizons = [300, 2000]"), "time.horizons"),
+        (lambda s: s.replace('column = "days"', 'column = "outcome"'), "must be different columns"),
+        (lambda s: s.replace('column = "days"', 'column = "age"'), "is also a model input"),
+    ]:
+        with pytest.raises(SchemaError, match=message):
+            schema_from_dict(_toml(change(SURVIVAL)), "s.toml")
+
+
+def test_a_binary_schemas_fingerprint_did_not_change_with_outcome_kinds():
+    """Run directories and hospitals compare schema fingerprints: the binary schemas keep theirs."""
+    assert default_schema().fingerprint() == "66803723c9392ada"
+    assert load_schema(ROOT / "configs/data/heart-disease/schema.toml").fingerprint() == "0db342f8bad8da5a"
+    survival = schema_from_dict(_toml(SURVIVAL), "s.toml")
+    assert survival.fingerprint() != schema_from_dict(_toml(TOY_SCHEMA), "t.toml").fingerprint()
+
+
+def test_follow_up_times_are_checked_and_kept_and_training_is_refused(tmp_path):
+    schema = schema_from_dict(_toml(SURVIVAL), "s.toml")
+    frame = toy_frame(30, seed=4).assign(days=[str(10 * (i + 1)) for i in range(30)])
+    frame.loc[0, "days"] = ""        # missing
+    frame.loc[1, "days"] = "-3"      # not above 0
+    frame.loc[2, "days"] = "5000"    # beyond time.max
+    frame.loc[3, "days"] = "soon"    # not a number
+    records = validate_table(frame, schema, "site.csv")
+    reasons = records.report.reasons
+    assert reasons["days (follow-up time): missing"] == 1 and reasons["days (follow-up time): not a number"] == 1
+    assert reasons["days (follow-up time): not above 0 and at most 1000 days"] == 2
+    assert records.report.accepted == 26 and records.time.tolist() == [10.0 * (i + 1) for i in range(4, 30)]
+    text = "\n".join(records.report.lines())
+    assert "-3" not in text and "5000" not in text and "soon" not in text  # counts and rules, never a value
+    events = int(records.label.sum())
+    assert f"26 accepted ({events} with the event)" in text.splitlines()[0]
+    with pytest.raises(ConfigError, match="cannot train one yet"):
+        load_config(_file_study(tmp_path, _hospital("a", "a.csv"), SURVIVAL))
