@@ -228,6 +228,17 @@ def _with_ci(value: Any, ci: list[float | None] | None) -> str:
     return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def _print_undefined(rows: list[tuple[str, dict[str, Any]]]) -> None:
+    """Under a sweep or fairness table: which hospitals had no defined AUROC in which row (a one-class test
+    side, or no model there), left out of that row's mean, worst and tier figures."""
+    for label, scores in rows:
+        missing = scores.get("undefined_hospitals") or []
+        if missing:
+            console.print(f"{label}: AUROC undefined at {', '.join(missing)} (a one-class test side, or no model "
+                          "there); left out of this row's mean, worst and tier figures", markup=False,
+                          highlight=False, soft_wrap=True)
+
+
 def _auroc_cells(scores: dict[str, Any], tiers: list[str]) -> list[str]:
     """A sweep row's AUROC cells (all records, mean of hospitals, worst hospital, each tier), each with its
     interval where the scores carry one."""
@@ -522,6 +533,8 @@ def sweep(
         table.add_row(key.replace("_", "-"), *_auroc_cells(result["references"][key], tiers),
                       *([""] if audited else []))
     console.print(table)
+    _print_undefined([("ε " + ("∞" if p["epsilon"] is None else f"{p['epsilon']:g}"), p) for p in result["points"]]
+                     + [(k.replace("_", "-"), result["references"][k]) for k in ("local_only", "pooled")])
     console.print("[dim]In brackets: 95 % intervals over the test records (DeLong; a mean combines the hospitals' "
                   "variances). The worst hospital's is its own and does not allow for its being picked as the "
                   "worst.[/dim]")
@@ -565,6 +578,8 @@ def fairness(
                       *(_with_ci(r[k], r.get(f"{k}_ci")) for k in ("worst_hospital_auroc", "mean_hospital_auroc",
                                                                       "all_records_auroc")), _fmt(r["spread_auroc"]))
     console.print(table)
+    _print_undefined([(r["strategy"] if r["q"] is None else f"q-FedAvg q={r['q']:g}", r) for r in result["runs"]]
+                     + [("local-only", result["local_only"])])
     console.print("[dim]In brackets: 95 % intervals over the test records (DeLong; a mean combines the hospitals' "
                   "variances). The worst hospital's is its own and does not allow for its being picked as the "
                   "worst.[/dim]")

@@ -500,6 +500,10 @@ class _Checker:
             report.errors.append(f"{report.accepted} usable rows; a site needs more than {MIN_TRAIN_RECORDS} (at "
                                  f"least {MIN_TRAIN_RECORDS} to train on, and a test side); merge this site with "
                                  "another or leave it out")
+        if not report.errors and is_test is not None and (is_test.all() or not is_test.any()):
+            side = "train" if is_test.all() else "test"
+            report.errors.append(f"the official {side} split holds no usable rows; a site needs both sides: fix the "
+                                 f"split column {schema.split.column!r} or leave the site out")
         if not report.errors:
             note = class_note(label, is_test)
             if note:
@@ -529,6 +533,8 @@ def class_note(label: np.ndarray, is_test: np.ndarray | None) -> str | None:
     else:
         (tp, tn), (sp, sn) = counts(~is_test), counts(is_test)
         train_one, test_one = min(tp, tn) == 0, min(sp, sn) == 0
+        if tp + tn == 0 or sp + sn == 0:
+            return None  # an empty side: refused by `empty_side` (nothing to train on, or nothing to test)
         if not (train_one or test_one):
             return None
         where = "; ".join(f"the official {side} split holds {p} positive and {n} negative rows"
@@ -537,10 +543,15 @@ def class_note(label: np.ndarray, is_test: np.ndarray | None) -> str | None:
 
 
 def one_class_consequence(train_one: bool, test_one: bool) -> str:
-    """What a one-class side leaves undefined, in the words the warnings share (data loading, validate)."""
-    undefined = [what for what, one in (("its local-only model", train_one), ("its own AUROC", test_one)) if one]
-    return f"this site trains with the federation; {' and '.join(undefined)} {'are' if len(undefined) > 1 else 'is'} " \
-           "undefined"
+    """What a one-class side leaves undefined, in the words the warnings share (data loading, validate), and
+    what a coordinator learns from it (the hospital decides whether to share its evaluation)."""
+    undefined = [what for what, one in (("its local-only reference (simulation)", train_one),
+                                        ("its own AUROC and AUPRC", test_one)) if one]
+    text = f"this site trains with the federation; {' and '.join(undefined)} are undefined"
+    if test_one:
+        text += (" (its evaluation figures then tell the coordinator that its test side holds one class;"
+                 " share_evaluation = false in its policy keeps them at the hospital)")
+    return text
 
 
 def validate_table(frame: pd.DataFrame | Iterable[pd.DataFrame], schema: StudySchema, source: str,

@@ -65,6 +65,7 @@ def compare_strategies(cfg: StudyConfig, q_values: list[float], out: Path,
                             "spread_auroc": float(np.nanmax(list(scores["by_hospital"].values())))
                                             - scores["worst_hospital_auroc"],
                             "by_hospital": scores["by_hospital"], "by_hospital_ci": scores["by_hospital_ci"],
+                            "undefined_hospitals": scores["undefined_hospitals"],
                             "seconds": scores["seconds"]})
             log.warning("%s: worst-hospital AUROC %.4f (%s)", sibling.name, scores["worst_hospital_auroc"], worst)
     base = results[0]
@@ -74,8 +75,9 @@ def compare_strategies(cfg: StudyConfig, q_values: list[float], out: Path,
     line = {"bench": "fairness", "study": cfg.name, "rounds": cfg.federation.rounds,
             "secure_aggregation": cfg.federation.secure_aggregation.enabled,
             "qffl_learning_rate": qffl_learning_rate or cfg.federation.strategy.qffl_learning_rate,
-            "local_only": {"worst_hospital_auroc": local["worst_hospital_auroc"],
-                           "mean_hospital_auroc": local["mean_hospital_auroc"], "by_hospital": local["by_hospital"]},
+            "local_only": {k: local[k] for k in ("worst_hospital_auroc", "worst_hospital_auroc_ci",
+                                                  "mean_hospital_auroc", "mean_hospital_auroc_ci", "by_hospital",
+                                                  "by_hospital_ci", "undefined_hospitals")},
             "runs": results}
     rundir.write_json(out / FAIRNESS_FILE, line)
     return line

@@ -71,7 +71,7 @@ def undefined_reasons(split: HospitalSplit, local_only: bool) -> dict[str, str]:
     """Why some of a hospital's figures are undefined (null in summary.json), by what they concern."""
     out = {}
     if np.unique(split.y_test).size < 2:
-        out["auroc"] = f"its test split holds {_classes_in(split.y_test)}: AUROC needs both classes"
+        out["auroc"] = f"its test split holds {_classes_in(split.y_test)}: AUROC and AUPRC need both classes"
     if local_only and np.unique(split.y_train).size < 2:
         out["local_only"] = (f"its training split holds {_classes_in(split.y_train)}: no local-only model can be "
                              "trained on one class")
@@ -127,15 +127,18 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
         p_all = all_records[key] = np.concatenate([pred.by_hospital[s.index] for s in splits])
         overall["auroc"][key] = roc_auc(y_all, p_all)
         overall["brier"][key] = float(np.mean((p_all - y_all) ** 2))
-        overall["accuracy"][key] = float(np.mean((p_all >= 0.5) == (y_all == 1)))
+        modelled = bool(np.isfinite(p_all).all())  # NaN where a hospital has no such model (one-class training)
+        overall["accuracy"][key] = float(np.mean((p_all >= 0.5) == (y_all == 1))) if modelled else None
         overall["auroc_ci"][key] = auroc_interval(y_all, p_all).as_list()
-        overall["mean_hospital_auroc_ci"][key] = mean_auroc_interval(hospital_auroc[key]).as_list()
+        overall["mean_hospital_auroc_ci"][key] = mean_auroc_interval(
+            hospital_auroc[key], over=sum(bool(np.isfinite(h["auroc"][key])) for h in hospitals)).as_list()
         seed = (cfg.seed, len(splits), j)
         overall["brier_ci"][key] = bootstrap_interval(brier_rows, y_all, p_all, seed, resamples=RESAMPLES).as_list()
         overall["accuracy_ci"][key] = bootstrap_interval(accuracy_rows, y_all, p_all, seed,
                                                          resamples=RESAMPLES).as_list()
-        bins = reliability_bins(y_all, p_all)
-        calibration[key] = {"bins": bins, "ece": expected_calibration_error(bins)}
+        if modelled:  # a model missing at some hospital has no calibration over all test records
+            bins = reliability_bins(y_all, p_all)
+            calibration[key] = {"bins": bins, "ece": expected_calibration_error(bins)}
     if hospital_gains:
         overall["gain"] = _gain(auroc_difference_interval(y_all, all_records["federated"], all_records["local_only"]))
         overall["mean_hospital_gain"] = _gain(mean_auroc_interval(hospital_gains, bounded=False))

@@ -93,12 +93,12 @@ def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:
         "all_records_auroc": roc_auc(y_all, p_all),
         "all_records_auroc_ci": auroc_interval(y_all, p_all).as_list(),
         "mean_hospital_auroc": float(np.mean(list(defined.values()))) if defined else float("nan"),
-        "mean_hospital_auroc_ci": mean_auroc_interval(list(intervals.values())).as_list(),
+        "mean_hospital_auroc_ci": mean_auroc_interval(list(intervals.values()), over=len(defined)).as_list(),
         "worst_hospital": worst,
         "worst_hospital_auroc": defined[worst] if worst is not None else float("nan"),
         "worst_hospital_auroc_ci": intervals[worst].as_list() if worst is not None else [None, None],
         "by_tier": {t: float(np.mean([defined[n] for n in names])) for t, names in sorted(by_tier.items())},
-        "by_tier_ci": {t: mean_auroc_interval([intervals[n] for n in names]).as_list()
+        "by_tier_ci": {t: mean_auroc_interval([intervals[n] for n in names], over=len(names)).as_list()
                        for t, names in sorted(by_tier.items())},
         "by_hospital": per_hospital,
         "by_hospital_ci": {name: i.as_list() for name, i in intervals.items()},

@@ -30,10 +30,11 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
 
 def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
     """Area under the precision-recall curve as a step sum over distinct thresholds (scikit-learn's
-    definition: sum of (R_k - R_{k-1}) * P_k); NaN when there is no positive."""
+    definition: sum of (R_k - R_{k-1}) * P_k); NaN when the set holds one class (no positive: no recall;
+    no negative: 1.0 whatever the model, which would read as a perfect model)."""
     y = np.asarray(y_true, dtype=np.float64)
     s = np.asarray(score, dtype=np.float64)
-    if y.sum() == 0 or not np.isfinite(s).all():
+    if y.sum() == 0 or y.sum() == len(y) or not np.isfinite(s).all():
         return float("nan")
     order = np.argsort(-s, kind="mergesort")
     ys, ss = y[order], s[order]
@@ -47,7 +48,7 @@ def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
 @dataclass(frozen=True)
 class BinaryMetrics:
     auroc: float  # NaN when the set holds one class only
-    auprc: float  # average precision; NaN when the set holds no positive
+    auprc: float  # average precision; NaN when the set holds one class
     accuracy: float  # at threshold 0.5
     brier: float  # mean squared error of the probability
     loss: float  # mean binary cross-entropy (nats)

@@ -46,17 +46,24 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return float(np.corrcoef(_rank(a), _rank(b))[0, 1])
 
 
+def _defined(v: Any) -> bool:
+    """A figure that is a number: None (from summary.json) and NaN (in memory) both mean undefined."""
+    return v is not None and bool(np.isfinite(v))
+
+
 def _group_means(hospitals: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """Per tier or region: its hospitals and records (all of them), and the mean AUROCs over those whose
+    figure is defined (`auroc_hospitals` of them); the gain only where every one has both figures."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for h in hospitals:
         groups.setdefault(h[key], []).append(h)
     out = {}
     for name, members in sorted(groups.items()):
-        fed = [h["auroc"]["federated"] for h in members]
+        fed = [h["auroc"]["federated"] for h in members if _defined(h["auroc"].get("federated"))]
         local = [h["auroc"].get("local_only") for h in members]
         row: dict[str, Any] = {"hospitals": len(members), "records": int(sum(h["records"] for h in members)),
-                               "federated": float(np.mean(fed))}
-        if all(v is not None for v in local):
+                               "auroc_hospitals": len(fed), "federated": float(np.mean(fed)) if fed else None}
+        if fed and len(fed) == len(members) and all(_defined(v) for v in local):
             row["local_only"] = float(np.mean(local))
             row["gain"] = row["federated"] - row["local_only"]
         out[name] = row
@@ -65,21 +72,21 @@ def _group_means(hospitals: list[dict[str, Any]], key: str) -> dict[str, dict[st
 
 def equity_summary(hospitals: list[dict[str, Any]]) -> dict[str, Any]:
     """Equity figures from the per-hospital rows of `summary.json` (keys as in `build_summary`)."""
-    rows = [h for h in hospitals if h["auroc"].get("federated") is not None and np.isfinite(h["auroc"]["federated"])]
+    rows = [h for h in hospitals if _defined(h["auroc"].get("federated"))]
     if not rows:
         return {}
-    records = [h["records"] for h in rows]
+    records = [h["records"] for h in hospitals]  # the data the federation starts from: every hospital's
     federated = [h["auroc"]["federated"] for h in rows]
     # gains need both figures: a hospital whose local-only AUROC is undefined (no local-only model from one
     # class) is left out of every gain figure, and the sentence names it
-    local_rows = [h for h in rows if h["auroc"].get("local_only") is not None]
+    local_rows = [h for h in rows if _defined(h["auroc"].get("local_only"))]
     has_local = bool(local_rows)
     gains = [h["auroc"]["federated"] - h["auroc"]["local_only"] for h in local_rows]
     worst = min(rows, key=lambda h: h["auroc"]["federated"])
     worst_local = worst["auroc"].get("local_only")
     out: dict[str, Any] = {
-        "by_tier": _group_means(rows, "tier"),
-        "by_region": _group_means(rows, "region"),
+        "by_tier": _group_means(hospitals, "tier"),
+        "by_region": _group_means(hospitals, "region"),
         "worst_hospital": {"name": worst["name"], "auroc": worst["auroc"]["federated"],
                            "local_only": worst_local,
                            "gain": (worst["auroc"]["federated"] - worst_local) if worst_local is not None else None},

@@ -151,14 +151,22 @@ def auroc_difference_interval(y_true: np.ndarray, score_a: np.ndarray, score_b: 
     return Interval(diff, diff - half, diff + half, "DeLong, paired", se)
 
 
-def mean_auroc_interval(intervals: list[Interval], level: float = LEVEL, bounded: bool = True) -> Interval:
+def mean_auroc_interval(intervals: list[Interval], level: float = LEVEL, bounded: bool = True,
+                        over: int | None = None) -> Interval:
     """The unweighted mean of hospitals' AUROCs (or of their gains), each on its own test set: the sets are
     independent, so the variance of the mean is the sum of the DeLong variances over the count squared.
-    Hospitals whose figure is undefined are left out, as in the mean itself."""
+    Hospitals whose figure is undefined are left out, as in the mean itself.
+
+    `over`: how many hospitals the mean it goes with averages. A hospital can have an AUROC but no interval
+    (one record of a class on its test side); the interval is then undefined rather than the interval of a
+    mean over other hospitals than the figure beside it."""
     z = _z(level)
     shown = [i for i in intervals if i.defined]
     if not shown:
         return _undefined("undefined: no hospital's figure is defined")
+    if over is not None and len(shown) != over:
+        return _undefined(f"undefined: {over - len(shown)} of the {over} hospitals in the mean have no interval "
+                          "(fewer than 2 records of a class on a test side)")
     mean = float(np.mean([i.estimate for i in shown]))
     se = float(np.sqrt(sum(i.se ** 2 for i in shown)) / len(shown))
     low, high = mean - z * se, mean + z * se

@@ -96,6 +96,8 @@ def calibration(calib: dict[str, Any]) -> Figure:
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
     for key, entry in calib.items():
         bins = entry["bins"]
+        if not bins or entry.get("ece") is None:
+            continue
         ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
                 color=MODEL_COLOURS.get(key, "grey"), label=f"{MODEL_LABELS.get(key, key)} (ECE {entry['ece']:.3f})")
     ax.set_xlabel("mean predicted risk")
@@ -144,13 +146,18 @@ def equity(hospitals: list[dict[str, Any]]) -> Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
+    drawn = 0
     for h in hospitals:
-        lo = h["auroc"].get("local_only")
-        if lo is None or h["auroc"]["federated"] is None:  # undefined at this hospital: no point to draw
+        lo, fed = h["auroc"].get("local_only"), h["auroc"]["federated"]
+        if lo is None or fed is None or not np.isfinite(lo - fed):  # undefined at this hospital: no point
             continue
-        left.scatter(h["records"], h["auroc"]["federated"] - lo, color=TIER_COLOURS.get(h["tier"], "grey"), s=22)
+        left.scatter(h["records"], fed - lo, color=TIER_COLOURS.get(h["tier"], "grey"), s=22)
+        drawn += 1
     left.axhline(0, color="grey", linewidth=1)
-    left.set_xscale("log")
+    if drawn:
+        left.set_xscale("log")
+    else:
+        left.text(0.5, 0.5, "no hospital has both AUROCs", ha="center", va="center", transform=left.transAxes)
     left.set_xlabel("records at the hospital (log scale)")
     left.set_ylabel("AUROC gain over training alone")
     left.set_title("Who gains from the federation?")
@@ -163,11 +170,12 @@ def equity(hospitals: list[dict[str, Any]]) -> Figure:
         means = []
         for t in tiers:
             vals = [h["auroc"].get(key) for h in hospitals if h["tier"] == t]
-            vals = [v for v in vals if v is not None]
+            vals = [v for v in vals if v is not None and np.isfinite(v)]
             means.append(np.mean(vals) if vals else np.nan)
         right.bar(x + offset, means, width=0.4, color=MODEL_COLOURS[key], label=MODEL_LABELS[key])
     right.set_xticks(x, tiers)
-    lows = [v for h in hospitals for v in (h["auroc"].get("local_only"), h["auroc"]["federated"]) if v is not None]
+    lows = [v for h in hospitals for v in (h["auroc"].get("local_only"), h["auroc"]["federated"])
+            if v is not None and np.isfinite(v)]
     right.set_ylim(max(0.0, min(lows, default=0.5) - 0.05), 1.0)
     right.set_ylabel("mean test AUROC")
     right.set_title("By tier")

@@ -72,6 +72,9 @@ def test_a_site_with_one_class_in_training_trains_and_its_undefined_figures_say_
     # overall: the federated model is scored on every test record; the local-only one has no model at b
     assert summary["overall"]["auroc"]["federated"] is not None
     assert summary["overall"]["auroc"]["local_only"] is None
+    assert summary["overall"]["accuracy"]["local_only"] is None and summary["overall"]["brier"]["local_only"] is None
+    assert "local_only" not in summary["calibration"] and "federated" in summary["calibration"]
+    assert b["auprc"]["federated"] is None  # positives only: average precision would read 1.0 for any model
     assert summary["overall"]["mean_hospital_auroc"]["federated"] == pytest.approx(
         np.mean([a["auroc"]["federated"], c["auroc"]["federated"]]))
     assert summary["equity"]["gain_undefined_for"] == ["b"]

@@ -69,3 +69,30 @@ def test_report_on_a_directory_that_is_not_a_finished_run_is_a_clear_error(tmp_p
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2
     assert "not a finished run directory" in result.output and "summary.json" in result.output
+
+
+def test_a_hospital_without_a_local_only_figure_is_left_out_of_the_gains_and_named():
+    """NaN (in memory) and None (summary.json) both mean undefined: the site leaves every gain figure and the
+    sentence names it, while its records still count in the record Gini and its tier's size."""
+    for missing in (float("nan"), None):
+        rows = [_hospital("a", "community", 300, 0.70, 0.80), _hospital("b", "community", 120, missing, 0.75),
+                _hospital("c", "secondary", 3000, 0.80, 0.82), _hospital("d", "tertiary", 900, 0.79, 0.81)]
+        eq = equity_summary(rows)
+        assert eq["gain_undefined_for"] == ["b"] and [g["name"] for g in eq["gain_by_hospital"]] == ["a", "c", "d"]
+        assert eq["hospitals_that_gained"] == 3 and np.isfinite(eq["gain_vs_records_spearman"])
+        assert "Every one of the 3 hospitals gained" in eq["sentence"]
+        assert "left out, their gain undefined: b" in eq["sentence"] and "nan" not in eq["sentence"]
+        assert eq["gini"]["records"] == pytest.approx(gini([300, 120, 3000, 900]))
+        community = eq["by_tier"]["community"]
+        assert (community["hospitals"], community["records"], community["auroc_hospitals"]) == (2, 420, 2)
+        assert "gain" not in community and community["federated"] == pytest.approx(0.775)
+
+
+def test_a_hospital_without_a_federated_auroc_still_counts_in_the_records():
+    rows = [_hospital("a", "community", 300, 0.70, 0.80), _hospital("b", "community", 120, None, float("nan")),
+            _hospital("c", "secondary", 3000, 0.80, 0.82)]
+    eq = equity_summary(rows)
+    assert eq["gini"]["records"] == pytest.approx(gini([300, 120, 3000]))
+    community = eq["by_tier"]["community"]
+    assert (community["hospitals"], community["records"], community["auroc_hospitals"]) == (2, 420, 1)
+    assert community["federated"] == pytest.approx(0.80) and "gain" not in community

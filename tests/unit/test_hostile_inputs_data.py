@@ -162,7 +162,8 @@ CASES = [
     # a site with one class is usable (issue 18): a warning, no patient value; the study trains it
     # (tests/integration/test_real_data_federation.py)
     Hostile("one-class-validate", validate("oneclass.csv"), 0,
-            ("40 positive and 0 negative", "trains with the federation", "undefined"), setup=one_class),
+            ("40 positive and 0 negative", "trains with the federation", "undefined", "share_evaluation = false"),
+            setup=one_class),
     Hostile("one-row-validate", validate("onerow.csv"), 1, ("1 rows", "usable rows", "NOT usable"), setup=one_row),
     Hostile("one-row-simulate", simulate_files, 2, ("hospital 'b'", "1 rows", "usable rows"),
             setup=with_study(one_row, "onerow.csv")),

@@ -187,3 +187,16 @@ def test_the_bootstrap_in_chunks_gives_the_same_kind_of_interval_on_a_big_test_s
     p = np.clip(0.3 * y + rng.uniform(0, 0.7, 40_000), 0, 1)
     i = bootstrap_interval(brier_rows, y, p, seed=1, resamples=200)
     assert i.low < i.estimate < i.high and i.high - i.low < 0.01
+
+
+def test_a_mean_whose_hospitals_lack_an_interval_has_none():
+    """A hospital with an AUROC but no interval (one record of a class on its test side): the mean's interval
+    is undefined, never an interval over fewer hospitals than the mean beside it."""
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(40), np.ones(30)]
+    good = [auroc_interval(y, rng.normal(size=70) + y) for _ in range(2)]
+    one = auroc_interval(np.r_[np.zeros(20), np.ones(1)], rng.normal(size=21))
+    assert not one.defined
+    assert mean_auroc_interval([*good, one], over=2).defined
+    undefined = mean_auroc_interval([*good, one], over=3)
+    assert not undefined.defined and "1 of the 3 hospitals in the mean have no interval" in undefined.method

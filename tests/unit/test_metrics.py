@@ -20,6 +20,12 @@ def test_one_class_gives_nan_not_a_number_that_looks_real():
     m = binary_metrics(np.zeros(10), np.full(10, 0.2))
     assert np.isnan(m.auroc) and np.isnan(m.auprc)
     assert m.accuracy == 1.0 and m.brier == pytest.approx(0.04) and m.n == 10
+    # positives only: average precision would be 1.0 whatever the model, so it is undefined too
+    m = binary_metrics(np.ones(10), np.linspace(0.1, 0.9, 10))
+    assert np.isnan(m.auroc) and np.isnan(m.auprc) and m.accuracy == pytest.approx(0.5)
+    # no model (NaN predictions: a local-only model from one class): every figure undefined, the count kept
+    m = binary_metrics(np.array([0, 1, 0, 1]), np.full(4, np.nan))
+    assert all(np.isnan(v) for v in (m.auroc, m.auprc, m.accuracy, m.brier, m.loss)) and m.n == 4
 
 
 def test_perfect_and_inverted_scores():

@@ -240,6 +240,10 @@ def test_an_official_split_column_is_used_and_checked(tmp_path, caplog):
     assert len(split.y_test) == 20 and not split.y_test.any() and split.y_train.any()
     assert "the official test split holds 0 positive and 20 negative rows" in caplog.text
     assert "hospital a: its test split holds 0 positive and 20 negative records" in caplog.text
+    # an official split that leaves a side empty is refused: nothing to test (or to train) on
+    frame.assign(set="train").to_csv(tmp_path / "data" / "a.csv", index=False)
+    with pytest.raises(ConfigError, match="the official test split holds no usable rows"):
+        load_config(_file_study(tmp_path, _hospital("a", "a.csv"), schema))
 
 
 def test_synth_writes_files_schema_and_a_config_that_reads_them_back_identically(tmp_path):

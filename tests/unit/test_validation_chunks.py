@@ -25,7 +25,9 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "validation_reference.j
 # one negative usable row under the FLamby schema: usable (issue 18: a one-class side trains), with a warning
 NOW_WARNED = {"heart-schema-flamby.toml-switzerland":
               "45 positive and 1 negative usable rows, so the seeded split's test side holds one class: this site "
-              "trains with the federation; its own AUROC is undefined"}
+              "trains with the federation; its own AUROC and AUPRC are undefined (its evaluation figures then tell "
+              "the coordinator that its test side holds one class; share_evaluation = false in its policy keeps "
+              "them at the hospital)"}
 
 
 def _bad_rows(f):
