@@ -55,6 +55,9 @@ def deployment_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
             "auroc": {"federated": row.get("auroc")}, "auprc": {"federated": row.get("auprc")},
             "brier": {"federated": row.get("brier")}, "accuracy": {"federated": row.get("accuracy")},
         })
+        if row.get("n") and row.get("auroc") is None:  # it evaluated, yet its AUROC is undefined: one class
+            hospitals[-1]["undefined"] = {"auroc": "the hospital reported no AUROC: its test side holds one class "
+                                                   "(AUROC and AUPRC need both)"}
     reported = [r for r in final.values() if r.get("n")]
     aurocs = np.array([h["auroc"]["federated"] for h in hospitals if h["auroc"]["federated"] is not None], float)
     overall = {"auroc": {"federated": None},

@@ -23,13 +23,13 @@ REPORTED = {  # what each hospital reported about the final model on its own tes
 }
 
 
-def _deployment_run(tmp_path: Path, status: str = "completed") -> Path:
+def _deployment_run(tmp_path: Path, status: str = "completed", reported: dict | None = None) -> Path:
     """A run directory as a deployed ServerApp leaves it (references=false): config, rounds, metrics, state."""
     cfg = load_config(STUDY)
     run_dir = rundir.create_run_dir(cfg, tmp_path / "run")
     rundir.append_jsonl(run_dir / rundir.METRICS_FILE, [
         {"round": 1, "hospital_index": i, "hospital": h.name, "tier": h.tier, "region": h.region, "trained": True,
-         "aggregated": True, "n_train": None, **REPORTED[h.name]} for i, h in enumerate(cfg.hospitals)])
+         "aggregated": True, "n_train": None, **(reported or REPORTED)[h.name]} for i, h in enumerate(cfg.hospitals)])
     rundir.append_jsonl(run_dir / rundir.ROUNDS_FILE, [
         {"round": 1, "status": "aggregated", "aggregated": True, "failure": None, "secure_aggregation": True,
          "hospitals_aggregated": [0, 1, 2], "declined": [], "seconds": 70.0}])
@@ -61,6 +61,22 @@ def test_a_deployment_run_gets_the_report_with_what_the_hospitals_reported(tmp_p
     assert "A deployment: the server held no patient record" in html
     assert "own test sets: <b>0.870</b>" in html
     assert "va-long-beach" in html and "Every round aggregated." in html
+
+
+def test_a_hospital_that_reported_no_auroc_is_shown_undefined_with_the_reason(tmp_path):
+    """A hospital whose test side holds one class evaluates the model but has no AUROC (null in metrics.jsonl):
+    the deployment report says undefined and why, and the mean of hospitals is over the two others."""
+    one_class = {**REPORTED, "hungary": {**REPORTED["hungary"], "auroc": None, "auprc": None}}
+    run_dir = _deployment_run(tmp_path, reported=one_class)
+    result = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_dir / rundir.SUMMARY_FILE).read_text())
+    hungary = {h["name"]: h for h in summary["hospitals"]}["hungary"]
+    assert hungary["undefined"] == {"auroc": "the hospital reported no AUROC: its test side holds one class "
+                                             "(AUROC and AUPRC need both)"}
+    assert summary["overall"]["mean_hospital_auroc"]["federated"] == pytest.approx((0.93 + 0.76) / 2)
+    html = (run_dir / "report.html").read_text()
+    assert "undefined&dagger;" in html and "&dagger; hungary: the hospital reported no AUROC" in html
 
 
 def test_a_deployment_run_that_did_not_complete_is_still_refused(tmp_path):
