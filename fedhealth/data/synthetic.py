@@ -602,6 +602,14 @@ def generate_hospital(profile: HospitalProfile, index: int, seed: int) -> Hospit
     Returns:
         The records as measured at this hospital, with labels and each patient's true risk.
     """
+    return generate_with_uniforms(profile, index, seed)[0]
+
+
+def generate_with_uniforms(profile: HospitalProfile, index: int, seed: int) -> tuple[HospitalRecords, np.ndarray]:
+    """`generate_hospital`, and the uniform draw U of each record that decided its label (label = U < risk).
+
+    Why: the time-to-event generator (`fedhealth.data.synthetic_survival`) turns the same U into an event
+    time, so that its patients are these patients and its event by 12 months is exactly this label."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     tp = _TIER_PARAMS[profile.tier]
     rp = _REGION_PARAMS[profile.region]
@@ -610,11 +618,12 @@ def generate_hospital(profile: HospitalProfile, index: int, seed: int) -> Hospit
     site_bias = _draw_site_bias(rng)
     latent = _draw_latent(rng, n, tp, rp)
     true_risk = _sigmoid(_outcome_logit(latent, tp, rp))
-    label = (rng.random(n) < true_risk).astype(np.int64)
+    uniforms = rng.random(n)
+    label = (uniforms < true_risk).astype(np.int64)
     features = _measure(rng, latent, tp, site_bias)
     return HospitalRecords(
         profile=profile, features=features, label=label, true_risk=true_risk, site_bias=site_bias
-    )
+    ), uniforms
 
 
 def generate_hospitals(profiles: Sequence[HospitalProfile], seed: int) -> list[HospitalRecords]:
