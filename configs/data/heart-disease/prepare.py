@@ -35,11 +35,11 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import sys
-import tempfile
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+
+from fedhealth.durable import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA_DIR = ROOT / "configs" / "data" / "heart-disease"
@@ -159,16 +159,7 @@ def write_if_changed(path: Path, content: str) -> bool:
     data = content.encode("ascii")
     if path.exists() and path.read_bytes() == data:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, mode=0o644)
     return True
 
 
