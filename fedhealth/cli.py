@@ -249,9 +249,13 @@ def _auroc_cells(scores: dict[str, Any], tiers: list[str]) -> list[str]:
 
 def _spread_cell(v: dict[str, Any] | None, signed: bool = False) -> str:
     if not v or v["mean"] is None:
-        return "—"
+        return "undefined" if v else "—"
     sign = "+" if signed else ""
-    return f"{v['mean']:{sign}.3f} ± {v['sd']:.3f}" if v["sd"] is not None else f"{v['mean']:{sign}.3f}"
+    cell = f"{v['mean']:{sign}.3f} ± {v['sd']:.3f}" if v["sd"] is not None else f"{v['mean']:{sign}.3f}"
+    runs = len(v.get("values", []))
+    if v.get("defined_in", runs) < runs:  # undefined in some runs (a one-class side): say over how many
+        cell += f" ({v['defined_in']} of {runs})"
+    return cell
 
 
 def print_seeds_table(result: dict[str, Any]) -> None:
@@ -278,7 +282,8 @@ def print_seeds_table(result: dict[str, Any]) -> None:
         table.add_row(label, *(_spread_cell(o[figure][k]) for k in models), *extra)
     console.print(table)
     console.print("[dim]sd: standard deviation over the seeds (each seed draws its own records, splits, initial "
-                  "model and training); 'beyond noise': runs whose gain had a 95 % interval excluding zero.[/dim]")
+                  "model and training); 'beyond noise': runs whose gain had a 95 % interval excluding zero; "
+                  "(k of n): over the k runs where the figure is defined (see each run's summary for why).[/dim]")
 
 
 def print_summary_table(summary: dict[str, Any]) -> None:

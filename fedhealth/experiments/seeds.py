@@ -10,7 +10,8 @@ from zero.
 Keys of the result (`seeds.json`):
 
     seeds                                   the seeds, in run order; runs: their run directories
-    overall[figure][model]                  {"mean", "sd", "values"} for figure in auroc, mean_hospital_auroc
+    overall[figure][model]                  {"mean", "sd", "values", "defined_in"} for figure in auroc,
+                                            mean_hospital_auroc (mean and sd over the runs where it is defined)
     overall["gain"], overall["mean_hospital_gain"]   {"mean", "sd", "values", "distinguishable_in"}
     hospitals[i]                            {"name", "auroc": {model: {...}}, "gain": {...}}
 """
@@ -29,7 +30,8 @@ def _spread(values: Sequence[float | None]) -> dict[str, Any]:
     shown = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     return {"mean": float(shown.mean()) if len(shown) else None,
             "sd": float(shown.std(ddof=1)) if len(shown) > 1 else None,
-            "values": [None if v is None or not np.isfinite(v) else float(v) for v in values]}
+            "values": [None if v is None or not np.isfinite(v) else float(v) for v in values],
+            "defined_in": len(shown)}  # runs whose figure is defined (a one-class side leaves it undefined)
 
 
 def _gains(gains: Sequence[dict[str, Any] | None]) -> dict[str, Any]:

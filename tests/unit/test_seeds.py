@@ -31,7 +31,9 @@ def test_mean_and_sd_per_figure_and_how_often_a_gain_was_beyond_noise():
     assert fed["sd"] == pytest.approx(np.std([0.80, 0.84, 0.79], ddof=1))
     assert fed["values"] == [0.80, 0.84, 0.79]
     assert out["hospitals"][0]["gain"]["distinguishable_in"] == 2
-    assert out["hospitals"][1]["auroc"]["federated"] == {"mean": None, "sd": None, "values": [None] * 3}
+    undefined = {"mean": None, "sd": None, "values": [None] * 3, "defined_in": 0}
+    assert out["hospitals"][1]["auroc"]["federated"] == undefined
+    assert fed["defined_in"] == 3
     assert "gain" not in out["hospitals"][1]  # no gain in some run: no figure, never a made-up one
     assert out["overall"]["gain"]["mean"] == pytest.approx(np.mean([0.10, 0.06, 0.02]))
     assert out["models"] == ["local_only", "federated"] and out["runs"] == ["r1", "r2", "r3"]
