@@ -50,7 +50,7 @@ def resolve_study_files(data: dict[str, Any], base: Path) -> list[str]:
             return str(err).splitlines()
     else:
         schema = None
-    if schema is not None and schema.study.outcome != "binary":
+    if schema is not None and schema.study.outcome != "binary":  # before any file is read (StudyConfig refuses too)
         return [f"schema: study.outcome = {schema.study.outcome!r}: `fedhealth validate` checks such a study's "
                 "files, but this version of fedhealth cannot train one yet (its loss and DP-SGD training are "
                 "built, its study, metrics and references are not); train a binary outcome"]

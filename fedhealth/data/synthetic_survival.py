@@ -69,8 +69,13 @@ def generate_survival(profile: HospitalProfile, index: int, seed: int, *, shape:
             raise ValueError(f"hospital {profile.name!r}: {name} must be a positive number, got {value!r}")
     records, uniforms = generate_with_uniforms(profile, index, seed)
     g = -np.log1p(-records.true_risk)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         event_time = DAYS_PER_YEAR * (-np.log1p(-uniforms) / g) ** (1.0 / shape)
+    event_time = np.where(g > 0, event_time, np.inf)  # a risk that underflowed to 0: no event, ever
+    # Exactly the label, also where rounding of the two formulas would disagree (U within an ulp of p):
+    # an event by one year for label 1, after it for label 0.
+    event_time = np.where(records.label == 1, np.minimum(event_time, DAYS_PER_YEAR),
+                          np.maximum(event_time, np.nextafter(DAYS_PER_YEAR, np.inf)))
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 2]))
     censor_time = np.minimum(follow_up_days, rng.exponential(dropout_mean_days, len(uniforms)))
     observed = np.minimum(event_time, censor_time)

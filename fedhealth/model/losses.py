@@ -35,6 +35,9 @@ class BinaryLoss:
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
 
+    def check_targets(self, target: np.ndarray) -> None:
+        """Nothing to check beyond what the binary path has always accepted (labels in [0, 1])."""
+
 
 @dataclass(frozen=True)
 class LogisticHazard:
@@ -50,6 +53,22 @@ class LogisticHazard:
     @property
     def n_outputs(self) -> int:
         return self.n_intervals
+
+    def check_targets(self, target: np.ndarray) -> None:
+        """Refuse targets this loss would read wrongly (an interval index outside -1 .. K-1, not a whole
+        number, an event other than 0/1): once, before training, never per batch, so that a refusal can
+        never depend on which records a DP-SGD step sampled. Counts only, never a value."""
+        t = np.asarray(target, dtype=np.float64)
+        if t.ndim != 2 or t.shape[1] != 2:
+            raise ValueError(f"logistic hazard: targets must be (records, 2) = [interval, event], got {t.shape}")
+        k, e = t[:, 0], t[:, 1]
+        bad = ~np.isfinite(k) | (k != np.round(k)) | (k < -1) | (k >= self.n_intervals)
+        if bad.any():
+            raise ValueError(f"logistic hazard: {int(bad.sum())} target(s) name an interval outside -1 .. "
+                             f"{self.n_intervals - 1} (built for another interval count?)")
+        if not np.isin(e, (0.0, 1.0)).all():
+            raise ValueError(f"logistic hazard: {int((~np.isin(e, (0.0, 1.0))).sum())} event indicator(s) are not "
+                             "0 or 1")
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if logits.dim() != 2 or logits.shape[1] != self.n_intervals:
@@ -105,7 +124,7 @@ def interval_targets(time: np.ndarray, event: np.ndarray, edges: np.ndarray) -> 
     late = k >= n_intervals
     k = np.minimum(k, n_intervals - 1)
     ev = e.astype(bool) & ~late
-    middle = (b[k] + b[k + 1]) / 2.0
+    middle = b[k] + (b[k + 1] - b[k]) / 2.0  # not (a + b) / 2, which overflows for edges near the float maximum
     k = np.where(~ev & ~late & (t < middle), k - 1, k)
     return np.stack([k.astype(np.float32), ev.astype(np.float32)], axis=1)
 

@@ -46,6 +46,7 @@ def train(
     With `proximal_mu > 0` and `anchor` (the global weights received), adds FedProx's term
     mu/2 * ||w - w_global||^2, which keeps heterogeneous hospitals from drifting apart.
     """
+    loss.check_targets(y)
     start = time.perf_counter()
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.float32)

@@ -137,6 +137,7 @@ def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int
     `loss` (binary cross-entropy by default) must be a sum of one term per record, as every loss of
     `fedhealth.model.losses` is: per-sample clipping bounds a record's influence only then.
     """
+    loss.check_targets(y)  # once, before any step: a refusal never depends on the sampled batches
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.float32)
     linears = _linear_layers(model, xt)
@@ -199,7 +200,37 @@ def _linear_layers(model: nn.Module, xt: torch.Tensor) -> list[nn.Linear] | None
             # then the gradient after that change, not the layer's
             or any(a._version != va or out._version != vo for _, a, out, va, vo in calls)):
         return None
+    if not _rows_independent(model, linears, xt.shape[1], xt.dtype):
+        return None
     return [c[0] for c in calls]
+
+
+def _rows_independent(model: nn.Module, linears: list[nn.Linear], width: int, dtype: torch.dtype) -> bool:
+    """Whether the model treats each record alone: each layer's input and output rows, and the model's output
+    rows, for three distinct probe records in one batch equal those of each record on its own. A model that
+    mixes records (centring over the batch, a roll, a transpose) would let one record move the others' terms,
+    and the clipped sum would not bound a record's influence. The probe is a fixed draw, never a record."""
+    probe = torch.randn(3, width, generator=torch.Generator().manual_seed(0)).to(dtype)
+
+    def rows(x: torch.Tensor) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, inp, out: seen.extend((inp[0], out))) for m in linears]
+        try:
+            with torch.no_grad():
+                seen.append(model(x))
+        finally:
+            for h in hooks:
+                h.remove()
+        return seen
+
+    together = rows(probe)
+    for i in range(3):
+        alone = rows(probe[i:i + 1])
+        if len(alone) != len(together) or any(
+                t.shape[0] != 3 or a.shape[0] != 1 or not torch.allclose(t[i], a[0], rtol=1e-5, atol=1e-6)
+                for t, a in zip(together, alone, strict=True)):
+            return False
+    return True
 
 
 @torch.no_grad()

@@ -434,7 +434,14 @@ def machine_problems(cfg: StudyConfig, cpus: int | None = None) -> list[str]:
 def _one_data_source(cfg: StudyConfig) -> None:
     """A study has one schema: the generator's (no `schema` key, every hospital generated) or a schema
     file (every hospital a file). Mixing the two would put records of two different schemas into one
-    model, so it is refused."""
+    model, so it is refused. And a study whose outcome is not binary cannot be trained yet: refused here,
+    where every config is built (a study file, the wire payload a hospital receives, Python), so that no path
+    trains binary cross-entropy on an event indicator."""
+    if cfg.study_schema is not None and cfg.study_schema.study.outcome != "binary":
+        raise ValueError(f"schema: study.outcome = {cfg.study_schema.study.outcome!r}: `fedhealth validate` checks "
+                         "such a study's files, but this version of fedhealth cannot train one yet (its loss and "
+                         "DP-SGD training are built, its study, metrics and references are not); train a binary "
+                         "outcome")
     files = [h.name for h in cfg.hospitals if h.data is not None]
     generated = [h.name for h in cfg.hospitals if h.data is None]
     if cfg.study_schema is None:

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from fedhealth.errors import StudyConfigError
 from fedhealth.study.textfile import NotTomlError, TextFileError, read_toml
@@ -161,6 +170,9 @@ class SplitSpec(_Strict):
     test: list[Value] = Field(min_length=1)
 
 
+MAX_INTERVALS = 100  # a discrete-time hazard model's intervals (one logit each)
+
+
 class TimeSpec(_Strict):
     """The follow-up time of a time-to-event outcome (`study.outcome = "time_to_event"`); `[label]` is then the
     event indicator (positive: the event was observed at that time; negative: censored, event-free then).
@@ -172,8 +184,9 @@ class TimeSpec(_Strict):
     column: str = Field(min_length=1)
     unit: str = Field(min_length=1, description="e.g. days")
     max: float = Field(gt=0, allow_inf_nan=False, description="the longest valid follow-up, in `unit`")
-    intervals: list[float] = Field(min_length=2)
-    horizons: list[float] = Field(min_length=1)
+    # numbers only (no "60", no true); at most MAX_INTERVALS intervals: each is one model output
+    intervals: list[StrictFloat | StrictInt] = Field(min_length=2, max_length=MAX_INTERVALS + 1)
+    horizons: list[StrictFloat | StrictInt] = Field(min_length=1, max_length=MAX_INTERVALS)
     description: str = ""
 
     @model_validator(mode="after")
@@ -256,12 +269,21 @@ class StudySchema(_Strict):
     def encoded_width(self) -> int:
         return len(self.encoded_names)
 
+    @model_serializer(mode="wrap")
+    def _as_before_outcome_kinds(self, handler: Any) -> dict[str, Any]:
+        """A binary schema dumps exactly as it did before outcome kinds (no `study.outcome`, no `time`), so
+        its fingerprint, the study config's fingerprint (which keys run directories, resumes and the ledger's
+        study id), written schema files and the wire payload are what they were, and an older fedhealth reads
+        them."""
+        data = handler(self)
+        if self.study.outcome == "binary":
+            data.pop("time", None)
+            if isinstance(data.get("study"), dict):
+                data["study"].pop("outcome", None)
+        return data
+
     def fingerprint(self) -> str:
-        data = self.model_dump(mode="json")
-        if self.study.outcome == "binary":  # a binary schema's fingerprint is what it was before outcome kinds
-            data.pop("time")
-            data["study"].pop("outcome")
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """Model inputs from typed values: shape (n, len(columns)) float64 in schema order, NaN = missing,

@@ -243,4 +243,16 @@ def test_both_fedhealth_models_take_the_linear_path():
     # several logits per record (a hazard per interval): per-record gradients are still g_i a_i^T, exact
     assert _linear_layers(build_model("mlp", 7, [8], seed=0, n_outputs=4), x) is not None
     assert _linear_layers(nn.Sequential(nn.Linear(7, 2), nn.Unflatten(1, (1, 2))), x) is None  # not (records, out)
+
+    class Mixing(nn.Module):  # one record's output depends on the others': per-record clipping would not bound it
+        def __init__(self, mix):
+            super().__init__()
+            self.linear, self.mix = nn.Linear(7, 3), mix
+
+        def forward(self, t):
+            return self.mix(self.linear(t))
+
+    for mix in (lambda o: o - o.mean(0), lambda o: o.roll(1, 0), lambda o: o.t().reshape(o.shape)):
+        assert _linear_layers(Mixing(mix), torch.randn(5, 7)) is None
+    assert _linear_layers(Mixing(lambda o: 2 * o), torch.randn(5, 7)) is not None  # per record: accepted
     assert _linear_layers(nn.Sequential(nn.Linear(7, 1), nn.Flatten(0)), x[:0]) is None  # no record to probe

@@ -112,3 +112,28 @@ def test_dp_sgd_on_the_hazard_model_takes_opacus_steps(name, hidden):
     assert s1 == s2 and math.isfinite(r1.mean_loss) and r1.mean_loss == pytest.approx(r2.mean_loss, rel=1e-4)
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_targets_the_hazard_loss_would_misread_are_refused_before_training():
+    """Once, before any step (never per batch: a DP-SGD refusal must not depend on the sampled records), and
+    with counts only."""
+    from fedhealth.model.training import train
+
+    x = np.zeros((4, 3), dtype=np.float32)
+    loss = LogisticHazard(2)
+    for bad, message in (([[2, 1], [0, 0], [1, 1], [0, 1]], "1 target.s. name an interval outside -1 .. 1"),
+                         ([[0.5, 1], [0, 0], [1, 1], [0, 1]], "outside -1 .. 1"),
+                         ([[float("nan"), 0], [0, 0], [1, 1], [0, 1]], "outside -1 .. 1"),
+                         ([[-5, 0], [0, 0], [1, 1], [0, 1]], "outside -1 .. 1"),
+                         ([[0, 0.6], [0, 0], [1, 1], [0, 1]], "1 event indicator.s. are not 0 or 1")):
+        y = np.array(bad, dtype=np.float32)
+        for fit in (lambda y=y: train(build_model("logreg", 3, [], seed=0, n_outputs=2), x, y, epochs=1,
+                                  batch_size=2, learning_rate=0.1, loss=loss),
+                    lambda y=y: train_private(build_model("logreg", 3, [], seed=0, n_outputs=2), x, y, epochs=1,
+                                          schedule=dp_schedule(4, 2), learning_rate=0.1, momentum=0.0,
+                                          noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=1, sampling_seed=2,
+                                          loss=loss)):
+            with pytest.raises(ValueError, match=message):
+                fit()
+    with pytest.raises(ValueError, match=r"\(records, 2\)"):
+        loss.check_targets(np.zeros(4))

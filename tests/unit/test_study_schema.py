@@ -374,3 +374,34 @@ def test_follow_up_times_are_checked_and_kept_and_training_is_refused(tmp_path):
     assert f"26 accepted ({events} with the event)" in text.splitlines()[0]
     with pytest.raises(ConfigError, match="cannot train one yet"):
         load_config(_file_study(tmp_path, _hospital("a", "a.csv"), SURVIVAL))
+
+
+def test_a_binary_studys_config_fingerprint_and_dumps_did_not_change_with_outcome_kinds():
+    """The study config's fingerprint keys run directories, resumes and the ledger's study id: an own-data
+    binary study keeps the one it had before outcome kinds (values at 13974b0), and neither its resolved
+    config nor its wire payload carries the new keys, so an older fedhealth reads them."""
+    from fedhealth.wire import STUDY_KEY, study_payload
+
+    for config, before in (("heart-disease.toml", "1a8b193d072b8b1b"),
+                           ("heart-disease-flamby.toml", "e59c1bfdf83c0a07"),
+                           ("deployment/heart-disease.toml", "9f08ee528d3089ae")):
+        cfg = load_config(ROOT / "configs" / config)
+        assert cfg.fingerprint() == before, config
+        dumped = cfg.study_schema.model_dump(mode="json")
+        assert "time" not in dumped and "outcome" not in dumped["study"]
+        payload = json.loads(study_payload(cfg, 1)[STUDY_KEY])
+        assert "time" not in payload["study_schema"] and "outcome" not in payload["study_schema"]["study"]
+
+
+def test_a_time_to_event_study_is_refused_on_every_path_that_builds_a_config(tmp_path):
+    """Not only `load_config`: the payload a hospital receives from the server and a config built in Python
+    are refused too, so that no hospital trains binary cross-entropy on an event indicator."""
+    from fedhealth.study.config import StudyConfig, parse_config
+
+    schema = schema_from_dict(_toml(SURVIVAL), "s.toml")
+    data = {"name": "s", "study_schema": schema.model_dump(mode="json"),
+            "hospitals": [{"name": "a", "records": 100}]}
+    with pytest.raises(ConfigError, match="cannot train one yet"):
+        parse_config(data, "server study config")
+    with pytest.raises(ValueError, match="cannot train one yet"):
+        StudyConfig.model_validate(data)

@@ -68,3 +68,19 @@ def test_a_pooled_hazard_model_recovers_the_true_risk_ordering():
 def test_settings_must_be_positive(option):
     with pytest.raises(ValueError, match=f"{option} must be a positive number"):
         generate_survival(BIG, 0, 1, **{option: 0.0})
+
+
+def test_the_one_year_event_is_the_label_even_at_rounding_edges(monkeypatch):
+    """U exactly at p, or one float above it, where the label's U < p and the time formula could disagree."""
+    import fedhealth.data.synthetic_survival as module
+    from fedhealth.data.synthetic import HospitalRecords, generate_with_uniforms
+
+    records, _ = generate_with_uniforms(HospitalProfile("edge", "community", "west", 2000), 0, 1)
+    for uniforms in (records.true_risk.copy(), np.nextafter(records.true_risk, 1.0)):
+        label = (uniforms < records.true_risk).astype(np.int64)
+        edged = HospitalRecords(profile=records.profile, features=records.features, label=label,
+                                       true_risk=records.true_risk)
+        monkeypatch.setattr(module, "generate_with_uniforms", lambda *a, e=edged, u=uniforms: (e, u))
+        out = module.generate_survival(records.profile, 0, 1, shape=7.7, follow_up_days=1e9, dropout_mean_days=1e12)
+        np.testing.assert_array_equal((out.time <= 365).astype(int), label)
+        assert np.isfinite(out.time).all()
