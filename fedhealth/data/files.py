@@ -15,7 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fedhealth.data.validation import DataFileError, ValidRecords, check_data_file, read_hospital_file
+from fedhealth.data.validation import (
+    ONE_CLASS_NOTE,
+    DataFileError,
+    ValidRecords,
+    check_data_file,
+    read_hospital_file,
+)
 from fedhealth.study.schema import SchemaError, StudySchema, load_schema, schema_from_dict
 
 log = logging.getLogger(__name__)
@@ -69,8 +75,8 @@ def resolve_study_files(data: dict[str, Any], base: Path) -> list[str]:
         except DataFileError as err:
             problems.append(str(err))
             continue
-        if records.report.warnings:
-            for w in records.report.warnings:
+        for w in records.report.warnings:
+            if ONE_CLASS_NOTE not in w:  # said once, with the split's own counts, where the split is made
                 log.warning("hospital %s: %s: %s", name, path, w)
         if records.report.rejected:
             log.warning("hospital %s: %s: %d of %d rows rejected (run `fedhealth validate` for the reasons)",

@@ -542,12 +542,15 @@ def class_note(label: np.ndarray, is_test: np.ndarray | None) -> str | None:
     return f"{where}: {one_class_consequence(train_one, True if is_test is None else test_one)}"
 
 
+ONE_CLASS_NOTE = "this site trains with the federation; "  # how every one-class warning's consequence begins
+
+
 def one_class_consequence(train_one: bool, test_one: bool) -> str:
     """What a one-class side leaves undefined, in the words the warnings share (data loading, validate), and
     what a coordinator learns from it (the hospital decides whether to share its evaluation)."""
     undefined = [what for what, one in (("its local-only reference (simulation)", train_one),
                                         ("its own AUROC and AUPRC", test_one)) if one]
-    text = f"this site trains with the federation; {' and '.join(undefined)} are undefined"
+    text = f"{ONE_CLASS_NOTE}{' and '.join(undefined)} are undefined"
     if test_one:
         text += (" (its evaluation figures then tell the coordinator that its test side holds one class;"
                  " share_evaluation = false in its policy keeps them at the hospital)")
