@@ -614,3 +614,61 @@ def integrated_brier_score(time: object, event: object, survival_at_horizons: ob
     h = np.asarray(horizons, dtype=np.float64)
     area = np.sum(np.diff(h) * (scores[1:] + scores[:-1]) / 2.0)  # np.trapezoid is NumPy >= 2 only
     return float(area / (h[-1] - h[0]))
+
+
+# ---- Kaplan-Meier by predicted risk group ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RiskGroup:
+    """One predicted-risk group's Kaplan-Meier curve: records `records`, of which `events` had the event."""
+
+    label: str
+    records: int
+    events: int
+    times: np.ndarray
+    survival: np.ndarray
+
+
+def risk_group_curves(time: object, event: object, risk: object, groups: int = 3) -> list[RiskGroup]:
+    """Kaplan-Meier curves of the records split into `groups` equal-sized groups by predicted risk, lowest
+    first: a model that separates risk well draws curves far apart, in order. Ties in risk stay in one group
+    (the cut points are quantiles of the risks; a group can then be larger or empty, and an empty group is
+    left out).
+
+    Parameters
+    ----------
+    time, event : array-like, shape (n,)
+        As `kaplan_meier`.
+    risk : array-like, shape (n,)
+        The predicted risk of each record (higher: an earlier event expected); finite.
+    groups : int
+        How many groups, 2 or more (3: tertiles).
+
+    Returns
+    -------
+    list of RiskGroup
+        Labelled "lowest", ..., "highest" (with `groups` = 3: "low", "middle", "high").
+
+    Raises
+    ------
+    ValueError
+        As `kaplan_meier`; a risk that is not finite; fewer than 2 groups or more groups than records.
+    """
+    t, e = _outcome(time, event)
+    r = _scores(risk, "risk", len(t), "record")
+    bad = ~np.isfinite(r)
+    if bad.any():
+        raise ValueError(f"risk: {int(bad.sum())} entries are not finite numbers, {_at(bad)}")
+    if int(groups) != groups or not 2 <= groups <= max(2, len(t)):
+        raise ValueError(f"groups must be a whole number from 2 to the number of records ({len(t)}), got {groups}")
+    cuts = np.quantile(r, np.linspace(0.0, 1.0, int(groups) + 1)[1:-1])
+    member = np.searchsorted(cuts, r, side="right")  # group 0 .. groups-1; equal risks share a group
+    names = ["low", "middle", "high"] if groups == 3 else [f"group {i + 1} of {groups}" for i in range(groups)]
+    out = []
+    for g in range(int(groups)):
+        rows = member == g
+        if rows.any():
+            times, survival = kaplan_meier(t[rows], e[rows])
+            out.append(RiskGroup(names[g], int(rows.sum()), int(e[rows].sum()), times, survival))
+    return out

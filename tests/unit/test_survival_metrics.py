@@ -388,3 +388,30 @@ def test_the_module_imports_numpy_and_the_standard_library_only():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert imported - sys.stdlib_module_names - {"__future__"} == {"numpy"}
+
+
+def test_risk_group_curves_are_kaplan_meier_per_tertile_of_risk():
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    from fedhealth.metrics.survival import risk_group_curves
+
+    rng = np.random.default_rng(11)
+    risk = rng.normal(size=300)
+    time = np.ceil(rng.exponential(200.0 * np.exp(-risk)))  # higher risk: earlier events
+    censor = np.ceil(rng.uniform(1, 600, 300))
+    event = (time <= censor).astype(int)
+    time = np.minimum(time, censor)
+    curves = risk_group_curves(time, event, risk)
+    assert [c.label for c in curves] == ["low", "middle", "high"] and sum(c.records for c in curves) == 300
+    order = np.argsort(risk, kind="stable")
+    for c, rows in zip(curves, np.array_split(order, 3), strict=True):
+        assert c.records == len(rows) and c.events == int(event[rows].sum())
+        t, s = kaplan_meier_estimator(event[rows].astype(bool), time[rows])
+        np.testing.assert_allclose(step_function_at(c.times, c.survival, t), s, atol=1e-10)
+    # a model that separates risk: the curves are ordered at one year
+    at_year = [float(step_function_at(c.times, c.survival, [365.0])[0]) for c in curves]
+    assert at_year[0] > at_year[1] > at_year[2]
+    with pytest.raises(ValueError, match="groups must be a whole number"):
+        risk_group_curves(time, event, risk, groups=1)
+    with pytest.raises(ValueError, match="risk: 1 entries are not finite numbers, at position 4"):
+        risk_group_curves(time, event, np.where(np.arange(300) == 4, np.inf, risk))
