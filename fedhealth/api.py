@@ -256,12 +256,16 @@ def _shown(cfg: StudyConfig, run_dir: Path, progress: bool | Console,
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False,
                   disable=not (console.is_terminal or console.is_jupyter)) as bar:
+        from fedhealth.metrics.headline import headline, label
+
         task = bar.add_task("federated rounds", total=cfg.federation.rounds, completed=done)
 
+        top = headline(cfg.outcome_kind)
+
         def hook(server_round: int, info: dict[str, Any]) -> None:
-            auc = info.get("auroc_mean")
+            auc = info.get(f"{top}_mean")
             shown = "—" if auc is None or auc != auc else f"{auc:.3f}"
-            bar.update(task, completed=server_round, description=f"round {server_round}: mean AUROC {shown}")
+            bar.update(task, completed=server_round, description=f"round {server_round}: mean {label(top)} {shown}")
             if info.get("status") == "failed":
                 console.print(f"[red]round {server_round} failed[/] (model unchanged): {info.get('failure')}")
             if on_round is not None:

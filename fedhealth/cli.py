@@ -260,9 +260,12 @@ def _spread_cell(v: dict[str, Any] | None, signed: bool = False) -> str:
 
 def print_seeds_table(result: dict[str, Any]) -> None:
     """Mean ± sd over the seeds of each hospital's AUROC per model, and of its gain over local-only."""
+    from fedhealth.metrics.headline import label
+
     n = len(result["seeds"])
     seeds = ", ".join(map(str, result["seeds"]))
-    table = Table(title=f"{result['study']}: test AUROC, mean ± sd over {n} seeds ({seeds})")
+    top = result.get("headline", "auroc")
+    table = Table(title=f"{result['study']}: test {label(top)}, mean ± sd over {n} seeds ({seeds})")
     table.add_column("hospital")
     models = result["models"]
     for key in models:
@@ -273,13 +276,13 @@ def print_seeds_table(result: dict[str, Any]) -> None:
         table.add_column(f"gain beyond noise (of {n})", justify="right")
     for h in result["hospitals"]:
         extra = [_spread_cell(h.get("gain"), True), str(h["gain"]["distinguishable_in"])] if gains else []
-        table.add_row(h["name"], *(_spread_cell(h["auroc"][k]) for k in models), *extra)
+        table.add_row(h["name"], *(_spread_cell(h[top][k]) for k in models), *extra)
     table.add_section()
     o = result["overall"]
-    for label, figure, gain in (("mean of hospitals", "mean_hospital_auroc", "mean_hospital_gain"),
-                                ("all test records", "auroc", "gain")):
+    for name, figure, gain in (("mean of hospitals", f"mean_hospital_{top}", "mean_hospital_gain"),
+                               ("all test records", top, "gain")):
         extra = [_spread_cell(o.get(gain), True), str(o[gain]["distinguishable_in"])] if gains else []
-        table.add_row(label, *(_spread_cell(o[figure][k]) for k in models), *extra)
+        table.add_row(name, *(_spread_cell(o[figure][k]) for k in models), *extra)
     console.print(table)
     console.print("[dim]sd: standard deviation over the seeds (each seed draws its own records, splits, initial "
                   "model and training); 'beyond noise': runs whose gain had a 95 % interval excluding zero; "
@@ -287,11 +290,14 @@ def print_seeds_table(result: dict[str, Any]) -> None:
 
 
 def print_summary_table(summary: dict[str, Any]) -> None:
-    table = Table(title=f"{summary['study']}: test AUROC per hospital ({summary['strategy']}, "
+    from fedhealth.metrics.headline import label
+
+    top = summary.get("headline", "auroc")  # AUROC, or Harrell's C-index for a time-to-event study
+    table = Table(title=f"{summary['study']}: test {label(top)} per hospital ({summary['strategy']}, "
                         f"{summary['model']}, {summary['rounds']} rounds)")
-    dp = "federated_no_dp" in summary["overall"]["auroc"]
+    dp = "federated_no_dp" in summary["overall"][top]
     keys = [k for k in ("local_only", "federated", *(["federated_no_dp"] if dp else []), "pooled", "best_possible")
-            if k in summary["overall"]["auroc"]]
+            if k in summary["overall"][top]]
     titles = {"local_only": "local-only", "federated": "federated (DP)" if dp else "federated",
               "federated_no_dp": "federated, no DP", "pooled": "pooled", "best_possible": "best possible"}
     for col in ("hospital", "tier", "region", "records"):
@@ -309,23 +315,28 @@ def print_summary_table(summary: dict[str, Any]) -> None:
         return [*row, gain_text(gain)] if gains else row
 
     for h in summary["hospitals"]:
-        row = cells(h["auroc"], h.get("auroc_ci", {}), h.get("gain"))
+        row = cells(h[top], h.get(f"{top}_ci", {}), h.get("gain"))
         if h.get("undefined"):  # say "undefined" (with the reason under the table), never a bare dash
             row = ["undefined†" if c in ("—", "–") else c for c in row]
         table.add_row(h["name"], h["tier"], h["region"], str(h["records"]), *row)
     table.add_section()
     o = summary["overall"]
     table.add_row("mean of hospitals", "", "", "",
-                  *cells(o["mean_hospital_auroc"], o.get("mean_hospital_auroc_ci", {}), o.get("mean_hospital_gain")))
-    table.add_row("all test records", "", "", "", *cells(o["auroc"], o.get("auroc_ci", {}), o.get("gain")))
+                  *cells(o[f"mean_hospital_{top}"], o.get(f"mean_hospital_{top}_ci", {}), o.get("mean_hospital_gain")))
+    table.add_row("all test records", "", "", "", *cells(o[top], o.get(f"{top}_ci", {}), o.get("gain")))
     console.print(table)
     for h in summary["hospitals"]:
         for reason in (h.get("undefined") or {}).values():
             console.print(f"† {h['name']}: {reason}", markup=False, highlight=False, soft_wrap=True)
-    if "intervals" in summary:
+    if "intervals" in summary and top == "auroc":
         console.print("[dim]In brackets: 95 % intervals over the test records (AUROC: DeLong; gain: paired "
                       "DeLong). * the gain's interval excludes zero; without it the gain is not distinguishable "
                       "from zero on this test set.[/dim]")
+    elif "intervals" in summary:
+        console.print("[dim]C-index: Harrell's, of the predicted risk of the event by the last horizon. In "
+                      "brackets: 95 % intervals over the test records (stratified bootstrap; gain: paired "
+                      "bootstrap). * the gain's interval excludes zero; without it the gain is not "
+                      "distinguishable from zero on this test set.[/dim]")
     privacy = summary.get("privacy")
     if privacy and privacy["mode"] == "hospital":
         console.print(f"privacy spent: hospital-level DP, epsilon {privacy['epsilon']:.3f} at delta="

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedhealth.errors import FederationError
+from fedhealth.metrics.headline import EVALUATION_KEYS, headline
 from fedhealth.runs import rundir
 from fedhealth.study.config import StudyConfig
 
@@ -103,6 +104,8 @@ class RunRecorder:
 
     def complete_round(self, server_round: int, weights: list[np.ndarray], optimizer_state: dict) -> None:
         p = self._pending
+        kind = self.cfg.outcome_kind
+        top = headline(kind)
         rows = []
         for index in sorted(p.evaluation):
             h = self.cfg.hospitals[index]
@@ -114,10 +117,7 @@ class RunRecorder:
                 "hospital": h.name,
                 "tier": h.tier,
                 "region": h.region,
-                "auroc": ev.get("auroc"),
-                "auprc": ev.get("auprc"),
-                "accuracy": ev.get("accuracy"),
-                "brier": ev.get("brier"),
+                **{key: ev.get(key) for key in EVALUATION_KEYS[kind]},
                 "loss": ev["loss"],
                 "n": ev["n"],
                 "trained": index in p.fit,
@@ -129,8 +129,9 @@ class RunRecorder:
                 "declined": p.declined.get(index, {}).get("reason"),
                 "secagg_clipped": fit.get("secagg_clipped"),
             })
-        aurocs = np.array([r["auroc"] for r in rows if r["auroc"] is not None and np.isfinite(r["auroc"])])
-        ns = np.array([r["n"] for r in rows if r["auroc"] is not None and np.isfinite(r["auroc"])])
+        defined = [r for r in rows if isinstance(r[top], int | float) and np.isfinite(r[top])]
+        aurocs = np.array([r[top] for r in defined])
+        ns = np.array([r["n"] for r in defined])
         status, failure = self._round_status()
         summary = {
             "round": server_round,
@@ -145,8 +146,9 @@ class RunRecorder:
             "fit_failures": p.fit_failures,
             "hospitals_evaluated": sorted(p.evaluation),
             "evaluate_failures": p.evaluate_failures,
-            "auroc_mean": float(aurocs.mean()) if len(aurocs) else None,
-            "auroc_weighted": float((aurocs * ns).sum() / ns.sum()) if len(aurocs) else None,
+            # the headline figure over the hospitals: auroc_mean/auroc_weighted, or c_index_mean/... (time to event)
+            f"{top}_mean": float(aurocs.mean()) if len(aurocs) else None,
+            f"{top}_weighted": float((aurocs * ns).sum() / ns.sum()) if len(aurocs) else None,
             "seconds": time.perf_counter() - p.started,
             "secagg_stage_seconds": p.stage_seconds or None,
         }

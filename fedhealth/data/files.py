@@ -56,10 +56,6 @@ def resolve_study_files(data: dict[str, Any], base: Path) -> list[str]:
             return str(err).splitlines()
     else:
         schema = None
-    if schema is not None and schema.study.outcome != "binary":  # before any file is read (StudyConfig refuses too)
-        return [f"schema: study.outcome = {schema.study.outcome!r}: `fedhealth validate` checks such a study's "
-                "files, but this version of fedhealth cannot train one yet (its loss and DP-SGD training are "
-                "built, its study, metrics and references are not); train a binary outcome"]
     hospitals = data.get("hospitals") or []
     with_files = [h for h in hospitals if isinstance(h, dict) and "data" in h]
     if with_files and schema is None:
@@ -82,8 +78,10 @@ def resolve_study_files(data: dict[str, Any], base: Path) -> list[str]:
             log.warning("hospital %s: %s: %d of %d rows rejected (run `fedhealth validate` for the reasons)",
                         name, path, records.report.rejected, records.report.rows)
         if len(records.label) < SMALL_SITE_ROWS:
-            log.warning("hospital %s has only %d usable rows: its own test AUROC will vary a lot from split to "
-                        "split; read it with care", name, len(records.label))
+            figure = "C-index" if schema.study.outcome == "time_to_event" else "AUROC"
+            log.warning("hospital %s has only %d usable rows: its own test %s will vary a lot from split to "
+                        "split; read it with care (its interval in the summary says how much)", name,
+                        len(records.label), figure)
         h["data"] = str(path)
         h["records"] = len(records.label)
         h["data_sha256"] = file_sha256(path)

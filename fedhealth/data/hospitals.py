@@ -33,12 +33,29 @@ class HospitalSplit:
     index: int
     hospital: HospitalConfig
     x_train: np.ndarray  # float32 (n_train, ENCODED_WIDTH)
-    y_train: np.ndarray  # float32 (n_train,)
+    y_train: np.ndarray  # the loss's targets: float32 (n_train,) labels, or (n_train, 2) `interval_targets`
     x_test: np.ndarray
     y_test: np.ndarray
-    test_true_risk: np.ndarray  # P(outcome) from the generator's latent values, test records
-    bayes_auroc: float  # best AUROC any model could reach on this test set (NaN if one class)
-    prevalence: float  # outcome rate over all of this hospital's records
+    test_true_risk: np.ndarray  # the generator's true risk of each test record (NaN for a file's records)
+    bayes_auroc: float  # best discrimination any model could reach on this test set: AUROC, or for a
+    #                     time-to-event study Harrell's C of the true risk (NaN if undefined or unknown)
+    prevalence: float  # outcome rate over all of this hospital's records (time-to-event: share with the event)
+    kind: str = "binary"  # the study's outcome kind (`StudyConfig.outcome_kind`)
+    # A time-to-event study's follow-up (the schema's unit) and event indicator (1 event, 0 censored), per
+    # record; None for other kinds. The metrics read these, the loss reads y_train/y_test.
+    time_train: np.ndarray | None = None
+    event_train: np.ndarray | None = None
+    time_test: np.ndarray | None = None
+    event_test: np.ndarray | None = None
+
+    @property
+    def label_train(self) -> np.ndarray:
+        """The 0/1 figure each side is stratified and checked by: the label, or the event indicator."""
+        return self.y_train if self.event_train is None else self.event_train
+
+    @property
+    def label_test(self) -> np.ndarray:
+        return self.y_test if self.event_test is None else self.event_test
 
 
 def _enough_to_train(cfg: StudyConfig, h: HospitalConfig, n_train: int, n_all: int, official: bool) -> None:
@@ -53,12 +70,20 @@ def _enough_to_train(cfg: StudyConfig, h: HospitalConfig, n_train: int, n_all: i
                           f"{MIN_TRAIN_RECORDS} are needed); lower training.test_fraction or give it more records")
 
 
-def _warn_one_class(h: HospitalConfig, y_train: np.ndarray, y_test: np.ndarray) -> None:
+def _warn_one_class(h: HospitalConfig, y_train: np.ndarray, y_test: np.ndarray, events: bool = False) -> None:
     """Say so, naming the site, when a side of its split holds one class: it trains with the federation all the
     same (a referral centre where nearly everyone has the disease still has something to teach), and what needs
     both classes is reported as undefined, never as a number (`fedhealth.experiments.summary.undefined_reasons`)."""
     from fedhealth.data.validation import one_class_consequence
 
+    if events:  # time-to-event: a side without an event (every record censored) is the one-class case
+        sides = [f"its {side} split holds no event among {len(e)} records"
+                 for side, e in (("training", y_train), ("test", y_test)) if not np.any(e == 1)]
+        if sides:
+            log.warning("hospital %s: %s: %s", h.name, " and ".join(sides),
+                        "figures that need an event there (its C-index, or a local-only model) are undefined; it "
+                        "trains with the federation all the same")
+        return
     sides = one_class_sides(y_train, y_test)
     if sides:
         log.warning("hospital %s: %s: %s", h.name, " and ".join(sides),
@@ -98,6 +123,8 @@ def _build(cfg: StudyConfig, index: int, data_file: str | None = None) -> Hospit
     if data_file:
         raise ValueError(f"hospital {h.name!r}: the node config names a data file, but the study has no schema "
                          "(its hospitals are generated); the study config needs `schema = ...`")
+    if cfg.outcome_kind == "time_to_event":
+        return _build_survival(cfg, index)
     records = generate_hospital(_profile(h), index, cfg.seed)
     train, test = train_test_split(records, cfg.training.test_fraction, cfg.seed, index)
     _enough_to_train(cfg, h, len(train.label), len(records.label), official=False)
@@ -114,6 +141,43 @@ def _build(cfg: StudyConfig, index: int, data_file: str | None = None) -> Hospit
         bayes_auroc=best,
         prevalence=float(records.label.mean()),
     )
+
+
+def _survival_split(cfg: StudyConfig, index: int, x: np.ndarray, time: np.ndarray, event: np.ndarray,
+                    test: np.ndarray, true_risk: np.ndarray, n_all: int, official: bool) -> HospitalSplit:
+    """A time-to-event hospital's split: the loss's interval targets from the study's fixed interval edges,
+    and the follow-up and event indicator kept beside them for the metrics."""
+    from fedhealth.data.survival_targets import interval_targets
+    from fedhealth.metrics.survival import harrell_c
+
+    h = cfg.hospitals[index]
+    spec = cfg.time_spec
+    assert spec is not None
+    _enough_to_train(cfg, h, int((~test).sum()), n_all, official=official)
+    event = event.astype(np.int64)
+    time = time.astype(np.float64)
+    targets = interval_targets(time, event, np.asarray(spec.intervals, dtype=np.float64))
+    _warn_one_class(h, event[~test], event[test], events=True)
+    best = float("nan")
+    if np.isfinite(true_risk).all() and event[test].any():
+        best = harrell_c(time[test], event[test], true_risk[test])
+    return HospitalSplit(
+        index=index, hospital=h, x_train=x[~test], y_train=targets[~test], x_test=x[test], y_test=targets[test],
+        test_true_risk=true_risk[test], bayes_auroc=best, prevalence=float(event.mean()) if len(event) else 0.0,
+        kind="time_to_event", time_train=time[~test], event_train=event[~test], time_test=time[test],
+        event_test=event[test])
+
+
+def _build_survival(cfg: StudyConfig, index: int) -> HospitalSplit:
+    """A generated time-to-event hospital (`fedhealth.data.synthetic_survival`): the binary generator's patients
+    followed in time, split by the same seeded stratified split (on the event indicator)."""
+    from fedhealth.data.synthetic_survival import generate_survival
+
+    h = cfg.hospitals[index]
+    records = generate_survival(_profile(h), index, cfg.seed)
+    test = stratified_test_mask(records.event, cfg.training.test_fraction, cfg.seed, index, h.name)
+    return _survival_split(cfg, index, encode_features(records.features), records.time, records.event, test,
+                           records.risk_scale, len(test), official=False)
 
 
 def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha: bool = True) -> HospitalSplit:
@@ -139,11 +203,16 @@ def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha:
                     "first %d (ask the study coordinator to raise its `records`)", h.name, path,
                     len(records.label), declared, declared)
         records = replace(records, values=records.values[:declared], label=records.label[:declared],
-                          is_test=None if records.is_test is None else records.is_test[:declared])
+                          is_test=None if records.is_test is None else records.is_test[:declared],
+                          time=None if records.time is None else records.time[:declared])
     if records.is_test is not None:
         test = records.is_test
     else:
         test = stratified_test_mask(records.label, cfg.training.test_fraction, cfg.seed, index, h.name)
+    if cfg.outcome_kind == "time_to_event":
+        assert records.time is not None  # the schema has a [time] table, so validation read the column
+        return _survival_split(cfg, index, schema.encode(records.values), records.time, records.label, test,
+                               np.full(len(test), np.nan), len(test), official=records.is_test is not None)
     _enough_to_train(cfg, h, int((~test).sum()), len(test), official=records.is_test is not None)
     x = schema.encode(records.values)
     y = records.label.astype(np.float32)

@@ -319,7 +319,7 @@ class _Checker:
         if absent:
             report.errors.append(f"missing column(s) {', '.join(absent)}: the schema {self.schema.study.name!r} "
                                  f"needs {', '.join(self.needed)}")
-        extra = [i + 1 for i, c in enumerate(names) if c not in self.needed]
+        extra = [i + 1 for i, c in enumerate(names) if c not in self.needed and c not in self.schema.not_inputs]
         if extra:
             many = "1 column" if len(extra) == 1 else f"{len(extra)} columns"
             report.warnings.append(f"{many} not in the schema, ignored: {_positions(extra)}")

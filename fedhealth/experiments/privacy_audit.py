@@ -99,13 +99,28 @@ def final_weights(cfg: StudyConfig, run_dir: Path) -> list[np.ndarray]:
 def _logits(cfg: StudyConfig, weights: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
     import torch
 
-    from fedhealth.model import build_model, set_weights
+    from fedhealth.model import set_weights
+    from fedhealth.model.outcomes import build_study_model
 
-    model = build_model(cfg.model.name, x.shape[1], cfg.model.hidden, seed=cfg.seed)
+    model = build_study_model(cfg, x.shape[1], seed=cfg.seed)
     set_weights(model, weights)
     model.eval()
     with torch.no_grad():
         return model(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
+
+
+def _record_loss(cfg: StudyConfig, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each record's training loss under the model: what the attacks read. The binary cross-entropy of
+    `per_record_loss`, or a time-to-event record's logistic-hazard negative log-likelihood."""
+    if cfg.outcome_kind == "binary":
+        return per_record_loss(logits, y)
+    import torch
+
+    from fedhealth.model.outcomes import study_loss
+
+    with torch.no_grad():
+        return study_loss(cfg)(torch.as_tensor(logits), torch.as_tensor(y, dtype=torch.float64),
+                               reduction="none").double().numpy()
 
 
 def reference_draw(cfg: StudyConfig, k: int, seed: int) -> StudyConfig:
@@ -118,14 +133,15 @@ def reference_draw(cfg: StudyConfig, k: int, seed: int) -> StudyConfig:
 
 def train_reference(cfg: StudyConfig, draw: StudyConfig, k: int, seed: int) -> list[np.ndarray]:
     """One reference model on the draw's pooled training records, trained as the study trains (see module)."""
-    from fedhealth.model import build_model, get_weights, set_weights
+    from fedhealth.model import get_weights, set_weights
     from fedhealth.model.initial import initial_weights
+    from fedhealth.model.outcomes import build_study_model, study_loss
     from fedhealth.model.training import train
 
     splits = [load_hospital(draw, i) for i in range(len(draw.hospitals))]
     x = np.concatenate([s.x_train for s in splits])
     y = np.concatenate([s.y_train for s in splits])
-    model = build_model(cfg.model.name, x.shape[1], cfg.model.hidden, seed=cfg.seed)
+    model = build_study_model(cfg, x.shape[1], seed=cfg.seed)
     set_weights(model, initial_weights(cfg))  # the target's own starting point: only the data differ
     t = cfg.training
     epochs = cfg.federation.rounds * t.local_epochs
@@ -142,10 +158,11 @@ def train_reference(cfg: StudyConfig, draw: StudyConfig, k: int, seed: int) -> l
                                     epochs * schedule.steps_per_epoch)
         train_private(model, x, y, epochs=epochs, schedule=schedule, learning_rate=t.learning_rate,
                       momentum=t.momentum, noise_multiplier=sigma, max_grad_norm=cfg.privacy.max_grad_norm,
-                      noise_seed=train_seed, sampling_seed=derive_seed(seed, "membership-reference-sampling", k))
+                      noise_seed=train_seed, sampling_seed=derive_seed(seed, "membership-reference-sampling", k),
+                      loss=study_loss(cfg))
     else:
         train(model, x, y, epochs=epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-              momentum=t.momentum, weight_decay=t.weight_decay, seed=train_seed)
+              momentum=t.momentum, weight_decay=t.weight_decay, seed=train_seed, loss=study_loss(cfg))
     return get_weights(model)
 
 
@@ -218,12 +235,12 @@ def audit_run(run_dir: Path, references: int = DEFAULT_REFERENCES, seed: int | N
         splits = [load_hospital(cfg, i) for i in range(len(cfg.hospitals))]
         records = [_records(s) for s in splits]
         weights = final_weights(cfg, run_dir)
-        target = [per_record_loss(_logits(cfg, weights, x), y) for x, y, _ in records]
+        target = [_record_loss(cfg, _logits(cfg, weights, x), y) for x, y, _ in records]
         reference_weights = []
         for k in range(references):
             reference_weights.append(train_reference(cfg, reference_draw(cfg, k, seed), k, seed))
             log.info("membership audit: reference model %d of %d trained", k + 1, references)
-        ref = [np.stack([per_record_loss(_logits(cfg, w, x), y) for w in reference_weights]) for x, y, _ in records]
+        ref = [np.stack([_record_loss(cfg, _logits(cfg, w, x), y) for w in reference_weights]) for x, y, _ in records]
     epsilons = _epsilons(run_dir)
     hospitals = []
     for s, (_, _, member), t, r in zip(splits, records, target, ref, strict=True):

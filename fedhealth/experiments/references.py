@@ -15,21 +15,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedhealth.data.hospitals import HospitalSplit
-from fedhealth.model import build_model, set_weights
-from fedhealth.model.training import predict_proba, train
+from fedhealth.model import set_weights
+from fedhealth.model.outcomes import build_study_model, nan_predictions, predict, study_loss
+from fedhealth.model.training import train
 from fedhealth.seeding import derive_seed
 from fedhealth.study.config import StudyConfig
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """Test-set probabilities per hospital index, for one model family (federated, local-only, pooled)."""
+    """Test-set predictions per hospital index, for one model family (federated, local-only, pooled):
+    P(outcome) per record, or for a time-to-event study each record's survival curve at the interval ends
+    (`fedhealth.model.outcomes.predict`)."""
 
     by_hospital: dict[int, np.ndarray]
 
 
 def _fresh_model(cfg: StudyConfig, init: Sequence[np.ndarray], width: int):
-    model = build_model(cfg.model.name, width, cfg.model.hidden, seed=cfg.seed)
+    model = build_study_model(cfg, width, seed=cfg.seed)
     set_weights(model, init)
     return model
 
@@ -38,21 +41,22 @@ def _fit(cfg: StudyConfig, model, x: np.ndarray, y: np.ndarray, purpose: str) ->
     t = cfg.training
     train(model, x, y, epochs=cfg.federation.rounds * t.local_epochs, batch_size=t.batch_size,
           learning_rate=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
-          seed=derive_seed(cfg.seed, purpose))
+          seed=derive_seed(cfg.seed, purpose), loss=study_loss(cfg))
 
 
 def local_only(cfg: StudyConfig, splits: Sequence[HospitalSplit], init: Sequence[np.ndarray]) -> Predictions:
     """Each hospital's own model. A hospital whose training split holds one class has none: a model fitted to
     one class says nothing about telling the classes apart, so its predictions are NaN and every figure of it
-    is undefined (`fedhealth.experiments.summary`, `undefined`), never a number."""
+    is undefined (`fedhealth.experiments.summary`, `undefined`), never a number. Likewise a time-to-event
+    hospital without an event in its training split: its model could only learn that nobody has one."""
     out = {}
     for s in splits:
-        if np.unique(s.y_train).size < 2:
-            out[s.index] = np.full(len(s.y_test), np.nan)
+        if np.unique(s.label_train).size < 2:
+            out[s.index] = nan_predictions(cfg, len(s.y_test))
             continue
         model = _fresh_model(cfg, init, s.x_train.shape[1])
         _fit(cfg, model, s.x_train, s.y_train, f"local-only/{s.index}")
-        out[s.index] = predict_proba(model, s.x_test)
+        out[s.index] = predict(cfg, model, s.x_test)
     return Predictions(out)
 
 
@@ -61,10 +65,10 @@ def pooled(cfg: StudyConfig, splits: Sequence[HospitalSplit], init: Sequence[np.
     y = np.concatenate([s.y_train for s in splits])
     model = _fresh_model(cfg, init, x.shape[1])
     _fit(cfg, model, x, y, "pooled")
-    return Predictions({s.index: predict_proba(model, s.x_test) for s in splits})
+    return Predictions({s.index: predict(cfg, model, s.x_test) for s in splits})
 
 
 def federated(cfg: StudyConfig, splits: Sequence[HospitalSplit], weights: Sequence[np.ndarray]) -> Predictions:
     """The final global model's predictions, computed in the simulation driver for pooled-test figures."""
     model = _fresh_model(cfg, weights, splits[0].x_train.shape[1])
-    return Predictions({s.index: predict_proba(model, s.x_test) for s in splits})
+    return Predictions({s.index: predict(cfg, model, s.x_test) for s in splits})

@@ -10,6 +10,8 @@ from zero.
 Keys of the result (`seeds.json`):
 
     seeds                                   the seeds, in run order; runs: their run directories
+    headline                                the figure the runs are compared on: auroc, or c_index for a
+                                            time-to-event study (below, "auroc" stands for it)
     overall[figure][model]                  {"mean", "sd", "values", "defined_in"} for figure in auroc,
                                             mean_hospital_auroc (mean and sd over the runs where it is defined)
     overall["gain"], overall["mean_hospital_gain"]   {"mean", "sd", "values", "distinguishable_in"}
@@ -49,14 +51,15 @@ def seed_summary(seeds: Sequence[int], summaries: Sequence[dict[str, Any]], runs
     for seed, s in zip(seeds, summaries, strict=True):
         if [h["name"] for h in s["hospitals"]] != names:
             raise ValueError(f"the run with seed {seed} has other hospitals than the first: not one study")
-    present = [k for k in summaries[0]["overall"]["auroc"] if all(k in s["overall"]["auroc"] for s in summaries)]
+    top = summaries[0].get("headline", "auroc")  # AUROC, or the C-index of a time-to-event study
+    present = [k for k in summaries[0]["overall"][top] if all(k in s["overall"][top] for s in summaries)]
     models = sorted(present, key=lambda k: (ORDER.index(k) if k in ORDER else len(ORDER), present.index(k)))
     overall: dict[str, Any] = {figure: {k: _spread([s["overall"][figure].get(k) for s in summaries]) for k in models}
-                               for figure in ("auroc", "mean_hospital_auroc")}
+                               for figure in (top, f"mean_hospital_{top}")}
     hospitals = []
     for i, name in enumerate(names):
         rows = [s["hospitals"][i] for s in summaries]
-        row: dict[str, Any] = {"name": name, "auroc": {k: _spread([r["auroc"].get(k) for r in rows]) for k in models}}
+        row: dict[str, Any] = {"name": name, top: {k: _spread([r[top].get(k) for r in rows]) for k in models}}
         if all(r.get("gain") for r in rows):
             row["gain"] = _gains([r["gain"] for r in rows])
         hospitals.append(row)
@@ -64,4 +67,4 @@ def seed_summary(seeds: Sequence[int], summaries: Sequence[dict[str, Any]], runs
         if all(key in s["overall"] for s in summaries):
             overall[key] = _gains([s["overall"][key] for s in summaries])
     return {"study": summaries[0]["study"], "seeds": list(seeds), "runs": list(runs), "models": models,
-            "overall": overall, "hospitals": hospitals}
+            "headline": top, "overall": overall, "hospitals": hospitals}

@@ -80,6 +80,12 @@ def undefined_reasons(split: HospitalSplit, local_only: bool) -> dict[str, str]:
 
 def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict[str, Predictions],
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The study summary (layout in the module docstring). A time-to-event study's has the same layout with
+    Harrell's C-index as its headline figure (`fedhealth.experiments.survival_summary`)."""
+    if cfg.outcome_kind == "time_to_event":
+        from fedhealth.experiments.survival_summary import build_survival_summary
+
+        return build_survival_summary(cfg, splits, preds, extra)
     # Real data has no known true risk: the best-possible reference is then absent, not NaN.
     known_risk = all(np.isfinite(s.test_true_risk).all() for s in splits)
     hospitals = []

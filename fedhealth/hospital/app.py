@@ -98,14 +98,15 @@ class HospitalClient(NumPyClient):
 
     def _model(self, config: dict[str, Scalar], parameters: NDArrays):
         from fedhealth.data.hospitals import load_hospital
-        from fedhealth.model import build_model, set_weights
+        from fedhealth.model import set_weights
+        from fedhealth.model.outcomes import build_study_model
 
         cfg = study_from_payload(config)
         self.index = resolve_hospital(self.settings, cfg)
         if self.schema_file:
             check_own_schema(cfg, self.schema_file, cfg.hospitals[self.index].name)
         split = load_hospital(cfg, self.index, self.data_file)
-        model = build_model(cfg.model.name, split.x_train.shape[1], cfg.model.hidden, seed=cfg.seed)
+        model = build_study_model(cfg, split.x_train.shape[1], seed=cfg.seed)
         set_weights(model, parameters)
         return cfg, split, model
 
@@ -119,7 +120,8 @@ class HospitalClient(NumPyClient):
         Everything else (loss, steps, time, exact counts, the hospital's total epsilon) stays in
         `local.*` metrics, which the hospital's audit mod records and removes."""
         from fedhealth.model import get_weights
-        from fedhealth.model.training import evaluate
+        from fedhealth.model.outcomes import study_loss
+        from fedhealth.model.training import evaluate, mean_loss
 
         cfg, split, model = self._model(config, parameters)
         server_round = int(config.get(ROUND_KEY, 0))
@@ -180,7 +182,8 @@ class HospitalClient(NumPyClient):
             qffl = cfg.federation.strategy.name == "qfedavg"
             if qffl:
                 # q-FedAvg weighs this hospital by its loss at the model it received (see federation.qffl).
-                shared[LOSS_KEY] = evaluate(model, split.x_train, split.y_train).loss
+                shared[LOSS_KEY] = (evaluate(model, split.x_train, split.y_train).loss if split.kind == "binary"
+                                    else mean_loss(model, split.x_train, split.y_train, study_loss(cfg)))
             seed = derive_seed(cfg.seed, "fit", self.index, server_round)  # no DP: nothing secret to protect
             result = self._train_plain(cfg, split, model, parameters, config, seed)
             weights = get_weights(model)
@@ -240,6 +243,7 @@ class HospitalClient(NumPyClient):
 
     @staticmethod
     def _train_plain(cfg, split, model, parameters: NDArrays, config: dict[str, Scalar], seed: int):
+        from fedhealth.model.outcomes import study_loss
         from fedhealth.model.training import train
 
         mu = float(config.get("proximal_mu", 0.0))  # FedProx puts it in the fit config
@@ -253,6 +257,7 @@ class HospitalClient(NumPyClient):
             seed=seed,
             proximal_mu=mu,
             anchor=parameters if mu > 0 else None,
+            loss=study_loss(cfg),
         )
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
@@ -272,12 +277,29 @@ class HospitalClient(NumPyClient):
             raise HospitalRefusal("this hospital's site policy does not share evaluation figures")
         if implausible_model(parameters):
             raise HospitalRefusal("the global model received holds non-finite or implausibly large weights")
-        m = evaluate(model, split.x_test, split.y_test)
-        n = m.n
+        n = len(split.y_test)
         if cfg.hospitals[self.index].records is not None:
             n = max(1, int(cfg.hospitals[self.index].records) - public_train_records(cfg, self.index))
+        if split.kind == "time_to_event":
+            return self._evaluate_survival(cfg, split, model, n)
+        m = evaluate(model, split.x_test, split.y_test)
         return m.loss, n, {HOSPITAL_KEY: self.index, "auroc": m.auroc, "auprc": m.auprc,
                            "accuracy": m.accuracy, "brier": m.brier}
+
+    def _evaluate_survival(self, cfg: StudyConfig, split, model, n: int) -> tuple[float, int, dict[str, Scalar]]:
+        """A time-to-event model's figures on this hospital's test records: Harrell's and Uno's C, the
+        integrated Brier score and the mean time-dependent AUROC over the study's horizons; NaN where the test
+        records cannot give one (no event, a horizon outside their follow-up). The censoring weights come from
+        this hospital's own training records."""
+        from fedhealth.metrics.survival_model import survival_figures
+        from fedhealth.model.outcomes import edges, horizons, predict, study_loss
+        from fedhealth.model.training import mean_loss
+
+        f = survival_figures(split.time_test, split.event_test, predict(cfg, model, split.x_test), edges(cfg),
+                             horizons(cfg), split.time_train, split.event_train)
+        loss = mean_loss(model, split.x_test, split.y_test, study_loss(cfg))
+        return loss, n, {HOSPITAL_KEY: self.index, "c_index": f.c_index, "uno_c": f.uno_c, "ibs": f.ibs,
+                         "td_auroc": f.td_auroc}
 
 
 def client_fn(context: Context):

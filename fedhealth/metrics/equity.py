@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from fedhealth.metrics.headline import label
+
 
 def gini(values: Sequence[float]) -> float | None:
     """The Gini coefficient of `values` (population form), or None if it is undefined."""
@@ -51,18 +53,19 @@ def _defined(v: Any) -> bool:
     return v is not None and bool(np.isfinite(v))
 
 
-def _group_means(hospitals: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
-    """Per tier or region: its hospitals and records (all of them), and the mean AUROCs over those whose
-    figure is defined (`auroc_hospitals` of them); the gain only where every one has both figures."""
+def _group_means(hospitals: list[dict[str, Any]], key: str, metric: str = "auroc") -> dict[str, dict[str, Any]]:
+    """Per tier or region: its hospitals and records (all of them), and the mean headline figures (`metric`)
+    over those whose figure is defined (`{metric}_hospitals` of them); the gain only where every one has both
+    figures."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for h in hospitals:
         groups.setdefault(h[key], []).append(h)
     out = {}
     for name, members in sorted(groups.items()):
-        fed = [h["auroc"]["federated"] for h in members if _defined(h["auroc"].get("federated"))]
-        local = [h["auroc"].get("local_only") for h in members]
+        fed = [h[metric]["federated"] for h in members if _defined(h[metric].get("federated"))]
+        local = [h[metric].get("local_only") for h in members]
         row: dict[str, Any] = {"hospitals": len(members), "records": int(sum(h["records"] for h in members)),
-                               "auroc_hospitals": len(fed), "federated": float(np.mean(fed)) if fed else None}
+                               f"{metric}_hospitals": len(fed), "federated": float(np.mean(fed)) if fed else None}
         if fed and len(fed) == len(members) and all(_defined(v) for v in local):
             row["local_only"] = float(np.mean(local))
             row["gain"] = row["federated"] - row["local_only"]
@@ -70,28 +73,33 @@ def _group_means(hospitals: list[dict[str, Any]], key: str) -> dict[str, dict[st
     return out
 
 
-def equity_summary(hospitals: list[dict[str, Any]]) -> dict[str, Any]:
-    """Equity figures from the per-hospital rows of `summary.json` (keys as in `build_summary`)."""
-    rows = [h for h in hospitals if _defined(h["auroc"].get("federated"))]
+def equity_summary(hospitals: list[dict[str, Any]], metric: str = "auroc") -> dict[str, Any]:
+    """Equity figures from the per-hospital rows of `summary.json` (keys as in `build_summary`).
+
+    `metric` is the study's headline figure, read as `h[metric][model]`: "auroc" for a binary study, "c_index"
+    for a time-to-event one (`fedhealth.metrics.headline`). The keys that name it follow it
+    (`worst_hospital[metric]`, `gini[f"{metric}_federated"]`, `by_tier[...][f"{metric}_hospitals"]`), so a
+    binary study's equity figures are exactly as before."""
+    rows = [h for h in hospitals if _defined(h[metric].get("federated"))]
     if not rows:
         return {}
     records = [h["records"] for h in hospitals]  # the data the federation starts from: every hospital's
-    federated = [h["auroc"]["federated"] for h in rows]
+    federated = [h[metric]["federated"] for h in rows]
     # gains need both figures: a hospital whose local-only AUROC is undefined (no local-only model from one
     # class) is left out of every gain figure, and the sentence names it
-    local_rows = [h for h in rows if _defined(h["auroc"].get("local_only"))]
+    local_rows = [h for h in rows if _defined(h[metric].get("local_only"))]
     has_local = bool(local_rows)
-    gains = [h["auroc"]["federated"] - h["auroc"]["local_only"] for h in local_rows]
-    worst = min(rows, key=lambda h: h["auroc"]["federated"])
-    worst_local = worst["auroc"].get("local_only")
+    gains = [h[metric]["federated"] - h[metric]["local_only"] for h in local_rows]
+    worst = min(rows, key=lambda h: h[metric]["federated"])
+    worst_local = worst[metric].get("local_only")
     out: dict[str, Any] = {
-        "by_tier": _group_means(hospitals, "tier"),
-        "by_region": _group_means(hospitals, "region"),
-        "worst_hospital": {"name": worst["name"], "auroc": worst["auroc"]["federated"],
+        "by_tier": _group_means(hospitals, "tier", metric),
+        "by_region": _group_means(hospitals, "region", metric),
+        "worst_hospital": {"name": worst["name"], metric: worst[metric]["federated"],
                            "local_only": worst_local,
-                           "gain": (worst["auroc"]["federated"] - worst_local) if worst_local is not None else None},
-        "gini": {"records": gini(records), "auroc_federated": gini(federated),
-                 "auroc_local_only": gini([h["auroc"]["local_only"] for h in local_rows]) if has_local else None,
+                           "gain": (worst[metric]["federated"] - worst_local) if worst_local is not None else None},
+        "gini": {"records": gini(records), f"{metric}_federated": gini(federated),
+                 f"{metric}_local_only": gini([h[metric]["local_only"] for h in local_rows]) if has_local else None,
                  "gain": gini(gains) if has_local else None},
         "gain_by_hospital": [{"name": h["name"], "records": h["records"], "gain": g}
                              for h, g in zip(local_rows, gains, strict=True)],
@@ -109,7 +117,7 @@ def equity_summary(hospitals: list[dict[str, Any]]) -> dict[str, Any]:
         out["smallest_vs_largest"] = _smallest_vs_largest(local_rows, gains)
         if left_out:
             out["gain_undefined_for"] = left_out
-    out["sentence"] = equity_sentence(out, len(local_rows) if has_local else len(rows))
+    out["sentence"] = equity_sentence(out, len(local_rows) if has_local else len(rows), label(metric))
     return out
 
 
@@ -127,8 +135,9 @@ def _smallest_vs_largest(rows: list[dict[str, Any]], gains: list[float]) -> dict
             "largest_mean_gain": float(np.mean([gains[i] for i in large]))}
 
 
-def equity_sentence(eq: dict[str, Any], n: int) -> str:
-    """One plain sentence: did every hospital gain, and did the smallest gain most or least."""
+def equity_sentence(eq: dict[str, Any], n: int, figure: str = "AUROC") -> str:
+    """One plain sentence: did every hospital gain, and did the smallest gain most or least (in `figure`, the
+    headline figure's name as a reader sees it)."""
     if "hospitals_that_gained" not in eq:
         return "No local-only reference was trained, so gains over training alone are not known."
     gained = eq["hospitals_that_gained"]
@@ -152,5 +161,5 @@ def equity_sentence(eq: dict[str, Any], n: int) -> str:
     small, large = comp["smallest_mean_gain"], comp["largest_mean_gain"]
     verdict = "most" if small > large else "least"
     return (f"{first}; the smallest third (up to {comp['smallest_max_records']:,} records) gained "
-            f"{small:+.3f} AUROC on average against {large:+.3f} for the largest third "
+            f"{small:+.3f} {figure} on average against {large:+.3f} for the largest third "
             f"(from {comp['largest_min_records']:,} records): the smallest sites gained {verdict}.")

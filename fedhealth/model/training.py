@@ -76,12 +76,35 @@ def train(
 
 
 @torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
+    """The model's raw outputs for each record (float64: (n,) for one logit, (n, K) for K)."""
+    model.eval()
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    out = [model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+@torch.no_grad()
 def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
     """Predicted probability of the outcome for each record (float64, shape (n,))."""
     model.eval()
     xt = torch.as_tensor(x, dtype=torch.float32)
     out = [torch.sigmoid(model(xt[i : i + batch_size])) for i in range(0, len(xt), batch_size)]
     return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, x: np.ndarray, y: np.ndarray, loss: OutcomeLoss = BINARY,
+              batch_size: int = 65_536) -> float:
+    """The mean per-record `loss` of `model` on (x, y): q-FedAvg's weighting, a time-to-event test loss."""
+    model.eval()
+    if len(x) == 0:
+        return float("nan")
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.float32)
+    total = sum(float(loss(model(xt[i : i + batch_size]), yt[i : i + batch_size], reduction="sum"))
+                for i in range(0, len(xt), batch_size))
+    return total / len(xt)
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> BinaryMetrics:

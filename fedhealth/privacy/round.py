@@ -113,6 +113,7 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
     as is, never calibrated again), the terms' digest recorded in the charge, and what binds the terms
     to the ledger under its lock before the charge is written."""
     from fedhealth.model import get_weights
+    from fedhealth.model.outcomes import study_loss
 
     if not ledger_dir:
         raise ValueError("record-level DP needs a ledger location; the hospital has none configured")
@@ -150,7 +151,7 @@ def train_with_budget(cfg: StudyConfig, split: HospitalSplit, model: nn.Module, 
                 model, split.x_train, split.y_train, epochs=cfg.training.local_epochs, schedule=schedule,
                 learning_rate=cfg.training.learning_rate, momentum=cfg.training.momentum, noise_multiplier=sigma,
                 max_grad_norm=cfg.privacy.max_grad_norm, noise_seed=secret.seed("dp-sgd-noise", key),
-                sampling_seed=secret.seed("dp-sgd-sampling", key))
+                sampling_seed=secret.seed("dp-sgd-sampling", key), loss=study_loss(cfg))
             if taken != steps:  # cannot happen with dp_schedule's integer steps; never send if it does
                 raise RuntimeError(f"DP-SGD took {taken} steps but the ledger charged {steps}")
             weights = get_weights(model)

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from fedhealth.metrics.equity import equity_summary
+from fedhealth.metrics.headline import EVALUATION_KEYS, headline
 from fedhealth.runs import rundir
 from fedhealth.study.config import StudyConfig
 
-NOT_COMPUTED = ["local_only", "pooled", "best_possible", "overall.auroc", "calibration"]
+NOT_COMPUTED = ["local_only", "pooled", "best_possible", "overall.auroc", "calibration"]  # overall.c_index too
 
 
 def is_recordless(run_dir: Path) -> bool:
@@ -40,35 +41,44 @@ def _weighted(rows: list[dict[str, Any]], key: str) -> float | None:
     return float(np.average(values, weights=weights))
 
 
+def _time(cfg: StudyConfig) -> dict[str, Any]:
+    spec = cfg.time_spec
+    assert spec is not None
+    return {"unit": spec.unit, "intervals": list(spec.intervals), "horizons": list(spec.horizons)}
+
+
 def deployment_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
     """`summary.json` for a recordless run, from `metrics.jsonl` and `rounds.jsonl` alone (keys as in
     `fedhealth.experiments.summary`)."""
     metrics = rundir.read_jsonl(run_dir / rundir.METRICS_FILE)
     last = max((r["round"] for r in metrics), default=0)
     final = {r["hospital_index"]: r for r in metrics if r["round"] == last}
+    kind = cfg.outcome_kind
+    top = headline(kind)
+    keys = EVALUATION_KEYS[kind]
     hospitals = []
     for i, h in enumerate(cfg.hospitals):
         row = final.get(i, {})
         hospitals.append({
             "name": h.name, "index": i, "tier": h.tier, "region": h.region, "records": h.records,
             "n_train": None, "n_test": row.get("n"), "prevalence": None,
-            "auroc": {"federated": row.get("auroc")}, "auprc": {"federated": row.get("auprc")},
-            "brier": {"federated": row.get("brier")}, "accuracy": {"federated": row.get("accuracy")},
+            **{key: {"federated": row.get(key)} for key in keys},
         })
-        if row.get("n") and row.get("auroc") is None:  # it evaluated, yet its AUROC is undefined: one class
-            hospitals[-1]["undefined"] = {"auroc": "the hospital reported no AUROC: its test side holds one class "
-                                                   "(AUROC and AUPRC need both)"}
+        if row.get("n") and row.get(top) is None:  # it evaluated, yet its headline figure is undefined
+            hospitals[-1]["undefined"] = {top: "the hospital reported no AUROC: its test side holds one class "
+                                               "(AUROC and AUPRC need both)" if top == "auroc" else
+                                          "the hospital reported no C-index: its test side holds no event"}
     reported = [r for r in final.values() if r.get("n")]
-    aurocs = np.array([h["auroc"]["federated"] for h in hospitals if h["auroc"]["federated"] is not None], float)
-    overall = {"auroc": {"federated": None},
-               "mean_hospital_auroc": {"federated": float(np.mean(aurocs)) if aurocs.size else None},
-               "brier": {"federated": _weighted(reported, "brier")},
-               "accuracy": {"federated": _weighted(reported, "accuracy")},
+    aurocs = np.array([h[top]["federated"] for h in hospitals if h[top]["federated"] is not None], float)
+    overall = {top: {"federated": None},
+               f"mean_hospital_{top}": {"federated": float(np.mean(aurocs)) if aurocs.size else None},
+               **{key: {"federated": _weighted(reported, key)} for key in keys if key != top},
                "n_test": int(sum(r["n"] for r in reported))}
     summary: dict[str, Any] = {
         "study": cfg.name, "seed": cfg.seed, "strategy": cfg.federation.strategy.name, "model": cfg.model.name,
         "rounds": cfg.federation.rounds, "overall": overall, "hospitals": hospitals, "calibration": {},
-        "equity": equity_summary(hospitals),
+        "equity": equity_summary(hospitals, metric=top),
+        **({"outcome": kind, "headline": top, "time": _time(cfg)} if kind != "binary" else {}),
         "deployment": {
             "source": f"each hospital's evaluation of the final model (round {last}) on its own test records, as "
                       f"it reported it in {rundir.METRICS_FILE}",

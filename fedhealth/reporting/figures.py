@@ -16,11 +16,31 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedhealth.metrics.headline import label  # noqa: E402
+
 TIER_COLOURS = {"tertiary": "#1f4e79", "secondary": "#2e8b57", "community": "#d9822b"}
 MODEL_COLOURS = {"local_only": "#9e9e9e", "federated": "#1565c0", "pooled": "#6a1b9a",
                  "federated_no_dp": "#64b5f6", "best_possible": "#000000"}
 MODEL_LABELS = {"local_only": "local-only", "federated": "federated", "pooled": "pooled",
                 "federated_no_dp": "federated, no DP", "best_possible": "best possible"}
+
+
+def risk_groups(groups: list[dict[str, Any]], unit: str) -> Figure:
+    """Kaplan-Meier curves of the test records grouped by the federated model's predicted risk (lowest risk
+    first): the further apart and the more in order, the better the model separates risk."""
+    fig, ax = _figure()
+    colours = ["#2e7d32", "#f9a825", "#c62828", "#6a1b9a", "#1565c0"]
+    for k, g in enumerate(groups):
+        times = np.concatenate([[0.0], np.asarray(g["times"], dtype=float)])
+        surv = np.concatenate([[1.0], np.asarray(g["survival"], dtype=float)])
+        ax.step(times, surv, where="post", color=colours[k % len(colours)],
+                label=f"{g['label']} ({g['records']} records, {g['events']} events)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"time ({unit})")
+    ax.set_ylabel("Kaplan-Meier survival")
+    ax.set_title("All test records, by the federated model's predicted risk")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
 
 
 def _figure(width: float = 8.0, height: float = 4.5) -> tuple[Figure, Any]:
@@ -29,18 +49,20 @@ def _figure(width: float = 8.0, height: float = 4.5) -> tuple[Figure, Any]:
     return fig, ax
 
 
-def learning_curves(metrics: list[dict[str, Any]], rounds: list[dict[str, Any]]) -> Figure:
+def learning_curves(metrics: list[dict[str, Any]], rounds: list[dict[str, Any]], metric: str = "auroc") -> Figure:
+    """Each hospital's headline figure (`metric`: AUROC, or the C-index) of the global model per round."""
+    name = label(metric)
     fig, ax = _figure()
     by_hospital: dict[str, list[tuple[int, float, str]]] = {}
     for row in metrics:
-        if row.get("auroc") is not None:
-            by_hospital.setdefault(row["hospital"], []).append((row["round"], row["auroc"], row["tier"]))
+        if row.get(metric) is not None:
+            by_hospital.setdefault(row["hospital"], []).append((row["round"], row[metric], row["tier"]))
     many = len(by_hospital) > 20
     for points in by_hospital.values():
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], color=TIER_COLOURS.get(points[0][2], "grey"),
                 alpha=0.25 if many else 0.6, linewidth=0.8 if many else 1.2)
-    mean = [(r["round"], r["auroc_mean"]) for r in rounds if r.get("auroc_mean") is not None]
+    mean = [(r["round"], r[f"{metric}_mean"]) for r in rounds if r.get(f"{metric}_mean") is not None]
     if mean:
         ax.plot([m[0] for m in mean], [m[1] for m in mean], color="black", linewidth=2.5, label="mean of hospitals")
     failed = [r["round"] for r in rounds if r.get("status") == "failed"]
@@ -52,38 +74,39 @@ def learning_curves(metrics: list[dict[str, Any]], rounds: list[dict[str, Any]])
         ax.plot([], [], color="#c62828", linestyle=":", label="failed round")
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("test AUROC")
-    ax.set_title("Learning curves: AUROC of the global model at each hospital")
+    ax.set_ylabel(f"test {name}")
+    ax.set_title(f"Learning curves: {name} of the global model at each hospital")
     ax.legend(loc="lower right", fontsize=8)
     return fig
 
 
-def final_comparison(hospitals: list[dict[str, Any]], keys: list[str]) -> Figure:
+def final_comparison(hospitals: list[dict[str, Any]], keys: list[str], metric: str = "auroc") -> Figure:
+    name = label(metric)
     rows = sorted(hospitals, key=lambda h: h["records"])
     fig, ax = _figure(8.0, max(3.0, 0.32 * len(rows) + 1.2))
     y = np.arange(len(rows))
     models = [k for k in keys if k != "best_possible"]
     for key in keys:
-        values = [h["auroc"].get(key) for h in rows]
+        values = [h[metric].get(key) for h in rows]
         marker = "|" if key == "best_possible" else "o"
         # models drawn side by side in each hospital's row, each with its 95 % interval as a horizontal bar
         dy = (models.index(key) - (len(models) - 1) / 2) * 0.18 if key in models else 0.0
         x = np.array([v if v is not None else np.nan for v in values], dtype=float)
         ax.scatter(x, y + dy, color=MODEL_COLOURS.get(key, "grey"), marker=marker,
                    s=60 if key == "best_possible" else 28, label=MODEL_LABELS.get(key, key), zorder=3)
-        cis = [h.get("auroc_ci", {}).get(key) for h in rows]
+        cis = [h.get(f"{metric}_ci", {}).get(key) for h in rows]
         if any(ci and ci[0] is not None for ci in cis):
             low = np.array([ci[0] if ci and ci[0] is not None else np.nan for ci in cis], dtype=float)
             high = np.array([ci[1] if ci and ci[1] is not None else np.nan for ci in cis], dtype=float)
             ax.errorbar(x, y + dy, xerr=np.clip(np.vstack([x - low, high - x]), 0, None), fmt="none",
                         ecolor=MODEL_COLOURS.get(key, "grey"), elinewidth=1, alpha=0.6, zorder=2)
     for i, h in enumerate(rows):
-        lo, fed = h["auroc"].get("local_only"), h["auroc"].get("federated")
+        lo, fed = h[metric].get("local_only"), h[metric].get("federated")
         if lo is not None and fed is not None:
             ax.annotate("", xy=(fed, i), xytext=(lo, i),
                         arrowprops={"arrowstyle": "->", "color": "#1565c0" if fed >= lo else "#c62828", "lw": 1})
     ax.set_yticks(y, [f"{h['name']} ({h['records']:,})" for h in rows], fontsize=7 if len(rows) > 20 else 8)
-    ax.set_xlabel("test AUROC (bars: 95 % DeLong interval)")
+    ax.set_xlabel(f"test {name} (bars: 95 % {'DeLong' if metric == 'auroc' else 'bootstrap'} interval)")
     ax.set_title("Per hospital, smallest at the bottom: training alone → federated" if "local_only" in keys
                  else "Per hospital, smallest at the bottom")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
@@ -142,13 +165,14 @@ def secure_aggregation(rounds: list[dict[str, Any]], n_hospitals: int) -> Figure
     return fig
 
 
-def equity(hospitals: list[dict[str, Any]]) -> Figure:
+def equity(hospitals: list[dict[str, Any]], metric: str = "auroc") -> Figure:
+    name = label(metric)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
     drawn = 0
     for h in hospitals:
-        lo, fed = h["auroc"].get("local_only"), h["auroc"]["federated"]
+        lo, fed = h[metric].get("local_only"), h[metric]["federated"]
         if lo is None or fed is None or not np.isfinite(lo - fed):  # undefined at this hospital: no point
             continue
         left.scatter(h["records"], fed - lo, color=TIER_COLOURS.get(h["tier"], "grey"), s=22)
@@ -157,9 +181,9 @@ def equity(hospitals: list[dict[str, Any]]) -> Figure:
     if drawn:
         left.set_xscale("log")
     else:
-        left.text(0.5, 0.5, "no hospital has both AUROCs", ha="center", va="center", transform=left.transAxes)
+        left.text(0.5, 0.5, f"no hospital has both {name}s", ha="center", va="center", transform=left.transAxes)
     left.set_xlabel("records at the hospital (log scale)")
-    left.set_ylabel("AUROC gain over training alone")
+    left.set_ylabel(f"{name} gain over training alone")
     left.set_title("Who gains from the federation?")
     for tier, colour in TIER_COLOURS.items():
         left.scatter([], [], color=colour, label=tier)
@@ -169,15 +193,15 @@ def equity(hospitals: list[dict[str, Any]]) -> Figure:
     for offset, key in ((-0.2, "local_only"), (0.2, "federated")):
         means = []
         for t in tiers:
-            vals = [h["auroc"].get(key) for h in hospitals if h["tier"] == t]
+            vals = [h[metric].get(key) for h in hospitals if h["tier"] == t]
             vals = [v for v in vals if v is not None and np.isfinite(v)]
             means.append(np.mean(vals) if vals else np.nan)
         right.bar(x + offset, means, width=0.4, color=MODEL_COLOURS[key], label=MODEL_LABELS[key])
     right.set_xticks(x, tiers)
-    lows = [v for h in hospitals for v in (h["auroc"].get("local_only"), h["auroc"]["federated"])
+    lows = [v for h in hospitals for v in (h[metric].get("local_only"), h[metric]["federated"])
             if v is not None and np.isfinite(v)]
     right.set_ylim(max(0.0, min(lows, default=0.5) - 0.05), 1.0)
-    right.set_ylabel("mean test AUROC")
+    right.set_ylabel(f"mean test {name}")
     right.set_title("By tier")
     right.legend(fontsize=8)
     fig.tight_layout()

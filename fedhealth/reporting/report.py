@@ -124,10 +124,13 @@ def figures_for(data: dict[str, Any]) -> dict[str, Callable[[], Any]]:
     summary = data["summary"]
     hospitals = summary["hospitals"]
     keys = model_keys(summary)
+    top = summary.get("headline", "auroc")
     plan: dict[str, Callable[[], Any]] = {
-        "learning_curves": lambda: figures.learning_curves(data["metrics"], data["rounds"]),
-        "final_comparison": lambda: figures.final_comparison(hospitals, keys),
+        "learning_curves": lambda: figures.learning_curves(data["metrics"], data["rounds"], top),
+        "final_comparison": lambda: figures.final_comparison(hospitals, keys, top),
     }
+    if summary["overall"].get("risk_groups"):
+        plan["risk_groups"] = lambda: figures.risk_groups(summary["overall"]["risk_groups"], summary["time"]["unit"])
     if summary.get("calibration"):
         plan["calibration"] = lambda: figures.calibration(summary["calibration"])
     epsilon, caps = _epsilon_series(data)
@@ -136,7 +139,7 @@ def figures_for(data: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         plan["privacy"] = lambda: figures.privacy(epsilon, caps, tiers)
     plan["secure_aggregation"] = lambda: figures.secure_aggregation(data["rounds"], len(hospitals))
     if summary.get("equity", {}).get("gain_by_hospital"):
-        plan["equity"] = lambda: figures.equity(hospitals)
+        plan["equity"] = lambda: figures.equity(hospitals, top)
     if data["contribution"]:
         plan["contribution"] = lambda: figures.contribution(data["contribution"])
     return plan
@@ -144,7 +147,7 @@ def figures_for(data: dict[str, Any]) -> dict[str, Callable[[], Any]]:
 
 def model_keys(summary: dict[str, Any]) -> list[str]:
     """The models this run's summary scored (federated always; the references only where they were trained)."""
-    return [k for k in MODEL_ORDER if k in summary["overall"]["auroc"]]
+    return [k for k in MODEL_ORDER if k in summary["overall"][summary.get("headline", "auroc")]]
 
 
 def gain_text(gain: dict[str, Any] | None) -> str:
@@ -157,6 +160,8 @@ def gain_text(gain: dict[str, Any] | None) -> str:
 
 def render_report(data: dict[str, Any], images: dict[str, str]) -> str:
     """The report's HTML from the run directory's contents (`_load`) and the figures' inlined images."""
+    from fedhealth.metrics.headline import label
+
     cfg, summary = data["cfg"], data["summary"]
     env = Environment(loader=PackageLoader("fedhealth.reporting", "templates"),
                       autoescape=select_autoescape(["html", "j2"]))
@@ -167,6 +172,7 @@ def render_report(data: dict[str, Any], images: dict[str, str]) -> str:
     env.filters["gain"] = gain_text
     return env.get_template("report.html.j2").render(
         cfg=cfg, summary=summary, hospitals=summary["hospitals"], keys=model_keys(summary), images=images,
+        top=summary.get("headline", "auroc"), top_label=label(summary.get("headline", "auroc")),
         rounds=data["rounds"], failed=[r for r in data["rounds"] if r.get("status") == "failed"],
         secagg=data["secagg"], equity=summary.get("equity", {}), privacy=summary.get("privacy"),
         contribution=data["contribution"], membership=data["membership"], missing=_missing_references(data),
@@ -178,7 +184,7 @@ def render_report(data: dict[str, Any], images: dict[str, str]) -> str:
 def _missing_references(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Each reference this run lacks, with why: the key that switched it off, or what made it impossible,
     so a reader can tell "not asked for" from "cannot exist" and knows which key brings it back."""
-    cfg, present = data["cfg"], set(data["summary"]["overall"]["auroc"])
+    cfg, present = data["cfg"], set(data["summary"]["overall"][data["summary"].get("headline", "auroc")])
     refs = cfg.references
     missing = []
     if "local_only" not in present:

@@ -64,7 +64,7 @@ REPORT_FILE = "report.html"
 FIGURES = {  # report figures, next to report.html
     "learning_curves": "learning_curves.png", "final_comparison": "final_comparison.png",
     "calibration": "calibration.png", "privacy": "privacy.png", "secure_aggregation": "secure_aggregation.png",
-    "equity": "equity.png", "contribution": "contribution.png",
+    "equity": "equity.png", "contribution": "contribution.png", "risk_groups": "risk_groups.png",
 }
 SIBLING_DIR = "sibling-no-dp"  # the same federation without DP, inside a DP run's directory
 MLFLOW_DIR = "mlruns"  # experiment tracking, when [tracking] backend = "mlflow" and no uri

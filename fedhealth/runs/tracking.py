@@ -51,22 +51,24 @@ def round_metrics(run_dir: Path, server_round: int, summary: dict[str, Any]) -> 
     """The round's figures: mean and weighted AUROC, hospitals aggregated, and AUROC and epsilon per hospital."""
     metrics: dict[str, float] = {"hospitals_aggregated": float(len(summary.get("hospitals_aggregated", []))),
                                  "round_failed": float(summary.get("status") == "failed")}
-    for key in ("auroc_mean", "auroc_weighted", "hospital_epsilon", "seconds"):
+    top = "c_index" if "c_index_mean" in summary else "auroc"  # the round's headline figure
+    for key in (f"{top}_mean", f"{top}_weighted", "hospital_epsilon", "seconds"):
         if summary.get(key) is not None:
             metrics[key] = float(summary[key])
     for row in rundir.read_jsonl(run_dir / rundir.METRICS_FILE):
         if row["round"] == server_round:
-            if row.get("auroc") is not None:
-                metrics[f"auroc.{row['hospital']}"] = float(row["auroc"])
+            if row.get(top) is not None:
+                metrics[f"{top}.{row['hospital']}"] = float(row[top])
             if row.get("epsilon") is not None:
                 metrics[f"epsilon.{row['hospital']}"] = float(row["epsilon"])
     return metrics
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    out = {f"final.auroc.{k}": float(v) for k, v in summary["overall"]["auroc"].items() if v is not None}
-    out.update({f"final.mean_hospital_auroc.{k}": float(v)
-                for k, v in summary["overall"]["mean_hospital_auroc"].items() if v is not None})
+    top = summary.get("headline", "auroc")
+    out = {f"final.{top}.{k}": float(v) for k, v in summary["overall"][top].items() if v is not None}
+    out.update({f"final.mean_hospital_{top}.{k}": float(v)
+                for k, v in summary["overall"][f"mean_hospital_{top}"].items() if v is not None})
     for key, value in summary.get("equity", {}).get("gini", {}).items():
         if value is not None:
             out[f"final.gini.{key}"] = float(value)

@@ -16,7 +16,16 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core.core_schema import ValidationInfo
 
 from fedhealth.errors import StudyConfigError
@@ -24,7 +33,7 @@ from fedhealth.study.builtin_schema import REGIONS, TIERS
 from fedhealth.study.names import MAX_NAME, name_problem
 from fedhealth.study.policy import SitePolicy, effective_cap
 from fedhealth.study.ranges import within
-from fedhealth.study.schema import NOT_FINITE, StudySchema
+from fedhealth.study.schema import NOT_FINITE, Outcome, StudySchema, TimeSpec
 
 Tier = Literal["tertiary", "secondary", "community"]
 Region = Literal["north", "south", "east", "west", "central"]
@@ -32,6 +41,15 @@ StrategyName = Literal["fedavg", "fedprox", "fedadam", "qfedavg"]
 ModelName = Literal["logreg", "mlp"]
 MIN_TRAIN_RECORDS = 10  # fewer training records than this at a hospital: its local steps learn nothing useful
 DERIVED_SUFFIX = 32  # a sibling study's name (`variant`): the study's own name and a suffix such as -eps-0.5
+
+
+# The follow-up of a generated time-to-event study (`fedhealth.data.synthetic_survival`: whole days, at most
+# three years): the hazard model's interval edges and the horizons of its time-dependent metrics. Fixed
+# choices of the study, never derived from any hospital's records.
+GENERATED_TIME = TimeSpec(
+    column="time", unit="days", max=1095,
+    intervals=[0, 30, 60, 90, 120, 180, 240, 300, 365, 450, 545, 730, 910, 1095],
+    horizons=[180, 365, 730], description="days from diagnosis to the complication or to the end of follow-up")
 
 
 class ConfigError(StudyConfigError, ValueError):
@@ -299,6 +317,10 @@ class StudyConfig(_Strict):
 
     name: str = Field(default="study", description="becomes file names: see fedhealth/study/names.py")
     seed: int = Field(default=42, ge=0, lt=2**32)
+    outcome: Outcome = Field(
+        default="binary", description="what the generated hospitals' records hold: binary (a 12-month "
+        "complication) or time_to_event (the same patients followed in time, `GENERATED_TIME`); a study of "
+        "files takes its schema's study.outcome, and this key may only repeat it")
     hospitals: list[HospitalConfig] = Field(default_factory=list)
     population: PopulationConfig | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -311,6 +333,29 @@ class StudyConfig(_Strict):
     study_schema: StudySchema | None = Field(
         default=None, description="the schema of a study whose hospitals are files (TOML key `schema` = its path)")
     _fingerprint: str | None = PrivateAttr(default=None)
+
+    @property
+    def outcome_kind(self) -> Outcome:
+        """The outcome the study trains: its schema's `study.outcome` for files, else `outcome`."""
+        return self.study_schema.study.outcome if self.study_schema is not None else self.outcome
+
+    @property
+    def time_spec(self) -> TimeSpec | None:
+        """A time-to-event study's follow-up: its schema's `[time]`, or the generator's (`GENERATED_TIME`)."""
+        if self.outcome_kind != "time_to_event":
+            return None
+        if self.study_schema is not None:
+            return self.study_schema.time
+        return GENERATED_TIME
+
+    @model_serializer(mode="wrap")
+    def _as_before_outcome_kinds(self, handler: Any) -> dict[str, Any]:
+        """A binary study dumps exactly as it did before outcome kinds (no `outcome` key), so its fingerprint
+        (which keys run directories, resumes and the ledger's study id) and its wire payload are unchanged."""
+        data = handler(self)
+        if self.outcome == "binary":
+            data.pop("outcome", None)
+        return data
 
     @property
     def from_files(self) -> bool:
@@ -434,14 +479,12 @@ def machine_problems(cfg: StudyConfig, cpus: int | None = None) -> list[str]:
 def _one_data_source(cfg: StudyConfig) -> None:
     """A study has one schema: the generator's (no `schema` key, every hospital generated) or a schema
     file (every hospital a file). Mixing the two would put records of two different schemas into one
-    model, so it is refused. And a study whose outcome is not binary cannot be trained yet: refused here,
-    where every config is built (a study file, the wire payload a hospital receives, Python), so that no path
-    trains binary cross-entropy on an event indicator."""
-    if cfg.study_schema is not None and cfg.study_schema.study.outcome != "binary":
-        raise ValueError(f"schema: study.outcome = {cfg.study_schema.study.outcome!r}: `fedhealth validate` checks "
-                         "such a study's files, but this version of fedhealth cannot train one yet (its loss and "
-                         "DP-SGD training are built, its study, metrics and references are not); train a binary "
-                         "outcome")
+    model, so it is refused. A study of files takes its outcome from its schema; the study's `outcome` key
+    may repeat it but not contradict it."""
+    if cfg.study_schema is not None and cfg.outcome != "binary" and cfg.outcome != cfg.study_schema.study.outcome:
+        raise ValueError(f"outcome = {cfg.outcome!r}, but the schema's study.outcome is "
+                         f"{cfg.study_schema.study.outcome!r}: a study of files takes its outcome from its schema; "
+                         "remove `outcome` from the study config")
     files = [h.name for h in cfg.hospitals if h.data is not None]
     generated = [h.name for h in cfg.hospitals if h.data is None]
     if cfg.study_schema is None:

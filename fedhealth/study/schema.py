@@ -222,6 +222,10 @@ class StudySchema(_Strict):
     consent: ConsentSpec | None = None
     split: SplitSpec | None = None
     columns: list[ColumnSpec] = Field(min_length=1)
+    not_inputs: list[str] = Field(default_factory=list,
+                                  description="columns the files hold on purpose that are neither an input nor a "
+                                              "role column (a site code, a record number): read past without a "
+                                              "warning, never used")
 
     @model_validator(mode="after")
     def _names(self) -> StudySchema:
@@ -244,6 +248,10 @@ class StudySchema(_Strict):
                 raise ValueError(f"{role}: column {col!r} is also a model input; a {role} column cannot be one")
         if len(set(special.values())) < len(special):
             raise ValueError(f"label, time, consent and split must be different columns; got {special}")
+        used = [n for n in self.not_inputs if n in names or n in special.values()]
+        if used:
+            raise ValueError(f"not_inputs: {', '.join(map(repr, used))} is a column the study uses; list in "
+                             "not_inputs only columns it must read past")
         return self
 
     # -- what the model sees --------------------------------------------------------------------------
@@ -274,8 +282,10 @@ class StudySchema(_Strict):
         """A binary schema dumps exactly as it did before outcome kinds (no `study.outcome`, no `time`), so
         its fingerprint, the study config's fingerprint (which keys run directories, resumes and the ledger's
         study id), written schema files and the wire payload are what they were, and an older fedhealth reads
-        them."""
+        them. Likewise an empty `not_inputs` is left out."""
         data = handler(self)
+        if not self.not_inputs:
+            data.pop("not_inputs", None)
         if self.study.outcome == "binary":
             data.pop("time", None)
             if isinstance(data.get("study"), dict):

@@ -96,7 +96,22 @@ def test_every_site_validates_against_the_time_to_event_schema():
     for path in sorted(LUNG.glob("*.csv")):
         records = check_hospital_file(path, schema)
         assert records.report.ok and records.report.rejected == 0, records.report.lines()
+        assert not records.report.warnings, records.report.warnings  # `inst` is read past: schema.not_inputs
         assert records.time is not None and len(records.time) == records.report.accepted
         total += records.report.accepted
         events += int(records.label.sum())
     assert (total, events) == (RAW_ROWS, 165)
+
+
+def test_a_column_in_not_inputs_cannot_also_be_used(tmp_path):
+    """`not_inputs` reads a column past; a column the study uses (an input, the label, the time) cannot be one."""
+    import pytest
+
+    from fedhealth.study.schema import load_schema
+
+    text = (LUNG / "schema.toml").read_text(encoding="utf-8")
+    for used in ("age", "status", "time"):
+        path = tmp_path / f"{used}.toml"
+        path.write_text(text.replace('not_inputs = ["inst"]', f'not_inputs = ["inst", "{used}"]'))
+        with pytest.raises(ValueError, match=f"not_inputs: '{used}' is a column the study uses"):
+            load_schema(path)

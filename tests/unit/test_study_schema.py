@@ -357,7 +357,7 @@ def test_a_binary_schemas_fingerprint_did_not_change_with_outcome_kinds():
     assert survival.fingerprint() != schema_from_dict(_toml(TOY_SCHEMA), "t.toml").fingerprint()
 
 
-def test_follow_up_times_are_checked_and_kept_and_training_is_refused(tmp_path):
+def test_follow_up_times_are_checked_and_kept_and_the_study_trains_a_hazard_model(tmp_path):
     schema = schema_from_dict(_toml(SURVIVAL), "s.toml")
     frame = toy_frame(30, seed=4).assign(days=[str(10 * (i + 1)) for i in range(30)])
     frame.loc[0, "days"] = ""        # missing
@@ -373,8 +373,14 @@ def test_follow_up_times_are_checked_and_kept_and_training_is_refused(tmp_path):
     assert "-3" not in text and "5000" not in text and "soon" not in text  # counts and rules, never a value
     events = int(records.label.sum())
     assert f"26 accepted ({events} with the event)" in text.splitlines()[0]
-    with pytest.raises(ConfigError, match="cannot train one yet"):
-        load_config(_file_study(tmp_path, _hospital("a", "a.csv"), SURVIVAL))
+    from fedhealth.model.losses import LogisticHazard
+    from fedhealth.model.outcomes import study_loss
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    frame.iloc[4:].to_csv(tmp_path / "data" / "a.csv", index=False)
+    cfg = load_config(_file_study(tmp_path, _hospital("a", "a.csv"), SURVIVAL))
+    assert cfg.outcome_kind == "time_to_event" and cfg.time_spec == schema.time
+    assert study_loss(cfg) == LogisticHazard(len(schema.time.intervals) - 1)  # never binary cross-entropy
 
 
 def test_a_binary_studys_config_fingerprint_and_dumps_did_not_change_with_outcome_kinds():
@@ -394,15 +400,20 @@ def test_a_binary_studys_config_fingerprint_and_dumps_did_not_change_with_outcom
             assert set(dumped["study"]) == {"name", "description", "missing_values"}, config
 
 
-def test_a_time_to_event_study_is_refused_on_every_path_that_builds_a_config(tmp_path):
-    """Not only `load_config`: the payload a hospital receives from the server and a config built in Python
-    are refused too, so that no hospital trains binary cross-entropy on an event indicator."""
+def test_an_outcome_that_contradicts_the_schema_is_refused_on_every_path_that_builds_a_config():
+    """A study of files takes its outcome from its schema: a study config (or the payload a hospital receives
+    from the server, or a config built in Python) that says otherwise is refused, so that no hospital trains
+    one outcome's loss on another's columns."""
     from fedhealth.study.config import StudyConfig, parse_config
 
-    schema = schema_from_dict(_toml(SURVIVAL), "s.toml")
-    data = {"name": "s", "study_schema": schema.model_dump(mode="json"),
-            "hospitals": [{"name": "a", "records": 100}]}
-    with pytest.raises(ConfigError, match="cannot train one yet"):
+    schema = schema_from_dict(_toml(TOY_SCHEMA), "t.toml")
+    data = {"name": "s", "outcome": "time_to_event", "study_schema": schema.model_dump(mode="json"),
+            "hospitals": [{"name": "a", "records": 100}],
+            "federation": {"secure_aggregation": {"enabled": False}}}
+    with pytest.raises(ConfigError, match="takes its outcome from its schema"):
         parse_config(data, "server study config")
-    with pytest.raises(ValueError, match="cannot train one yet"):
+    with pytest.raises(ValueError, match="takes its outcome from its schema"):
         StudyConfig.model_validate(data)
+    survival = schema_from_dict(_toml(SURVIVAL), "s.toml")
+    agreeing = StudyConfig.model_validate({**data, "study_schema": survival.model_dump(mode="json")})
+    assert agreeing.outcome_kind == "time_to_event"
