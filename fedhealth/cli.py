@@ -333,8 +333,10 @@ def print_summary_table(summary: dict[str, Any]) -> None:
                       "DeLong). * the gain's interval excludes zero; without it the gain is not distinguishable "
                       "from zero on this test set.[/dim]")
     elif "intervals" in summary:
-        console.print("[dim]C-index: Harrell's, of the predicted risk of the event by the last horizon. In "
-                      "brackets: 95 % intervals over the test records (stratified bootstrap; gain: paired "
+        what = {"c_index": "C-index: Harrell's, of the predicted risk of the event by the last horizon. ",
+                "macro_auroc": "macro AUROC: the mean over classes of each class's one-vs-rest AUROC. ",
+                "r2": "R²: 1 minus the model's squared error over the spread of the test values. "}.get(top, "")
+        console.print(f"[dim]{what}In brackets: 95 % intervals over the test records (bootstrap; gain: paired "
                       "bootstrap). * the gain's interval excludes zero; without it the gain is not "
                       "distinguishable from zero on this test set.[/dim]")
     privacy = summary.get("privacy")

@@ -26,6 +26,8 @@ from fedhealth.study.schema import SchemaError, StudySchema, load_schema, schema
 
 log = logging.getLogger(__name__)
 SMALL_SITE_ROWS = 100  # below this many usable rows a site's own AUROC is too noisy to read much into
+# the headline figure a small site's warning names, by outcome kind (`fedhealth.metrics.headline.LABELS`)
+SMALL_SITE_FIGURE = {"binary": "AUROC", "time_to_event": "C-index", "multiclass": "macro AUROC", "continuous": "R²"}
 
 
 def file_sha256(path: Path) -> str:
@@ -72,13 +74,15 @@ def resolve_study_files(data: dict[str, Any], base: Path) -> list[str]:
             problems.append(str(err))
             continue
         for w in records.report.warnings:
-            if ONE_CLASS_NOTE not in w:  # said once, with the split's own counts, where the split is made
+            # a one-class side, or a multiclass site's absent class (`absent_class_notes`, which begins its
+            # consequence the same way): said once, with the split's own counts, where the split is made
+            if ONE_CLASS_NOTE not in w:
                 log.warning("hospital %s: %s: %s", name, path, w)
         if records.report.rejected:
             log.warning("hospital %s: %s: %d of %d rows rejected (run `fedhealth validate` for the reasons)",
                         name, path, records.report.rejected, records.report.rows)
         if len(records.label) < SMALL_SITE_ROWS:
-            figure = "C-index" if schema.study.outcome == "time_to_event" else "AUROC"
+            figure = SMALL_SITE_FIGURE.get(schema.study.outcome, "AUROC")
             log.warning("hospital %s has only %d usable rows: its own test %s will vary a lot from split to "
                         "split; read it with care (its interval in the summary says how much)", name,
                         len(records.label), figure)

@@ -47,6 +47,14 @@ class HospitalSplit:
     event_train: np.ndarray | None = None
     time_test: np.ndarray | None = None
     event_test: np.ndarray | None = None
+    # A multi-class or continuous study's outcome as its metrics read it: the class index (int64, 0 .. K-1, in
+    # `StudyConfig.class_names` order) or the value in `StudyConfig.value_spec.unit` (float64); None for other
+    # kinds. (y_train/y_test are the loss's targets: the class index as float32, or the standardised value.)
+    outcome_train: np.ndarray | None = None
+    outcome_test: np.ndarray | None = None
+    # What the generator knows of each test record: the true class probabilities (n_test, K), or the true mean
+    # value (n_test,) in the unit; None for a file's records and for other kinds.
+    test_truth: np.ndarray | None = None
 
     @property
     def label_train(self) -> np.ndarray:
@@ -125,6 +133,8 @@ def _build(cfg: StudyConfig, index: int, data_file: str | None = None) -> Hospit
                          "(its hospitals are generated); the study config needs `schema = ...`")
     if cfg.outcome_kind == "time_to_event":
         return _build_survival(cfg, index)
+    if cfg.outcome_kind in ("multiclass", "continuous"):
+        return _build_outcome(cfg, index)
     records = generate_hospital(_profile(h), index, cfg.seed)
     train, test = train_test_split(records, cfg.training.test_fraction, cfg.seed, index)
     _enough_to_train(cfg, h, len(train.label), len(records.label), official=False)
@@ -180,6 +190,77 @@ def _build_survival(cfg: StudyConfig, index: int) -> HospitalSplit:
                            records.risk_scale, len(test), official=False)
 
 
+def _best_possible(cfg: StudyConfig, outcome: np.ndarray, truth: np.ndarray | None) -> float:
+    """The headline figure of the generator's truth on these test records: the macro one-vs-rest AUROC of the
+    true class probabilities, or the R^2 of the true mean; NaN when unknown or undefined."""
+    if truth is None or len(outcome) == 0:
+        return float("nan")
+    if cfg.outcome_kind == "multiclass":
+        present = [k for k in range(truth.shape[1]) if 0 < int((outcome == k).sum()) < len(outcome)]
+        if not present:
+            return float("nan")
+        return float(np.mean([roc_auc((outcome == k).astype(np.int64), truth[:, k]) for k in present]))
+    spread = float(((outcome - outcome.mean()) ** 2).sum())
+    return 1.0 - float(((outcome - truth) ** 2).sum()) / spread if spread > 0 else float("nan")
+
+
+def _outcome_split(cfg: StudyConfig, index: int, x: np.ndarray, outcome: np.ndarray, test: np.ndarray,
+                   truth: np.ndarray | None, n_all: int, official: bool) -> HospitalSplit:
+    """A multi-class or continuous hospital's split: the loss's targets (`outcome_targets`) and the outcome as
+    the metrics read it (class index, or value in the unit) side by side."""
+    from fedhealth.data.outcome_targets import outcome_targets
+
+    h = cfg.hospitals[index]
+    kind = cfg.outcome_kind
+    _enough_to_train(cfg, h, int((~test).sum()), n_all, official=official)
+    outcome = outcome.astype(np.int64 if kind == "multiclass" else np.float64)
+    y = outcome_targets(cfg, outcome)
+    if kind == "multiclass":
+        _warn_missing_classes(h, cfg.class_names, outcome[~test], outcome[test])
+    test_truth = None if truth is None else truth[test]
+    n_test = int(test.sum())
+    return HospitalSplit(
+        index=index, hospital=h, x_train=x[~test], y_train=y[~test], x_test=x[test], y_test=y[test],
+        test_true_risk=np.full(n_test, np.nan), bayes_auroc=_best_possible(cfg, outcome[test], test_truth),
+        prevalence=float("nan"), kind=kind, outcome_train=outcome[~test], outcome_test=outcome[test],
+        test_truth=test_truth)
+
+
+def _warn_missing_classes(h: HospitalConfig, names: tuple[str, ...], train: np.ndarray, test: np.ndarray) -> None:
+    """A site may lack a class and still train (issue 18): say which, on which side; counts never values."""
+    for side, values in (("training", train), ("test", test)):
+        absent = [names[k] for k in range(len(names)) if not (values == k).any()]
+        if absent:
+            log.warning("hospital %s: its %s split holds no record of class %s: %s", h.name, side,
+                        ", ".join(absent), "it still trains; figures of that class are undefined for it"
+                        if side == "test" else "it still trains; its local-only model never predicts that class")
+
+
+def _split_labels(cfg: StudyConfig, outcome: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """What a multi-class or continuous hospital's seeded test split is stratified by: its class index (each
+    class keeps its share on both sides), or nothing (one group) for a continuous outcome."""
+    if cfg.outcome_kind == "multiclass":
+        return outcome.astype(np.int64), tuple(range(len(cfg.class_names)))
+    return np.zeros(len(outcome), dtype=np.int64), (0,)
+
+
+def _build_outcome(cfg: StudyConfig, index: int) -> HospitalSplit:
+    """A generated multi-class or continuous hospital (`fedhealth.data.synthetic_outcomes`): the binary
+    generator's patients with the complication's severity, or their HbA1c at 12 months, and the truth."""
+    from fedhealth.data import synthetic_outcomes
+
+    h = cfg.hospitals[index]
+    if cfg.outcome_kind == "multiclass":
+        mc = synthetic_outcomes.generate_multiclass(_profile(h), index, cfg.seed)
+        features, outcome, truth = mc.features, mc.label, mc.true_probs
+    else:
+        co = synthetic_outcomes.generate_continuous(_profile(h), index, cfg.seed)
+        features, outcome, truth = co.features, co.value, co.true_mean
+    labels, classes = _split_labels(cfg, outcome)
+    test = stratified_test_mask(labels, cfg.training.test_fraction, cfg.seed, index, h.name, classes=classes)
+    return _outcome_split(cfg, index, encode_features(features), outcome, test, truth, len(test), official=False)
+
+
 def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha: bool = True) -> HospitalSplit:
     """A hospital's own file, validated and consent-filtered, split by the schema's split column or by the
     same seeded stratified split as a generated hospital, and encoded with the schema's fixed references.
@@ -207,8 +288,14 @@ def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha:
                           time=None if records.time is None else records.time[:declared])
     if records.is_test is not None:
         test = records.is_test
+    elif cfg.outcome_kind in ("multiclass", "continuous"):
+        labels, classes = _split_labels(cfg, records.label)
+        test = stratified_test_mask(labels, cfg.training.test_fraction, cfg.seed, index, h.name, classes=classes)
     else:
         test = stratified_test_mask(records.label, cfg.training.test_fraction, cfg.seed, index, h.name)
+    if cfg.outcome_kind in ("multiclass", "continuous"):
+        return _outcome_split(cfg, index, schema.encode(records.values), records.label, test, None, len(test),
+                              official=records.is_test is not None)
     if cfg.outcome_kind == "time_to_event":
         assert records.time is not None  # the schema has a [time] table, so validation read the column
         return _survival_split(cfg, index, schema.encode(records.values), records.time, records.label, test,

@@ -610,6 +610,19 @@ def generate_with_uniforms(profile: HospitalProfile, index: int, seed: int) -> t
 
     Why: the time-to-event generator (`fedhealth.data.synthetic_survival`) turns the same U into an event
     time, so that its patients are these patients and its event by 12 months is exactly this label."""
+    records, uniforms, _ = generate_with_latent(profile, index, seed)
+    return records, uniforms
+
+
+def generate_with_latent(
+    profile: HospitalProfile, index: int, seed: int
+) -> tuple[HospitalRecords, np.ndarray, dict[str, np.ndarray]]:
+    """`generate_with_uniforms`, and each record's latent true values (name -> (n,) array, as `_draw_latent`).
+
+    Why: the multi-class and continuous generators (`fedhealth.data.synthetic_outcomes`) draw their outcome
+    from these patients' true values, so their truth is a function of the latent patient, not of its noisy
+    record. The random stream is the one `generate_hospital` draws from, in the same order, so the records,
+    uniforms and labels are bit-identical to it."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     tp = _TIER_PARAMS[profile.tier]
     rp = _REGION_PARAMS[profile.region]
@@ -623,7 +636,7 @@ def generate_with_uniforms(profile: HospitalProfile, index: int, seed: int) -> t
     features = _measure(rng, latent, tp, site_bias)
     return HospitalRecords(
         profile=profile, features=features, label=label, true_risk=true_risk, site_bias=site_bias
-    ), uniforms
+    ), uniforms, latent
 
 
 def generate_hospitals(profiles: Sequence[HospitalProfile], seed: int) -> list[HospitalRecords]:
@@ -667,14 +680,16 @@ def train_test_split(
     return _subset(records, np.flatnonzero(~test_mask)), _subset(records, np.flatnonzero(test_mask))
 
 
-def stratified_test_mask(label: np.ndarray, test_fraction: float, seed: int, index: int, name: str) -> np.ndarray:
+def stratified_test_mask(label: np.ndarray, test_fraction: float, seed: int, index: int, name: str,
+                         classes: Sequence[int] = (0, 1)) -> np.ndarray:
     """Which rows go to the test side: see `train_test_split`. Shared by generated and file hospitals, so
-    the same rows in the same order split identically whichever path they came by."""
+    the same rows in the same order split identically whichever path they came by. `classes`: the values of
+    `label` stratified by, in order (a multi-class outcome's class indices; one group for no stratification)."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"hospital {name!r}: test_fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
     test_parts = []
-    for cls in (0, 1):
+    for cls in classes:
         idx = np.flatnonzero(label == cls)
         n_test = min(max(round(test_fraction * idx.size), 1), idx.size - 1) if idx.size >= 2 else 0
         test_parts.append(rng.permutation(idx)[:n_test])

@@ -55,20 +55,33 @@ class ValidationReport:
     rejected: int = 0
     accepted: int = 0
     positives: int = 0  # rows of the positive class; of a time_to_event study, rows with the event observed
+    # a multiclass study's accepted rows per class, in `label.classes` order (None for the other kinds)
+    class_counts: dict[str, int] | None = None
     reasons: Counter = field(default_factory=Counter)
     columns: list[ColumnStats] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     positive_word: str = "positive"  # "with the event" for a time_to_event study
+    outcome: str = "binary"  # the study's outcome kind (`study.outcome`)
 
     @property
     def ok(self) -> bool:
         return not self.errors and self.accepted > 0
 
+    def _outcome_counts(self) -> dict[str, Any]:
+        """What the report counts of the outcome: positives (binary, time-to-event: the key of before outcome
+        kinds, so their reports are unchanged), rows per class (multiclass), nothing (continuous: any figure
+        of a hospital's values would be a release)."""
+        if self.outcome == "multiclass":
+            return {"outcome": self.outcome, "class_counts": dict(self.class_counts or {})}
+        if self.outcome == "continuous":
+            return {"outcome": self.outcome}
+        return {"positives": self.positives}
+
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "ok": self.ok, "rows": self.rows, "no_consent": self.no_consent,
-                "rejected": self.rejected, "accepted": self.accepted, "positives": self.positives,
+                "rejected": self.rejected, "accepted": self.accepted, **self._outcome_counts(),
                 "reasons": dict(self.reasons.most_common()), "errors": self.errors, "warnings": self.warnings,
                 "columns": [{"name": c.name, "missing": c.missing, "missing_rate": round(c.missing_rate, 4),
                              "out_of_range": c.out_of_range, "not_a_number": c.not_a_number,
@@ -76,7 +89,14 @@ class ValidationReport:
 
     def lines(self) -> list[str]:
         """The report for a terminal: counts and rules, never a patient's value."""
-        out = [f"{self.source}: {self.rows} rows; {self.accepted} accepted ({self.positives} {self.positive_word}), "
+        if self.outcome == "multiclass":
+            per_class = ", ".join(f"{name} {n}" for name, n in (self.class_counts or {}).items())
+            accepted = f"{self.accepted} accepted ({per_class})"
+        elif self.outcome == "continuous":
+            accepted = f"{self.accepted} accepted"
+        else:
+            accepted = f"{self.accepted} accepted ({self.positives} {self.positive_word})"
+        out = [f"{self.source}: {self.rows} rows; {accepted}, "
                f"{self.rejected} rejected, {self.no_consent} without research consent"]
         out += [f"  error: {e}" for e in self.errors]
         out += [f"  warning: {w}" for w in self.warnings]
@@ -94,9 +114,13 @@ class ValidationReport:
 @dataclass(frozen=True)
 class ValidRecords:
     """The usable rows of one file: typed values in schema column order (NaN = missing, a categorical
-    column holding its category's index), the 0/1 label (for a time_to_event study: the event indicator, 1 =
-    event, 0 = censored), the follow-up time of a time_to_event study, and, with a split column, which rows
-    are test."""
+    column holding its category's index), the label, the follow-up time of a time_to_event study, and, with a
+    split column, which rows are test.
+
+    `label` by `study.outcome`: binary, the 0/1 class (1 = positive); time_to_event, the event indicator
+    (1 = event, 0 = censored); both int64. Multiclass: the index of the row's class in `label.classes`, int64.
+    Continuous: the value in `[value].unit`, float64, inside [value.min, value.max]. Without values
+    (`keep_values=False`, `fedhealth validate`) the labels are only counted: int8 (float32 for continuous)."""
 
     values: np.ndarray
     label: np.ndarray
@@ -271,8 +295,17 @@ class _Checker:
     def __init__(self, schema: StudySchema, source: str, keep_values: bool = True) -> None:
         self.schema, self.keep_values = schema, keep_values
         self.report = ValidationReport(source=source)
+        self.kind = schema.study.outcome
+        self.report.outcome = self.kind
         if schema.time is not None:
             self.report.positive_word = "with the event"
+        self.class_names = [c.name for c in schema.label.classes or []]
+        if self.kind == "multiclass":
+            self.report.class_counts = dict.fromkeys(self.class_names, 0)
+            # every value of every class, flat, and the class each belongs to (`_match` indexes the flat list)
+            self.class_values = [v for c in schema.label.classes or [] for v in c.values]
+            self.class_owner = np.array([k for k, c in enumerate(schema.label.classes or []) for _ in c.values],
+                                        dtype=np.int64)
         self.markers = [m.strip() for m in schema.study.missing_values]
         self.needed = [*schema.feature_names, schema.label.column]
         self.needed += [s.column for s in (schema.time, schema.consent, schema.split) if s is not None]
@@ -285,6 +318,8 @@ class _Checker:
         self.counts: Counter = Counter()
         self.stats = [ColumnStats(spec.name) for spec in schema.columns]
         self.suspicion = [_Suspicion() for _ in schema.columns]
+        self.outcome_suspicion = _Suspicion()  # a continuous outcome's values, for the unit check
+        self.outcome_not_number = 0
         self.values: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.tests: list[np.ndarray] = []
@@ -350,16 +385,12 @@ class _Checker:
         self.consented += len(frame)
         bad = np.zeros(len(frame), dtype=bool)
 
-        label_series = frame[schema.label.column]
-        label_missing = _missing(label_series, markers)
-        label_idx = _match(label_series, [*schema.label.positive, *schema.label.negative], label_missing)
-        n_pos = len(schema.label.positive)
-        label = np.where(np.isnan(label_idx), -1, (label_idx < n_pos).astype(np.int64))
-        self._reject(bad, label_missing, f"{schema.label.column} (label): missing")
-        unexpected = np.isnan(label_idx) & ~label_missing
-        self.label_unexpected += int(unexpected.sum())
-        self._reject(bad, unexpected, f"{schema.label.column} (label): value is neither a positive "
-                                      f"{schema.label.positive} nor a negative {schema.label.negative}")
+        try:
+            label = self._check_label(frame[schema.label.column], bad)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
+            # pandas and numpy quote the cell they could not convert: only the type may be shown
+            raise DataFileError(f"{self.report.source}: label column {schema.label.column!r} cannot be checked "
+                                f"({type(err).__name__}); check that it holds one kind of value") from None
         time = self._check_time(frame, bad) if schema.time is not None else None
         is_test = None
         if schema.split is not None:
@@ -384,12 +415,58 @@ class _Checker:
         self.rejected += int(bad.sum())
         if values is not None:
             self.values.append(values[good])
-        # without values (`fedhealth validate`) one byte per label: the labels are then only counted
-        self.labels.append(label[good].astype(np.int64 if self.keep_values else np.int8))
+        # without values (`fedhealth validate`) one byte per label (four per value): they are then only counted
+        self.labels.append(label[good].astype(self._label_dtype()))
         if is_test is not None:
             self.tests.append(is_test[good])
         if time is not None:
             self.times.append(time[good])
+
+    def _label_dtype(self) -> type:
+        if self.kind == "continuous":
+            return np.float64 if self.keep_values else np.float32
+        if self.keep_values or len(self.class_names) > np.iinfo(np.int8).max:
+            return np.int64
+        return np.int8
+
+    def _check_label(self, series: pd.Series, bad_rows: np.ndarray) -> np.ndarray:
+        """The outcome per row (see `ValidRecords.label`; -1 or NaN where the row is rejected). A missing or
+        unnamed class, a non-number or a value outside the valid range rejects its row: counted under its
+        reason, which names the column and the rule, never the value."""
+        label_spec, missing = self.schema.label, _missing(series, self.markers)
+        column = label_spec.column
+        if self.kind == "continuous":
+            spec = self.schema.value
+            assert spec is not None  # the schema requires [value] of a continuous study
+            values, not_number = _numbers(series, missing)
+            self._reject(bad_rows, missing, f"{column} (outcome): missing")
+            self._reject(bad_rows, not_number, f"{column} (outcome): not a number")
+            with np.errstate(invalid="ignore"):
+                below, above = values < spec.min, values > spec.max
+            self._reject(bad_rows, below | above, f"{column} (outcome): outside the valid range "
+                                                  f"[{spec.min:g}, {spec.max:g}] {spec.unit}")
+            sus = self.outcome_suspicion
+            sus.measured += int((~np.isnan(values)).sum() + not_number.sum())
+            sus.above += int(above.sum())
+            sus.below += int(below.sum())
+            self.outcome_not_number += int(not_number.sum())
+            return values
+        if self.kind == "multiclass":
+            flat = _match(series, self.class_values, missing)
+            known = ~np.isnan(flat)
+            label = np.full(len(series), -1, dtype=np.int64)
+            label[known] = self.class_owner[flat[known].astype(np.int64)]
+            unnamed = f"value names none of the classes {self.class_names}"
+        else:
+            label_idx = _match(series, [*label_spec.positive, *label_spec.negative], missing)
+            known = ~np.isnan(label_idx)
+            label = np.where(known, (label_idx < len(label_spec.positive)).astype(np.int64), -1)
+            unnamed = f"value is neither a positive {label_spec.positive} nor a negative {label_spec.negative}"
+        self._reject(bad_rows, missing, f"{column} (label): missing")
+        unexpected = ~known & ~missing
+        self.label_unexpected += int(unexpected.sum())
+        self._reject(bad_rows, unexpected, f"{column} (label): {unnamed}")
+        return label
 
     def _check_time(self, frame: pd.DataFrame, bad_rows: np.ndarray) -> np.ndarray:
         """A time_to_event study's follow-up: a number above 0 and at most the schema's `time.max`; a row
@@ -444,7 +521,39 @@ class _Checker:
         return values
 
     def _empty(self) -> ValidRecords:
-        return ValidRecords(np.empty((0, len(self.schema.columns))), np.empty(0, dtype=np.int64), None, self.report)
+        return ValidRecords(np.empty((0, len(self.schema.columns))), np.empty(0, dtype=self._label_dtype()), None,
+                            self.report)
+
+    def _outcome_errors(self) -> list[str]:
+        """The whole file's verdicts on its outcome column: most rows naming no class of the schema (its
+        values are coded otherwise), or most of a continuous outcome's values outside its range (another
+        unit) or not numbers. Shares and counts only."""
+        schema, column = self.schema, self.schema.label.column
+        if self.kind == "continuous":
+            spec, sus = schema.value, self.outcome_suspicion
+            assert spec is not None
+            if sus.measured < MIN_SUSPECT_VALUES:
+                return []
+            out = [f"label column {column!r} (outcome): {share:.0%} of its values are {side} {bound:g} {spec.unit}: "
+                   f"is it recorded in another unit? The schema declares {spec.unit!r} ([value]); convert the "
+                   "column or fix [value] in the schema"
+                   for share, side, bound in ((sus.above / sus.measured, "above the valid maximum", spec.max),
+                                              (sus.below / sus.measured, "below the valid minimum", spec.min))
+                   if share >= UNIT_SUSPICION]
+            if self.outcome_not_number / sus.measured >= UNIT_SUSPICION:
+                out.append(f"label column {column!r} (outcome): {self.outcome_not_number} of {sus.measured} cells "
+                           "are not numbers (text where numbers are expected); check the column and its "
+                           "missing-value markers")
+            return out
+        if not self.consented or self.label_unexpected / self.consented < UNIT_SUSPICION:
+            return []
+        share = f"{self.label_unexpected / self.consented:.0%}"
+        if self.kind == "multiclass":
+            return [f"label column {column!r}: {share} of rows hold a value that names none of the classes "
+                    f"{self.class_names}; fix label.classes in the schema"]
+        return [f"label column {column!r}: {share} of rows hold a value the schema does not name (positive "
+                f"{schema.label.positive}, negative {schema.label.negative}); fix label.positive/label.negative "
+                "in the schema"]
 
     def finish(self) -> ValidRecords:
         """The verdicts that need the whole file, then the usable rows."""
@@ -458,10 +567,7 @@ class _Checker:
                                  f"{schema.consent.granted}); nothing can be trained on")
             return self._empty()
         report.reasons = Counter({r: self.counts[r] for r in self.order if self.counts[r]})
-        if self.consented and self.label_unexpected / self.consented >= UNIT_SUSPICION:
-            report.errors.append(f"label column {schema.label.column!r}: {self.label_unexpected / self.consented:.0%} "
-                                 f"of rows hold a value the schema does not name (positive {schema.label.positive}, "
-                                 f"negative {schema.label.negative}); fix label.positive/label.negative in the schema")
+        report.errors += self._outcome_errors()
         for spec, stats, sus in zip(schema.columns, self.stats, self.suspicion, strict=True):
             report.columns.append(stats)
             if spec.kind in ("binary", "categorical") or sus.measured < MIN_SUSPECT_VALUES:
@@ -481,7 +587,7 @@ class _Checker:
                                          "missing-value markers")
             if stats.missing_rate > 0.5 and not spec.required:
                 report.warnings.append(f"column {spec.name!r} is missing in {stats.missing_rate:.0%} of rows")
-        label = np.concatenate(self.labels) if self.labels else np.empty(0, dtype=np.int64)
+        label = np.concatenate(self.labels) if self.labels else np.empty(0, dtype=self._label_dtype())
         self.labels = []
         is_test = np.concatenate(self.tests) if schema.split is not None and self.tests else None
         time = (np.concatenate(self.times) if self.times else np.empty(0)) if schema.time is not None else None
@@ -493,7 +599,11 @@ class _Checker:
             values = np.empty((0, len(schema.columns)))
         report.rejected = self.rejected
         report.accepted = len(label)
-        report.positives = int(label.sum())
+        if self.kind == "multiclass":
+            counts = np.bincount(label.astype(np.int64), minlength=len(self.class_names))
+            report.class_counts = {name: int(n) for name, n in zip(self.class_names, counts, strict=True)}
+        elif self.kind != "continuous":
+            report.positives = int(label.sum())
         if not report.errors and report.accepted == 0:
             report.errors.append("every row was rejected; see the reasons above")
         if not report.errors and report.accepted <= MIN_TRAIN_RECORDS:
@@ -504,7 +614,9 @@ class _Checker:
             side = "train" if is_test.all() else "test"
             report.errors.append(f"the official {side} split holds no usable rows; a site needs both sides: fix the "
                                  f"split column {schema.split.column!r} or leave the site out")
-        if not report.errors:
+        if not report.errors and self.kind == "multiclass":
+            report.warnings += absent_class_notes(label, is_test, self.class_names)
+        elif not report.errors and self.kind != "continuous":  # a continuous outcome has no classes
             note = class_note(label, is_test)
             if note:
                 report.warnings.append(note)
@@ -543,6 +655,43 @@ def class_note(label: np.ndarray, is_test: np.ndarray | None) -> str | None:
 
 
 ONE_CLASS_NOTE = "this site trains with the federation; "  # how every one-class warning's consequence begins
+
+
+def absent_class_notes(label: np.ndarray, is_test: np.ndarray | None, names: list[str]) -> list[str]:
+    """A multi-class site's classes that a side of its train/test split will lack, one warning per side, each
+    naming the classes (schema names; counts, never values); empty when both sides hold every class.
+
+    Not a refusal (as `class_note`): a site may lack a class and still train. The seeded split keeps a class
+    of one row on the training side only (`stratified_test_mask`), so its test side lacks it. Each warning's
+    consequence begins with ONE_CLASS_NOTE, as a one-class warning's does: said again where the split is made."""
+    def absent(mask: np.ndarray, fewer_than: int = 1) -> list[str]:
+        counts = np.bincount(label[mask].astype(np.int64), minlength=len(names))
+        return [repr(name) for name, n in zip(names, counts, strict=False) if n < fewer_than]
+
+    def named(classes: list[str]) -> str:
+        return f"class{'es' if len(classes) > 1 else ''} {', '.join(classes)}"
+
+    out = []
+    if is_test is None:
+        everywhere = np.ones(len(label), dtype=bool)
+        none, one = absent(everywhere), [c for c in absent(everywhere, 2) if c not in absent(everywhere)]
+        if none:
+            out.append(f"no usable row of {named(none)}, so neither side of the seeded split holds it: "
+                       f"{ONE_CLASS_NOTE}its local-only reference (simulation) never predicts it and its own "
+                       "figures of it are undefined")
+        if one:
+            out.append(f"1 usable row of {named(one)}, so the seeded split keeps it on the training side and its "
+                       f"test side holds none: {ONE_CLASS_NOTE}its own figures of it are undefined")
+        return out
+    if not is_test.any() or is_test.all():
+        return []  # an empty side: refused in `finish` (nothing to train on, or nothing to test)
+    for side, mask, consequence in (
+            ("train", ~is_test, "its local-only reference (simulation) never predicts it"),
+            ("test", is_test, "its own figures of it are undefined")):
+        missing = absent(mask)
+        if missing:
+            out.append(f"the official {side} split holds no row of {named(missing)}: {ONE_CLASS_NOTE}{consequence}")
+    return out
 
 
 def one_class_consequence(train_one: bool, test_one: bool) -> str:

@@ -86,6 +86,10 @@ def build_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], preds: dict
         from fedhealth.experiments.survival_summary import build_survival_summary
 
         return build_survival_summary(cfg, splits, preds, extra)
+    if cfg.outcome_kind in ("multiclass", "continuous"):
+        from fedhealth.experiments.kinds_summary import build_outcome_summary
+
+        return build_outcome_summary(cfg, splits, preds, extra)
     # Real data has no known true risk: the best-possible reference is then absent, not NaN.
     known_risk = all(np.isfinite(s.test_true_risk).all() for s in splits)
     hospitals = []

@@ -282,6 +282,8 @@ class HospitalClient(NumPyClient):
             n = max(1, int(cfg.hospitals[self.index].records) - public_train_records(cfg, self.index))
         if split.kind == "time_to_event":
             return self._evaluate_survival(cfg, split, model, n)
+        if split.kind in ("multiclass", "continuous"):
+            return self._evaluate_outcome(cfg, split, model, n)
         m = evaluate(model, split.x_test, split.y_test)
         return m.loss, n, {HOSPITAL_KEY: self.index, "auroc": m.auroc, "auprc": m.auprc,
                            "accuracy": m.accuracy, "brier": m.brier}
@@ -300,6 +302,17 @@ class HospitalClient(NumPyClient):
         loss = mean_loss(model, split.x_test, split.y_test, study_loss(cfg))
         return loss, n, {HOSPITAL_KEY: self.index, "c_index": f.c_index, "uno_c": f.uno_c, "ibs": f.ibs,
                          "td_auroc": f.td_auroc}
+
+    def _evaluate_outcome(self, cfg: StudyConfig, split, model, n: int) -> tuple[float, int, dict[str, Scalar]]:
+        """A multi-class or continuous model's figures on this hospital's test records
+        (`fedhealth.metrics.outcome_figures`); NaN where its test records cannot give one (a class absent)."""
+        from fedhealth.metrics.outcome_figures import outcome_figures
+        from fedhealth.model.outcomes import predict, study_loss
+        from fedhealth.model.training import mean_loss
+
+        figures = outcome_figures(cfg.outcome_kind, split.outcome_test, predict(cfg, model, split.x_test))
+        loss = mean_loss(model, split.x_test, split.y_test, study_loss(cfg))
+        return loss, n, {HOSPITAL_KEY: self.index, **figures}
 
 
 def client_fn(context: Context):

@@ -12,9 +12,13 @@ hold many records) breaks that, and is not offered here.
   interval, the hazard h_j = sigmoid(logit_j) = P(event in interval j | alive at its start). A record's
   negative log-likelihood involves only its own logits: the intervals it survived, and the one it had its
   event in.
+- `MulticlassLoss`: cross-entropy on one logit per class (a multi-class outcome).
+- `SquaredError`: squared error of one output against the standardised value (a continuous outcome: the
+  value minus the schema's fixed centre, over its fixed scale), halved, so a record's term is its own.
 
 Targets are float tensors: the label (n,) for `BinaryLoss`; (n, 2) = [interval index, event] for
-`LogisticHazard`, from `interval_targets`.
+`LogisticHazard`, from `interval_targets`; the class index (n,) for `MulticlassLoss`; the standardised value
+(n,) for `SquaredError`.
 """
 
 from __future__ import annotations
@@ -92,8 +96,63 @@ class LogisticHazard:
         raise ValueError(f"reduction {reduction!r}: give 'mean', 'sum' or 'none'")
 
 
+def _reduce(per_record: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_record
+    if reduction == "sum":
+        return per_record.sum()
+    if reduction == "mean":
+        return per_record.mean()
+    raise ValueError(f"reduction {reduction!r}: give 'mean', 'sum' or 'none'")
+
+
+@dataclass(frozen=True)
+class MulticlassLoss:
+    """Cross-entropy of `n_classes` logits against the record's class index (a float target, read as long)."""
+
+    n_classes: int
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_classes
+
+    def check_targets(self, target: np.ndarray) -> None:
+        """Refuse a class index outside 0 .. K-1 or not whole, once before training (counts only)."""
+        t = np.asarray(target, dtype=np.float64)
+        bad = (t.ndim != 1) | ~np.isfinite(t) | (t != np.round(t)) | (t < 0) | (t >= self.n_classes)
+        if np.any(bad):
+            raise ValueError(f"multi-class loss: {int(np.sum(bad))} target(s) are not a class index 0 .. "
+                             f"{self.n_classes - 1} (built for another class count?)")
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if logits.dim() != 2 or logits.shape[1] != self.n_classes:
+            raise ValueError(f"multi-class loss: expected logits of shape (records, {self.n_classes}), "
+                             f"got {tuple(logits.shape)}")
+        return _reduce(F.cross_entropy(logits, target.long(), reduction="none"), reduction)
+
+
+@dataclass(frozen=True)
+class SquaredError:
+    """Half the squared error of one output against the standardised value: a Gaussian likelihood with unit
+    variance on the standardised scale. Its gradient grows with the residual, which per-sample clipping bounds
+    as for every other loss; the fixed centre and scale keep the target near unit size so the clipping norm
+    means what it means for the other kinds."""
+
+    n_outputs: int = 1
+
+    def check_targets(self, target: np.ndarray) -> None:
+        t = np.asarray(target, dtype=np.float64)
+        if t.ndim != 1 or not np.isfinite(t).all():
+            raise ValueError(f"squared error: targets must be finite numbers, one per record "
+                             f"({int(np.sum(~np.isfinite(t)))} are not)")
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return _reduce(0.5 * (output - target) ** 2, reduction)
+
+
 BINARY = BinaryLoss()
-OutcomeLoss = BinaryLoss | LogisticHazard  # what the training loops (plain and DP-SGD) accept as `loss`
+# what the training loops (plain and DP-SGD) accept as `loss`
+OutcomeLoss = BinaryLoss | LogisticHazard | MulticlassLoss | SquaredError
 
 
 def survival_curve(logits: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -3,9 +3,12 @@
 - binary: one logit per record, binary cross-entropy, predictions P(outcome) of shape (records,);
 - time_to_event: one logit per interval of the study's `[time]` table, the logistic-hazard likelihood
   (`fedhealth.model.losses.LogisticHazard`), predictions S(t) at the end of each interval, shape
-  (records, intervals).
+  (records, intervals);
+- multiclass: one logit per class, cross-entropy, predictions the class probabilities (records, classes);
+- continuous: one output, the standardised value (`StudyConfig.value_spec`'s fixed centre and scale), half
+  squared error, predictions the value in its unit (records,).
 
-Both losses are sums of one term per record, so DP-SGD's per-sample clipping bounds each record's influence
+Every loss is a sum of one term per record, so DP-SGD's per-sample clipping bounds each record's influence
 as it does for the binary outcome (`fedhealth.model.losses` says why a Cox partial likelihood is not offered).
 """
 
@@ -16,21 +19,25 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from fedhealth.model.losses import BINARY, LogisticHazard, OutcomeLoss
+from fedhealth.model.losses import BINARY, LogisticHazard, MulticlassLoss, OutcomeLoss, SquaredError
 from fedhealth.model.tabular import build_model
 from fedhealth.study.config import StudyConfig
 
 
 def study_loss(cfg: StudyConfig) -> OutcomeLoss:
     """The training loss of the study's outcome kind."""
-    spec = cfg.time_spec
-    if spec is None:
-        return BINARY
-    return LogisticHazard(len(spec.intervals) - 1)
+    kind = cfg.outcome_kind
+    if kind == "time_to_event":
+        return LogisticHazard(len(cfg.time_spec.intervals) - 1)
+    if kind == "multiclass":
+        return MulticlassLoss(len(cfg.class_names))
+    if kind == "continuous":
+        return SquaredError()
+    return BINARY
 
 
 def study_outputs(cfg: StudyConfig) -> int:
-    """Logits per record: 1 for a binary outcome, one per interval for a time-to-event outcome."""
+    """Outputs per record: 1 (binary, continuous), one per interval (time-to-event), one per class."""
     return study_loss(cfg).n_outputs
 
 
@@ -40,14 +47,24 @@ def build_study_model(cfg: StudyConfig, n_inputs: int, seed: int) -> nn.Module:
 
 
 def predict(cfg: StudyConfig, model: nn.Module, x: np.ndarray) -> np.ndarray:
-    """What the model predicts for each record: P(outcome), or its survival curve at the interval ends."""
+    """What the model predicts for each record: P(outcome), its survival curve at the interval ends, its
+    class probabilities, or its value in the outcome's unit."""
     from fedhealth.model.training import predict_logits, predict_proba
 
-    if cfg.time_spec is None:
+    kind = cfg.outcome_kind
+    if kind == "binary":
         return predict_proba(model, x)
-    from fedhealth.model.losses import survival_curve
+    out = predict_logits(model, x)
+    if kind == "time_to_event":
+        from fedhealth.model.losses import survival_curve
 
-    return survival_curve(predict_logits(model, x))
+        return survival_curve(out)
+    if kind == "multiclass":
+        z = out - out.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+    spec = cfg.value_spec
+    return out * spec.scale + spec.center
 
 
 def edges(cfg: StudyConfig) -> np.ndarray:
@@ -67,8 +84,12 @@ def horizons(cfg: StudyConfig) -> np.ndarray:
 
 def nan_predictions(cfg: StudyConfig, n: int) -> np.ndarray:
     """Predictions of a model that does not exist (a hospital whose training split cannot fit one)."""
-    spec = cfg.time_spec
-    return np.full(n, np.nan) if spec is None else np.full((n, len(spec.intervals) - 1), np.nan)
+    kind = cfg.outcome_kind
+    if kind == "time_to_event":
+        return np.full((n, len(cfg.time_spec.intervals) - 1), np.nan)
+    if kind == "multiclass":
+        return np.full((n, len(cfg.class_names)), np.nan)
+    return np.full(n, np.nan)
 
 
 __all__: Sequence[str] = ["build_study_model", "edges", "horizons", "nan_predictions", "predict", "study_loss",

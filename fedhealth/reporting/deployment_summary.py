@@ -41,10 +41,19 @@ def _weighted(rows: list[dict[str, Any]], key: str) -> float | None:
     return float(np.average(values, weights=weights))
 
 
-def _time(cfg: StudyConfig) -> dict[str, Any]:
-    spec = cfg.time_spec
-    assert spec is not None
-    return {"unit": spec.unit, "intervals": list(spec.intervals), "horizons": list(spec.horizons)}
+def _kind_keys(cfg: StudyConfig) -> dict[str, Any]:
+    """What a non-binary summary says of its outcome beside its figures, as the simulated summaries do."""
+    kind = cfg.outcome_kind
+    out: dict[str, Any] = {"outcome": kind, "headline": headline(kind)}
+    if kind == "time_to_event":
+        spec = cfg.time_spec
+        out["time"] = {"unit": spec.unit, "intervals": list(spec.intervals), "horizons": list(spec.horizons)}
+    elif kind == "multiclass":
+        out["classes"] = list(cfg.class_names)
+    elif kind == "continuous":
+        spec = cfg.value_spec
+        out["value"] = {"unit": spec.unit, "min": spec.min, "max": spec.max}
+    return out
 
 
 def deployment_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
@@ -65,9 +74,12 @@ def deployment_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
             **{key: {"federated": row.get(key)} for key in keys},
         })
         if row.get("n") and row.get(top) is None:  # it evaluated, yet its headline figure is undefined
-            hospitals[-1]["undefined"] = {top: "the hospital reported no AUROC: its test side holds one class "
-                                               "(AUROC and AUPRC need both)" if top == "auroc" else
-                                          "the hospital reported no C-index: its test side holds no event"}
+            hospitals[-1]["undefined"] = {top: {
+                "auroc": "the hospital reported no AUROC: its test side holds one class (AUROC and AUPRC need both)",
+                "c_index": "the hospital reported no C-index: its test side holds no event",
+                "macro_auroc": "the hospital reported no macro AUROC: its test side holds one class",
+                "r2": "the hospital reported no R²: its test values are all the same",
+            }[top]}
     reported = [r for r in final.values() if r.get("n")]
     aurocs = np.array([h[top]["federated"] for h in hospitals if h[top]["federated"] is not None], float)
     overall = {top: {"federated": None},
@@ -78,7 +90,7 @@ def deployment_summary(cfg: StudyConfig, run_dir: Path) -> dict[str, Any]:
         "study": cfg.name, "seed": cfg.seed, "strategy": cfg.federation.strategy.name, "model": cfg.model.name,
         "rounds": cfg.federation.rounds, "overall": overall, "hospitals": hospitals, "calibration": {},
         "equity": equity_summary(hospitals, metric=top),
-        **({"outcome": kind, "headline": top, "time": _time(cfg)} if kind != "binary" else {}),
+        **(_kind_keys(cfg) if kind != "binary" else {}),
         "deployment": {
             "source": f"each hospital's evaluation of the final model (round {last}) on its own test records, as "
                       f"it reported it in {rundir.METRICS_FILE}",

@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedhealth.errors import MissingExtraError
 from fedhealth.runs import rundir
 from fedhealth.study.config import StudyConfig
-from fedhealth.errors import MissingExtraError
 
 EXTRAS = {"mlflow": "mlflow", "tensorboard": "tensorboard"}
 
@@ -51,7 +51,10 @@ def round_metrics(run_dir: Path, server_round: int, summary: dict[str, Any]) -> 
     """The round's figures: mean and weighted AUROC, hospitals aggregated, and AUROC and epsilon per hospital."""
     metrics: dict[str, float] = {"hospitals_aggregated": float(len(summary.get("hospitals_aggregated", []))),
                                  "round_failed": float(summary.get("status") == "failed")}
-    top = "c_index" if "c_index_mean" in summary else "auroc"  # the round's headline figure
+    from fedhealth.metrics.headline import HEADLINE
+
+    # the round's headline figure: the one whose mean the round row holds
+    top = next((t for t in HEADLINE.values() if f"{t}_mean" in summary), "auroc")
     for key in (f"{top}_mean", f"{top}_weighted", "hospital_epsilon", "seconds"):
         if summary.get(key) is not None:
             metrics[key] = float(summary[key])

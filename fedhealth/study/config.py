@@ -33,7 +33,7 @@ from fedhealth.study.builtin_schema import REGIONS, TIERS
 from fedhealth.study.names import MAX_NAME, name_problem
 from fedhealth.study.policy import SitePolicy, effective_cap
 from fedhealth.study.ranges import within
-from fedhealth.study.schema import NOT_FINITE, Outcome, StudySchema, TimeSpec
+from fedhealth.study.schema import NOT_FINITE, Outcome, StudySchema, TimeSpec, ValueSpec
 
 Tier = Literal["tertiary", "secondary", "community"]
 Region = Literal["north", "south", "east", "west", "central"]
@@ -50,6 +50,14 @@ GENERATED_TIME = TimeSpec(
     column="time", unit="days", max=1095,
     intervals=[0, 30, 60, 90, 120, 180, 240, 300, 365, 450, 545, 730, 910, 1095],
     horizons=[180, 365, 730], description="days from diagnosis to the complication or to the end of follow-up")
+
+# A generated multi-class study: the severity of the 12-month complication, in order (the model's output k is
+# class k). `fedhealth/data/synthetic_outcomes.py` draws it with known true class probabilities.
+GENERATED_CLASSES: tuple[str, ...] = ("none", "moderate", "severe")
+# A generated continuous study: HbA1c at the 12-month visit, %; the valid range and the fixed reference centre
+# and scale its target is standardised by (`fedhealth/data/synthetic_outcomes.py` draws it with a known mean).
+GENERATED_VALUE = ValueSpec(unit="%", min=3.0, max=20.0, center=6.0, scale=1.2,
+                            description="HbA1c at the 12-month visit (NGSP/DCCT %)")
 
 
 class ConfigError(StudyConfigError, ValueError):
@@ -319,7 +327,8 @@ class StudyConfig(_Strict):
     seed: int = Field(default=42, ge=0, lt=2**32)
     outcome: Outcome = Field(
         default="binary", description="what the generated hospitals' records hold: binary (a 12-month "
-        "complication) or time_to_event (the same patients followed in time, `GENERATED_TIME`); a study of "
+        "complication), time_to_event (the same patients followed in time, `GENERATED_TIME`), multiclass (its "
+        "severity, `GENERATED_CLASSES`) or continuous (HbA1c at 12 months, `GENERATED_VALUE`); a study of "
         "files takes its schema's study.outcome, and this key may only repeat it")
     hospitals: list[HospitalConfig] = Field(default_factory=list)
     population: PopulationConfig | None = None
@@ -347,6 +356,25 @@ class StudyConfig(_Strict):
         if self.study_schema is not None:
             return self.study_schema.time
         return GENERATED_TIME
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """A multi-class study's classes in model-output order: its schema's `label.classes`, or the
+        generator's (`GENERATED_CLASSES`); () for other kinds."""
+        if self.outcome_kind != "multiclass":
+            return ()
+        if self.study_schema is not None:
+            return tuple(c.name for c in self.study_schema.label.classes or ())
+        return GENERATED_CLASSES
+
+    @property
+    def value_spec(self) -> ValueSpec | None:
+        """A continuous study's outcome unit and range: its schema's `[value]`, or the generator's."""
+        if self.outcome_kind != "continuous":
+            return None
+        if self.study_schema is not None:
+            return self.study_schema.value
+        return GENERATED_VALUE
 
     @model_serializer(mode="wrap")
     def _as_before_outcome_kinds(self, handler: Any) -> dict[str, Any]:

@@ -133,10 +133,22 @@ class ColumnSpec(_Strict):
         return self.indicator if self.indicator is not None else self.kind == "continuous"
 
 
+class ClassSpec(_Strict):
+    """One category of a multi-class outcome: its name and the cell values that mean it."""
+
+    name: str = Field(min_length=1)
+    values: list[Value] = Field(min_length=1, description="cell values meaning this class")
+
+
 class LabelSpec(_Strict):
+    """The outcome column. Binary and time-to-event: `positive`/`negative` (the event indicator for
+    time-to-event). Multi-class: `classes`, in order (the model's output k is `classes[k]`). Continuous: the
+    column only; its unit and valid range are the schema's `[value]` table."""
+
     column: str = Field(min_length=1)
-    positive: list[Value] = Field(min_length=1, description="values meaning the positive class")
-    negative: list[Value] = Field(min_length=1, description="values meaning the negative class")
+    positive: list[Value] = Field(default_factory=list, description="values meaning the positive class")
+    negative: list[Value] = Field(default_factory=list, description="values meaning the negative class")
+    classes: list[ClassSpec] | None = Field(default=None, description="a multi-class outcome's categories")
     description: str = ""
 
     @model_validator(mode="after")
@@ -144,14 +156,39 @@ class LabelSpec(_Strict):
         both = [p for p in self.positive if any(same_value(p, n) for n in self.negative)]
         if both:
             raise ValueError(f"label: {', '.join(map(repr, both))} listed as both positive and negative")
+        if self.classes is not None:
+            names = [c.name for c in self.classes]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"label.classes: {', '.join(map(repr, repeated))} named more than once")
+            values = [(c.name, v) for c in self.classes for v in c.values]
+            shared = sorted({repr(v) for i, (a, v) in enumerate(values) for b, w in values[i + 1:]
+                             if a != b and same_value(v, w)})
+            if shared:
+                raise ValueError(f"label.classes: {', '.join(shared)} listed for more than one class")
         return self
 
+    @model_serializer(mode="wrap")
+    def _as_before_outcome_kinds(self, handler: Any) -> dict[str, Any]:
+        """Without classes the label dumps as it did before outcome kinds (fingerprints unchanged)."""
+        data = handler(self)
+        if self.classes is None:
+            data.pop("classes", None)
+        return data
+
     def code(self, value: Any) -> int | None:
-        """1, 0, or None for a value the schema does not name."""
+        """1, 0, or None for a value the schema does not name (binary and time-to-event)."""
         if any(same_value(value, p) for p in self.positive):
             return 1
         if any(same_value(value, n) for n in self.negative):
             return 0
+        return None
+
+    def class_of(self, value: Any) -> int | None:
+        """The index of the class whose values hold `value`, or None (multi-class)."""
+        for k, c in enumerate(self.classes or ()):
+            if any(same_value(value, v) for v in c.values):
+                return k
         return None
 
 
@@ -202,7 +239,26 @@ class TimeSpec(_Strict):
         return self
 
 
-Outcome = Literal["binary", "time_to_event"]
+class ValueSpec(_Strict):
+    """A continuous outcome (`study.outcome = "continuous"`): its unit, its valid range (a value outside is a
+    data error, rejected with the row) and the fixed reference centre and scale the model's target is
+    standardised by (chosen for the study, like a column's; never statistics of any hospital's records)."""
+
+    unit: str = Field(min_length=1, description="e.g. days, mmol/L")
+    min: float = Field(description="the smallest valid value, in `unit`")
+    max: float = Field(description="the largest valid value, in `unit`")
+    center: float = Field(description="the reference value the target is centred on")
+    scale: float = Field(gt=0, description="the reference spread the target is divided by")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _range(self) -> ValueSpec:
+        if not self.min < self.max:
+            raise ValueError(f"value: min ({self.min:g}) must be below max ({self.max:g})")
+        return self
+
+
+Outcome = Literal["binary", "time_to_event", "multiclass", "continuous"]
 
 
 class StudyInfo(_Strict):
@@ -210,7 +266,9 @@ class StudyInfo(_Strict):
     description: str = ""
     outcome: Outcome = Field(default="binary", description="binary: [label] is the outcome; time_to_event: "
                                                             "[label] is the event indicator and [time] the "
-                                                            "follow-up")
+                                                            "follow-up; multiclass: [label] names its classes; "
+                                                            "continuous: [label] is a number, [value] its unit "
+                                                            "and range")
     missing_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "nan"],
                                       description="cell texts read as missing (an empty cell always is)")
 
@@ -219,6 +277,7 @@ class StudySchema(_Strict):
     study: StudyInfo
     label: LabelSpec
     time: TimeSpec | None = None
+    value: ValueSpec | None = None
     consent: ConsentSpec | None = None
     split: SplitSpec | None = None
     columns: list[ColumnSpec] = Field(min_length=1)
@@ -236,6 +295,23 @@ class StudySchema(_Strict):
         if (self.study.outcome == "time_to_event") != (self.time is not None):
             raise ValueError("a time_to_event study needs a [time] table (its follow-up column), and only such a "
                              "study has one: set study.outcome = \"time_to_event\" or remove [time]")
+        if (self.study.outcome == "continuous") != (self.value is not None):
+            raise ValueError("a continuous study needs a [value] table (unit, min, max, center, scale), and only "
+                             "such a study has one: set study.outcome = \"continuous\" or remove [value]")
+        kind, label = self.study.outcome, self.label
+        if kind in ("binary", "time_to_event") and not (label.positive and label.negative):
+            raise ValueError(f"label: a {kind} study names the values of its two classes: give label.positive "
+                             "and label.negative")
+        if kind in ("binary", "time_to_event", "continuous") and label.classes is not None:
+            raise ValueError(f"label.classes: only a multiclass study has classes (this one is {kind}); set "
+                             "study.outcome = \"multiclass\" or remove label.classes")
+        if kind == "multiclass" and (label.classes is None or len(label.classes) < 3):
+            raise ValueError("label.classes: a multiclass study names at least three classes (two are a binary "
+                             "study: use label.positive and label.negative)")
+        if kind in ("multiclass", "continuous") and (label.positive or label.negative):
+            raise ValueError(f"label: a {kind} study has no positive/negative values"
+                             + (": name its classes in label.classes" if kind == "multiclass" else
+                                ": its values are numbers in [value]'s range"))
         special = {"label": self.label.column}
         if self.time:
             special["time"] = self.time.column
@@ -286,6 +362,8 @@ class StudySchema(_Strict):
         data = handler(self)
         if not self.not_inputs:
             data.pop("not_inputs", None)
+        if self.value is None:
+            data.pop("value", None)
         if self.study.outcome == "binary":
             data.pop("time", None)
             if isinstance(data.get("study"), dict):

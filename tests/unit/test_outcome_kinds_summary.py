@@ -1,0 +1,167 @@
+"""Multi-class and continuous figures against scikit-learn, their weighted (bootstrap) form, the summary's
+layout and undefined cases, and the coverage of its intervals on a generator with a known truth (issue 18)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, mean_squared_error, r2_score, roc_auc_score
+
+from fedhealth.data.hospitals import HospitalSplit
+from fedhealth.experiments.kinds_summary import build_outcome_summary, resample_weights
+from fedhealth.experiments.references import Predictions
+from fedhealth.metrics.class_figures import multiclass_figures, multiclass_rows
+from fedhealth.metrics.value_figures import regression_figures, regression_rows
+from fedhealth.study.config import HospitalConfig, StudyConfig
+
+
+def _classes(n: int, seed: int, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    z = rng.normal(size=(n, 3))
+    z[np.arange(n), y] += signal
+    z = np.round(z, 1)  # ties, which AUROC counts half
+    return y, np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+
+def test_multiclass_figures_match_scikit_learn():
+    y, p = _classes(400, 1)
+    f = multiclass_figures(y, p)
+    assert f["macro_auroc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"), abs=1e-12)
+    assert f["accuracy"] == pytest.approx(accuracy_score(y, p.argmax(axis=1)), abs=1e-12)
+    assert f["log_loss"] == pytest.approx(log_loss(y, p), abs=1e-12)
+    rows = multiclass_rows(y, p, np.ones((1, len(y))))
+    for k in range(3):
+        assert rows["class_auroc"][0, k] == pytest.approx(roc_auc_score(y == k, p[:, k]), abs=1e-12)
+    conf, correct = p.max(axis=1), (p.argmax(axis=1) == y)
+    ece = 0.0
+    for b in range(10):  # the expected calibration error written as a loop over bins
+        inside = (np.minimum((conf * 10).astype(int), 9) == b)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    assert f["ece"] == pytest.approx(ece, abs=1e-12)
+
+
+def test_regression_figures_match_scikit_learn_and_numpy():
+    rng = np.random.default_rng(2)
+    y = rng.normal(6, 1, 300)
+    p = 0.8 * y + rng.normal(0, 0.5, 300) + 1
+    f = regression_figures(y, p)
+    assert f["r2"] == pytest.approx(r2_score(y, p), abs=1e-12)
+    assert f["mae"] == pytest.approx(mean_absolute_error(y, p), abs=1e-12)
+    assert f["rmse"] == pytest.approx(np.sqrt(mean_squared_error(y, p)), abs=1e-12)
+    assert f["calibration_slope"] == pytest.approx(np.polyfit(p, y, 1)[0], abs=1e-10)
+    assert np.isnan(regression_figures(y, np.full(300, 6.0))["calibration_slope"])  # constant predictions
+    assert np.isnan(regression_figures(np.full(300, 6.0), p)["r2"])  # values that do not vary
+
+
+def test_weights_are_multiplicities():
+    """A resample's weighted figure equals the figure of the records duplicated by their weights."""
+    y, p = _classes(120, 3)
+    v = p[:, 2] * 4 + 5
+    w = resample_weights(y, (7,), resamples=3)
+    for row in w:
+        idx = np.repeat(np.arange(len(y)), row.astype(int))
+        got = multiclass_rows(y, p, row[None, :])
+        want = multiclass_figures(y[idx], p[idx])
+        for key in ("macro_auroc", "accuracy", "log_loss", "ece"):
+            assert got[key][0] == pytest.approx(want[key], abs=1e-10), key
+        got = regression_rows(v + y, v, row[None, :])
+        want = regression_figures((v + y)[idx], v[idx])
+        for key in want:
+            assert got[key][0] == pytest.approx(want[key], abs=1e-10), key
+    assert all(np.bincount(y, weights=row).tolist() == np.bincount(y).tolist() for row in w)  # stratified
+
+
+def _split(cfg: StudyConfig, i: int, outcome: np.ndarray, truth: np.ndarray | None, train: np.ndarray
+           ) -> HospitalSplit:
+    h = cfg.hospitals[i]
+    n = len(outcome)
+    return HospitalSplit(index=i, hospital=h, x_train=np.zeros((len(train), 1), np.float32),
+                         y_train=train.astype(np.float32), x_test=np.zeros((n, 1), np.float32),
+                         y_test=outcome.astype(np.float32), test_true_risk=np.full(n, np.nan),
+                         bayes_auroc=float("nan"), prevalence=float("nan"), kind=cfg.outcome_kind,
+                         outcome_train=train, outcome_test=outcome, test_truth=truth)
+
+
+def _cfg(kind: str) -> StudyConfig:
+    return StudyConfig(outcome=kind, federation={"secure_aggregation": {"enabled": False}}, hospitals=[
+        HospitalConfig(name="big", tier="tertiary", region="north", records=800),
+        HospitalConfig(name="small", tier="community", region="west", records=200)])
+
+
+def test_multiclass_summary_layout_undefined_and_json():
+    cfg = _cfg("multiclass")
+    y0, p0 = _classes(200, 4)
+    y1, p1 = _classes(60, 5)
+    y1[y1 == 2] = 1  # the small hospital's test side holds no "severe" record
+    splits = [_split(cfg, 0, y0, p0, np.array([0, 1, 2] * 10)), _split(cfg, 1, y1, None, np.zeros(20, np.int64))]
+    preds = {"federated": Predictions({0: p0, 1: p1}),
+             "local_only": Predictions({0: p0[::-1].copy(), 1: np.full((60, 3), np.nan)})}
+    summary = build_outcome_summary(cfg, splits, preds)
+    json.dumps(summary, allow_nan=False)
+    assert summary["outcome"] == "multiclass" and summary["headline"] == "macro_auroc"
+    assert summary["classes"] == ["none", "moderate", "severe"]
+    big, small = summary["hospitals"]
+    assert big["macro_auroc"]["federated"] == pytest.approx(roc_auc_score(y0, p0, multi_class="ovr"))
+    low, high = big["macro_auroc_ci"]["federated"]
+    assert low < big["macro_auroc"]["federated"] < high
+    assert big["gain"]["estimate"] == pytest.approx(big["macro_auroc"]["federated"] - big["macro_auroc"]["local_only"])
+    assert small["class_auroc"]["federated"]["severe"] is None and "severe" in small["undefined"]["class_auroc"]
+    present = [roc_auc_score(y1 == k, p1[:, k]) for k in (0, 1)]
+    assert small["macro_auroc"]["federated"] == pytest.approx(np.mean(present))
+    assert small["macro_auroc"]["local_only"] is None and "local_only" in small["undefined"]
+    assert small["gain"]["estimate"] is None and small["class_counts_test"]["severe"] == 0
+    assert "best_possible" not in summary["overall"]["macro_auroc"]  # one hospital's truth is unknown
+
+
+def test_continuous_summary_has_best_possible_and_paired_gain():
+    cfg = _cfg("continuous")
+    rng = np.random.default_rng(6)
+    splits, fed, local = [], {}, {}
+    for i, n in enumerate((300, 80)):
+        mean = rng.normal(6, 1, n)
+        value = mean + rng.normal(0, 0.6, n)
+        splits.append(_split(cfg, i, value, mean, rng.normal(6, 1, 40)))
+        fed[i] = mean + rng.normal(0, 0.3, n)
+        local[i] = 6 + 0.5 * (mean - 6) + rng.normal(0, 0.6, n)
+    summary = build_outcome_summary(cfg, splits, {"federated": Predictions(fed), "local_only": Predictions(local)})
+    json.dumps(summary, allow_nan=False)
+    assert summary["value"] == {"unit": "%", "min": 3.0, "max": 20.0}
+    overall = summary["overall"]
+    assert overall["r2"]["best_possible"] > overall["r2"]["federated"] > overall["r2"]["local_only"]
+    assert overall["gain"]["distinguishable_from_zero"] and overall["gain"]["ci"][0] > 0
+    assert summary["equity"]["worst_hospital"]["name"] in ("big", "small")
+    for h in summary["hospitals"]:
+        assert h["rmse"]["federated"] == pytest.approx(np.sqrt(np.mean((splits[h["index"]].outcome_test
+                                                                        - fed[h["index"]]) ** 2)))
+
+
+def test_the_95_percent_interval_covers_a_known_macro_auroc_and_r2():
+    """Coverage on generators with a known truth: 200 replicates of 300 records each. Measured (these seeds): the
+    macro AUROC interval covers the truth in 0.930 of them (stratified bootstrap, slightly narrow, as the
+    survival summary's), R² in 0.970; with 200 replicates a coverage estimate's standard error is about 0.015,
+    so the test accepts 0.90-0.99."""
+    cfg_m, cfg_c = _cfg("multiclass"), _cfg("continuous")
+    big_y, big_p = _classes(400_000, 99)
+    true_macro = roc_auc_score(big_y, big_p, multi_class="ovr")
+    true_r2 = 1 - 0.6 ** 2 / (1 + 0.6 ** 2)  # value = mean + N(0, 0.6), mean ~ N(6, 1), predicted by the mean
+    covered_m = covered_c = 0
+    replicates = 200
+    for r in range(replicates):
+        y, p = _classes(300, 1000 + r)
+        split = _split(cfg_m, 0, y, None, np.array([0, 1, 2]))
+        one = {"federated": Predictions({0: p})}
+        low, high = build_outcome_summary(cfg_m.model_copy(update={"hospitals": cfg_m.hospitals[:1]}), [split],
+                                          one)["hospitals"][0]["macro_auroc_ci"]["federated"]
+        covered_m += low <= true_macro <= high
+        rng = np.random.default_rng(5000 + r)
+        mean = rng.normal(6, 1, 300)
+        split = _split(cfg_c, 0, mean + rng.normal(0, 0.6, 300), None, np.array([5.0, 6.0]))
+        low, high = build_outcome_summary(cfg_c.model_copy(update={"hospitals": cfg_c.hospitals[:1]}), [split],
+                                          {"federated": Predictions({0: mean})})["hospitals"][0]["r2_ci"]["federated"]
+        covered_c += low <= true_r2 <= high
+    assert 0.90 <= covered_m / replicates <= 0.99, covered_m / replicates
+    assert 0.90 <= covered_c / replicates <= 0.99, covered_c / replicates
