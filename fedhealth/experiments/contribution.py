@@ -89,6 +89,9 @@ def estimate_contributions(cfg: StudyConfig, out: Path, budget: int,
 
     Exact Shapley when all 2^n - 1 coalitions fit the budget; else leave-one-out (n + 1 federations)
     and as many sampled permutations as the rest of the budget allows (at least 2)."""
+    from fedhealth.experiments.sweep import binary_only
+
+    binary_only(cfg, "fedhealth contribution")
     players = [h.name for h in cfg.hospitals]
     n = len(players)
     loo_needs = 1 + n

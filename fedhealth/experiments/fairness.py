@@ -38,9 +38,10 @@ def compare_strategies(cfg: StudyConfig, q_values: list[float], out: Path,
     from fedhealth.data.hospitals import load_hospital
     from fedhealth.experiments.references import local_only
     from fedhealth.experiments.simulate import shared_ray
-    from fedhealth.experiments.sweep import _scores, run_and_score
+    from fedhealth.experiments.sweep import _scores, binary_only, run_and_score
     from fedhealth.model.initial import initial_weights
 
+    binary_only(cfg, "fedhealth fairness")
     if cfg.privacy.mode != "none":
         raise ValueError("q-FedAvg runs without DP (its loss terms are not noised): use a config with "
                          "privacy.mode = 'none'")

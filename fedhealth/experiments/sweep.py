@@ -23,6 +23,19 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = rundir.SWEEP_FILE
 
 
+def binary_only(cfg: StudyConfig, command: str) -> None:
+    """Refuse a study whose outcome is not binary, before any federation runs: the sweep's, the strategy
+    comparison's and the contribution estimate's scores are AUROCs with DeLong intervals, and scoring a
+    survival curve or class probabilities as one would give a wrong number, the worst thing to print."""
+    kind = cfg.outcome_kind
+    if kind != "binary":
+        from fedhealth.errors import UsageError
+
+        raise UsageError(f"{command} scores a binary outcome (AUROC) only; this study's outcome is {kind}. "
+                         "Run `fedhealth simulate` for its figures with intervals, or `--seeds` for their "
+                         "spread over seeds")
+
+
 def parse_epsilons(text: str) -> list[float]:
     """`0.5,1,2,inf` -> [0.5, 1.0, 2.0, inf]; ValueError naming the bad item."""
     values = []
@@ -114,6 +127,7 @@ def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path,
     sweep is not continued from there."""
     from fedhealth.experiments.interrupts import stopped_as
 
+    binary_only(cfg, "fedhealth sweep")
     with stopped_as("the sweep", out):
         return _run_sweep(cfg, epsilons, out, audit_references)
 

@@ -128,11 +128,22 @@ def _smallest_vs_largest(rows: list[dict[str, Any]], gains: list[float]) -> dict
     order = np.argsort([h["records"] for h in rows], kind="stable")
     third = max(1, len(rows) // 3)
     small, large = order[:third], order[-third:]
-    return {"hospitals_per_group": third,
-            "smallest_max_records": int(max(rows[i]["records"] for i in small)),
-            "largest_min_records": int(min(rows[i]["records"] for i in large)),
-            "smallest_mean_gain": float(np.mean([gains[i] for i in small])),
-            "largest_mean_gain": float(np.mean([gains[i] for i in large]))}
+    out = {"hospitals_per_group": third,
+           "smallest_max_records": int(max(rows[i]["records"] for i in small)),
+           "largest_min_records": int(min(rows[i]["records"] for i in large)),
+           "smallest_mean_gain": float(np.mean([gains[i] for i in small])),
+           "largest_mean_gain": float(np.mean([gains[i] for i in large]))}
+    # The difference's 95 % interval, from each hospital's paired gain interval read as a normal one (its
+    # half-width over 1.96 as its standard error; the hospitals' test sets are independent). Absent when a
+    # hospital of either group has no interval.
+    cis = [(rows[i].get("gain") or {}).get("ci") or [None, None] for i in (*small, *large)]
+    if all(c[0] is not None for c in cis):
+        se = [(c[1] - c[0]) / (2 * 1.959963984540054) for c in cis]
+        var = sum(v * v for v in se[:third]) / third ** 2 + sum(v * v for v in se[third:]) / third ** 2
+        diff = out["smallest_mean_gain"] - out["largest_mean_gain"]
+        half = 1.959963984540054 * float(np.sqrt(var))
+        out["difference_ci"] = [diff - half, diff + half]
+    return out
 
 
 def equity_sentence(eq: dict[str, Any], n: int, figure: str = "AUROC") -> str:
@@ -159,7 +170,11 @@ def equity_sentence(eq: dict[str, Any], n: int, figure: str = "AUROC") -> str:
     if not comp:
         return first + "."
     small, large = comp["smallest_mean_gain"], comp["largest_mean_gain"]
-    verdict = "most" if small > large else "least"
+    verdict = f"the smallest sites gained {'most' if small > large else 'least'}"
+    ci = comp.get("difference_ci")
+    if ci is not None and ci[0] <= 0.0 <= ci[1]:
+        verdict = (f"a difference of {small - large:+.3f} [{ci[0]:+.2f}, {ci[1]:+.2f}], not distinguishable from "
+                   "zero on these test sets")
     return (f"{first}; the smallest third (up to {comp['smallest_max_records']:,} records) gained "
             f"{small:+.3f} {figure} on average against {large:+.3f} for the largest third "
-            f"(from {comp['largest_min_records']:,} records): the smallest sites gained {verdict}.")
+            f"(from {comp['largest_min_records']:,} records): {verdict}.")

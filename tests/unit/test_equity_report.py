@@ -50,6 +50,25 @@ def test_equity_says_plainly_who_gained():
     assert equity_summary(large_gain_most)["sentence"].endswith("the smallest sites gained least.")
 
 
+def test_equity_does_not_rank_groups_whose_difference_is_within_the_noise():
+    """With each hospital's paired gain interval, the smallest-against-largest comparison gets one too: a
+    difference it covers is said to be not distinguishable from zero, not "gained most"."""
+    def with_gain(h, half):
+        gain = h["auroc"]["federated"] - h["auroc"]["local_only"]
+        return {**h, "gain": {"estimate": gain, "ci": [gain - half, gain + half],
+                              "distinguishable_from_zero": abs(gain) > half}}
+
+    rows = [_hospital("a", "community", 300, 0.70, 0.80), _hospital("b", "community", 500, 0.72, 0.78),
+            _hospital("c", "secondary", 3000, 0.80, 0.82), _hospital("d", "tertiary", 20000, 0.84, 0.83)]
+    wide = equity_summary([with_gain(h, 0.15) for h in rows])
+    low, high = wide["smallest_vs_largest"]["difference_ci"]
+    assert low < 0 < high and high - low == pytest.approx(2 * 0.15 * 2 ** 0.5)
+    assert wide["sentence"].endswith("a difference of +0.110 [-0.10, +0.32], not distinguishable from zero on "
+                                     "these test sets.")
+    narrow = equity_summary([with_gain(h, 0.01) for h in rows])
+    assert narrow["sentence"].endswith("the smallest sites gained most.")
+
+
 def test_reliability_bands_hold_counts_and_means_only():
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 1, 20_000)

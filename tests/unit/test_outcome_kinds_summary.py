@@ -139,6 +139,7 @@ def test_continuous_summary_has_best_possible_and_paired_gain():
                                                                         - fed[h["index"]]) ** 2)))
 
 
+@pytest.mark.slow  # 400 summaries of 500 resamples: about 20 s, kept out of the fast lane
 def test_the_95_percent_interval_covers_a_known_macro_auroc_and_r2():
     """Coverage on generators with a known truth: 200 replicates of 300 records each. Measured (these seeds): the
     macro AUROC interval covers the truth in 0.930 of them (stratified bootstrap, slightly narrow, as the
@@ -165,3 +166,21 @@ def test_the_95_percent_interval_covers_a_known_macro_auroc_and_r2():
         covered_c += low <= true_r2 <= high
     assert 0.90 <= covered_m / replicates <= 0.99, covered_m / replicates
     assert 0.90 <= covered_c / replicates <= 0.99, covered_c / replicates
+
+
+@pytest.mark.parametrize("kind", ["time_to_event", "multiclass", "continuous"])
+def test_sweep_fairness_and_contribution_refuse_a_non_binary_study_before_running(tmp_path, kind):
+    """Their scores are AUROCs: a survival curve or class probabilities scored as one would be a wrong number,
+    so they refuse, naming the kind, before any federation starts or any folder is written."""
+    from fedhealth.errors import UsageError
+    from fedhealth.experiments.contribution import estimate_contributions
+    from fedhealth.experiments.fairness import compare_strategies
+    from fedhealth.experiments.sweep import run_sweep
+
+    cfg = _cfg(kind)
+    for run in (lambda: run_sweep(cfg, [1.0], tmp_path / "sweep"),
+                lambda: compare_strategies(cfg, [1.0], tmp_path / "fairness"),
+                lambda: estimate_contributions(cfg, tmp_path / "contribution", budget=10)):
+        with pytest.raises(UsageError, match=f"binary outcome .*this study's outcome is {kind}"):
+            run()
+    assert not any(tmp_path.iterdir())
