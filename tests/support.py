@@ -111,3 +111,24 @@ def eventually(condition, seconds: float = 10.0, interval: float = 0.05) -> bool
     while not condition() and time.monotonic() < deadline:
         time.sleep(interval)
     return bool(condition())
+
+
+# Three generated hospitals of very different sizes: the DP federation tests of each outcome kind
+# (tests/integration/test_survival_federation.py, test_outcome_kinds_federation.py) train on them.
+THREE_HOSPITALS = """
+[[hospitals]]
+name = "city-tertiary"
+tier = "tertiary"
+region = "north"
+records = 3000
+[[hospitals]]
+name = "county-secondary"
+tier = "secondary"
+region = "south"
+records = 1500
+[[hospitals]]
+name = "village-clinic"
+tier = "community"
+region = "west"
+records = 400
+"""

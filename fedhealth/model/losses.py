@@ -86,14 +86,7 @@ class LogisticHazard:
         at_risk = (j[None, :] <= k[:, None]).to(logits.dtype)
         label = ((j[None, :] == k[:, None]) & (event[:, None] > 0.5)).to(logits.dtype)
         terms = F.binary_cross_entropy_with_logits(logits, label, reduction="none") * at_risk
-        per_record = terms.sum(dim=1)
-        if reduction == "none":
-            return per_record
-        if reduction == "sum":
-            return per_record.sum()
-        if reduction == "mean":
-            return per_record.mean()
-        raise ValueError(f"reduction {reduction!r}: give 'mean', 'sum' or 'none'")
+        return _reduce(terms.sum(dim=1), reduction)
 
 
 def _reduce(per_record: torch.Tensor, reduction: str) -> torch.Tensor:

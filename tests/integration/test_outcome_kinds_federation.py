@@ -16,27 +16,11 @@ import json
 import pytest
 
 from fedhealth.runs import rundir
-from tests.support import run_cli
+from tests.support import THREE_HOSPITALS, run_cli
 
 pytestmark = pytest.mark.slow
 
-HOSPITALS = """
-[[hospitals]]
-name = "city-tertiary"
-tier = "tertiary"
-region = "north"
-records = 3000
-[[hospitals]]
-name = "county-secondary"
-tier = "secondary"
-region = "south"
-records = 1500
-[[hospitals]]
-name = "village-clinic"
-tier = "community"
-region = "west"
-records = 400
-"""
+HOSPITALS = THREE_HOSPITALS
 
 
 def study(kind: str, learning_rate: float) -> str:

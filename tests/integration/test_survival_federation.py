@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fedhealth.runs import rundir
-from tests.support import ROOT, run_cli
+from tests.support import ROOT, THREE_HOSPITALS, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -38,22 +38,7 @@ mode = "record"
 noise_multiplier = 1.2
 [references]
 non_private_federation = false  # the same federation without DP: not needed here
-[[hospitals]]
-name = "city-tertiary"
-tier = "tertiary"
-region = "north"
-records = 3000
-[[hospitals]]
-name = "county-secondary"
-tier = "secondary"
-region = "south"
-records = 1500
-[[hospitals]]
-name = "village-clinic"
-tier = "community"
-region = "west"
-records = 400
-"""
+""" + THREE_HOSPITALS
 
 
 def test_a_generated_survival_study_trains_under_dp_and_secagg(tmp_path):
