@@ -8,7 +8,8 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: a test here is slow whether or not it says so
 def pytest_collection_modifyitems(config, items):
-    """Every test in tests/integration/ starts a real federation or real processes: mark it slow, so that
+    """Every test in tests/integration/ starts a real federation or real processes, or is a long statistical
+    check (interval coverage over hundreds of replicates): mark it slow, so that
     `pytest -m "not slow"` (the fast lane) never runs one, even one that forgot its marker."""
     for item in items:
         if HERE in item.path.resolve().parents:
