@@ -594,7 +594,8 @@ def contribution(study: StudyConfig | str | Path, budget: int, out: str | Path |
     -------
     dict
         What ``contribution.json`` holds: per hospital its ``leave_one_out`` and ``shapley`` value (with
-        ``shapley_stderr``) in overall test AUROC of the coalition's federated model, the method and the
+        ``shapley_stderr``) in the headline figure of the coalition's federated model on all test records
+        (AUROC, C-index, macro AUROC or R² by the outcome kind; ``metric`` names it), the method and the
         federations run.
 
     Raises

@@ -30,6 +30,7 @@ from typer.core import TyperGroup  # noqa: E402
 
 from fedhealth import errors  # noqa: E402
 from fedhealth.data.study_file import load_config  # noqa: E402
+from fedhealth.metrics.headline import label as figure_label  # noqa: E402
 from fedhealth.runs import rundir  # noqa: E402
 from fedhealth.study.config import ConfigError, StudyConfig  # noqa: E402
 
@@ -228,23 +229,29 @@ def _with_ci(value: Any, ci: list[float | None] | None) -> str:
     return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
-def _print_undefined(rows: list[tuple[str, dict[str, Any]]]) -> None:
-    """Under a sweep or fairness table: which hospitals had no defined AUROC in which row (a one-class test
-    side, or no model there), left out of that row's mean, worst and tier figures."""
+def _print_undefined(rows: list[tuple[str, dict[str, Any]]], metric: str = "auroc") -> None:
+    """Under a sweep or fairness table: which hospitals had no defined headline figure in which row (e.g. a
+    one-class test side, or no model there), left out of that row's mean, worst and tier figures."""
     for label, scores in rows:
         missing = scores.get("undefined_hospitals") or []
         if missing:
-            console.print(f"{label}: AUROC undefined at {', '.join(missing)} (a one-class test side, or no model "
-                          "there); left out of this row's mean, worst and tier figures", markup=False,
-                          highlight=False, soft_wrap=True)
+            console.print(f"{label}: {figure_label(metric)} undefined at {', '.join(missing)} (its test records "
+                          "cannot give it, or no model there); left out of this row's mean, worst and tier "
+                          "figures", markup=False, highlight=False, soft_wrap=True)
 
 
-def _auroc_cells(scores: dict[str, Any], tiers: list[str]) -> list[str]:
-    """A sweep row's AUROC cells (all records, mean of hospitals, worst hospital, each tier), each with its
-    interval where the scores carry one."""
+def _headline_cells(scores: dict[str, Any], tiers: list[str], metric: str = "auroc") -> list[str]:
+    """A sweep row's cells of the headline figure (all records, mean of hospitals, worst hospital, each tier),
+    each with its interval where the scores carry one."""
     cells = [_with_ci(scores[k], scores.get(f"{k}_ci"))
-             for k in ("all_records_auroc", "mean_hospital_auroc", "worst_hospital_auroc")]
+             for k in (f"all_records_{metric}", f"mean_hospital_{metric}", f"worst_hospital_{metric}")]
     return [*cells, *(_with_ci(scores["by_tier"].get(t), scores.get("by_tier_ci", {}).get(t)) for t in tiers)]
+
+
+def _interval_method(metric: str) -> str:
+    if metric == "auroc":
+        return "DeLong; a mean combines the hospitals' variances"
+    return "bootstrap; a mean combines the hospitals' standard errors"
 
 
 def _spread_cell(v: dict[str, Any] | None, signed: bool = False) -> str:
@@ -260,12 +267,11 @@ def _spread_cell(v: dict[str, Any] | None, signed: bool = False) -> str:
 
 def print_seeds_table(result: dict[str, Any]) -> None:
     """Mean ± sd over the seeds of each hospital's AUROC per model, and of its gain over local-only."""
-    from fedhealth.metrics.headline import label
 
     n = len(result["seeds"])
     seeds = ", ".join(map(str, result["seeds"]))
     top = result.get("headline", "auroc")
-    table = Table(title=f"{result['study']}: test {label(top)}, mean ± sd over {n} seeds ({seeds})")
+    table = Table(title=f"{result['study']}: test {figure_label(top)}, mean ± sd over {n} seeds ({seeds})")
     table.add_column("hospital")
     models = result["models"]
     for key in models:
@@ -290,10 +296,9 @@ def print_seeds_table(result: dict[str, Any]) -> None:
 
 
 def print_summary_table(summary: dict[str, Any]) -> None:
-    from fedhealth.metrics.headline import label
 
     top = summary.get("headline", "auroc")  # AUROC, or Harrell's C-index for a time-to-event study
-    table = Table(title=f"{summary['study']}: test {label(top)} per hospital ({summary['strategy']}, "
+    table = Table(title=f"{summary['study']}: test {figure_label(top)} per hospital ({summary['strategy']}, "
                         f"{summary['model']}, {summary['rounds']} rounds)")
     dp = "federated_no_dp" in summary["overall"][top]
     keys = [k for k in ("local_only", "federated", *(["federated_no_dp"] if dp else []), "pooled", "best_possible")
@@ -495,7 +500,8 @@ def contribution(
         _fail(str(err))
     except RunInterrupted as err:
         _interrupted(err)
-    table = Table(title=f"{cfg.name}: contribution to the federated AUROC ({result['method']}, "
+    name = figure_label(result["metric"])
+    table = Table(title=f"{cfg.name}: contribution to the federated {name} ({result['method']}, "
                         f"{result['federations_run']} federations)")
     for col in ("hospital", "tier", "records", "leave-one-out", "Shapley", "± s.e."):
         table.add_column(col, justify="left" if col in ("hospital", "tier") else "right")
@@ -503,7 +509,7 @@ def contribution(
         table.add_row(h["name"], h["tier"], f"{h['records']:,}", f"{h['leave_one_out']:+.4f}", f"{h['shapley']:+.4f}",
                       f"{h['shapley_stderr']:.4f}")
     console.print(table)
-    console.print(f"all hospitals: AUROC {result['grand_coalition_value']:.4f}; "
+    console.print(f"all hospitals: {name} {_fmt(result['grand_coalition_value'])}; "
                   f"none: {result['empty_coalition_value']}")
     console.print(f"written: {out / rundir.CONTRIBUTION_FILE}")
     if report_into is not None:
@@ -538,7 +544,8 @@ def sweep(
         _fail(str(err))
     except RunInterrupted as err:
         _interrupted(err)
-    table = Table(title=f"{cfg.name}: test AUROC against target epsilon (record-level DP)")
+    m = result["metric"]
+    table = Table(title=f"{cfg.name}: test {figure_label(m)} against target epsilon (record-level DP)")
     tiers = sorted({t for p in result["points"] for t in p["by_tier"]})
     audited = result["membership_inference"] is not None
     for col in ("epsilon", "all records", "mean of hospitals", "worst hospital", *tiers,
@@ -546,16 +553,16 @@ def sweep(
         table.add_column(col, justify="right")
     for p in result["points"]:
         mia = [_auc_ci(p["membership_inference"]) if p["membership_inference"] else "—"] if audited else []
-        table.add_row("∞ (no DP)" if p["epsilon"] is None else f"{p['epsilon']:g}", *_auroc_cells(p, tiers), *mia)
+        table.add_row("∞ (no DP)" if p["epsilon"] is None else f"{p['epsilon']:g}", *_headline_cells(p, tiers, m),
+                      *mia)
     for key in ("local_only", "pooled"):
-        table.add_row(key.replace("_", "-"), *_auroc_cells(result["references"][key], tiers),
+        table.add_row(key.replace("_", "-"), *_headline_cells(result["references"][key], tiers, m),
                       *([""] if audited else []))
     console.print(table)
     _print_undefined([("ε " + ("∞" if p["epsilon"] is None else f"{p['epsilon']:g}"), p) for p in result["points"]]
-                     + [(k.replace("_", "-"), result["references"][k]) for k in ("local_only", "pooled")])
-    console.print("[dim]In brackets: 95 % intervals over the test records (DeLong; a mean combines the hospitals' "
-                  "variances). The worst hospital's is its own and does not allow for its being picked as the "
-                  "worst.[/dim]")
+                     + [(k.replace("_", "-"), result["references"][k]) for k in ("local_only", "pooled")], m)
+    console.print(f"[dim]In brackets: 95 % intervals over the test records ({_interval_method(m)}). The worst "
+                  "hospital's is its own and does not allow for its being picked as the worst.[/dim]")
     console.print(f"written: {out / rundir.SWEEP_FILE}, {out / rundir.PRIVACY_UTILITY_FIGURE}")
 
 
@@ -588,19 +595,19 @@ def fairness(
         result = compare_strategies(cfg, values, out, qffl_learning_rate)
     except ValueError as err:
         _fail(str(err))
-    table = Table(title=f"{cfg.name}: FedAvg against q-FedAvg (test AUROC)")
+    m = result["metric"]
+    table = Table(title=f"{cfg.name}: FedAvg against q-FedAvg (test {figure_label(m)})")
     for col in ("strategy", "worst hospital", "mean of hospitals", "all records", "spread"):
         table.add_column(col, justify="right")
     for r in result["runs"]:
         table.add_row(r["strategy"] if r["q"] is None else f"q-FedAvg q={r['q']:g}",
-                      *(_with_ci(r[k], r.get(f"{k}_ci")) for k in ("worst_hospital_auroc", "mean_hospital_auroc",
-                                                                      "all_records_auroc")), _fmt(r["spread_auroc"]))
+                      *(_with_ci(r[k], r.get(f"{k}_ci")) for k in (f"worst_hospital_{m}", f"mean_hospital_{m}",
+                                                                      f"all_records_{m}")), _fmt(r[f"spread_{m}"]))
     console.print(table)
     _print_undefined([(r["strategy"] if r["q"] is None else f"q-FedAvg q={r['q']:g}", r) for r in result["runs"]]
-                     + [("local-only", result["local_only"])])
-    console.print("[dim]In brackets: 95 % intervals over the test records (DeLong; a mean combines the hospitals' "
-                  "variances). The worst hospital's is its own and does not allow for its being picked as the "
-                  "worst.[/dim]")
+                     + [("local-only", result["local_only"])], m)
+    console.print(f"[dim]In brackets: 95 % intervals over the test records ({_interval_method(m)}). The worst "
+                  "hospital's is its own and does not allow for its being picked as the worst.[/dim]")
     console.print(f"written: {out / FAIRNESS_FILE}")
 
 

@@ -3,9 +3,10 @@
 Under secure aggregation no one sees a single hospital's update, so contribution cannot be read
 off the updates. It is measured the only honest way left: run the same federation with only some
 hospitals training (`federation.participants`; everyone still evaluates, data and splits unchanged)
-and compare what the resulting models achieve. The value of a coalition is the overall AUROC of its
-federated model on every hospital's test records; the empty coalition is worth 0.5 (a model that
-ranks at random).
+and compare what the resulting models achieve. The value of a coalition is the headline figure of its
+federated model on every hospital's test records together (AUROC, C-index, macro AUROC or R², by the
+study's outcome kind; `fedhealth.experiments.headline_scores`); the empty coalition is worth what no model
+is (0.5 for a model that ranks at random, R² 0 for one that predicts the test records' mean).
 
 Simulation only. In a deployment every coalition federation would spend every member's privacy
 budget again (and expose which hospitals were in which run), so this never runs there: the command
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from fedhealth.errors import FederationBudgetError
+from fedhealth.experiments.headline_scores import NO_MODEL_VALUE, display
+from fedhealth.metrics.headline import headline, label
 from fedhealth.metrics.shapley import exact_shapley, leave_one_out, sampled_shapley
 from fedhealth.runs import rundir
 from fedhealth.seeding import derive_seed
@@ -30,7 +33,6 @@ from fedhealth.study.config import StudyConfig, variant
 
 log = logging.getLogger(__name__)
 
-EMPTY_VALUE = 0.5
 CONTRIBUTION_FILE = rundir.CONTRIBUTION_FILE
 
 
@@ -51,7 +53,8 @@ class CoalitionValues:
 
     def __init__(self, cfg: StudyConfig, out: Path, budget: int) -> None:
         self.cfg, self.out, self.budget = cfg, out, budget
-        self.values: dict[frozenset, float] = {frozenset(): EMPTY_VALUE}
+        self.metric = headline(cfg.outcome_kind)
+        self.values: dict[frozenset, float] = {frozenset(): NO_MODEL_VALUE[self.metric]}
         self.runs = 0
 
     def needs(self, coalitions: list[frozenset]) -> int:
@@ -66,8 +69,8 @@ class CoalitionValues:
         started = time.perf_counter()
         value = self._evaluate(members)
         self.values[members] = value
-        log.warning("coalition %d/%d (%s): AUROC %.4f in %.0f s", self.runs, self.budget,
-                    ", ".join(sorted(members)), value, time.perf_counter() - started)
+        log.warning("coalition %d/%d (%s): %s %s in %.0f s", self.runs, self.budget,
+                    ", ".join(sorted(members)), self.metric, display(value), time.perf_counter() - started)
         return value
 
     def _evaluate(self, members: frozenset) -> float:
@@ -80,7 +83,7 @@ class CoalitionValues:
         with shared_ray():  # coalition after coalition on one Ray instance (see simulate.shared_ray)
             weights = run_sibling(ccfg, self.out / rundir.COALITIONS_DIR / f"{self.runs:04d}")
         splits = [load_hospital(self.cfg, i) for i in range(len(self.cfg.hospitals))]
-        return score(self.cfg, splits, weights)["all_records_auroc"]
+        return score(self.cfg, splits, weights)[f"all_records_{self.metric}"]
 
 
 def estimate_contributions(cfg: StudyConfig, out: Path, budget: int,
@@ -89,9 +92,6 @@ def estimate_contributions(cfg: StudyConfig, out: Path, budget: int,
 
     Exact Shapley when all 2^n - 1 coalitions fit the budget; else leave-one-out (n + 1 federations)
     and as many sampled permutations as the rest of the budget allows (at least 2)."""
-    from fedhealth.experiments.sweep import binary_only
-
-    binary_only(cfg, "fedhealth contribution")
     players = [h.name for h in cfg.hospitals]
     n = len(players)
     loo_needs = 1 + n
@@ -126,8 +126,11 @@ def _estimate(cfg: StudyConfig, out: Path, budget: int, value: CoalitionValues, 
                              "hospitals after leave-one-out; a standard error needs at least 2: raise it")
     result = {
         "study": cfg.name,
-        "value": "overall AUROC of the coalition's federated model on every hospital's test records",
-        "empty_coalition_value": EMPTY_VALUE,
+        "outcome": cfg.outcome_kind,
+        "metric": value.metric,
+        "value": f"{label(value.metric)} of the coalition's federated model on every hospital's test records "
+                 "together",
+        "empty_coalition_value": value.values[frozenset()],
         "grand_coalition_value": value(grand),
         "method": "exact" if exact else "Monte Carlo permutation sampling",
         "permutations": permutations,

@@ -1,4 +1,7 @@
-"""`fedhealth fairness`: is q-FedAvg fairer than FedAvg on this study? Worst-hospital AUROC, side by side.
+"""`fedhealth fairness`: is q-FedAvg fairer than FedAvg on this study? The worst hospital's figure, side by side.
+
+The figure is the outcome kind's headline one (AUROC, C-index, macro AUROC or R²;
+`fedhealth.experiments.headline_scores`); keys below write it `<m>`.
 
 Sibling federations of one study (same seed, hospitals, splits, initial model, rounds, SecAgg+ as
 configured) that differ only in the strategy: FedAvg, then q-FedAvg at each q; each is run and scored
@@ -36,18 +39,20 @@ def compare_strategies(cfg: StudyConfig, q_values: list[float], out: Path,
                        qffl_learning_rate: float | None = None) -> dict[str, Any]:
     """FedAvg and q-FedAvg at each q, run one after the other on one Ray instance; returns what it writes."""
     from fedhealth.data.hospitals import load_hospital
+    from fedhealth.experiments.headline_scores import display, headline_scores
     from fedhealth.experiments.references import local_only
     from fedhealth.experiments.simulate import shared_ray
-    from fedhealth.experiments.sweep import _scores, binary_only, run_and_score
+    from fedhealth.experiments.sweep import run_and_score
+    from fedhealth.metrics.headline import headline
     from fedhealth.model.initial import initial_weights
 
-    binary_only(cfg, "fedhealth fairness")
     if cfg.privacy.mode != "none":
         raise ValueError("q-FedAvg runs without DP (its loss terms are not noised): use a config with "
                          "privacy.mode = 'none'")
+    m = headline(cfg.outcome_kind)
     out.mkdir(parents=True, exist_ok=True)
     splits = [load_hospital(cfg, i) for i in range(len(cfg.hospitals))]
-    local = _scores(cfg, splits, local_only(cfg, splits, initial_weights(cfg)))
+    local = headline_scores(cfg, splits, local_only(cfg, splits, initial_weights(cfg)))
     results = []
     with shared_ray():
         for name, q in [("fedavg", None)] + [("qfedavg", float(q)) for q in q_values]:
@@ -55,29 +60,28 @@ def compare_strategies(cfg: StudyConfig, q_values: list[float], out: Path,
             scores = run_and_score(cfg, sibling, out / sibling.name, splits)
             worst = scores["worst_hospital"]
             results.append({"strategy": name, "q": q, "worst_hospital": worst,
-                            "worst_hospital_auroc": scores["worst_hospital_auroc"],
-                            "worst_hospital_auroc_ci": scores["worst_hospital_auroc_ci"],
-                            "mean_hospital_auroc_ci": scores["mean_hospital_auroc_ci"],
-                            "all_records_auroc_ci": scores["all_records_auroc_ci"],
+                            **{k: scores[k] for k in (f"worst_hospital_{m}", f"worst_hospital_{m}_ci",
+                                                      f"mean_hospital_{m}", f"mean_hospital_{m}_ci",
+                                                      f"all_records_{m}", f"all_records_{m}_ci")},
                             "worst_hospital_gain_over_local":
-                                scores["worst_hospital_auroc"] - local["by_hospital"].get(worst, float("nan")),
-                            "mean_hospital_auroc": scores["mean_hospital_auroc"],
-                            "all_records_auroc": scores["all_records_auroc"],
-                            "spread_auroc": float(np.nanmax(list(scores["by_hospital"].values())))
-                                            - scores["worst_hospital_auroc"],
+                                scores[f"worst_hospital_{m}"] - local["by_hospital"].get(worst, float("nan")),
+                            f"spread_{m}": float(np.nanmax(list(scores["by_hospital"].values())))
+                                           - scores[f"worst_hospital_{m}"],
                             "by_hospital": scores["by_hospital"], "by_hospital_ci": scores["by_hospital_ci"],
                             "undefined_hospitals": scores["undefined_hospitals"],
                             "seconds": scores["seconds"]})
-            log.warning("%s: worst-hospital AUROC %.4f (%s)", sibling.name, scores["worst_hospital_auroc"], worst)
+            log.warning("%s: worst-hospital %s %s (%s)", sibling.name, m, display(scores[f"worst_hospital_{m}"]),
+                        worst)
     base = results[0]
     for r in results[1:]:
-        r["worst_vs_fedavg"] = r["worst_hospital_auroc"] - base["worst_hospital_auroc"]
-        r["mean_vs_fedavg"] = r["mean_hospital_auroc"] - base["mean_hospital_auroc"]
-    line = {"bench": "fairness", "study": cfg.name, "rounds": cfg.federation.rounds,
+        r["worst_vs_fedavg"] = r[f"worst_hospital_{m}"] - base[f"worst_hospital_{m}"]
+        r["mean_vs_fedavg"] = r[f"mean_hospital_{m}"] - base[f"mean_hospital_{m}"]
+    line = {"bench": "fairness", "study": cfg.name, "outcome": cfg.outcome_kind, "metric": m,
+            "rounds": cfg.federation.rounds,
             "secure_aggregation": cfg.federation.secure_aggregation.enabled,
             "qffl_learning_rate": qffl_learning_rate or cfg.federation.strategy.qffl_learning_rate,
-            "local_only": {k: local[k] for k in ("worst_hospital_auroc", "worst_hospital_auroc_ci",
-                                                  "mean_hospital_auroc", "mean_hospital_auroc_ci", "by_hospital",
+            "local_only": {k: local[k] for k in (f"worst_hospital_{m}", f"worst_hospital_{m}_ci",
+                                                  f"mean_hospital_{m}", f"mean_hospital_{m}_ci", "by_hospital",
                                                   "by_hospital_ci", "undefined_hospitals")},
             "runs": results}
     rundir.write_json(out / FAIRNESS_FILE, line)

@@ -1,4 +1,7 @@
-"""`fedhealth sweep`: the privacy-utility curve, federated AUROC against epsilon, from sibling runs.
+"""`fedhealth sweep`: the privacy-utility curve, the federated model's headline figure against epsilon.
+
+The figure is the outcome kind's (AUROC, C-index, macro AUROC or R²; `fedhealth.experiments.headline_scores`),
+each with its 95 % interval.
 
 Each epsilon is the same study (same seed, hospitals, splits, model, rounds) with record-level DP at
 that target, one federation per value (`inf`: no DP). What does not depend on epsilon is computed
@@ -16,24 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from fedhealth.experiments.headline_scores import display, headline_scores
 from fedhealth.runs import rundir
 from fedhealth.study.config import StudyConfig, variant, without_privacy
 
 log = logging.getLogger(__name__)
 SWEEP_FILE = rundir.SWEEP_FILE
-
-
-def binary_only(cfg: StudyConfig, command: str) -> None:
-    """Refuse a study whose outcome is not binary, before any federation runs: the sweep's, the strategy
-    comparison's and the contribution estimate's scores are AUROCs with DeLong intervals, and scoring a
-    survival curve or class probabilities as one would give a wrong number, the worst thing to print."""
-    kind = cfg.outcome_kind
-    if kind != "binary":
-        from fedhealth.errors import UsageError
-
-        raise UsageError(f"{command} scores a binary outcome (AUROC) only; this study's outcome is {kind}. "
-                         "Run `fedhealth simulate` for its figures with intervals, or `--seeds` for their "
-                         "spread over seeds")
 
 
 def parse_epsilons(text: str) -> list[float]:
@@ -68,7 +59,7 @@ def score(cfg: StudyConfig, splits: list, weights: list[np.ndarray]) -> dict[str
     """A global model of `cfg` (or of a sibling of it) scored on every hospital's held-out records."""
     from fedhealth.experiments.references import federated
 
-    return _scores(cfg, splits, federated(cfg, splits, weights))
+    return headline_scores(cfg, splits, federated(cfg, splits, weights))
 
 
 def run_and_score(cfg: StudyConfig, sibling: StudyConfig, run_dir: Path, splits: list) -> dict[str, Any]:
@@ -80,45 +71,6 @@ def run_and_score(cfg: StudyConfig, sibling: StudyConfig, run_dir: Path, splits:
     return {**scores, "seconds": time.perf_counter() - t0, "run_dir": str(run_dir)}
 
 
-def _scores(cfg: StudyConfig, splits: list, preds) -> dict[str, Any]:
-    """AUROC on all test records, per hospital, and its mean, worst and per-tier mean over the hospitals whose
-    figure is defined (a one-class test set, or no model from a one-class training split, gives none: such a
-    hospital is listed in `undefined_hospitals` and is null in `by_hospital`, never a number).
-
-    Each figure has its 95 % interval beside it, `<figure>_ci` = [low, high] ([null, null] where undefined),
-    computed as in summary.json (`fedhealth.metrics.intervals`): DeLong on the logit scale for one AUROC, the
-    hospitals' DeLong variances combined for a mean. The worst hospital's interval is that hospital's own: it
-    does not allow for its having been picked as the worst, so read it as a lower bound on the uncertainty."""
-    from fedhealth.metrics.classification import roc_auc
-    from fedhealth.metrics.intervals import auroc_interval, mean_auroc_interval
-
-    per_hospital = {s.hospital.name: roc_auc(s.y_test, preds.by_hospital[s.index]) for s in splits}
-    intervals = {s.hospital.name: auroc_interval(s.y_test, preds.by_hospital[s.index]) for s in splits}
-    defined = {name: v for name, v in per_hospital.items() if np.isfinite(v)}
-    by_tier: dict[str, list[str]] = {}
-    for s in splits:
-        if s.hospital.name in defined:
-            by_tier.setdefault(s.hospital.tier, []).append(s.hospital.name)
-    worst = min(defined, key=defined.get) if defined else None
-    y_all = np.concatenate([s.y_test for s in splits])
-    p_all = np.concatenate([preds.by_hospital[s.index] for s in splits])
-    return {
-        "all_records_auroc": roc_auc(y_all, p_all),
-        "all_records_auroc_ci": auroc_interval(y_all, p_all).as_list(),
-        "mean_hospital_auroc": float(np.mean(list(defined.values()))) if defined else float("nan"),
-        "mean_hospital_auroc_ci": mean_auroc_interval(list(intervals.values()), over=len(defined)).as_list(),
-        "worst_hospital": worst,
-        "worst_hospital_auroc": defined[worst] if worst is not None else float("nan"),
-        "worst_hospital_auroc_ci": intervals[worst].as_list() if worst is not None else [None, None],
-        "by_tier": {t: float(np.mean([defined[n] for n in names])) for t, names in sorted(by_tier.items())},
-        "by_tier_ci": {t: mean_auroc_interval([intervals[n] for n in names], over=len(names)).as_list()
-                       for t, names in sorted(by_tier.items())},
-        "by_hospital": per_hospital,
-        "by_hospital_ci": {name: i.as_list() for name, i in intervals.items()},
-        "undefined_hospitals": sorted(set(per_hospital) - set(defined)),
-    }
-
-
 def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path,
               audit_references: int = 3) -> dict[str, Any]:
     """`audit_references`: reference models of each sibling's membership-inference audit (0: no audit).
@@ -127,7 +79,6 @@ def run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path,
     sweep is not continued from there."""
     from fedhealth.experiments.interrupts import stopped_as
 
-    binary_only(cfg, "fedhealth sweep")
     with stopped_as("the sweep", out):
         return _run_sweep(cfg, epsilons, out, audit_references)
 
@@ -136,18 +87,20 @@ def _run_sweep(cfg: StudyConfig, epsilons: list[float], out: Path, audit_referen
     from fedhealth.data.hospitals import load_hospital
     from fedhealth.experiments.references import local_only, pooled
     from fedhealth.experiments.simulate import shared_ray
+    from fedhealth.metrics.headline import headline
     from fedhealth.model.initial import initial_weights
 
     out.mkdir(parents=True, exist_ok=True)
     splits = [load_hospital(cfg, i) for i in range(len(cfg.hospitals))]
     init = initial_weights(cfg)
     started = time.perf_counter()
-    references = {"local_only": _scores(cfg, splits, local_only(cfg, splits, init)),
-                  "pooled": _scores(cfg, splits, pooled(cfg, splits, init))}
+    references = {"local_only": headline_scores(cfg, splits, local_only(cfg, splits, init)),
+                  "pooled": headline_scores(cfg, splits, pooled(cfg, splits, init))}
     reference_seconds = time.perf_counter() - started
     with shared_ray():  # sibling after sibling on one Ray instance
         points = _run_points(cfg, epsilons, out, splits, audit_references)
-    result = {"study": cfg.name, "dp": "record-level DP-SGD at each target epsilon (inf: no DP)",
+    result = {"study": cfg.name, "outcome": cfg.outcome_kind, "metric": headline(cfg.outcome_kind),
+              "dp": "record-level DP-SGD at each target epsilon (inf: no DP)",
               "points": points, "references": references, "reference_seconds": reference_seconds,
               "membership_inference": _membership_column(points) if audit_references and not cfg.from_files
               else None}
@@ -190,6 +143,7 @@ def _run_points(cfg: StudyConfig, epsilons: list[float], out: Path, splits: list
                  if sibling.privacy.mode == "record" else None, **run_and_score(cfg, sibling, run_dir, splits)}
         point["membership_inference"] = _membership(run_dir, sibling, audit_references)
         points.append(point)
-        log.warning("epsilon %s: AUROC %.4f (all records) in %.0f s", "inf" if math.isinf(eps) else f"{eps:g}",
-                    point["all_records_auroc"], point["seconds"])
+        metric = point["metric"]
+        log.warning("epsilon %s: %s %s (all records) in %.0f s", "inf" if math.isinf(eps) else f"{eps:g}",
+                    metric, display(point[f"all_records_{metric}"]), point["seconds"])
     return points

@@ -217,7 +217,7 @@ def contribution(result: dict[str, Any]) -> Figure:
     ax.barh(y + 0.2, [h["leave_one_out"] for h in rows], height=0.4, color="#bdbdbd", label="leave-one-out")
     ax.axvline(0, color="grey", linewidth=1)
     ax.set_yticks(y, [f"{h['name']} ({h['records']:,})" for h in rows], fontsize=8)
-    ax.set_xlabel("contribution to the federated AUROC on all test records")
+    ax.set_xlabel(f"contribution to the federated {label(result.get('metric', 'auroc'))} on all test records")
     ax.set_title(f"Who carried the model ({result['method']}, {result['federations_run']} federations)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -225,14 +225,16 @@ def contribution(result: dict[str, Any]) -> Figure:
 
 
 def privacy_utility(result: dict[str, Any]) -> Figure:
-    """Federated AUROC against epsilon (log scale; no DP drawn at the right as ∞), overall and per tier."""
+    """The federated model's headline figure (AUROC, C-index, macro AUROC or R²) against epsilon (log scale;
+    no DP drawn at the right as ∞), overall and per tier."""
     points = result["points"]
+    m = result.get("metric", "auroc")
     finite = [p["epsilon"] for p in points if p["epsilon"] is not None]
     inf_x = (max(finite) * 4) if finite else 1.0
     xs = [p["epsilon"] if p["epsilon"] is not None else inf_x for p in points]
     fig, ax = _figure()
-    overall = np.array([np.nan if p["all_records_auroc"] is None else p["all_records_auroc"] for p in points])
-    cis = [p.get("all_records_auroc_ci") or [None, None] for p in points]
+    overall = np.array([np.nan if p[f"all_records_{m}"] is None else p[f"all_records_{m}"] for p in points])
+    cis = [p.get(f"all_records_{m}_ci") or [None, None] for p in points]
     low = np.array([np.nan if c[0] is None else c[0] for c in cis])
     high = np.array([np.nan if c[1] is None else c[1] for c in cis])
     ax.errorbar(xs, overall, yerr=np.vstack([overall - low, high - overall]), marker="o", color="black",
@@ -244,14 +246,14 @@ def privacy_utility(result: dict[str, Any]) -> Figure:
     for key, style in (("local_only", ":"), ("pooled", "-.")):
         ref = result["references"].get(key)
         if ref:
-            ax.axhline(ref["all_records_auroc"], color=MODEL_COLOURS[key], linestyle=style,
+            ax.axhline(ref[f"all_records_{m}"], color=MODEL_COLOURS[key], linestyle=style,
                        label=f"{MODEL_LABELS[key]}, all test records")
     ax.set_xscale("log")
     ticks = sorted(set(xs))
     ax.set_xticks(ticks, [("∞" if x == inf_x and None in [p["epsilon"] for p in points] else f"{x:g}") for x in ticks])
     ax.minorticks_off()
     ax.set_xlabel("target ε per hospital (record-level DP; ∞ = no DP)")
-    ax.set_ylabel("test AUROC")
+    ax.set_ylabel(f"test {label(m)}")
     ax.set_title("What privacy costs")
     ax.legend(loc="lower right", fontsize=7)
     return fig

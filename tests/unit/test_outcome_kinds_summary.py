@@ -140,19 +140,56 @@ def test_continuous_summary_has_best_possible_and_paired_gain():
                                                                         - fed[h["index"]]) ** 2)))
 
 
-@pytest.mark.parametrize("kind", ["time_to_event", "multiclass", "continuous"])
-def test_sweep_fairness_and_contribution_refuse_a_non_binary_study_before_running(tmp_path, kind):
-    """Their scores are AUROCs: a survival curve or class probabilities scored as one would be a wrong number,
-    so they refuse, naming the kind, before any federation starts or any folder is written."""
-    from fedhealth.errors import UsageError
-    from fedhealth.experiments.contribution import estimate_contributions
-    from fedhealth.experiments.fairness import compare_strategies
-    from fedhealth.experiments.sweep import run_sweep
+@pytest.mark.parametrize("kind", ["multiclass", "continuous"])
+def test_sweep_fairness_and_contribution_score_the_kinds_headline_figure_as_the_summary_does(kind):
+    """`sweep`, `fairness` and `contribution` compare runs on the kind's headline figure (macro AUROC, R²),
+    with the summary's own figure and interval per hospital and overall; a hospital with no model is null
+    and left out of the mean, worst and tier figures (issue 18, item 7)."""
+    from statistics import NormalDist
+
+    from fedhealth.experiments.headline_scores import NO_MODEL_VALUE, headline_scores
+    from fedhealth.metrics.intervals import Interval, mean_auroc_interval
 
     cfg = _cfg(kind)
-    for run in (lambda: run_sweep(cfg, [1.0], tmp_path / "sweep"),
-                lambda: compare_strategies(cfg, [1.0], tmp_path / "fairness"),
-                lambda: estimate_contributions(cfg, tmp_path / "contribution", budget=10)):
-        with pytest.raises(UsageError, match=f"binary outcome .*this study's outcome is {kind}"):
-            run()
-    assert not any(tmp_path.iterdir())
+    rng = np.random.default_rng(11)
+    splits, preds = [], {}
+    for i, n in enumerate((240, 90)):
+        if kind == "multiclass":
+            y, p = _classes(n, 20 + i)
+        else:
+            mean = rng.normal(6, 1, n)
+            y, p = mean + rng.normal(0, 0.6, n), mean + rng.normal(0, 0.3, n)
+        splits.append(_split(cfg, i, y, None, y[: n // 2]))
+        preds[i] = p
+    scores = headline_scores(cfg, splits, Predictions(preds))
+    metric = "macro_auroc" if kind == "multiclass" else "r2"
+    assert scores["metric"] == metric
+    summary = build_outcome_summary(cfg, splits, {"federated": Predictions(preds)})
+    for h in summary["hospitals"]:
+        assert scores["by_hospital"][h["name"]] == h[metric]["federated"]
+        assert scores["by_hospital_ci"][h["name"]] == h[f"{metric}_ci"]["federated"]
+    assert scores[f"all_records_{metric}"] == summary["overall"][metric]["federated"]
+    assert scores[f"all_records_{metric}_ci"] == summary["overall"][f"{metric}_ci"]["federated"]
+    overall = summary["overall"]
+    assert scores[f"mean_hospital_{metric}"] == pytest.approx(overall[f"mean_hospital_{metric}"]["federated"])
+    assert scores[f"mean_hospital_{metric}_ci"] == pytest.approx(
+        overall[f"mean_hospital_{metric}_ci"]["federated"], rel=0.05)  # se from the interval's width
+    worst = min(scores["by_hospital"], key=scores["by_hospital"].get)
+    assert scores["worst_hospital"] == worst and scores[f"worst_hospital_{metric}"] == scores["by_hospital"][worst]
+    y0 = splits[0].outcome_test
+    want = (roc_auc_score(y0, preds[0], multi_class="ovr", average="macro") if kind == "multiclass"
+            else r2_score(y0, preds[0]))
+    assert scores["by_hospital"]["big"] == pytest.approx(want, abs=1e-12)
+    assert NO_MODEL_VALUE[metric] == (0.5 if kind == "multiclass" else 0.0)
+
+    gone = {**preds, 1: np.full_like(preds[1], np.nan)}  # no model at the small hospital
+    scores = headline_scores(cfg, splits, Predictions(gone))
+    assert scores["undefined_hospitals"] == ["small"] and np.isnan(scores["by_hospital"]["small"])
+    assert scores["by_hospital_ci"]["small"] == [None, None] and "community" not in scores["by_tier"]
+    assert scores[f"mean_hospital_{metric}"] == scores["by_hospital"]["big"]
+    z = NormalDist().inv_cdf(0.975)
+    low, high = scores["by_hospital_ci"]["big"]
+    assert scores["by_tier_ci"]["tertiary"] == mean_auroc_interval(
+        [Interval(scores["by_hospital"]["big"], low, high, "", (high - low) / (2 * z))],
+        bounded=kind == "multiclass").as_list()
+    json.dumps(scores)  # JSON-ready as sweep.json writes it (NaN becomes null there)

@@ -35,8 +35,8 @@ def test_sweep_scores_carry_intervals_and_leave_out_undefined_hospitals():
     import numpy as np
 
     from fedhealth.data.hospitals import load_hospital
+    from fedhealth.experiments.headline_scores import headline_scores as _scores
     from fedhealth.experiments.references import Predictions
-    from fedhealth.experiments.sweep import _scores
     from fedhealth.metrics.intervals import auroc_interval, mean_auroc_interval
 
     cfg = load_config(SMOKE)
