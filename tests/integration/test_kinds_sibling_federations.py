@@ -111,3 +111,49 @@ def test_seeds_of_a_survival_study_spread_its_c_index(tmp_path):
     fed = result["overall"]["c_index"]["federated"]
     assert fed["values"] == values and fed["sd"] == pytest.approx(np.std(values, ddof=1)) and values[0] != values[1]
     assert [h["name"] for h in result["hospitals"]] == ["city-tertiary", "village-clinic"]
+
+
+@pytest.mark.parametrize("kind", ["time_to_event", "multiclass", "continuous"])
+def test_hospital_level_dp_clips_each_kinds_update_under_secagg(tmp_path, kind):
+    """Hospital-level DP (distributed noise, SecAgg+) for each kind: every hospital's whole update is clipped on
+    its side, so the global model moves by at most the clipping norm in a round, and the round's epsilon is
+    the calibrated one."""
+    import numpy as np
+
+    from fedhealth.experiments.simulate import simulate
+    from fedhealth.model.initial import initial_weights
+    from fedhealth.privacy.ledger import epsilon_of
+
+    path = tmp_path / f"{kind}.toml"
+    path.write_text(f"""name = "{kind}-hospital-dp"
+seed = 5
+outcome = "{kind}"
+[federation]
+rounds = 1
+backend = "in-process"
+[privacy]
+mode = "hospital"
+hospital_noise = "distributed"
+noise_multiplier = 0.0001
+clipping_norm = 0.001
+[references]
+non_private_federation = false
+pooled = false
+""" + TWO_HOSPITALS.replace("records = 400", "records = 600") + """
+[[hospitals]]
+name = "county-secondary"
+tier = "secondary"
+region = "south"
+records = 900
+""")
+    cfg = load_config(path)
+    run_dir = rundir.create_run_dir(cfg, tmp_path / "run")
+    summary = simulate(cfg, run_dir)
+    before = initial_weights(cfg)
+    after, _ = rundir.load_weights(run_dir / rundir.MODEL_FILE)
+    moved = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(after, before, strict=True)))
+    assert 0 < moved <= 0.001 * 1.01
+    (row,) = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
+    assert row["hospitals_aggregated"] == [0, 1, 2] and row["secure_aggregation"] is True
+    assert row["hospital_epsilon"] == pytest.approx(epsilon_of([(0.0001, 1.0, 1)], 1e-5))
+    assert summary["privacy"]["mode"] == "hospital" and summary["outcome"] == kind
