@@ -54,7 +54,7 @@ def _assert_same_aggregate(secure_dir: Path, plain_dir: Path, cfg) -> float:
 def _population(count: int, tmp_path: Path):
     path = tmp_path / f"pop{count}.toml"
     path.write_text(f'name = "pop{count}"\nseed = 5\n[population]\ncount = {count}\nrecords_min = 200\n'
-                    'records_max = 2000\n[model]\nname = "logreg"\n[federation]\nrounds = 1\n'
+                    'records_max = 2000\n[model]\nname = "logreg"\n[federation]\nrounds = 1\nbackend = "in-process"\n'
                     '[references]\nlocal_only = false\npooled = false\n')
     return load_config(path)
 
