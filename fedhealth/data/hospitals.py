@@ -34,6 +34,7 @@ class HospitalSplit:
     hospital: HospitalConfig
     x_train: np.ndarray  # float32 (n_train, ENCODED_WIDTH)
     y_train: np.ndarray  # the loss's targets: float32 (n_train,) labels, or (n_train, 2) `interval_targets`
+    #                      (or `cox_targets` for a study with model.survival = "cox")
     x_test: np.ndarray
     y_test: np.ndarray
     test_true_risk: np.ndarray  # the generator's true risk of each test record (NaN for a file's records)
@@ -155,9 +156,10 @@ def _build(cfg: StudyConfig, index: int, data_file: str | None = None) -> Hospit
 
 def _survival_split(cfg: StudyConfig, index: int, x: np.ndarray, time: np.ndarray, event: np.ndarray,
                     test: np.ndarray, true_risk: np.ndarray, n_all: int, official: bool) -> HospitalSplit:
-    """A time-to-event hospital's split: the loss's interval targets from the study's fixed interval edges,
-    and the follow-up and event indicator kept beside them for the metrics."""
-    from fedhealth.data.survival_targets import interval_targets
+    """A time-to-event hospital's split: the loss's targets (interval targets from the study's fixed interval
+    edges, or for a Cox model [time, event] as they are), and the follow-up and event indicator kept beside
+    them for the metrics (and a Cox model's baseline hazard)."""
+    from fedhealth.data.survival_targets import cox_targets, interval_targets
     from fedhealth.metrics.survival import harrell_c
 
     h = cfg.hospitals[index]
@@ -166,7 +168,8 @@ def _survival_split(cfg: StudyConfig, index: int, x: np.ndarray, time: np.ndarra
     _enough_to_train(cfg, h, int((~test).sum()), n_all, official=official)
     event = event.astype(np.int64)
     time = time.astype(np.float64)
-    targets = interval_targets(time, event, np.asarray(spec.intervals, dtype=np.float64))
+    targets = (cox_targets(time, event) if cfg.model.survival == "cox"
+               else interval_targets(time, event, np.asarray(spec.intervals, dtype=np.float64)))
     _warn_one_class(h, event[~test], event[test], events=True)
     best = float("nan")
     if np.isfinite(true_risk).all() and event[test].any():

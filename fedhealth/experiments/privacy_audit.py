@@ -111,7 +111,9 @@ def _logits(cfg: StudyConfig, weights: Sequence[np.ndarray], x: np.ndarray) -> n
 
 def _record_loss(cfg: StudyConfig, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Each record's training loss under the model: what the attacks read. The binary cross-entropy of
-    `per_record_loss`, or a time-to-event record's logistic-hazard negative log-likelihood."""
+    `per_record_loss`, or the record's own term of the study's loss (`reduction="none"`): a time-to-event
+    record's logistic-hazard negative log-likelihood, or its Cox partial-likelihood term, risk sets formed over
+    the records scored together."""
     if cfg.outcome_kind == "binary":
         return per_record_loss(logits, y)
     import torch

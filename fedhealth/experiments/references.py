@@ -4,7 +4,10 @@
 - pooled: all hospitals' training records centralised (the non-private ceiling).
 
 Both use the federation's optimiser settings and the same total number of epochs
-(rounds x local epochs), and start from the same initial weights.
+(rounds x local epochs), and start from the same initial weights. A Cox study's curves take their baseline
+hazard from the training records of whoever predicts (`fedhealth.model.outcomes.baseline_records`): the
+federated model at each hospital from that hospital's, a local-only model from its own, the pooled model
+from every hospital's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from fedhealth.data.hospitals import HospitalSplit
 from fedhealth.model import set_weights
-from fedhealth.model.outcomes import build_study_model, nan_predictions, predict, study_loss
+from fedhealth.model.outcomes import baseline_records, build_study_model, nan_predictions, predict, study_loss
 from fedhealth.model.training import train
 from fedhealth.seeding import derive_seed
 from fedhealth.study.config import StudyConfig
@@ -56,7 +59,7 @@ def local_only(cfg: StudyConfig, splits: Sequence[HospitalSplit], init: Sequence
             continue
         model = _fresh_model(cfg, init, s.x_train.shape[1])
         _fit(cfg, model, s.x_train, s.y_train, f"local-only/{s.index}")
-        out[s.index] = predict(cfg, model, s.x_test)
+        out[s.index] = predict(cfg, model, s.x_test, baseline_records(cfg, [s]))
     return Predictions(out)
 
 
@@ -65,10 +68,12 @@ def pooled(cfg: StudyConfig, splits: Sequence[HospitalSplit], init: Sequence[np.
     y = np.concatenate([s.y_train for s in splits])
     model = _fresh_model(cfg, init, x.shape[1])
     _fit(cfg, model, x, y, "pooled")
-    return Predictions({s.index: predict(cfg, model, s.x_test) for s in splits})
+    baseline = baseline_records(cfg, splits)
+    return Predictions({s.index: predict(cfg, model, s.x_test, baseline) for s in splits})
 
 
 def federated(cfg: StudyConfig, splits: Sequence[HospitalSplit], weights: Sequence[np.ndarray]) -> Predictions:
-    """The final global model's predictions, computed in the simulation driver for pooled-test figures."""
+    """The final global model's predictions, computed in the simulation driver for pooled-test figures (as
+    each hospital computes its own: a Cox model's baseline from that hospital's training records)."""
     model = _fresh_model(cfg, weights, splits[0].x_train.shape[1])
-    return Predictions({s.index: predict(cfg, model, s.x_test) for s in splits})
+    return Predictions({s.index: predict(cfg, model, s.x_test, baseline_records(cfg, [s])) for s in splits})

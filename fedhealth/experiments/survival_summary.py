@@ -424,9 +424,10 @@ def horizon_key(horizon: float) -> str:
     return str(int(h)) if h.is_integer() else repr(h)
 
 
-def undefined_reasons(split: HospitalSplit, local_only: bool) -> dict[str, str]:
+def undefined_reasons(split: HospitalSplit, local_only: bool, cox: bool = False) -> dict[str, str]:
     """Why some of a time-to-event hospital's figures are undefined (null in summary.json), by what they
-    concern: counts only, never a record's values."""
+    concern: counts only, never a record's values. `cox`: the study trains a Cox model, whose survival curves
+    at a site need an event among the site's training records (its baseline hazard)."""
     out = {}
     assert split.event_test is not None and split.event_train is not None
     if not np.any(split.event_test == 1):
@@ -435,6 +436,10 @@ def undefined_reasons(split: HospitalSplit, local_only: bool) -> dict[str, str]:
     if local_only and not np.any(split.event_train == 1):
         out["local_only"] = (f"its training split holds no event among {len(split.event_train)} records: no "
                              "local-only model can be trained without one")
+    if cox and not np.any(split.event_train == 1):
+        out["cox_baseline"] = (f"its training split holds no event among {len(split.event_train)} records: a Cox "
+                               "model's baseline hazard at this site cannot be estimated, so the federated "
+                               "model's curves and figures here are undefined")
     return out
 
 
@@ -516,7 +521,7 @@ def build_survival_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], pr
                 row["gain"] = _gain(gain)
         if known_risk:
             row["c_index"]["best_possible"] = _num(s.bayes_auroc)
-        undefined = undefined_reasons(s, local_only="local_only" in preds)
+        undefined = undefined_reasons(s, local_only="local_only" in preds, cox=cfg.model.survival == "cox")
         if undefined:
             row["undefined"] = undefined
         hospitals.append(row)
@@ -559,7 +564,8 @@ def build_survival_summary(cfg: StudyConfig, splits: Sequence[HospitalSplit], pr
     overall["risk_groups"] = _risk_groups(time_all, event_all, all_curves.get("federated"), edges,
                                           float(horizons[-1]))
     return {"study": cfg.name, "seed": cfg.seed, "strategy": cfg.federation.strategy.name,
-            "model": cfg.model.name, "rounds": cfg.federation.rounds, "outcome": "time_to_event",
+            "model": cfg.model.name, "survival_model": cfg.model.survival, "rounds": cfg.federation.rounds,
+            "outcome": "time_to_event",
             "headline": HEADLINE,
             "time": {"unit": spec.unit, "intervals": [float(x) for x in edges],
                      "horizons": [float(x) for x in horizons]},

@@ -292,13 +292,15 @@ class HospitalClient(NumPyClient):
         """A time-to-event model's figures on this hospital's test records: Harrell's and Uno's C, the
         integrated Brier score and the mean time-dependent AUROC over the study's horizons; NaN where the test
         records cannot give one (no event, a horizon outside their follow-up). The censoring weights come from
-        this hospital's own training records."""
+        this hospital's own training records, and so does a Cox model's baseline hazard (a federated Cox model
+        is stratified by hospital: shared coefficients, each site its own baseline)."""
         from fedhealth.metrics.survival_model import survival_figures
-        from fedhealth.model.outcomes import edges, horizons, predict, study_loss
+        from fedhealth.model.outcomes import baseline_records, edges, horizons, predict, study_loss
         from fedhealth.model.training import mean_loss
 
-        f = survival_figures(split.time_test, split.event_test, predict(cfg, model, split.x_test), edges(cfg),
-                             horizons(cfg), split.time_train, split.event_train)
+        curves = predict(cfg, model, split.x_test, baseline_records(cfg, [split]))
+        f = survival_figures(split.time_test, split.event_test, curves, edges(cfg), horizons(cfg), split.time_train,
+                             split.event_train)
         loss = mean_loss(model, split.x_test, split.y_test, study_loss(cfg))
         return loss, n, {HOSPITAL_KEY: self.index, "c_index": f.c_index, "uno_c": f.uno_c, "ibs": f.ibs,
                          "td_auroc": f.td_auroc}

@@ -1,11 +1,13 @@
-"""Figures of a discrete-time survival model's predictions, on one set of test records.
+"""Figures of a survival model's predictions at the study's interval ends, on one set of test records.
 
-A logistic-hazard model (`fedhealth.model.losses.LogisticHazard`) predicts, for each record, its survival
-S(t) at the end of each of the study's fixed intervals. The metrics of `fedhealth.metrics.survival` need a
-risk score (C-index), S at the horizons (Brier score) or a risk at the horizons (time-dependent AUROC); this
-module reads them off the curves, with a constant hazard inside each interval, and says which figures a test
-set can give: a test set without an event has no C-index, and a horizon outside the test records' follow-up
-has no time-dependent AUROC. Those are NaN, never a number and never a crash.
+A study's survival model (the logistic hazard, `fedhealth.model.losses.LogisticHazard`, or a Cox model with
+its Breslow baseline, `fedhealth.model.losses.CoxPartialLikelihood`; `fedhealth.model.outcomes.predict`)
+predicts, for each record, its survival S(t) at the end of each of the study's fixed intervals. The metrics of
+`fedhealth.metrics.survival` need a risk score (C-index), S at the horizons (Brier score) or a risk at the
+horizons (time-dependent AUROC); this module reads them off the curves, with a constant hazard inside each
+interval, and says which figures a test set can give: a test set without an event has no C-index, and a
+horizon outside the test records' follow-up has no time-dependent AUROC. Those are NaN, never a number and
+never a crash.
 
 The risk score behind both C-indices is the predicted probability of the event by the study's last horizon,
 1 - S(horizon): a fixed choice of the study, the same for every hospital and model.

@@ -3,8 +3,11 @@
 Why a sum over records: DP-SGD's guarantee rests on bounding each record's influence on a step. Per-sample
 clipping (Opacus's, and fedhealth's one-backward linear path in `fedhealth.privacy.dp`) clips the gradient
 of each record's own term, which is that record's influence only if the batch loss is the sum (or mean) of
-terms that each depend on one record. A loss that couples records (a Cox partial likelihood, whose risk sets
-hold many records) breaks that, and is not offered here.
+terms that each depend on one record. Every loss here is such a sum but one: Cox's partial likelihood
+(`CoxPartialLikelihood`), whose risk sets hold many records, so that one record's presence changes the terms
+of every event it was at risk for. It is offered only without record-level DP (the study config refuses it
+with `privacy.mode = "record"`, and DP-SGD refuses it too, `couples_records`); hospital-level DP clips and
+noises each hospital's whole update, which stays valid for it.
 
 - `BinaryLoss`: binary cross-entropy on one logit per record (the binary outcome).
 - `LogisticHazard`: a discrete-time survival model (Kvamme & Borgan 2021; Gensheimer & Narasimhan 2019). The
@@ -12,24 +15,29 @@ hold many records) breaks that, and is not offered here.
   interval, the hazard h_j = sigmoid(logit_j) = P(event in interval j | alive at its start). A record's
   negative log-likelihood involves only its own logits: the intervals it survived, and the one it had its
   event in.
+- `CoxPartialLikelihood`: Cox's proportional-hazards model (`model.survival = "cox"`), one output per record,
+  the log relative risk eta(x); the negative Breslow partial log-likelihood with the risk sets formed within
+  each batch (as DeepSurv trains, Katzman et al. 2018). Its survival curves need a baseline hazard, estimated
+  from training records by Breslow's estimator (`breslow_log_cumulative_hazard`, `cox_survival_curve`).
 - `MulticlassLoss`: cross-entropy on one logit per class (a multi-class outcome).
 - `SquaredError`: squared error of one output against the standardised value (a continuous outcome: the
   value minus the schema's fixed centre, over its fixed scale), halved, so a record's term is its own.
 
 Targets are float tensors: the label (n,) for `BinaryLoss`; (n, 2) = [interval index, event] for
-`LogisticHazard`, from `interval_targets`; the class index (n,) for `MulticlassLoss`; the standardised value
-(n,) for `SquaredError`.
+`LogisticHazard`, from `interval_targets`; (n, 2) = [time, event] for `CoxPartialLikelihood`, from
+`cox_targets`; the class index (n,) for `MulticlassLoss`; the standardised value (n,) for `SquaredError`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from fedhealth.data.survival_targets import interval_targets  # noqa: F401  (the targets `LogisticHazard` reads)
+from fedhealth.data.survival_targets import cox_targets, interval_targets  # noqa: F401  (the targets read here)
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,63 @@ class LogisticHazard:
         return _reduce(terms.sum(dim=1), reduction)
 
 
+@dataclass(frozen=True)
+class CoxPartialLikelihood:
+    """Negative Breslow partial log-likelihood of a Cox model, over the records of the batch.
+
+    The model's one output per record is its log relative risk eta_i. A record with target [t_i, e_i] that had
+    the event (e_i = 1) contributes -(eta_i - log sum_{j: t_j >= t_i} exp(eta_j)): how much riskier it was than
+    everyone still at risk when it happened, the batch's records with a time at or after t_i (Breslow's
+    handling of tied times: every record tied with t_i is at risk, each tied event counts in full). A censored
+    record contributes 0 of its own but sits in the risk sets of every earlier event. `reduction="none"` gives
+    each record's own term, so per-record losses (the membership-inference audit, q-FedAvg's loss) stay
+    defined; "mean" divides their sum by the batch's records, as the other losses do.
+
+    Numerically stable: the risk sets' log sums are one `logcumsumexp` over the records sorted by descending
+    time, read at the last record of each tie.
+
+    Why not under DP-SGD: a record's presence changes the risk-set sums, and so the terms, of every event it
+    was at risk for, so clipping its own term's gradient does not bound its influence (`couples_records`)."""
+
+    n_outputs: int = 1
+    couples_records: ClassVar[bool] = True
+
+    def check_targets(self, target: np.ndarray) -> None:
+        """Refuse targets this loss would read wrongly (not [time, event], a time not positive and finite, an
+        event other than 0/1): once, before training. Counts only, never a value."""
+        t = np.asarray(target, dtype=np.float64)
+        if t.ndim != 2 or t.shape[1] != 2:
+            raise ValueError(f"Cox partial likelihood: targets must be (records, 2) = [time, event], got {t.shape}")
+        bad = ~np.isfinite(t[:, 0]) | (t[:, 0] <= 0)
+        if bad.any():
+            raise ValueError(f"Cox partial likelihood: {int(bad.sum())} time(s) are not positive finite numbers "
+                             "(targets built as [interval, event] for the logistic hazard?)")
+        if not np.isin(t[:, 1], (0.0, 1.0)).all():
+            raise ValueError(f"Cox partial likelihood: {int((~np.isin(t[:, 1], (0.0, 1.0))).sum())} event "
+                             "indicator(s) are not 0 or 1")
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        eta = output.reshape(-1) if output.dim() == 2 and output.shape[1] == 1 else output
+        if eta.dim() != 1 or target.dim() != 2 or target.shape != (len(eta), 2):
+            raise ValueError(f"Cox partial likelihood: expected one output per record and targets (records, 2), "
+                             f"got {tuple(output.shape)} and {tuple(target.shape)}")
+        time, event = target[:, 0], target[:, 1]
+        order = torch.argsort(time, descending=True, stable=True)
+        eta_sorted, time_sorted = eta[order], time[order]
+        log_cumulative = torch.logcumsumexp(eta_sorted, dim=0)
+        # the last record (in this order) of each tie of times closes its risk set: everyone with a time >= t_i
+        ascending = -time_sorted
+        last_tie = torch.searchsorted(ascending, ascending, right=True) - 1
+        terms = (log_cumulative[last_tie] - eta_sorted) * event[order].to(eta.dtype)
+        return _reduce(terms[torch.argsort(order)], reduction)
+
+
+def couples_records(loss: object) -> bool:
+    """Whether a record's presence changes other records' terms of `loss` (a Cox partial likelihood): DP-SGD's
+    per-sample clipping then bounds no record's influence, so `fedhealth.privacy.dp` refuses it."""
+    return bool(getattr(loss, "couples_records", False))
+
+
 def _reduce(per_record: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":
         return per_record
@@ -145,10 +210,74 @@ class SquaredError:
 
 BINARY = BinaryLoss()
 # what the training loops (plain and DP-SGD) accept as `loss`
-OutcomeLoss = BinaryLoss | LogisticHazard | MulticlassLoss | SquaredError
+OutcomeLoss = BinaryLoss | LogisticHazard | CoxPartialLikelihood | MulticlassLoss | SquaredError
 
 
 def survival_curve(logits: np.ndarray | torch.Tensor) -> np.ndarray:
     """S(t_{j+1}) = prod_{i<=j} (1 - h_i) at each interval's end, from logits of shape (records, K)."""
     z = torch.as_tensor(logits, dtype=torch.float64)
     return torch.exp(torch.cumsum(F.logsigmoid(-z), dim=1)).numpy()
+
+
+def breslow_log_cumulative_hazard(eta: np.ndarray, time: np.ndarray, event: np.ndarray,
+                                  at: np.ndarray) -> np.ndarray:
+    """Breslow's estimate of a Cox model's log cumulative baseline hazard, log H0(t), at each of `at`.
+
+    H0(t) = sum over the events at times t_i <= t of 1 / sum_{j: t_j >= t_i} exp(eta_j) (tied events each count
+    in full, as in the partial likelihood's Breslow ties): the estimate scikit-survival's `BreslowEstimator`
+    gives. Computed in logs, with log-sum-exps throughout, so that no exp(eta) overflows.
+
+    Parameters
+    ----------
+    eta : ndarray, shape (n,)
+        The records' log relative risks under the model whose baseline this is.
+    time, event : ndarray, shape (n,)
+        The records' follow-up and event indicator (1 event, 0 censored).
+    at : ndarray, shape (m,)
+        The times to read H0 at (a study's interval ends).
+
+    Returns
+    -------
+    ndarray, shape (m,)
+        log H0 at each time, float64; -inf before the first event (and everywhere, for records without one).
+    """
+    e = np.asarray(eta, dtype=np.float64).reshape(-1)
+    t = np.asarray(time, dtype=np.float64).reshape(-1)
+    d = np.asarray(event).reshape(-1).astype(bool)
+    when = np.atleast_1d(np.asarray(at, dtype=np.float64))
+    if not (len(e) == len(t) == len(d)):
+        raise ValueError(f"Breslow baseline: eta, time and event must be of one length; got {len(e)}, {len(t)} "
+                         f"and {len(d)}")
+    if not d.any():
+        return np.full(when.shape, -np.inf)
+    down = np.argsort(-t, kind="stable")
+    log_cumulative = np.logaddexp.accumulate(e[down])
+    last_tie = np.searchsorted(-t[down], -t[down], side="right") - 1
+    log_risk_set = np.empty(len(t))
+    log_risk_set[down] = log_cumulative[last_tie]  # log sum_{j: t_j >= t_i} exp(eta_j), per record
+    event_times = t[d]
+    up = np.argsort(event_times, kind="stable")
+    log_h0 = np.logaddexp.accumulate(-log_risk_set[d][up])  # at each event, in time order
+    n_by = np.searchsorted(event_times[up], when, side="right")  # events at or before each time
+    return np.where(n_by > 0, log_h0[np.maximum(n_by - 1, 0)], -np.inf)
+
+
+def cox_survival_curve(eta: np.ndarray, log_baseline: np.ndarray) -> np.ndarray:
+    """A Cox model's survival curves, S(t | x) = exp(-H0(t) exp(eta(x))) = S0(t)^exp(eta(x)).
+
+    Parameters
+    ----------
+    eta : ndarray, shape (n,)
+        The log relative risk of each record to predict for.
+    log_baseline : ndarray, shape (m,)
+        log H0 at each time (`breslow_log_cumulative_hazard`).
+
+    Returns
+    -------
+    ndarray, shape (n, m)
+        S of every record (rows) at each time (columns), float64: 1 where no baseline hazard has accrued,
+        0 where H0(t) exp(eta) overflows.
+    """
+    e = np.asarray(eta, dtype=np.float64).reshape(-1, 1)
+    with np.errstate(over="ignore"):
+        return np.exp(-np.exp(np.asarray(log_baseline, dtype=np.float64).reshape(1, -1) + e))

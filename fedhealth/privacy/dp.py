@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedhealth.model.losses import BINARY, OutcomeLoss
+from fedhealth.model.losses import BINARY, OutcomeLoss, couples_records
 from fedhealth.model.training import TrainResult
 
 
@@ -135,8 +135,11 @@ def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int
     (`train_private_opacus`). Both draw the same batches and the same noise from the same seeds.
 
     `loss` (binary cross-entropy by default) must be a sum of one term per record, as every loss of
-    `fedhealth.model.losses` is: per-sample clipping bounds a record's influence only then.
+    `fedhealth.model.losses` but Cox's partial likelihood is: per-sample clipping bounds a record's influence
+    only then, so a loss that couples records is refused here, before any step (the study config refuses it
+    first: `fedhealth.study.config.COX_WITH_RECORD_DP`).
     """
+    _refuse_coupled(loss)
     loss.check_targets(y)  # once, before any step: a refusal never depends on the sampled batches
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.float32)
@@ -149,6 +152,15 @@ def train_private(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int
     return _train_linear(model, linears, xt, yt, epochs=epochs, schedule=schedule, learning_rate=learning_rate,
                          momentum=momentum, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                          noise_seed=noise_seed, sampling_seed=sampling_seed, loss=loss)
+
+
+def _refuse_coupled(loss: OutcomeLoss) -> None:
+    """Refuse a loss whose terms couple records (a Cox partial likelihood) before any step: clipping a record's
+    own term's gradient would not bound its influence, so the DP guarantee would not hold."""
+    if couples_records(loss):
+        from fedhealth.study.config import COX_WITH_RECORD_DP
+
+        raise ValueError(COX_WITH_RECORD_DP)
 
 
 def poisson_batches(n_records: int, schedule: DPSchedule, generator: torch.Generator,
@@ -361,6 +373,7 @@ def train_private_opacus(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epoc
     from opacus.optimizers import DPOptimizer
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
+    _refuse_coupled(loss)
     start = time.perf_counter()
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.float32)

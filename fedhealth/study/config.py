@@ -39,6 +39,7 @@ Tier = Literal["tertiary", "secondary", "community"]
 Region = Literal["north", "south", "east", "west", "central"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "qfedavg"]
 ModelName = Literal["logreg", "mlp"]
+SurvivalModel = Literal["logistic_hazard", "cox"]
 MIN_TRAIN_RECORDS = 10  # fewer training records than this at a hospital: its local steps learn nothing useful
 DERIVED_SUFFIX = 32  # a sibling study's name (`variant`): the study's own name and a suffix such as -eps-0.5
 
@@ -161,6 +162,10 @@ class StrategyConfig(_Strict):
 class ModelConfig(_Strict):
     name: ModelName = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [32, 16])
+    survival: SurvivalModel = Field(
+        default="logistic_hazard", description="a time-to-event study's likelihood: the discrete-time logistic "
+        "hazard over the [time] table's intervals (every privacy mode), or Cox's partial likelihood with "
+        "Breslow ties (not with privacy.mode = \"record\": `COX_WITH_RECORD_DP` says why)")
 
     @field_validator("hidden")
     @classmethod
@@ -168,6 +173,37 @@ class ModelConfig(_Strict):
         if any(h <= 0 for h in v):
             raise ValueError("every hidden layer width must be a positive integer")
         return v
+
+    @model_serializer(mode="wrap")
+    def _as_before_cox(self, handler: Any) -> dict[str, Any]:
+        """A study on the default likelihood dumps exactly as before `survival` existed, so its fingerprint
+        (run directories, resumes, the ledger's study id) and the payload hospitals receive are unchanged."""
+        data = handler(self)
+        if self.survival == "logistic_hazard":
+            data.pop("survival", None)
+        return data
+
+
+# Why a Cox model cannot train under record-level DP-SGD; the config's refusal and DP-SGD's own say it.
+COX_WITH_RECORD_DP = (
+    "model.survival = \"cox\" is not offered with privacy.mode = \"record\": the Cox partial likelihood couples "
+    "the records of each risk set (every event's term holds everyone still at risk), so per-sample clipping "
+    "does not bound one record's influence and the DP-SGD guarantee would not hold; for record-level DP use "
+    "model.survival = \"logistic_hazard\" (a sum of one term per record), or keep Cox with privacy.mode = "
+    "\"none\" or \"hospital\" (hospital-level DP clips and noises each hospital's whole update, which stays valid)")
+
+
+def survival_model_problem(cfg: StudyConfig) -> str | None:
+    """Why the study's `model.survival` cannot run (one line), or None: Cox needs a time-to-event outcome, and
+    no record-level DP. Checked at every load, so a hospital refuses a server that asks for it too."""
+    if cfg.model.survival == "logistic_hazard":
+        return None
+    if cfg.outcome_kind != "time_to_event":
+        return (f"model.survival = \"{cfg.model.survival}\" needs outcome = \"time_to_event\" (this study's outcome "
+                f"is {cfg.outcome_kind!r}); remove model.survival")
+    if cfg.privacy.mode == "record":
+        return COX_WITH_RECORD_DP
+    return None
 
 
 class TrainingConfig(_Strict):
@@ -411,6 +447,9 @@ class StudyConfig(_Strict):
         if not self.hospitals:
             raise ValueError("hospitals: a study needs at least one hospital: add [[hospitals]] or [population]")
         _one_data_source(self)
+        survival = survival_model_problem(self)
+        if survival is not None:
+            raise ValueError(survival)
         if self.privacy.mode == "record" and self.federation.strategy.name == "fedprox":
             raise ValueError("federation.strategy.name: fedprox is not yet supported with privacy.mode = 'record' "
                              "(the proximal term is not part of the DP-SGD loop); use fedavg or fedadam")
