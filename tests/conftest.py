@@ -18,6 +18,34 @@ pytest.register_assert_rewrite("tests.support")
 # other deployment test takes free ports. `-n 0` runs everything in this process instead.
 
 
+# ---- The order the workers take the files in ----
+# pytest-xdist hands whole files to the workers in collection order (`--no-loadscope-reorder`, pyproject.toml;
+# its default order is by number of tests, which leaves the long files of two tests, the deployments, for the
+# end, with one worker idle beside them). Longest first is what keeps both busy to the end: the seconds are
+# measured on the 2-core machine (idle, `--durations`), and a file not listed sorts after these, integration
+# before unit. The order changes when a test runs, never what it checks.
+LONGEST_FIRST = {
+    "integration/test_deployment.py": 308, "integration/test_deployment_docs.py": 221,
+    "integration/test_interrupt_federation.py": 112, "integration/test_flwr_run.py": 74,
+    "integration/test_simulate_federation.py": 70, "integration/test_survival_federation.py": 78,
+    "integration/test_privacy_audit_federation.py": 63, "integration/test_secagg_federation.py": 55,
+    "integration/test_outcome_kinds_federation.py": 47, "integration/test_kinds_sibling_federations.py": 40,
+    "integration/test_ray_cluster.py": 35, "unit/test_synthetic_outcomes.py": 35,
+}
+
+
+def _file_cost(item) -> tuple[float, int]:
+    path = item.path.as_posix()
+    for name, seconds in LONGEST_FIRST.items():
+        if path.endswith("tests/" + name):
+            return -seconds, 0
+    return 0.0, 0 if "/tests/integration/" in path else 1
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_file_cost)  # stable: a file's tests keep their order, and stay together
+
+
 # ---- The suite's own collection, for tests/unit/test_suite_layout.py ----
 # Which collected test carries the `slow` marker, as it stands after every collection hook, kept and
 # deselected tests alike. test_suite_layout reads it when this session collected the whole suite (as every
