@@ -8,7 +8,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 pytest.register_assert_rewrite("tests.support")
 
 
-# The suite runs on two pytest-xdist workers, each test file whole on one of them (`-n 2 --dist loadfile`,
+# The suite runs on three pytest-xdist workers, each test file whole on one of them (`-n 3 --dist loadfile`,
 # pyproject.toml), so a file's module fixtures (a federation that several tests read) are built once, as in a
 # single process. `--dist loadgroup` with `xdist_group` marks was used before: with pytest 9.2 and
 # pytest-xdist 3.8 it silently does nothing (xdist tags a group by assigning `item._nodeid`, which pytest 9.2's
