@@ -2,10 +2,12 @@
 
 Two real federations through `fedhealth simulate` in a process of its own:
 
-- generated hospitals followed in time (`outcome = "time_to_event"`), with record-level DP-SGD and SecAgg+:
-  every round is a secure sum of clipped, noised hazard-model updates, each hospital's ledger is charged,
-  the summary's headline figure is Harrell's C-index with intervals, and the federated model ranks patients
-  beyond the test set's noise;
+- ten small generated clinics followed in time (`outcome = "time_to_event"`, `tests.support.SMALL_SITES`),
+  with record-level DP-SGD at a target epsilon of 8 and SecAgg+: every round is a secure sum of clipped,
+  noised hazard-model updates, each hospital's ledger is charged, the summary's headline figure is
+  Harrell's C-index with intervals, and the federated model beats local-only on all test records beyond
+  the test set's noise (local-only with the study's optimiser, as the summary's reference always has it;
+  docs/results.md, "Against local-only under DP: ten small sites", has how a smaller step changes it);
 - the NCCTG lung cancer data (`configs/lung.toml`, eight real sites of 16 to 79 patients): the example the
   README and docs/results.md quote, scored against local-only and pooled, with an interval on every figure.
 
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 
 from fedhealth.runs import rundir
-from tests.support import ROOT, THREE_HOSPITALS, run_cli
+from tests.support import ROOT, SMALL_SITE_NAMES, SMALL_SITES, THREE_HOSPITALS, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -34,17 +36,18 @@ name = "mlp"
 local_epochs = 1
 batch_size = 64
 learning_rate = 0.5
+test_fraction = 0.5
 [federation]
-rounds = 8
+rounds = 10
 [privacy]
 mode = "record"
-noise_multiplier = 1.2
+target_epsilon = 8.0
 [references]
 non_private_federation = false  # the same federation without DP: not needed here
-""" + THREE_HOSPITALS
+""" + SMALL_SITES
 
 
-def test_a_generated_survival_study_trains_under_dp_and_secagg(tmp_path):
+def test_a_generated_survival_study_trains_under_dp_and_secagg_and_beats_local_only(tmp_path):
     study = tmp_path / "study.toml"
     study.write_text(STUDY)
     out = tmp_path / "run"
@@ -54,19 +57,20 @@ def test_a_generated_survival_study_trains_under_dp_and_secagg(tmp_path):
     assert "C-index" in text and "Traceback" not in text
 
     rounds = rundir.read_jsonl(out / rundir.ROUNDS_FILE)
-    assert [r["round"] for r in rounds] == list(range(1, 9))
+    assert [r["round"] for r in rounds] == list(range(1, 11))
     for r in rounds:  # every hospital's clipped, noised update is in every secure sum
         assert r["status"] == "aggregated" and r["secure_aggregation"] is True
-        assert r["hospitals_aggregated"] == [0, 1, 2]
-        assert 0.5 < r["c_index_mean"] < 1.0 and "auroc_mean" not in r
+        assert r["hospitals_aggregated"] == list(range(10))
+        assert 0.4 < r["c_index_mean"] < 1.0 and "auroc_mean" not in r
     rows = rundir.read_jsonl(out / rundir.METRICS_FILE)
     assert all(set(("c_index", "uno_c", "ibs", "td_auroc")) <= set(row) and "auroc" not in row for row in rows)
     assert all(row["epsilon"] is not None and row["epsilon"] > 0 for row in rows)
 
     summary = json.loads((out / rundir.SUMMARY_FILE).read_text())
     assert summary["outcome"] == "time_to_event" and summary["headline"] == "c_index"
-    assert {h["name"]: len(h["rounds_trained"]) for h in summary["privacy"]["hospitals"]} == {
-        "city-tertiary": 8, "county-secondary": 8, "village-clinic": 8}
+    assert {h["name"]: len(h["rounds_trained"]) for h in summary["privacy"]["hospitals"]} == dict.fromkeys(
+        SMALL_SITE_NAMES, 10)
+    assert all(7.0 < h["epsilon"] <= 8.0 for h in summary["privacy"]["hospitals"])  # the target, composed
     village = summary["hospitals"][2]
     for model in ("federated", "local_only", "pooled"):
         low, high = village["c_index_ci"][model]
@@ -76,10 +80,12 @@ def test_a_generated_survival_study_trains_under_dp_and_secagg(tmp_path):
     c_index = village["c_index"]
     assert village["gain"]["estimate"] == pytest.approx(c_index["federated"] - c_index["local_only"])
     overall = summary["overall"]
-    # the DP federation has learnt to rank patients, beyond the test set's noise. (Whether it beats each
-    # clinic's own model varies with the DP noise, which nobody but the hospital can predict, on three sites;
-    # the gain over local-only is shown on the default hospitals, configs/survival.toml, docs/results.md.)
+    # the DP federation has learnt to rank patients, beyond the test set's noise, and beats local-only on all
+    # test records (the paired interval of the gain excludes zero)
     assert overall["c_index_ci"]["federated"][0] > 0.6
+    gain = overall["gain"]
+    assert gain["estimate"] == pytest.approx(overall["c_index"]["federated"] - overall["c_index"]["local_only"])
+    assert gain["ci"][0] > 0 and gain["distinguishable_from_zero"] is True, gain
     json.dumps(summary, allow_nan=False)  # every undefined figure is null, never NaN
     report = (out / "report.html").read_text()
     assert "C-index" in report and (out / "figures" / "risk_groups.png").is_file()
