@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from fedhealth.data.synthetic import (
 from fedhealth.metrics.classification import roc_auc
 from fedhealth.study.builtin_schema import ENCODED_WIDTH, encode_features
 from fedhealth.study.config import MIN_TRAIN_RECORDS, ConfigError, HospitalConfig, StudyConfig
+
+if TYPE_CHECKING:
+    from fedhealth.data.validation import ValidRecords
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +268,10 @@ def _build_outcome(cfg: StudyConfig, index: int) -> HospitalSplit:
     return _outcome_split(cfg, index, encode_features(features), outcome, test, truth, len(test), official=False)
 
 
-def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha: bool = True) -> HospitalSplit:
-    """A hospital's own file, validated and consent-filtered, split by the schema's split column or by the
-    same seeded stratified split as a generated hospital, and encoded with the schema's fixed references.
-    There is no true risk, so no best-possible AUROC (NaN)."""
+def file_records(cfg: StudyConfig, index: int, path: Path | None, check_sha: bool = True) -> ValidRecords:
+    """A file hospital's usable rows (validated, consent-filtered), at most the `records` the study declares
+    for it. `check_sha`: the file must be the one the study was configured with (simulation; a deployed
+    hospital's own file is its own)."""
     from fedhealth.data.files import load_file_records
 
     h = cfg.hospitals[index]
@@ -289,6 +293,17 @@ def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha:
         records = replace(records, values=records.values[:declared], label=records.label[:declared],
                           is_test=None if records.is_test is None else records.is_test[:declared],
                           time=None if records.time is None else records.time[:declared])
+    return records
+
+
+def _build_from_file(cfg: StudyConfig, index: int, path: Path | None, check_sha: bool = True) -> HospitalSplit:
+    """A hospital's own file, validated and consent-filtered, split by the schema's split column or by the
+    same seeded stratified split as a generated hospital, and encoded with the schema's fixed references.
+    There is no true risk, so no best-possible AUROC (NaN)."""
+    h = cfg.hospitals[index]
+    schema = cfg.study_schema
+    assert schema is not None
+    records = file_records(cfg, index, path, check_sha)
     if records.is_test is not None:
         test = records.is_test
     elif cfg.outcome_kind in ("multiclass", "continuous"):
