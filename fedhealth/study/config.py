@@ -331,6 +331,22 @@ class TestingConfig(_Strict):
     dropouts: list[InjectedDropout] = Field(default_factory=list)
 
 
+class DescribeConfig(_Strict):
+    """A cohort description (`fedhealth describe`): each hospital's counts, sums and histograms of its records
+    (`fedhealth.statistics`), summed under SecAgg+ in one round, instead of training.
+
+    `epsilon`: each hospital adds Gaussian noise to its vector so that this one release costs it at most this
+    epsilon (at the study's delta), charged to its privacy ledger before the vector leaves, in the same budget
+    as its training; omitted, the statistics are exact, which only a simulated hospital agrees to (a deployed
+    hospital always declines an exact release). `bins`: equal-width histogram bins per numeric column on its
+    valid range (medians and quartiles are read from them). `min_cell`: a released count below it is
+    withheld from the table, with the reason (a hospital's own `policy.min_cell` may raise it)."""
+
+    epsilon: Annotated[float, within("describe.epsilon")] | None = Field(default=None, gt=0)
+    bins: int = Field(default=20, ge=2, le=200)
+    min_cell: int = Field(default=5, ge=0)
+
+
 class TrackingConfig(_Strict):
     """Optional experiment tracking (an extra): MLflow file store or TensorBoard event files, local only."""
 
@@ -375,6 +391,8 @@ class StudyConfig(_Strict):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     testing: TestingConfig = Field(default_factory=TestingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    describe: DescribeConfig | None = Field(
+        default=None, description="set by `fedhealth describe`: the one round describes the cohort, no training")
     study_schema: StudySchema | None = Field(
         default=None, description="the schema of a study whose hospitals are files (TOML key `schema` = its path)")
     _fingerprint: str | None = PrivateAttr(default=None)
@@ -419,6 +437,8 @@ class StudyConfig(_Strict):
         data = handler(self)
         if self.outcome == "binary":
             data.pop("outcome", None)
+        if self.describe is None:  # a training study dumps as before `describe` existed
+            data.pop("describe", None)
         return data
 
     @property

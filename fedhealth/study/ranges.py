@@ -50,6 +50,9 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "privacy.noise_multiplier": (
         1e-6, 1e4, "below 1e-6 the noise protects nothing and the accounting overflows, above 10000 an update is "
                    "all noise"),
+    "describe.epsilon": (
+        0.01, 100.0, "below 0.01 the noise swamps every count of any cohort, above 100 the guarantee means "
+                     "nothing"),
     "privacy.target_epsilon": (
         0.01, 100.0, "below 0.01 no noise level leaves a usable model, above 100 the guarantee means nothing "
                      "and the noise calibration cannot settle"),

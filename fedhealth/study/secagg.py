@@ -168,6 +168,15 @@ def derive_secagg_params(cfg: StudyConfig, noise_std_per_hospital: float) -> Sec
         raise ValueError(f"{KEY}: {m} hospitals per round leave only {q} quantisation levels in a 32-bit "
                          f"modulus; lower federation.strategy.fraction_fit")
 
+    if cfg.describe is not None:
+        # A cohort description sends integers (`fedhealth.statistics.transport`) with weight 1: with the
+        # clipping range at half the quantisation range, Flower's quantiser adds c and scales by exactly 1, and
+        # its stochastic rounding leaves an integer as it is, so the unmasked sum is the exact sum.
+        return SecAggParams(
+            hospitals_per_round=m, num_shares=k, reconstruction_threshold=t, max_weight=1,
+            clipping_range=float(q // 2), quantization_range=q, modulus_range=MODULUS, timeout=sa.timeout,
+            round_failure_probability=_failure_probability(m, k, t, sa.dropout_rate), quantization_std=0.0)
+
     hospital_mode = cfg.privacy.mode == "hospital"
     if hospital_mode or cfg.federation.strategy.name == "qfedavg":
         why = "hospital-level DP" if hospital_mode else "q-FedAvg"
