@@ -630,3 +630,68 @@ def contribution(study: StudyConfig | str | Path, budget: int, out: str | Path |
         shutil.copyfile(out / CONTRIBUTION_FILE, into / CONTRIBUTION_FILE)
         report(into)
     return result
+
+
+# ---- cohort description ------------------------------------------------------------------------------------
+
+def description_study(study: StudyConfig | str | Path, *, epsilon: float | None = None, bins: int | None = None,
+                      min_cell: int | None = None, overrides: Overrides = None) -> StudyConfig:
+    """The study as `fedhealth describe` runs it: one round, every hospital, no training privacy mode, and a
+    `[describe]` table; the delta is the one the study's training charges at, so a hospital's ledger composes
+    the description with its training.
+
+    Parameters
+    ----------
+    study
+        A `StudyConfig` or the path of a study config (TOML): its hospitals, schema and seed.
+    epsilon
+        Each hospital's epsilon for this release (Gaussian noise, charged to its ledger); None: exact
+        statistics, which only simulated hospitals release.
+    bins, min_cell
+        Histogram bins per numeric column (default 20) and the smallest count shown (default 5).
+    overrides
+        As for `load_study`, applied before the description's settings.
+    """
+    cfg = _study(study, overrides)
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    privacy = data.setdefault("privacy", {})
+    delta = cfg.privacy_delta() if cfg.privacy.mode != "hospital" else None
+    for key in ("mode", "noise_multiplier", "target_epsilon", "hospital_noise", "min_contributors",
+                "colluding_hospitals"):
+        privacy.pop(key, None)
+    if delta is not None:
+        privacy["delta"] = delta
+    describe = {k: v for k, v in (("epsilon", epsilon), ("bins", bins), ("min_cell", min_cell)) if v is not None}
+    data["describe"] = describe
+    federation = data.setdefault("federation", {})
+    federation["rounds"] = 1
+    federation.setdefault("strategy", {})["fraction_fit"] = 1.0
+    return parse_config(data, f"study {cfg.name} (description)")
+
+
+def describe(study: StudyConfig | str | Path, out: str | Path | None = None, *, epsilon: float | None = None,
+             bins: int | None = None, min_cell: int | None = None, overrides: Overrides = None):
+    """Describe the cohort (Table 1, and Kaplan-Meier for a time-to-event study) as ``fedhealth describe``.
+
+    One SecAgg+ round on Flower's simulation engine: each hospital computes counts, sums and histograms of its
+    own records, adds Gaussian noise for `epsilon` (charged to its ledger before it leaves) and the server
+    unmasks only the sum. Writes ``table1.csv``, ``table1.html``, ``description.json`` and for a time-to-event
+    study ``kaplan_meier.csv`` and ``kaplan_meier.png`` into a new run directory.
+
+    Parameters
+    ----------
+    study, epsilon, bins, min_cell, overrides
+        As for `description_study`.
+    out
+        The run directory; it must not exist or be empty. Default ``runs/<time>-<study name>``.
+
+    Returns
+    -------
+    fedhealth.experiments.describe.Description
+        The summed vector, the table, the curve, the hospitals that took part and those that declined.
+    """
+    from fedhealth.experiments.describe import describe_run
+
+    cfg = description_study(study, epsilon=epsilon, bins=bins, min_cell=min_cell, overrides=overrides)
+    run_dir = rundir.create_run_dir(cfg, Path(out) if out is not None else None)
+    return describe_run(cfg, run_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
+import numpy as np
 from flwr.common import Context, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
@@ -83,6 +84,10 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     if last:
         weights, opt_state = rundir.load_weights(rundir.checkpoint_path(run_dir, last))
         log.info("resuming %s after round %d", run_dir, last)
+    elif cfg.describe is not None:  # a cohort description: the "model" is the zero vector of its layout
+        from fedhealth.statistics.study import description_terms
+
+        weights, opt_state = [np.zeros(len(description_terms(cfg).layout.cells), dtype=np.float64)], {}
     else:
         weights, opt_state = initial_weights(cfg), {}
     shapes = [tuple(w.shape) for w in weights]

@@ -37,9 +37,10 @@ def build_strategy(
     s = cfg.federation.strategy
     common = dict(
         fraction_fit=s.fraction_fit,
-        fraction_evaluate=1.0,
+        # a cohort description (`describe`) has no model to evaluate: its one round is the secure sum only
+        fraction_evaluate=0.0 if cfg.describe is not None else 1.0,
         min_fit_clients=max(1, int(np.ceil(s.fraction_fit * n))),
-        min_evaluate_clients=n,
+        min_evaluate_clients=1 if cfg.describe is not None else n,
         min_available_clients=n,
         initial_parameters=ndarrays_to_parameters(initial_weights),
         on_fit_config_fn=fit_config,

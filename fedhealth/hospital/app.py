@@ -119,6 +119,8 @@ class HospitalClient(NumPyClient):
         the clipped model update, weight 1; no DP: the model, the training-record count, the training loss.
         Everything else (loss, steps, time, exact counts, the hospital's total epsilon) stays in
         `local.*` metrics, which the hospital's audit mod records and removes."""
+        if study_from_payload(config).describe is not None:
+            return self._describe(parameters, config)
         from fedhealth.model import get_weights
         from fedhealth.model.outcomes import study_loss
         from fedhealth.model.training import evaluate, mean_loss
@@ -213,6 +215,22 @@ class HospitalClient(NumPyClient):
         local_keys = {f"{LOCAL_PREFIX}{k}": v for k, v in local.items()}
         return weights, weight, {HOSPITAL_KEY: self.index, **shared, **local_keys}
 
+    def _describe(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """A cohort description instead of training (`fedhealth.hospital.describe`: what it checks, charges
+        and sends)."""
+        from fedhealth.hospital.describe import as_reply, describe_cohort
+
+        cfg = study_from_payload(config)
+        self.index = resolve_hospital(self.settings, cfg)
+        if self.schema_file:
+            check_own_schema(cfg, self.schema_file, cfg.hospitals[self.index].name)
+        described = describe_cohort(cfg, self.index, parameters, config, policy=self._policy(cfg),
+                                    simulated=self.simulated, ledger_dir=self._ledger_dir(config),
+                                    data_file=self.data_file)
+        if described.declined:
+            return self._declined(parameters, described.declined, described.detail)
+        return as_reply(self.index, described)
+
     def _ledger_dir(self, config: dict[str, Scalar]) -> str:
         """The hospital's own ledger folder; the server's location only in simulation (in deployment it is
         not the hospital's disk)."""
@@ -271,6 +289,9 @@ class HospitalClient(NumPyClient):
         from fedhealth.model.training import evaluate
         from fedhealth.privacy.round import public_train_records
 
+        if study_from_payload(config).describe is not None:
+            raise HospitalRefusal("a cohort description has no model to evaluate; this hospital evaluates nothing "
+                                  "for it")
         cfg, split, model = self._model(config, parameters)
         policy = self._policy(cfg)
         if policy is not None and not policy.share_evaluation:

@@ -467,6 +467,16 @@ class StudyConfig(_Strict):
         if not self.hospitals:
             raise ValueError("hospitals: a study needs at least one hospital: add [[hospitals]] or [population]")
         _one_data_source(self)
+        if self.describe is not None:
+            if not self.federation.secure_aggregation.enabled:
+                raise ValueError("describe: a cohort description is summed under SecAgg+ only; remove "
+                                 "federation.secure_aggregation.enabled = false")
+            if self.privacy.mode != "none":
+                raise ValueError("describe: a description's noise is its own (describe.epsilon), charged at "
+                                 "privacy.delta; `fedhealth describe` sets privacy.mode = \"none\"")
+            if self.federation.rounds != 1 or self.federation.strategy.fraction_fit != 1.0:
+                raise ValueError("describe: a cohort description is one round in which every hospital takes part; "
+                                 "`fedhealth describe` sets federation.rounds = 1 and fraction_fit = 1")
         survival = survival_model_problem(self)
         if survival is not None:
             raise ValueError(survival)

@@ -1,0 +1,185 @@
+"""The hospital's side of a cohort description: its statistics vector, charged, noised and encoded for SecAgg+.
+
+A description is one SecAgg+ round in which the "model" the server sends is a vector of zeros of the study's
+statistics layout and the "update" a hospital returns is its own statistics vector
+(`fedhealth.statistics`): counts, sums and histograms of its records. The hospital decides, each on its own
+and from the study config alone (`fedhealth.statistics.study.description_terms`), what the vector means,
+how much noise it carries and what it costs; nothing the server says about these is taken on trust.
+
+What the hospital checks before anything is computed or charged, and declines otherwise (nothing computed,
+charged or sent):
+
+- the request is secure (under SecAgg+) unless its site policy allows plain aggregation;
+- an exact description (no `describe.epsilon`) only in simulation: a deployed hospital never releases exact
+  statistics, and a hospital whose site policy caps epsilon (`policy.max_epsilon`) never releases any
+  statistics without noise;
+- the vector the server sent is zeros of the length of the hospital's own layout.
+
+With `describe.epsilon`, the release is charged to the hospital's privacy ledger before it leaves, as one
+Gaussian step at sample rate 1 (the same accountant and the same budget as its training: one epsilon for
+everything it ever released), and refused at its cap. The noise comes from the hospital's own secret, keyed
+by the release: a retry of the same release resends the stored vector at no new cost; any other request is
+a new release, charged again. What leaves: the encoded vector (inside the masked sum), its index and the
+epsilon this study has spent at it; the count of records never leaves except inside the sum.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from flwr.common import NDArrays, Scalar
+
+from fedhealth.wire import HOSPITAL_KEY, LOCAL_PREFIX, ROUND_KEY, SECURE_KEY
+
+if TYPE_CHECKING:
+    from fedhealth.study.config import StudyConfig
+    from fedhealth.study.policy import SitePolicy
+
+log = logging.getLogger(__name__)
+
+EXACT_REFUSED = ("a deployed hospital releases no exact statistics (its site policy): the study must set "
+                 "describe.epsilon")
+EXACT_CAPPED = ("its site policy caps epsilon (policy.max_epsilon), so it releases statistics only with noise: "
+                "the study must set describe.epsilon")
+PLAIN_REFUSED = "its site policy requires secure aggregation for every release; declining this description"
+LAYOUT_MISMATCH = ("the vector the server sent does not match this hospital's statistics layout of the study "
+                   "(zeros of its length): the server's code or config differs from the study's")
+
+
+class Described:
+    """What a description request comes to: the vector to send (weight 1) and its figures, or a decline."""
+
+    def __init__(self, vector: np.ndarray | None = None, shared: dict[str, Scalar] | None = None,
+                 local: dict[str, Scalar] | None = None, declined: str = "", detail: str = "") -> None:
+        self.vector, self.shared, self.local = vector, shared or {}, local or {}
+        self.declined, self.detail = declined, detail
+
+
+def describe_cohort(cfg: StudyConfig, index: int, received: NDArrays, config: dict[str, Scalar], *,
+                    policy: SitePolicy | None, simulated: bool, ledger_dir: str,
+                    data_file: str | None) -> Described:
+    """This hospital's part of the description `cfg.describe` (module docstring: what it checks first).
+
+    Parameters
+    ----------
+    cfg : StudyConfig
+        The study as the hospital parsed it from the request.
+    index : int
+        The hospital's own position in the study (resolved by the hospital, not told by the server).
+    received : list of numpy.ndarray
+        What the server sent as the model: must be zeros of the layout's length.
+    config : dict
+        The request's config (its round; `SECURE_KEY` as the hospital's own mod recorded it).
+    policy : SitePolicy or None
+        The hospital's own site policy (its file in deployment).
+    simulated : bool
+        A simulated hospital (only it agrees to an exact description).
+    ledger_dir : str
+        The hospital's ledger folder (its own in deployment).
+    data_file : str or None
+        A deployed hospital's own data file.
+    """
+    from fedhealth.statistics.study import description_terms
+
+    assert cfg.describe is not None
+    secure = bool(config.get(SECURE_KEY, False))
+    if not secure and (policy is None or policy.require_secure_aggregation):
+        return Described(declined=PLAIN_REFUSED)
+    if cfg.describe.epsilon is None and not simulated:
+        return Described(declined=EXACT_REFUSED)
+    if cfg.describe.epsilon is None and policy is not None and policy.max_epsilon is not None:
+        return Described(declined=EXACT_CAPPED)
+    terms = description_terms(cfg)
+    if len(received) != 1 or received[0].shape != (len(terms.layout.cells),) or np.any(received[0] != 0):
+        return Described(declined=LAYOUT_MISMATCH + "; declining this description")
+
+    from fedhealth.data.cohort_records import cohort_records
+    from fedhealth.statistics import local_statistics
+    from fedhealth.statistics.transport import encode
+
+    vector = local_statistics(terms.layout, cohort_records(cfg, index, data_file).records)
+    local = {"records": float(vector[0])}
+    if terms.noise_multiplier is None:  # exact: simulation only (checked above); nothing to charge
+        return Described(vector=encode(terms.layout, vector, terms.scale, terms.clipping_range), local=local)
+    return _noised(cfg, index, vector, received, config, policy, ledger_dir, local)
+
+
+def _noised(cfg: StudyConfig, index: int, vector: np.ndarray, received: NDArrays, config: dict[str, Scalar],
+            policy: SitePolicy | None, ledger_dir: str, local: dict[str, Scalar]) -> Described:
+    """Charge, then noise and encode: the charge is written before a noised vector exists."""
+    from fedhealth.durable import inside
+    from fedhealth.privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger, StaleRound
+    from fedhealth.privacy.release import ReleaseStore, model_hash, release_key
+    from fedhealth.privacy.round import (
+        BUDGET_REASON,
+        LEDGER_REASON,
+        MISSING_RELEASE_REASON,
+        STALE_REASON,
+        study_id,
+    )
+    from fedhealth.privacy.secret import HospitalSecret, SecretError, secret_path
+    from fedhealth.statistics import charge_release, noise_for_release
+    from fedhealth.statistics.study import description_terms
+    from fedhealth.statistics.transport import encode
+    from fedhealth.study.policy import effective_cap
+
+    terms = description_terms(cfg)
+    assert terms.noise_multiplier is not None and cfg.describe is not None
+    if not ledger_dir:
+        return Described(declined=LEDGER_REASON, detail="a noised description needs a ledger; the hospital has none "
+                                                        "configured (node config ledger-dir)")
+    name = cfg.hospitals[index].name
+    folder = Path(ledger_dir)
+    cap = effective_cap(policy, cfg.privacy.max_epsilon)
+    server_round = int(config.get(ROUND_KEY, 1))
+    study = study_id(cfg)
+    settings = {"hospital": name, "describe": cfg.describe.model_dump(mode="json"), "layout": terms.layout.digest,
+                "cap": cap}
+    key = release_key(study, server_round, model_hash(list(received)), settings)
+    store = ReleaseStore(folder, name)
+    try:
+        secret = HospitalSecret.load_or_create(secret_path(folder, name))
+        with PrivacyLedger.locked(inside(folder, f"{name}.json"), name, cap, terms.delta) as ledger:
+            before = ledger.spent
+            earlier = ledger.release_entry(key)
+            if earlier is not None:  # a retry of a release already paid for: the same bytes, no new cost
+                stored = store.get(key)
+                if stored is None:
+                    return Described(declined=MISSING_RELEASE_REASON,
+                                     detail=f"hospital {name}: description {key[:12]} is charged but "
+                                            f"{store.root} lacks it")
+                return Described(vector=stored[0], shared=_shared(ledger, study), local={**local, "retry": 1.0})
+            entry = charge_release(ledger, terms.layout, terms.noise_multiplier, release=key, study=study,
+                                   server_round=server_round)
+            noised = vector + noise_for_release(terms.layout, terms.noise_multiplier, secret, key)
+            encoded = encode(terms.layout, noised, terms.scale, terms.clipping_range)
+            store.put(key, [encoded])
+            local.update({"epsilon_total": float(ledger.spent), "epsilon_this_release": entry.epsilon - before})
+            return Described(vector=encoded, shared=_shared(ledger, study), local=local)
+    except BudgetExceeded as refusal:
+        return Described(declined=BUDGET_REASON, detail=str(refusal))
+    except StaleRound as stale:
+        return Described(declined=STALE_REASON, detail=str(stale))
+    except (LedgerError, SecretError) as err:
+        return Described(declined=LEDGER_REASON, detail=str(err))
+
+
+def _shared(ledger, study: str) -> dict[str, Scalar]:
+    """The epsilon this study has spent at the hospital: a public function of the config (one release at the
+    study's noise multiplier), never the hospital's total, which stays in its own log."""
+    from fedhealth.privacy.ledger import epsilon_of
+
+    entries = ledger.study_entries(study)
+    return {"epsilon": float(epsilon_of([(e.noise_multiplier, e.sample_rate, e.steps) for e in entries],
+                                        ledger.delta))}
+
+
+def as_reply(index: int, described: Described) -> tuple[NDArrays, int, dict[str, Scalar]]:
+    """The NumPyClient reply of a description that was not declined: the vector, weight 1, the shared figures
+    and the hospital's own (`local.*`, which its audit mod records and removes)."""
+    assert described.vector is not None
+    local = {f"{LOCAL_PREFIX}{k}": v for k, v in described.local.items()}
+    return [np.asarray(described.vector, dtype=np.float64)], 1, {HOSPITAL_KEY: index, **described.shared, **local}
