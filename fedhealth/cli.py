@@ -473,6 +473,57 @@ def report(
 
 
 @app.command()
+def describe(
+    config: Annotated[Path, typer.Option("--config", "-c", help="study config (TOML)")],
+    epsilon: Annotated[float | None, typer.Option(
+        help="each hospital's epsilon for this release (Gaussian noise, charged to its ledger); "
+             "omit for exact statistics (simulation only)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<time>-<name>)")] = None,
+    bins: Annotated[int | None, typer.Option(help="histogram bins per numeric column (default 20)")] = None,
+    min_cell: Annotated[int | None, typer.Option(help="smallest count shown; smaller ones are withheld "
+                                                      "(default 5)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: dotted.key=value")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Flower's and Ray's logs")] = False,
+) -> None:
+    """Describe the cohort (Table 1; Kaplan-Meier for a time-to-event study) without pooling any record.
+
+    One SecAgg+ round: each hospital sends counts, sums and histograms of its own records, noised for
+    --epsilon and charged to its ledger first; the server unmasks only their sum."""
+    from fedhealth import api
+    from fedhealth.errors import RunInterrupted
+    from fedhealth.experiments.describe import TABLE_CSV, TABLE_HTML, DescriptionError, describe_run, figure_text
+    from fedhealth.experiments.simulate import SimulationError
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = api.description_study(config, epsilon=epsilon, bins=bins, min_cell=min_cell,
+                                    overrides=list(set_ or []))
+        run_dir = rundir.create_run_dir(cfg, out)
+    except (ConfigError, rundir.RunDirError, errors.UsageError) as err:
+        _fail(str(err))
+    console.print(f"{cfg.name}: describing {len(cfg.hospitals)} hospitals in one SecAgg+ round → {run_dir}")
+    try:
+        result = describe_run(cfg, run_dir)
+    except (DescriptionError, SimulationError) as err:
+        _fail(str(err), code=1)
+    except RunInterrupted as err:
+        _interrupted(err)
+    table = Table(title=f"{cfg.name}: Table 1, {result.table.n:,} records from {len(result.hospitals)} hospitals "
+                        f"({result.label})")
+    for col in ("variable", "statistic", "value", "± (95 %)"):
+        table.add_column(col, justify="left" if col in ("variable", "statistic") else "right")
+    for f in result.table.figures:
+        value = figure_text(f.value, f.unit, f.statistic) if f.suppressed is None else f"withheld ({f.suppressed})"
+        error = figure_text(f.error, f.unit, f.statistic) if f.value is not None and f.error else ""
+        table.add_row(f.variable, f.statistic, value, error)
+    console.print(table)
+    for d in result.declined:
+        console.print(f"declined: hospital {d.get('hospital')} ({d.get('reason')})")
+    console.print(f"written: {run_dir / TABLE_CSV}, {run_dir / TABLE_HTML}")
+
+
+@app.command()
 def contribution(
     config: Annotated[Path, typer.Option("--config", "-c", help="study config (TOML)")],
     budget: Annotated[int, typer.Option(help="most federations to run (coalitions of hospitals)")],

@@ -90,10 +90,11 @@ def describe_run(cfg: StudyConfig, run_dir: Path) -> Description:
     return result
 
 
-def _value(value: float | None, unit: str, statistic: str) -> str:
+def figure_text(value: float | None, unit: str, statistic: str) -> str:
+    """A figure as a table shows it: shares in per cent, other values with their unit; "" when withheld."""
     if value is None:
         return ""
-    if statistic.endswith("share") or statistic in ("prevalence", "event_rate"):
+    if "share" in statistic or statistic in ("prevalence", "event_rate"):
         return f"{100 * value:.1f} %"
     return f"{value:.4g}" if unit in ("1", "") else f"{value:.4g} {unit}"
 
@@ -129,9 +130,9 @@ def table_html(cfg: StudyConfig, result: Description) -> str:
     e = html.escape
     body = []
     for f in result.table.figures:
-        value = (e(_value(f.value, f.unit, f.statistic)) if f.suppressed is None
+        value = (e(figure_text(f.value, f.unit, f.statistic)) if f.suppressed is None
                  else f"<i>withheld: {e(f.suppressed)}</i>")
-        error = "" if f.value is None or not f.error else f"± {e(_value(f.error, f.unit, f.statistic))}"
+        error = "" if f.value is None or not f.error else f"± {e(figure_text(f.error, f.unit, f.statistic))}"
         body.append(f"<tr><td>{e(f.variable)}</td><td>{e(f.statistic)}</td><td>{value}</td><td>{error}</td></tr>")
     return ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>" + e(cfg.name) + ": Table 1</title>"
             "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style></head><body>"

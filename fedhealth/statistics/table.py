@@ -111,6 +111,11 @@ class _Builder:
         self.figures.append(Figure(block.name, statistic, None, 0.0, block.unit, why))
 
     def add(self, block: Block, statistic: str, value: float, error: float, unit: str | None = None) -> None:
+        if not (math.isfinite(value) and math.isfinite(error)):
+            # e.g. an sd whose noised sums of squares came out below their mean's square: a number here would
+            # be the noise's, not the cohort's
+            self.withheld(block, statistic, "not estimable at this epsilon: the noise added could exceed it")
+            return
         self.figures.append(Figure(block.name, statistic, value, error, block.unit if unit is None else unit))
 
     def few(self, what: str) -> str:
@@ -123,7 +128,7 @@ class _Builder:
             return
         p = k / self.n
         self.add(block, statistic, p, Z95 * self.sd * math.sqrt(1 + (error_p if error_p is not None else p) ** 2)
-                 / self.n)
+                 / self.n, unit="1")
 
     def numeric(self, b: Block) -> None:
         v, bins = self.v[b.start:b.stop], self.layout.bins
@@ -176,7 +181,7 @@ class _Builder:
             else:
                 p = k / total
                 err = Z95 * self.sd * math.sqrt((1 - p) ** 2 + (len(counts) - 1) * p * p) / total
-                self.add(b, statistic, p, err)
+                self.add(b, statistic, p, err, unit="1")
 
     def binary_share(self, b: Block, statistic: str, ones: int, of: int) -> None:
         if of == 0:
@@ -185,7 +190,7 @@ class _Builder:
             self.withheld(b, statistic, self.few("one of its two values has"))
         else:
             p = ones / of
-            self.add(b, statistic, p, Z95 * self.sd * math.sqrt(1 + p * p) / of)
+            self.add(b, statistic, p, Z95 * self.sd * math.sqrt(1 + p * p) / of, unit="1")
 
     def build(self) -> None:
         if self.small(self.n):
@@ -220,6 +225,17 @@ class _Builder:
                 k = len(b.edges) - 1
                 events = min(sum(self.count(x) for x in v[:k]), self.n)
                 self.binary_share(b, "event share", events, self.n)
+                # follow-up: each record leaves in one interval (event or censoring) or is followed past the last
+                # edge, so the exits per interval are a histogram of observed follow-up times on the schema's grid
+                exits = np.maximum(np.asarray(v[:k], dtype=np.float64) + np.asarray(v[k:2 * k], dtype=np.float64), 0)
+                edges = np.asarray(b.edges, dtype=np.float64)
+                if self.n == 0 or exits.sum() < 0.5 * self.n:
+                    self.withheld(b, "median follow-up", f"undefined: most records are followed past the last "
+                                                         f"interval edge ({edges[-1]:g} {b.unit})")
+                else:
+                    p = 0.5 * self.n / float(exits.sum())
+                    self.add(b, "median follow-up", histogram_quantile(exits, edges, p),
+                             _quantile_error(exits, edges, p, self.sd), unit=b.unit)
 
 
 def cohort_table(layout: StatisticsLayout, vector: np.ndarray, noise_sd: float = 0.0,
