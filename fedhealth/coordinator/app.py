@@ -87,7 +87,7 @@ def run_study(grid: Grid, context: Context, cfg: StudyConfig, run_dir: Path,
     elif cfg.describe is not None:  # a cohort description: the "model" is the zero vector of its layout
         from fedhealth.statistics.study import description_terms
 
-        weights, opt_state = [np.zeros(len(description_terms(cfg).layout.cells), dtype=np.float64)], {}
+        weights, opt_state = [np.zeros(description_terms(cfg).length, dtype=np.float64)], {}
     else:
         weights, opt_state = initial_weights(cfg), {}
     shapes = [tuple(w.shape) for w in weights]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,15 @@ from typing import Any
 import numpy as np
 
 from fedhealth.runs import rundir
-from fedhealth.statistics import CohortTable, KMCurve, cohort_table, figure_noise_sd, kaplan_meier
+from fedhealth.statistics import (
+    CohortTable,
+    KMCurve,
+    LogRank,
+    StatisticsError,
+    cohort_table,
+    kaplan_meier,
+    logrank,
+)
 from fedhealth.statistics.study import DescriptionTerms, description_terms
 from fedhealth.statistics.transport import decode
 from fedhealth.study.config import StudyConfig
@@ -36,16 +45,40 @@ class DescriptionError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Description:
-    """What the description released: the summed vector, the table, the curve, who took part, the cost."""
+class Group:
+    """One column of the table: all hospitals (`kind` "all") or a tier or region of at least three."""
 
-    vector: np.ndarray
+    kind: str
+    value: str
     table: CohortTable
     curve: KMCurve | None
+    logrank: LogRank | None = None  # a group's survival against the rest of the cohort
+
+    @property
+    def name(self) -> str:
+        return "all hospitals" if self.kind == "all" else f"{self.kind} {self.value}"
+
+
+@dataclass(frozen=True)
+class Description:
+    """What the description released: the summed vector, a table (and curve) per group, who took part, the
+    cost."""
+
+    vector: np.ndarray
+    groups: tuple[Group, ...]
     hospitals: list[str]
     declined: list[dict[str, Any]]
     epsilon: float | None
     noise_sd: float
+
+    @property
+    def table(self) -> CohortTable:
+        """The table of all hospitals."""
+        return self.groups[0].table
+
+    @property
+    def curve(self) -> KMCurve | None:
+        return self.groups[0].curve
 
     @property
     def label(self) -> str:
@@ -67,8 +100,9 @@ def summed_vector(cfg: StudyConfig, run_dir: Path, terms: DescriptionTerms) -> t
     weights, _ = rundir.load_weights(rundir.checkpoint_path(run_dir, 1))
     # The strategy holds the mean of the contributors' encoded vectors; times their count it is the sum of
     # integers, which `decode` rounds back exactly.
-    mean = np.asarray(weights[0], dtype=np.float64)
-    return decode(terms.layout, mean * len(contributors), terms.scale), contributors, row.get("declined", [])
+    summed = np.asarray(weights[0], dtype=np.float64) * len(contributors)
+    decoded = np.concatenate([decode(terms.layout, terms.slot(summed, i), terms.scale) for i in range(terms.slots)])
+    return decoded, contributors, row.get("declined", [])
 
 
 def describe_run(cfg: StudyConfig, run_dir: Path) -> Description:
@@ -78,12 +112,23 @@ def describe_run(cfg: StudyConfig, run_dir: Path) -> Description:
     terms = description_terms(cfg)
     run_federation(cfg, run_dir)
     vector, contributors, declined = summed_vector(cfg, run_dir, terms)
-    sd = 0.0 if terms.noise_multiplier is None else figure_noise_sd(terms.layout, terms.noise_multiplier,
-                                                                   len(contributors))
+    sd = terms.noise_sd * math.sqrt(len(contributors))  # independent noise of each contributor, summed
     assert cfg.describe is not None
-    table = cohort_table(terms.layout, vector, noise_sd=sd, suppress_below=cfg.describe.min_cell)
-    curve = kaplan_meier(terms.layout, vector, noise_sd=sd) if terms.layout.outcome == "time_to_event" else None
-    result = Description(vector, table, curve, [cfg.hospitals[i].name for i in contributors], list(declined),
+    survival = terms.layout.outcome == "time_to_event"
+    overall = terms.slot(vector, 0)
+    groups = []
+    for i, (kind, value) in enumerate([("all", ""), *terms.groups]):
+        v = terms.slot(vector, i)
+        table = cohort_table(terms.layout, v, noise_sd=sd, suppress_below=cfg.describe.min_cell)
+        curve = kaplan_meier(terms.layout, v, noise_sd=sd) if survival else None
+        test = None
+        if survival and i > 0:
+            try:
+                test = logrank(terms.layout, v, overall - v)
+            except StatisticsError:  # no interval with events and both sides at risk: no test, not a crash
+                test = None
+        groups.append(Group(kind, value, table, curve, test))
+    result = Description(vector, tuple(groups), [cfg.hospitals[i].name for i in contributors], list(declined),
                          cfg.describe.epsilon, sd)
     write_outputs(cfg, run_dir, result)
     rundir.mark_completed(run_dir)
@@ -100,74 +145,104 @@ def figure_text(value: float | None, unit: str, statistic: str) -> str:
 
 
 def write_outputs(cfg: StudyConfig, run_dir: Path, result: Description) -> None:
-    """table1.csv and table1.html (every row labelled with the epsilon spent), description.json, and for a
-    time-to-event study kaplan_meier.csv and kaplan_meier.png with the numbers at risk under the plot."""
-    rows = result.table.rows()
+    """table1.csv (one row per figure and group, each labelled with the epsilon spent) and table1.html,
+    description.json, and for a time-to-event study kaplan_meier.csv and kaplan_meier.png with the numbers
+    at risk under the plot."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["variable", "statistic", "value", "error", "unit", "suppressed",
-                                                "privacy"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=["group", "variable", "statistic", "value", "error", "unit",
+                                                "suppressed", "privacy"], lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({**row, "privacy": result.label})
+    for g in result.groups:
+        for row in g.table.rows():
+            writer.writerow({"group": g.name, **row, "privacy": result.label})
     rundir.atomic_write_text(run_dir / TABLE_CSV, buffer.getvalue())
     rundir.atomic_write_text(run_dir / TABLE_HTML, table_html(cfg, result))
     summary = {"study": cfg.name, "hospitals": result.hospitals, "declined": result.declined,
                "epsilon": result.epsilon, "noise_sd": result.noise_sd, "n": result.table.n,
-               "privacy": result.label, "figures": rows,
-               "kaplan_meier": result.curve.rows() if result.curve is not None else None}
+               "privacy": result.label,
+               "groups": [{"group": g.name, "kind": g.kind, "value": g.value, "n": g.table.n,
+                           "figures": g.table.rows(),
+                           "kaplan_meier": g.curve.rows() if g.curve is not None else None,
+                           "logrank_against_rest": None if g.logrank is None else {
+                               "statistic": g.logrank.statistic, "p_value": g.logrank.p_value,
+                               "observed": g.logrank.observed, "expected": g.logrank.expected}}
+                          for g in result.groups]}
     rundir.write_json(run_dir / DESCRIPTION_JSON, summary)
     if result.curve is not None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(result.curve.rows()[0]), lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=["group", *result.curve.rows()[0]], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(result.curve.rows())
+        for g in result.groups:
+            assert g.curve is not None
+            writer.writerows({"group": g.name, **row} for row in g.curve.rows())
         rundir.atomic_write_text(run_dir / KM_CSV, buffer.getvalue())
-        kaplan_meier_figure(result.curve, result.label, run_dir / KM_FIGURE)
+        kaplan_meier_figure(result, run_dir / KM_FIGURE)
 
 
 def table_html(cfg: StudyConfig, result: Description) -> str:
-    """A self-contained HTML table (no script, no external resource) a researcher can paste from."""
+    """A self-contained HTML table (no script, no external resource) a researcher can paste from: one row per
+    figure, one column per group."""
     e = html.escape
+
+    def cell(f) -> str:
+        if f.suppressed is not None:
+            return f"<td><i>withheld: {e(f.suppressed)}</i></td>"
+        error = f" ± {e(figure_text(f.error, f.unit, f.statistic))}" if f.error else ""
+        return f"<td>{e(figure_text(f.value, f.unit, f.statistic))}{error}</td>"
+
+    head = "".join(f"<th>{e(g.name)} (n = {g.table.n:,})</th>" for g in result.groups)
     body = []
-    for f in result.table.figures:
-        value = (e(figure_text(f.value, f.unit, f.statistic)) if f.suppressed is None
-                 else f"<i>withheld: {e(f.suppressed)}</i>")
-        error = "" if f.value is None or not f.error else f"± {e(figure_text(f.error, f.unit, f.statistic))}"
-        body.append(f"<tr><td>{e(f.variable)}</td><td>{e(f.statistic)}</td><td>{value}</td><td>{error}</td></tr>")
+    for j, f in enumerate(result.table.figures):
+        cells = "".join(cell(g.table.figures[j]) for g in result.groups)
+        body.append(f"<tr><td>{e(f.variable)}</td><td>{e(f.statistic)}</td>{cells}</tr>")
     return ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>" + e(cfg.name) + ": Table 1</title>"
             "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style></head><body>"
-            f"<h1>{e(cfg.name)}: Table 1</h1><p>{result.table.n} records from {len(result.hospitals)} hospitals "
+            f"<h1>{e(cfg.name)}: Table 1</h1><p>{result.table.n:,} records from {len(result.hospitals)} hospitals "
             f"({e(', '.join(result.hospitals))}), summed under SecAgg+; {e(result.label)}. "
-            "± is a 95 % bound on the error the noise adds (0 when exact).</p>"
-            "<table><tr><th>variable</th><th>statistic</th><th>value</th><th>± (95 %)</th></tr>"
-            + "".join(body) + "</table></body></html>\n")
+            "± is a 95 % bound on the error the noise adds (none when exact). A tier or region appears when at "
+            "least three of the study's hospitals share it.</p>"
+            f"<table><tr><th>variable</th><th>statistic</th>{head}</tr>" + "".join(body) + "</table></body></html>\n")
 
 
-def kaplan_meier_figure(curve: KMCurve, label: str, path: Path) -> None:
-    """The pooled survival curve with its 95 % band (sampling and noise) and the numbers at risk under it."""
+def kaplan_meier_figure(result: Description, path: Path) -> None:
+    """Each group's survival curve, all hospitals with its 95 % band (sampling and noise), and the numbers at
+    risk of all hospitals under the plot; the title says what the figure cost."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    times = np.concatenate([[0.0], curve.times])
-    survival = np.concatenate([[1.0], curve.survival])
-    half = 1.96 * np.sqrt(np.concatenate([[0.0], curve.variance]))
-    fig, (ax, table) = plt.subplots(2, 1, figsize=(7, 5), gridspec_kw={"height_ratios": [5, 1]})
-    ax.step(times, survival, where="post", color="#1f5f8b", label="all hospitals")
-    ax.fill_between(times, np.clip(survival - half, 0, 1), np.clip(survival + half, 0, 1), step="post",
-                    color="#1f5f8b", alpha=0.2, label="95 % band (sampling and noise)")
+    fig, (ax, table) = plt.subplots(2, 1, figsize=(7.5, 5.5), gridspec_kw={"height_ratios": [5, 1]})
+    for i, g in enumerate(result.groups):
+        curve = g.curve
+        assert curve is not None
+        times = np.concatenate([[0.0], curve.times])
+        survival = np.concatenate([[1.0], curve.survival])
+        label = g.name
+        if g.logrank is not None:  # the test reads the noised counts as data: with noise it does not cover it
+            label += (f" (log-rank against the rest p = {g.logrank.p_value:.2g}"
+                      + (", noise not accounted for)" if result.epsilon is not None else ")"))
+        line, = ax.step(times, survival, where="post", lw=2.0 if i == 0 else 1.0, label=label)
+        half = 1.96 * np.sqrt(np.concatenate([[0.0], curve.variance]))
+        ax.fill_between(times, np.clip(survival - half, 0, 1), np.clip(survival + half, 0, 1), step="post",
+                        color=line.get_color(), alpha=0.2 if i == 0 else 0.1,
+                        label="95 % bands (sampling and noise)" if i == 0 else None)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("survival")
-    ax.set_title(f"Kaplan-Meier, {label}", fontsize=9)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"Kaplan-Meier, {result.label}", fontsize=9)
+    ax.legend(loc="lower left", fontsize=7)
+    curve = result.curve
+    assert curve is not None
     table.axis("off")
     starts = np.concatenate([[0.0], curve.times[:-1]])
+    gap, last = 0.07 * float(curve.times[-1]), -np.inf  # labels closer than this would overlap: skip them
     for t, n in zip(starts, curve.at_risk, strict=True):
-        table.text(t, 0.5, f"{n:.0f}", ha="center", fontsize=7, transform=table.transData)
+        if t - last >= gap:
+            table.text(t, 0.5, f"{n:.0f}", ha="center", fontsize=7, transform=table.transData)
+            last = t
     table.set_xlim(ax.get_xlim())
     table.set_ylim(0, 1)
-    table.set_title(f"number at risk (time in {curve.unit})", fontsize=8)
+    table.set_title(f"number at risk, all hospitals (time in {curve.unit})", fontsize=8)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+NOISE_PURPOSE = "cohort-description-noise"  # the hospital secret's purpose for a description's noise
+
 EXACT_REFUSED = ("a deployed hospital releases no exact statistics (its site policy): the study must set "
                  "describe.epsilon")
 EXACT_CAPPED = ("its site policy caps epsilon (policy.max_epsilon), so it releases statistics only with noise: "
@@ -93,18 +95,29 @@ def describe_cohort(cfg: StudyConfig, index: int, received: NDArrays, config: di
     if cfg.describe.epsilon is None and policy is not None and policy.max_epsilon is not None:
         return Described(declined=EXACT_CAPPED)
     terms = description_terms(cfg)
-    if len(received) != 1 or received[0].shape != (len(terms.layout.cells),) or np.any(received[0] != 0):
+    if len(received) != 1 or received[0].shape != (terms.length,) or np.any(received[0] != 0):
         return Described(declined=LAYOUT_MISMATCH + "; declining this description")
 
     from fedhealth.data.cohort_records import cohort_records
     from fedhealth.statistics import local_statistics
+
+    own = local_statistics(terms.layout, cohort_records(cfg, index, data_file).records)
+    h = cfg.hospitals[index]
+    vector = np.zeros(terms.length)
+    for slot in terms.hospital_slots(h.tier, h.region):  # all hospitals, and its own tier's and region's
+        terms.slot(vector, slot)[:] = own
+    local = {"records": float(own[0])}
+    if terms.noise_multiplier is None:  # exact: simulation only (checked above); nothing to charge
+        return Described(vector=_encoded(terms, vector), local=local)
+    return _noised(cfg, index, vector, received, config, policy, ledger_dir, local)
+
+
+def _encoded(terms, vector: np.ndarray) -> np.ndarray:
+    """Every slot in SecAgg+'s integers (`fedhealth.statistics.transport`)."""
     from fedhealth.statistics.transport import encode
 
-    vector = local_statistics(terms.layout, cohort_records(cfg, index, data_file).records)
-    local = {"records": float(vector[0])}
-    if terms.noise_multiplier is None:  # exact: simulation only (checked above); nothing to charge
-        return Described(vector=encode(terms.layout, vector, terms.scale, terms.clipping_range), local=local)
-    return _noised(cfg, index, vector, received, config, policy, ledger_dir, local)
+    return np.concatenate([encode(terms.layout, terms.slot(vector, i), terms.scale, terms.clipping_range)
+                           for i in range(terms.slots)])
 
 
 def _noised(cfg: StudyConfig, index: int, vector: np.ndarray, received: NDArrays, config: dict[str, Scalar],
@@ -121,9 +134,7 @@ def _noised(cfg: StudyConfig, index: int, vector: np.ndarray, received: NDArrays
         study_id,
     )
     from fedhealth.privacy.secret import HospitalSecret, SecretError, secret_path
-    from fedhealth.statistics import charge_release, noise_for_release
     from fedhealth.statistics.study import description_terms
-    from fedhealth.statistics.transport import encode
     from fedhealth.study.policy import effective_cap
 
     terms = description_terms(cfg)
@@ -137,7 +148,7 @@ def _noised(cfg: StudyConfig, index: int, vector: np.ndarray, received: NDArrays
     server_round = int(config.get(ROUND_KEY, 1))
     study = study_id(cfg)
     settings = {"hospital": name, "describe": cfg.describe.model_dump(mode="json"), "layout": terms.layout.digest,
-                "cap": cap}
+                "groups": [list(g) for g in terms.groups], "cap": cap}
     key = release_key(study, server_round, model_hash(list(received)), settings)
     store = ReleaseStore(folder, name)
     try:
@@ -152,10 +163,10 @@ def _noised(cfg: StudyConfig, index: int, vector: np.ndarray, received: NDArrays
                                      detail=f"hospital {name}: description {key[:12]} is charged but "
                                             f"{store.root} lacks it")
                 return Described(vector=stored[0], shared=_shared(ledger, study), local={**local, "retry": 1.0})
-            entry = charge_release(ledger, terms.layout, terms.noise_multiplier, release=key, study=study,
-                                   server_round=server_round)
-            noised = vector + noise_for_release(terms.layout, terms.noise_multiplier, secret, key)
-            encoded = encode(terms.layout, noised, terms.scale, terms.clipping_range)
+            entry = ledger.charge(server_round, terms.noise_multiplier, 1.0, 1, terms.sensitivity, study=study,
+                                  release=key, unit="record")
+            rng = np.random.default_rng(secret.seed(NOISE_PURPOSE, terms.layout.digest, key))
+            encoded = _encoded(terms, vector + rng.normal(0.0, terms.noise_sd, size=terms.length))
             store.put(key, [encoded])
             local.update({"epsilon_total": float(ledger.spent), "epsilon_this_release": entry.epsilon - before})
             return Described(vector=encoded, shared=_shared(ledger, study), local=local)
