@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
+from fedhealth.api import description_study
 from fedhealth.data.cohort_records import cohort_records
-from fedhealth.data.study_file import load_config
 from fedhealth.statistics import StatisticsError, local_statistics
 from fedhealth.statistics.study import description_terms
 from fedhealth.statistics.transport import decode, encode, resolution, sum_cells
@@ -34,7 +34,7 @@ def _secure_sum(encoded: list[np.ndarray], clipping_range: float, q: int) -> np.
 
 @pytest.mark.parametrize("config", ["default.toml", "survival.toml", "multiclass.toml", "continuous.toml"])
 def test_the_secure_sum_of_encoded_vectors_is_the_sum_of_the_vectors(config):
-    cfg = load_config(ROOT / "configs" / config, ["describe.bins=20"])
+    cfg = description_study(ROOT / "configs" / config)
     terms = description_terms(cfg)
     params = derive_secagg_params(cfg, 0.0)
     assert params.max_weight == 1 and params.clipping_range == params.quantization_range // 2
@@ -60,7 +60,7 @@ def test_the_scale_leaves_room_for_the_largest_hospital_and_its_noise():
 
 
 def test_a_cell_outside_the_clipping_range_is_refused_not_clipped():
-    cfg = load_config(ROOT / "configs" / "default.toml", ["describe.bins=20"])
+    cfg = description_study(ROOT / "configs" / "default.toml")
     terms = description_terms(cfg)
     vector = np.zeros(len(terms.layout.cells))
     vector[0] = 2 * terms.clipping_range
@@ -71,8 +71,11 @@ def test_a_cell_outside_the_clipping_range_is_refused_not_clipped():
 def test_the_noise_multiplier_spends_the_requested_epsilon_in_one_release():
     from fedhealth.privacy.ledger import epsilon_of
 
-    cfg = load_config(ROOT / "configs" / "default.toml", ["describe.epsilon=1"])
+    cfg = description_study(ROOT / "configs" / "default.toml", epsilon=1.0)
     terms = description_terms(cfg)
     spent = epsilon_of([(terms.noise_multiplier, 1.0, 1)], terms.delta)
     assert 0.99 <= spent <= 1.0
-    assert terms.noise_sd == pytest.approx(terms.noise_multiplier * terms.layout.sensitivity)
+    # the default's secondary and community tiers have three hospitals each: a record reaches two slots
+    assert terms.groups == (("tier", "community"), ("tier", "secondary"))
+    assert terms.sensitivity == pytest.approx(terms.layout.sensitivity * 2**0.5)
+    assert terms.noise_sd == pytest.approx(terms.noise_multiplier * terms.sensitivity)
