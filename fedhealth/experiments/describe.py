@@ -117,7 +117,14 @@ def describe_run(cfg: StudyConfig, run_dir: Path) -> Description:
     survival = terms.layout.outcome == "time_to_event"
     overall = terms.slot(vector, 0)
     groups = []
+    from fedhealth.study.secagg import SECAGG_MINIMUM
+
     for i, (kind, value) in enumerate([("all", ""), *terms.groups]):
+        members = [j for j in contributors if i == 0 or getattr(cfg.hospitals[j], kind) == value]
+        if len(members) < SECAGG_MINIMUM:
+            # Some of the group's hospitals declined: its slot sums fewer than three hospitals' vectors. The
+            # hospitals filled it when the study listed enough of them; an honest server withholds it.
+            continue
         v = terms.slot(vector, i)
         table = cohort_table(terms.layout, v, noise_sd=sd, suppress_below=cfg.describe.min_cell)
         curve = kaplan_meier(terms.layout, v, noise_sd=sd) if survival else None
