@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fedhealth.errors import AggregationError
 from fedhealth.runs import rundir
 from fedhealth.statistics import (
     CohortTable,
@@ -40,7 +41,7 @@ KM_CSV = "kaplan_meier.csv"
 KM_FIGURE = "kaplan_meier.png"
 
 
-class DescriptionError(RuntimeError):
+class DescriptionError(AggregationError, RuntimeError):
     """The round released no sum (too few hospitals took part, every one declined)."""
 
 
