@@ -652,21 +652,9 @@ def description_study(study: StudyConfig | str | Path, *, epsilon: float | None 
     overrides
         As for `load_study`, applied before the description's settings.
     """
-    cfg = _study(study, overrides)
-    data = cfg.model_dump(mode="json", exclude_none=True)
-    privacy = data.setdefault("privacy", {})
-    delta = cfg.privacy_delta() if cfg.privacy.mode != "hospital" else None
-    for key in ("mode", "noise_multiplier", "target_epsilon", "hospital_noise", "min_contributors",
-                "colluding_hospitals"):
-        privacy.pop(key, None)
-    if delta is not None:
-        privacy["delta"] = delta
-    describe = {k: v for k, v in (("epsilon", epsilon), ("bins", bins), ("min_cell", min_cell)) if v is not None}
-    data["describe"] = describe
-    federation = data.setdefault("federation", {})
-    federation["rounds"] = 1
-    federation.setdefault("strategy", {})["fraction_fit"] = 1.0
-    return parse_config(data, f"study {cfg.name} (description)")
+    from fedhealth.study.config import description_of
+
+    return description_of(_study(study, overrides), epsilon=epsilon, bins=bins, min_cell=min_cell)
 
 
 def describe(study: StudyConfig | str | Path, out: str | Path | None = None, *, epsilon: float | None = None,

@@ -17,4 +17,11 @@ def finish(study, run_dir, seconds):
     return finish_with_references(study, run_dir, seconds)
 
 
-app = build_server_app(finish=finish)
+def finish_description(study, run_dir):
+    """A cohort description's Table 1 from the unmasked sum (`fedhealth describe`; docs/cohort-statistics.md)."""
+    from fedhealth.experiments.describe import finish_description as write_table
+
+    return write_table(study, run_dir)
+
+
+app = build_server_app(finish=finish, finish_description=finish_description)

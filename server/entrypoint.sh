@@ -17,6 +17,11 @@
 #   run --resume OUT                           continue the study in OUT from its last completed round (after a
 #                                              SuperLink restart, say): the same study, the hospitals' ledgers
 #                                              charge no round twice
+#   describe [OUT]                             describe the study's cohort instead of training (Table 1, and
+#                                              Kaplan-Meier for a time-to-event study): one SecAgg+ round of the
+#                                              hospitals' statistics, noised for $FEDHEALTH_EPSILON at each
+#                                              hospital and charged to its ledger (unset: exact, which every
+#                                              deployed hospital declines); table1.csv/.html in OUT
 #   status OUT                                 where the run in OUT stands (fedhealth status)
 #   flwr ARGS...                               any other flwr command (flwr list, flwr log RUN_ID, flwr stop ...)
 # The flwr CLI inside the container uses configs/flower/config.toml's [superlink.fedhealth-deployment]
@@ -57,6 +62,19 @@ case "$command" in
     flwr_config
     if [ $# -gt 0 ]; then exec bash "$HERE/server/deploy.sh" register "$@"; fi
     exec bash "$HERE/server/deploy.sh" register --pki "$FEDHEALTH_PKI" ;;
+  describe)
+    flwr_config
+    out=${1:-/var/lib/fedhealth/runs/describe-$(date +%Y%m%d-%H%M%S)}
+    noise=""
+    if [ -n "${FEDHEALTH_EPSILON:-}" ]; then noise=" epsilon=$FEDHEALTH_EPSILON"; fi
+    cd "$HERE"
+    flwr run "$FEDHEALTH_APP" "$FEDHEALTH_CONNECTION" --stream \
+      --run-config "config='$FEDHEALTH_STUDY' out='$out' references=false describe=true$noise" || true
+    if ! fedhealth status "$out"; then
+      echo "error: the description did not complete; see the log above and $out" >&2
+      exit 1
+    fi
+    echo "Table 1: $out/table1.csv, $out/table1.html" ;;
   run)
     flwr_config
     resume=""
@@ -78,5 +96,6 @@ case "$command" in
   status) exec fedhealth status "$@" ;;
   flwr) flwr_config; exec flwr "$@" ;;
   -h|--help|help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' ;;
-  *) echo "error: unknown command '$command' (start, gateway, registry, register, run, status, flwr)" >&2; exit 2 ;;
+  *) echo "error: unknown command '$command' (start, gateway, registry, register, run, describe, status, flwr)" >&2
+     exit 2 ;;
 esac

@@ -157,7 +157,8 @@ def require_an_aggregate(run_dir: Path) -> None:
 
 def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None,
                      on_round: RoundCallback | None = None, finish: Finisher | None = None,
-                     stop: threading.Event | None = None) -> ServerApp:
+                     stop: threading.Event | None = None,
+                     finish_description: Callable[[StudyConfig, Path], Any] | None = None) -> ServerApp:
     """A ServerApp for one study. Without arguments (as under `flwr run`), the study comes from the run
     config keys `config` (a TOML path relative to the project) and `out` (run directory); `resume=true`
     continues `out` from its last checkpoint (after a SuperLink restart, say) instead of refusing it.
@@ -167,7 +168,13 @@ def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None
     otherwise the run directory is marked completed as it stands.
 
     `stop` (simulation, with `cfg` and `run_dir`): the driver's stop request (see `run_study`). A stop ends the
-    ServerApp quietly; the driver that asked for it records the run as interrupted."""
+    ServerApp quietly; the driver that asked for it records the run as interrupted.
+
+    A cohort description instead of training (`fedhealth describe`; docs/cohort-statistics.md): the run config
+    `describe=true`, with `epsilon`, `bins` and `min_cell` as `fedhealth describe` takes them (`epsilon` 0, the
+    app's default: exact, which deployed hospitals decline). After its one round
+    `finish_description(study, run_dir)` writes Table 1 from the unmasked sum (`server/app.py` passes the one
+    of `fedhealth.experiments.describe`)."""
     app = ServerApp()
 
     @app.main()
@@ -188,6 +195,14 @@ def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None
         if not config_path.is_absolute():
             config_path = project / config_path
         study = load_config(config_path)
+        if _truthy(context.run_config.get("describe", False)):
+            from fedhealth.study.config import description_of
+
+            rc = context.run_config
+            epsilon = float(rc.get("epsilon", 0.0))  # the app's default 0: exact
+            study = description_of(study, epsilon=epsilon if epsilon > 0 else None,
+                                   bins=int(rc["bins"]) if "bins" in rc else None,
+                                   min_cell=int(rc["min_cell"]) if "min_cell" in rc else None)
         out = str(context.run_config.get("out", "")) or None
         if _truthy(context.run_config.get("resume", False)):
             if out is None:
@@ -205,7 +220,13 @@ def build_server_app(cfg: StudyConfig | None = None, run_dir: Path | None = None
         try:
             with rundir.failed_on_signal(target):
                 run_study(grid, context, study, target, on_round)
-            if context.run_config.get("references", True) and finish is not None:
+            if study.describe is not None:
+                if finish_description is None:
+                    raise ValueError("this ServerApp was built without finish_description: it cannot write a "
+                                     "description's Table 1 (server/app.py passes it)")
+                finish_description(study, target)
+                rundir.mark_completed(target)
+            elif context.run_config.get("references", True) and finish is not None:
                 # Simulation only: the synthetic hospitals are regenerated there from the seed.
                 finish(study, target, {"federation": time.perf_counter() - started})
             else:

@@ -110,8 +110,16 @@ def describe_run(cfg: StudyConfig, run_dir: Path) -> Description:
     """Run the description's one round into `run_dir` (created, holding the config) and write its outputs."""
     from fedhealth.experiments.simulate import run_federation
 
-    terms = description_terms(cfg)
     run_federation(cfg, run_dir)
+    result = finish_description(cfg, run_dir)
+    rundir.mark_completed(run_dir)
+    return result
+
+
+def finish_description(cfg: StudyConfig, run_dir: Path) -> Description:
+    """Table 1 and the curves from the unmasked sum in `run_dir`, written beside it (simulation, and the
+    deployed ServerApp after its description round: the server holds only the sum either way)."""
+    terms = description_terms(cfg)
     vector, contributors, declined = summed_vector(cfg, run_dir, terms)
     sd = terms.noise_sd * math.sqrt(len(contributors))  # independent noise of each contributor, summed
     assert cfg.describe is not None
@@ -139,7 +147,6 @@ def describe_run(cfg: StudyConfig, run_dir: Path) -> Description:
     result = Description(vector, tuple(groups), [cfg.hospitals[i].name for i in contributors], list(declined),
                          cfg.describe.epsilon, sd)
     write_outputs(cfg, run_dir, result)
-    rundir.mark_completed(run_dir)
     return result
 
 

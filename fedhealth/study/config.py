@@ -712,6 +712,30 @@ def variant(cfg: StudyConfig, name: str, changes: Mapping[str, Any] | None = Non
     return parse_config(data, f"{cfg.name}: variant {name}", derived=True)
 
 
+def description_of(cfg: StudyConfig, *, epsilon: float | None = None, bins: int | None = None,
+                   min_cell: int | None = None) -> StudyConfig:
+    """The study as a cohort description runs it (`fedhealth describe`, and the ServerApp with the run config
+    `describe=true`): one round, every hospital, no training privacy mode, and a `[describe]` table. The
+    delta is the one the study's training charges at, so a hospital's ledger (kept at one delta) composes the
+    description with its training; a hospital-level DP study, whose delta is per hospital, keeps the
+    record-level default."""
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    privacy = data.setdefault("privacy", {})
+    if cfg.privacy.mode == "hospital":
+        privacy.pop("delta", None)
+    else:
+        privacy["delta"] = cfg.privacy_delta()
+    for key in ("mode", "noise_multiplier", "target_epsilon", "hospital_noise", "min_contributors",
+                "colluding_hospitals"):
+        privacy.pop(key, None)
+    data["describe"] = {k: v for k, v in (("epsilon", epsilon), ("bins", bins), ("min_cell", min_cell))
+                        if v is not None}
+    federation = data.setdefault("federation", {})
+    federation["rounds"] = 1
+    federation.setdefault("strategy", {})["fraction_fit"] = 1.0
+    return parse_config(data, f"study {cfg.name} (description)")
+
+
 def config_to_toml(cfg: StudyConfig) -> str:
     """The resolved config (population expanded, defaults filled) as TOML, for the run directory."""
     import tomli_w

@@ -14,6 +14,7 @@ SuperLink and hospital restarts about 220 s, and the file about 300 s on an idle
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import re
@@ -967,3 +968,61 @@ def test_hospitals_in_their_own_network_namespaces_reach_the_superlink_only_over
         net.close()
         leftovers = {p for s in services for p in s.processes()}
         assert not leftovers, f"processes left running: {sorted(leftovers)}"
+
+
+def test_a_cohort_description_runs_on_the_deployment_engine_charged_beside_training(deployment):
+    """`server/entrypoint.sh describe` (issue 19): the study's cohort described in one SecAgg+ round of the
+    deployed hospitals, each reading its own file, noised for epsilon 1 and charged to the same ledger its
+    training rounds (earlier in this file) were charged to, so the two compose in one budget; Table 1 is written
+    from the unmasked sum. Asked for exact statistics instead, every deployed hospital declines, charging and
+    sending nothing."""
+    from fedhealth.data.cohort_records import cohort_records
+    from fedhealth.data.study_file import load_config
+    from fedhealth.privacy.ledger import epsilon_of
+    from fedhealth.statistics.study import description_terms
+    from fedhealth.study.config import description_of
+    from fedhealth.study.policy import SitePolicy
+
+    _ensure_hospitals_online(deployment)
+    study = _study_file(deployment.root, rounds=1)
+    cfg = description_of(load_config(study), epsilon=1.0)
+    terms = description_terms(cfg)
+
+    def ledgers() -> dict[str, list[dict]]:
+        return {name: json.loads(p.read_text())["entries"] if (p := deployment.sites[name].ledger / f"{name}.json")
+                .exists() else [] for name in HOSPITALS}
+
+    before = ledgers()
+    out = deployment.root / "server" / "runs" / "describe"
+    submit = deployment.start("submit-describe", ["bash", "server/entrypoint.sh", "describe", str(out)],
+                              deployment.cli_home, [], FEDHEALTH_STUDY=str(study), FEDHEALTH_APP=deployment.app_spec,
+                              FEDHEALTH_EPSILON="1.0")
+    assert submit.wait(300) == 0, submit.output()[-4000:] + deployment.logs()
+    assert json.loads((out / "state.json").read_text())["status"] == "completed"
+    description = json.loads((out / "description.json").read_text())
+    assert description["hospitals"] == list(HOSPITALS) and description["epsilon"] == 1.0
+    assert all(row["privacy"].startswith("epsilon 1 per hospital")
+               for row in csv.DictReader((out / "table1.csv").open()))
+    true_n = sum(len(cohort_records(cfg, i, str(deployment.sites[h.name].data)).records.label)
+                 for i, h in enumerate(cfg.hospitals))
+    assert abs(description["n"] - true_n) <= 4 * description["noise_sd"]  # the noised count of every record
+    after = ledgers()
+    for name in HOSPITALS:
+        new = after[name][len(before[name]):]
+        assert after[name][:len(before[name])] == before[name] and len(new) == 1, (name, new)
+        entry = new[0]
+        assert (entry["sample_rate"], entry["steps"]) == (1.0, 1)
+        assert entry["noise_multiplier"] == pytest.approx(terms.noise_multiplier)
+        history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in after[name]]
+        assert entry["epsilon"] == pytest.approx(epsilon_of(history, terms.delta))  # composed with training
+        assert entry["epsilon"] <= SitePolicy.from_file(deployment.sites[name].root / "policy.toml").max_epsilon
+
+    exact = deployment.root / "server" / "runs" / "describe-exact"
+    submit = deployment.start("submit-describe-exact", ["bash", "server/entrypoint.sh", "describe", str(exact)],
+                              deployment.cli_home, [], FEDHEALTH_STUDY=str(study), FEDHEALTH_APP=deployment.app_spec)
+    assert submit.wait(300) == 1, submit.output()[-4000:]
+    assert not (exact / "table1.csv").exists()
+    rows = _lines(exact / "rounds.jsonl")
+    assert rows and not rows[0].get("hospitals_aggregated"), rows
+    assert {d["reason"] for d in rows[0]["declined"]} == {"its site policy"}, rows
+    assert ledgers() == after  # nothing charged
