@@ -152,6 +152,9 @@ class RunRecorder:
             "seconds": time.perf_counter() - p.started,
             "secagg_stage_seconds": p.stage_seconds or None,
         }
+        sites = {self.cfg.hospitals[i].name: f["site_table"] for i, f in sorted(p.fit.items()) if "site_table" in f}
+        if sites:  # a description's per-site columns, each released by its hospital under its own policy
+            summary["site_tables"] = sites
         if self.cfg.privacy.mode == "hospital":
             from fedhealth.privacy.hospital_level import hospital_epsilon
 

@@ -144,10 +144,44 @@ def finish_description(cfg: StudyConfig, run_dir: Path) -> Description:
             except StatisticsError:  # no interval with events and both sides at risk: no test, not a crash
                 test = None
         groups.append(Group(kind, value, table, curve, test))
+    for name, table in site_tables(cfg, run_dir, terms).items():
+        groups.append(Group("site", name, table, None))
     result = Description(vector, tuple(groups), [cfg.hospitals[i].name for i in contributors], list(declined),
                          cfg.describe.epsilon, sd)
     write_outputs(cfg, run_dir, result)
     return result
+
+
+def site_tables(cfg: StudyConfig, run_dir: Path, terms: DescriptionTerms) -> dict[str, CohortTable]:
+    """The per-site columns the hospitals released in the clear (each only if its own policy says
+    `share_site_statistics`, computed and suppressed by the hospital itself), read defensively: a hospital's
+    column that is not a table of this layout's figures is left out, with a warning, never trusted."""
+    import json
+    import logging
+
+    from fedhealth.statistics.table import Figure
+
+    rows = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
+    sent = (rows[0].get("site_tables") or {}) if rows else {}
+    expected = [(f.variable, f.statistic) for f in cohort_table(terms.layout, np.zeros(len(terms.layout.cells)),
+                                                                 suppress_below=0).figures]
+    out: dict[str, CohortTable] = {}
+    for name, text in sent.items():
+        try:
+            figures = tuple(Figure(variable=str(r["variable"]), statistic=str(r["statistic"]),
+                                   value=None if r["value"] is None else float(r["value"]), error=float(r["error"]),
+                                   unit=str(r["unit"]), suppressed=None if r["suppressed"] is None
+                                   else str(r["suppressed"])) for r in json.loads(text))
+            if [(f.variable, f.statistic) for f in figures] != expected:
+                raise ValueError("not this layout's figures")
+        except (TypeError, ValueError, KeyError) as err:
+            logging.getLogger(__name__).warning("hospital %s: its site column is unreadable (%s); left out",
+                                                name, type(err).__name__)
+            continue
+        n = figures[0].value
+        out[str(name)] = CohortTable(int(n) if n is not None else 0, figures, terms.noise_sd,
+                                     max(cfg.describe.min_cell if cfg.describe else 0, 0))
+    return out
 
 
 def figure_text(value: float | None, unit: str, statistic: str) -> str:
@@ -188,8 +222,8 @@ def write_outputs(cfg: StudyConfig, run_dir: Path, result: Description) -> None:
         writer = csv.DictWriter(buffer, fieldnames=["group", *result.curve.rows()[0]], lineterminator="\n")
         writer.writeheader()
         for g in result.groups:
-            assert g.curve is not None
-            writer.writerows({"group": g.name, **row} for row in g.curve.rows())
+            if g.curve is not None:  # a site's own column has no curve
+                writer.writerows({"group": g.name, **row} for row in g.curve.rows())
         rundir.atomic_write_text(run_dir / KM_CSV, buffer.getvalue())
         kaplan_meier_figure(result, run_dir / KM_FIGURE)
 
@@ -228,7 +262,7 @@ def kaplan_meier_figure(result: Description, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, table) = plt.subplots(2, 1, figsize=(7.5, 5.5), gridspec_kw={"height_ratios": [5, 1]})
-    for i, g in enumerate(result.groups):
+    for i, g in enumerate(g for g in result.groups if g.curve is not None):
         curve = g.curve
         assert curve is not None
         times = np.concatenate([[0.0], curve.times])

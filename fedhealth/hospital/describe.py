@@ -13,6 +13,8 @@ charged or sent):
 - an exact description (no `describe.epsilon`) only in simulation: a deployed hospital never releases exact
   statistics, and a hospital whose site policy caps epsilon (`policy.max_epsilon`) never releases any
   statistics without noise;
+- its site policy's delta limit (`max_delta`, else 1 / (10 x its declared records)) and `min_hospitals`, as
+  for training: a server cannot weaken the noise by sending a large `privacy.delta`;
 - the vector the server sent is zeros of the length of the hospital's own layout.
 
 With `describe.epsilon`, the release is charged to the hospital's privacy ledger before it leaves, as one
@@ -95,6 +97,14 @@ def describe_cohort(cfg: StudyConfig, index: int, received: NDArrays, config: di
     if cfg.describe.epsilon is None and policy is not None and policy.max_epsilon is not None:
         return Described(declined=EXACT_CAPPED)
     terms = description_terms(cfg)
+    if policy is not None:  # the site policy's delta and aggregate size hold for a description as for training
+        from fedhealth.study.policy import DELTA_TOO_LARGE, TOO_FEW_HOSPITALS, delta_limit, hospitals_per_round
+
+        declared = cfg.hospitals[index].records  # the public count: the refusal must not depend on the true one
+        if cfg.describe.epsilon is not None and terms.delta > delta_limit(policy, declared):
+            return Described(declined=f"{DELTA_TOO_LARGE}; declining this description")
+        if hospitals_per_round(len(cfg.hospitals), 1.0) < policy.min_hospitals:
+            return Described(declined=f"{TOO_FEW_HOSPITALS}; declining this description")
     if len(received) != 1 or received[0].shape != (terms.length,) or np.any(received[0] != 0):
         return Described(declined=LAYOUT_MISMATCH + "; declining this description")
 
@@ -108,8 +118,30 @@ def describe_cohort(cfg: StudyConfig, index: int, received: NDArrays, config: di
         terms.slot(vector, slot)[:] = own
     local = {"records": float(own[0])}
     if terms.noise_multiplier is None:  # exact: simulation only (checked above); nothing to charge
-        return Described(vector=_encoded(terms, vector), local=local)
+        return _with_site_table(cfg, terms, policy, Described(vector=_encoded(terms, vector), local=local), vector)
     return _noised(cfg, index, vector, received, config, policy, ledger_dir, local)
+
+
+SITE_TABLE_KEY = "site_table"  # the hospital's own Table 1 column, sent in the clear when its policy allows
+
+
+def _with_site_table(cfg: StudyConfig, terms, policy: SitePolicy | None, described: Described,
+                     vector: np.ndarray) -> Described:
+    """Add the hospital's own Table 1 column to the clear part of its reply when its policy says
+    `share_site_statistics`: computed by the hospital from the very vector it put into the sum (noised when the
+    description is), so it costs no epsilon beyond that release; its counts below the larger of its policy's
+    and the study's `min_cell` are withheld by the hospital itself, with the figures that would reveal them."""
+    if policy is None or not policy.share_site_statistics or described.vector is None:
+        return described
+    import json
+
+    from fedhealth.statistics import cohort_table
+
+    assert cfg.describe is not None
+    table = cohort_table(terms.layout, terms.slot(vector, 0), noise_sd=terms.noise_sd,
+                         suppress_below=max(policy.min_cell, cfg.describe.min_cell))
+    described.shared[SITE_TABLE_KEY] = json.dumps(table.rows(), allow_nan=False)
+    return described
 
 
 def _encoded(terms, vector: np.ndarray) -> np.ndarray:
@@ -162,14 +194,17 @@ def _noised(cfg: StudyConfig, index: int, vector: np.ndarray, received: NDArrays
                     return Described(declined=MISSING_RELEASE_REASON,
                                      detail=f"hospital {name}: description {key[:12]} is charged but "
                                             f"{store.root} lacks it")
-                return Described(vector=stored[0], shared=_shared(ledger, study), local={**local, "retry": 1.0})
+                retry = Described(vector=stored[0], shared=_shared(ledger, study), local={**local, "retry": 1.0})
+                return _with_site_table(cfg, terms, policy, retry, stored[-1])
             entry = ledger.charge(server_round, terms.noise_multiplier, 1.0, 1, terms.sensitivity, study=study,
                                   release=key, unit="record")
             rng = np.random.default_rng(secret.seed(NOISE_PURPOSE, terms.layout.digest, key))
-            encoded = _encoded(terms, vector + rng.normal(0.0, terms.noise_sd, size=terms.length))
-            store.put(key, [encoded])
+            noised = vector + rng.normal(0.0, terms.noise_sd, size=terms.length)
+            encoded = _encoded(terms, noised)
+            store.put(key, [encoded, noised])
             local.update({"epsilon_total": float(ledger.spent), "epsilon_this_release": entry.epsilon - before})
-            return Described(vector=encoded, shared=_shared(ledger, study), local=local)
+            return _with_site_table(cfg, terms, policy,
+                                    Described(vector=encoded, shared=_shared(ledger, study), local=local), noised)
     except BudgetExceeded as refusal:
         return Described(declined=BUDGET_REASON, detail=str(refusal))
     except StaleRound as stale:

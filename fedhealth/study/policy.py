@@ -40,6 +40,11 @@ class SitePolicy(BaseModel):
     min_hospitals: int = Field(default=3, ge=1, description="fewest hospitals an aggregate may hold")
     share_evaluation: bool = Field(
         default=True, description="send held-out test figures (not covered by DP; the server picks the models)")
+    share_site_statistics: bool = Field(
+        default=False, description="a cohort description: also release this hospital's own Table 1 column in the "
+                                   "clear, computed by the hospital from the vector it noised for the secure sum "
+                                   "(no further epsilon), its counts below min_cell withheld")
+    min_cell: int = Field(default=5, ge=0, description="site statistics: counts below this are withheld")
     require_secure_aggregation: bool = Field(
         default=True, description="send updates only under SecAgg+ (masked); false allows plain aggregation")
 
