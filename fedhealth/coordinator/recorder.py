@@ -155,6 +155,9 @@ class RunRecorder:
         sites = {self.cfg.hospitals[i].name: f["site_table"] for i, f in sorted(p.fit.items()) if "site_table" in f}
         if sites:  # a description's per-site columns, each released by its hospital under its own policy
             summary["site_tables"] = sites
+        curves = {self.cfg.hospitals[i].name: f["site_curve"] for i, f in sorted(p.fit.items()) if "site_curve" in f}
+        if curves:
+            summary["site_curves"] = curves
         if self.cfg.privacy.mode == "hospital":
             from fedhealth.privacy.hospital_level import hospital_epsilon
 

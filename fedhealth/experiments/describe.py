@@ -144,8 +144,9 @@ def finish_description(cfg: StudyConfig, run_dir: Path) -> Description:
             except StatisticsError:  # no interval with events and both sides at risk: no test, not a crash
                 test = None
         groups.append(Group(kind, value, table, curve, test))
+    curves = site_curves(run_dir, terms) if survival else {}
     for name, table in site_tables(cfg, run_dir, terms).items():
-        groups.append(Group("site", name, table, None))
+        groups.append(Group("site", name, table, curves.get(name)))
     result = Description(vector, tuple(groups), [cfg.hospitals[i].name for i in contributors], list(declined),
                          cfg.describe.epsilon, sd)
     write_outputs(cfg, run_dir, result)
@@ -181,6 +182,35 @@ def site_tables(cfg: StudyConfig, run_dir: Path, terms: DescriptionTerms) -> dic
         n = figures[0].value
         out[str(name)] = CohortTable(int(n) if n is not None else 0, figures, terms.noise_sd,
                                      max(cfg.describe.min_cell if cfg.describe else 0, 0))
+    return out
+
+
+def site_curves(run_dir: Path, terms: DescriptionTerms) -> dict[str, KMCurve]:
+    """The Kaplan-Meier curves hospitals released with their site columns (cut by each where few remain at
+    risk), read defensively as the columns are."""
+    import json
+    import logging
+
+    rows = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
+    sent = (rows[0].get("site_curves") or {}) if rows else {}
+    edges = terms.layout.block("outcome").edges
+    out: dict[str, KMCurve] = {}
+    for name, text in sent.items():
+        try:
+            points = json.loads(text)
+            k = len(points)
+            if not 0 < k <= len(edges) - 1:
+                raise ValueError("not this layout's intervals")
+            cols = {key: np.array([float(p[key]) for p in points]) for key in
+                    ("time", "survival", "se", "at_risk", "events", "censored")}
+            if not np.array_equal(cols["time"], np.asarray(edges[1:k + 1], dtype=np.float64)):
+                raise ValueError("not this layout's interval ends")
+        except (TypeError, ValueError, KeyError) as err:
+            logging.getLogger(__name__).warning("hospital %s: its site curve is unreadable (%s); left out",
+                                                name, type(err).__name__)
+            continue
+        out[str(name)] = KMCurve(cols["time"], cols["survival"], np.square(cols["se"]), cols["at_risk"],
+                                 cols["events"], cols["censored"], terms.layout.block("outcome").unit)
     return out
 
 

@@ -123,6 +123,7 @@ def describe_cohort(cfg: StudyConfig, index: int, received: NDArrays, config: di
 
 
 SITE_TABLE_KEY = "site_table"  # the hospital's own Table 1 column, sent in the clear when its policy allows
+SITE_CURVE_KEY = "site_curve"  # and its own Kaplan-Meier curve (time-to-event), cut where few remain at risk
 
 
 def _with_site_table(cfg: StudyConfig, terms, policy: SitePolicy | None, described: Described,
@@ -138,9 +139,18 @@ def _with_site_table(cfg: StudyConfig, terms, policy: SitePolicy | None, describ
     from fedhealth.statistics import cohort_table
 
     assert cfg.describe is not None
-    table = cohort_table(terms.layout, terms.slot(vector, 0), noise_sd=terms.noise_sd,
-                         suppress_below=max(policy.min_cell, cfg.describe.min_cell))
+    below = max(policy.min_cell, cfg.describe.min_cell)
+    own = terms.slot(vector, 0)
+    table = cohort_table(terms.layout, own, noise_sd=terms.noise_sd, suppress_below=below)
     described.shared[SITE_TABLE_KEY] = json.dumps(table.rows(), allow_nan=False)
+    if terms.layout.outcome == "time_to_event":
+        from fedhealth.statistics import kaplan_meier
+
+        rows = kaplan_meier(terms.layout, own, noise_sd=terms.noise_sd).rows()
+        # the curve stops before the first interval at risk of fewer than `below` records: past it each step
+        # would tell a handful of patients' fates
+        shown = next((i for i, r in enumerate(rows) if r["at_risk"] < below), len(rows))
+        described.shared[SITE_CURVE_KEY] = json.dumps(rows[:shown], allow_nan=False)
     return described
 
 

@@ -322,3 +322,23 @@ def test_a_site_table_leaves_only_when_the_hospitals_own_policy_says_so(tmp_path
     exact = _ask(study(), tmp_path / "c", policy=SitePolicy(share_site_statistics=True, min_cell=0), simulated=True)
     n = json.loads(exact.shared[SITE_TABLE_KEY])[0]
     assert n == {"variable": "n", "statistic": "count", "value": 150.0, "error": 0.0, "unit": "1", "suppressed": None}
+
+
+def test_a_time_to_event_site_column_carries_its_curve_cut_where_few_remain_at_risk(tmp_path):
+    import json
+
+    from fedhealth.hospital.describe import SITE_CURVE_KEY
+
+    path = tmp_path / "study.toml"
+    path.write_text(SMALL.replace('seed = 5\n', 'seed = 5\noutcome = "time_to_event"\n', 1))
+    cfg = description_study(path)
+    everything = _ask(cfg, tmp_path / "m", policy=SitePolicy(share_site_statistics=True, min_cell=0), simulated=True)
+    full = json.loads(everything.shared[SITE_CURVE_KEY])
+    edges = description_terms(cfg).layout.block("outcome").edges
+    assert [p["time"] for p in full] == list(edges[1:])  # every interval end
+    below = int(full[3]["at_risk"]) + 1  # the fourth interval starts with fewer at risk than this
+    described = _ask(cfg, tmp_path / "l", policy=SitePolicy(share_site_statistics=True, min_cell=below),
+                     simulated=True)
+    points = json.loads(described.shared[SITE_CURVE_KEY])
+    assert points == full[:len(points)] and 0 < len(points) <= 3  # cut before the first interval below min_cell
+    assert all(p["at_risk"] >= below for p in points)
