@@ -158,6 +158,9 @@ class RunRecorder:
         curves = {self.cfg.hospitals[i].name: f["site_curve"] for i, f in sorted(p.fit.items()) if "site_curve" in f}
         if curves:
             summary["site_curves"] = curves
+        filled = {str(i): f["groups_filled"] for i, f in sorted(p.fit.items()) if "groups_filled" in f}
+        if filled:  # which hospitals filled each tier and region slot of a description
+            summary["groups_filled"] = filled
         if self.cfg.privacy.mode == "hospital":
             from fedhealth.privacy.hospital_level import hospital_epsilon
 

@@ -36,7 +36,7 @@ from fedhealth.study.config import StudyConfig
 
 TABLE_CSV = "table1.csv"
 TABLE_HTML = "table1.html"
-DESCRIPTION_JSON = "description.json"
+DESCRIPTION_JSON = rundir.DESCRIPTION_FILE
 KM_CSV = "kaplan_meier.csv"
 KM_FIGURE = "kaplan_meier.png"
 
@@ -128,11 +128,12 @@ def finish_description(cfg: StudyConfig, run_dir: Path) -> Description:
     groups = []
     from fedhealth.study.secagg import SECAGG_MINIMUM
 
+    filled = filled_slots(run_dir)
     for i, (kind, value) in enumerate([("all", ""), *terms.groups]):
-        members = [j for j in contributors if i == 0 or getattr(cfg.hospitals[j], kind) == value]
+        members = [j for j in contributors if i == 0 or i in filled.get(j, ())]
         if len(members) < SECAGG_MINIMUM:
-            # Some of the group's hospitals declined: its slot sums fewer than three hospitals' vectors. The
-            # hospitals filled it when the study listed enough of them; an honest server withholds it.
+            # Fewer than three hospitals filled the group's slot (some declined, or their policies do not share
+            # group statistics): an honest server withholds it.
             continue
         v = terms.slot(vector, i)
         table = cohort_table(terms.layout, v, noise_sd=sd, suppress_below=cfg.describe.min_cell)
@@ -182,6 +183,22 @@ def site_tables(cfg: StudyConfig, run_dir: Path, terms: DescriptionTerms) -> dic
         n = figures[0].value
         out[str(name)] = CohortTable(int(n) if n is not None else 0, figures, terms.noise_sd,
                                      max(cfg.describe.min_cell if cfg.describe else 0, 0))
+    return out
+
+
+def filled_slots(run_dir: Path) -> dict[int, set[int]]:
+    """Which group slots each contributing hospital says it filled (`fedhealth.hospital.describe.group_slots`);
+    a hospital that said nothing readable filled none."""
+    import json
+
+    rows = rundir.read_jsonl(run_dir / rundir.ROUNDS_FILE)
+    sent = (rows[0].get("groups_filled") or {}) if rows else {}
+    out: dict[int, set[int]] = {}
+    for index, text in sent.items():
+        try:
+            out[int(index)] = {int(s) for s in json.loads(text)}
+        except (TypeError, ValueError):
+            continue
     return out
 
 
@@ -255,7 +272,9 @@ def write_outputs(cfg: StudyConfig, run_dir: Path, result: Description) -> None:
             if g.curve is not None:  # a site's own column has no curve
                 writer.writerows({"group": g.name, **row} for row in g.curve.rows())
         rundir.atomic_write_text(run_dir / KM_CSV, buffer.getvalue())
-        kaplan_meier_figure(result, run_dir / KM_FIGURE)
+        from fedhealth.reporting.figures import cohort_kaplan_meier
+
+        _save_figure(cohort_kaplan_meier(summary["groups"], result.label), run_dir / KM_FIGURE)
 
 
 def table_html(cfg: StudyConfig, result: Description) -> str:
@@ -283,46 +302,9 @@ def table_html(cfg: StudyConfig, result: Description) -> str:
             f"<table><tr><th>variable</th><th>statistic</th>{head}</tr>" + "".join(body) + "</table></body></html>\n")
 
 
-def kaplan_meier_figure(result: Description, path: Path) -> None:
-    """Each group's survival curve, all hospitals with its 95 % band (sampling and noise), and the numbers at
-    risk of all hospitals under the plot; the title says what the figure cost."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, (ax, table) = plt.subplots(2, 1, figsize=(7.5, 5.5), gridspec_kw={"height_ratios": [5, 1]})
-    for i, g in enumerate(g for g in result.groups if g.curve is not None):
-        curve = g.curve
-        assert curve is not None
-        times = np.concatenate([[0.0], curve.times])
-        survival = np.concatenate([[1.0], curve.survival])
-        label = g.name
-        if g.logrank is not None:  # the test reads the noised counts as data: with noise it does not cover it
-            label += (f" (log-rank against the rest p = {g.logrank.p_value:.2g}"
-                      + (", noise not accounted for)" if result.epsilon is not None else ")"))
-        line, = ax.step(times, survival, where="post", lw=2.0 if i == 0 else 1.0, label=label)
-        half = 1.96 * np.sqrt(np.concatenate([[0.0], curve.variance]))
-        ax.fill_between(times, np.clip(survival - half, 0, 1), np.clip(survival + half, 0, 1), step="post",
-                        color=line.get_color(), alpha=0.2 if i == 0 else 0.1,
-                        label="95 % bands (sampling and noise)" if i == 0 else None)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("survival")
-    ax.set_title(f"Kaplan-Meier, {result.label}", fontsize=9)
-    ax.legend(loc="lower left", fontsize=7)
-    curve = result.curve
-    assert curve is not None
-    table.axis("off")
-    starts = np.concatenate([[0.0], curve.times[:-1]])
-    gap, last = 0.07 * float(curve.times[-1]), -np.inf  # labels closer than this would overlap: skip them
-    for t, n in zip(starts, curve.at_risk, strict=True):
-        if t - last >= gap:
-            table.text(t, 0.5, f"{n:.0f}", ha="center", fontsize=7, transform=table.transData)
-            last = t
-    table.set_xlim(ax.get_xlim())
-    table.set_ylim(0, 1)
-    table.set_title(f"number at risk, all hospitals (time in {curve.unit})", fontsize=8)
-    fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -103,8 +103,7 @@ class HospitalClient(NumPyClient):
 
         cfg = study_from_payload(config)
         self.index = resolve_hospital(self.settings, cfg)
-        if self.schema_file:
-            check_own_schema(cfg, self.schema_file, cfg.hospitals[self.index].name)
+        self._own_schema(cfg)
         split = load_hospital(cfg, self.index, self.data_file)
         model = build_study_model(cfg, split.x_train.shape[1], seed=cfg.seed)
         set_weights(model, parameters)
@@ -222,14 +221,26 @@ class HospitalClient(NumPyClient):
 
         cfg = study_from_payload(config)
         self.index = resolve_hospital(self.settings, cfg)
-        if self.schema_file:
-            check_own_schema(cfg, self.schema_file, cfg.hospitals[self.index].name)
+        self._own_schema(cfg)
         described = describe_cohort(cfg, self.index, parameters, config, policy=self._policy(cfg),
                                     simulated=self.simulated, ledger_dir=self._ledger_dir(config),
                                     data_file=self.data_file)
         if described.declined:
             return self._declined(parameters, described.declined, described.detail)
         return as_reply(self.index, described)
+
+    def _own_schema(self, cfg: StudyConfig) -> None:
+        """The study's schema must be the hospital's own copy (node config `schema-file`), checked before a
+        record is read. A deployed hospital without one takes part in no study of files: the server's schema
+        would decide which checks run on its records, and whether the file passes them is a fact about the
+        records that an error reply would tell the server, uncharged (one bit per request)."""
+        from fedhealth.hospital.guard import HospitalRefusal
+
+        if self.schema_file:
+            check_own_schema(cfg, self.schema_file, cfg.hospitals[self.index].name)
+        elif cfg.study_schema is not None and not self.simulated:
+            raise HospitalRefusal("this hospital's node config names no schema-file (its own copy of the study "
+                                  "schema), so it takes part in no study of files; its IT must add it")
 
     def _ledger_dir(self, config: dict[str, Scalar]) -> str:
         """The hospital's own ledger folder; the server's location only in simulation (in deployment it is

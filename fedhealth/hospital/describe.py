@@ -27,6 +27,7 @@ epsilon this study has spent at it; the count of records never leaves except ins
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,18 +109,49 @@ def describe_cohort(cfg: StudyConfig, index: int, received: NDArrays, config: di
     if len(received) != 1 or received[0].shape != (terms.length,) or np.any(received[0] != 0):
         return Described(declined=LAYOUT_MISMATCH + "; declining this description")
 
-    from fedhealth.data.cohort_records import cohort_records
-    from fedhealth.statistics import local_statistics
+    slots = group_slots(cfg, index, terms, policy)
 
-    own = local_statistics(terms.layout, cohort_records(cfg, index, data_file).records)
-    h = cfg.hospitals[index]
-    vector = np.zeros(terms.length)
-    for slot in terms.hospital_slots(h.tier, h.region):  # all hospitals, and its own tier's and region's
-        terms.slot(vector, slot)[:] = own
-    local = {"records": float(own[0])}
+    def statistics() -> tuple[np.ndarray, dict[str, Scalar]]:
+        """The hospital's vector in every slot it fills: read only once every refusal, the charge included,
+        has been decided, so no refusal (and no error) ever depends on the records."""
+        from fedhealth.data.cohort_records import cohort_records
+        from fedhealth.statistics import local_statistics
+
+        own = local_statistics(terms.layout, cohort_records(cfg, index, data_file).records)
+        vector = np.zeros(terms.length)
+        for slot in slots:
+            terms.slot(vector, slot)[:] = own
+        return vector, {"records": float(own[0])}
+
+    filled = {GROUPS_KEY: json.dumps(slots[1:])}
     if terms.noise_multiplier is None:  # exact: simulation only (checked above); nothing to charge
-        return _with_site_table(cfg, terms, policy, Described(vector=_encoded(terms, vector), local=local), vector)
-    return _noised(cfg, index, vector, received, config, policy, ledger_dir, local)
+        vector, local = statistics()
+        described = Described(vector=_encoded(terms, vector), shared=filled, local=local)
+        return _with_site_table(cfg, terms, policy, described, vector)
+    return _noised(cfg, index, statistics, received, config, policy, ledger_dir, filled)
+
+
+GROUPS_KEY = "groups_filled"  # the group slots (1-based positions in `DescriptionTerms.groups`) it filled
+
+
+def group_slots(cfg: StudyConfig, index: int, terms, policy: SitePolicy | None) -> list[int]:
+    """The slots this hospital fills: all hospitals, and its tier's and region's when (a) the study lists at
+    least its minimum aggregate (3, or its policy's `min_hospitals`) of that group and (b) it is a simulated
+    hospital without a policy, or its policy says `share_group_statistics`. Why (b): the hospital list is the
+    server's; a server that lists members of a group who are not there reads the group's slot as this
+    hospital's own (noised) vector, so against a deviating server a group slot is a per-site release."""
+    from fedhealth.hospital.secure_aggregation import minimum_aggregate
+
+    if policy is not None and not policy.share_group_statistics:
+        return [0]
+    h = cfg.hospitals[index]
+    least = minimum_aggregate(policy)
+    out = [0]
+    for i, (kind, value) in enumerate(terms.groups, start=1):
+        if (kind, value) in (("tier", h.tier), ("region", h.region)) and \
+                sum(getattr(other, kind) == value for other in cfg.hospitals) >= least:
+            out.append(i)
+    return out
 
 
 SITE_TABLE_KEY = "site_table"  # the hospital's own Table 1 column, sent in the clear when its policy allows
@@ -162,19 +194,15 @@ def _encoded(terms, vector: np.ndarray) -> np.ndarray:
                            for i in range(terms.slots)])
 
 
-def _noised(cfg: StudyConfig, index: int, vector: np.ndarray, received: NDArrays, config: dict[str, Scalar],
-            policy: SitePolicy | None, ledger_dir: str, local: dict[str, Scalar]) -> Described:
-    """Charge, then noise and encode: the charge is written before a noised vector exists."""
+def _noised(cfg: StudyConfig, index: int, statistics, received: NDArrays, config: dict[str, Scalar],
+            policy: SitePolicy | None, ledger_dir: str, filled: dict[str, Scalar]) -> Described:
+    """Charge, then read the records, noise and encode: the charge is written before the records are read
+    (so neither a refusal nor a failure to read them can tell the server anything about them for free) and
+    before a noised vector exists."""
     from fedhealth.durable import inside
     from fedhealth.privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger, StaleRound
     from fedhealth.privacy.release import ReleaseStore, model_hash, release_key
-    from fedhealth.privacy.round import (
-        BUDGET_REASON,
-        LEDGER_REASON,
-        MISSING_RELEASE_REASON,
-        STALE_REASON,
-        study_id,
-    )
+    from fedhealth.privacy.round import BUDGET_REASON, LEDGER_REASON, MISSING_RELEASE_REASON, STALE_REASON
     from fedhealth.privacy.secret import HospitalSecret, SecretError, secret_path
     from fedhealth.statistics.study import description_terms
     from fedhealth.study.policy import effective_cap
@@ -188,7 +216,7 @@ def _noised(cfg: StudyConfig, index: int, vector: np.ndarray, received: NDArrays
     folder = Path(ledger_dir)
     cap = effective_cap(policy, cfg.privacy.max_epsilon)
     server_round = int(config.get(ROUND_KEY, 1))
-    study = study_id(cfg)
+    study = description_study_id(cfg)
     settings = {"hospital": name, "describe": cfg.describe.model_dump(mode="json"), "layout": terms.layout.digest,
                 "groups": [list(g) for g in terms.groups], "cap": cap}
     key = release_key(study, server_round, model_hash(list(received)), settings)
@@ -204,23 +232,31 @@ def _noised(cfg: StudyConfig, index: int, vector: np.ndarray, received: NDArrays
                     return Described(declined=MISSING_RELEASE_REASON,
                                      detail=f"hospital {name}: description {key[:12]} is charged but "
                                             f"{store.root} lacks it")
-                retry = Described(vector=stored[0], shared=_shared(ledger, study), local={**local, "retry": 1.0})
+                retry = Described(vector=stored[0], shared={**filled, **_shared(ledger, study)}, local={"retry": 1.0})
                 return _with_site_table(cfg, terms, policy, retry, stored[-1])
             entry = ledger.charge(server_round, terms.noise_multiplier, 1.0, 1, terms.sensitivity, study=study,
                                   release=key, unit="record")
+            vector, local = statistics()
             rng = np.random.default_rng(secret.seed(NOISE_PURPOSE, terms.layout.digest, key))
             noised = vector + rng.normal(0.0, terms.noise_sd, size=terms.length)
             encoded = _encoded(terms, noised)
             store.put(key, [encoded, noised])
             local.update({"epsilon_total": float(ledger.spent), "epsilon_this_release": entry.epsilon - before})
-            return _with_site_table(cfg, terms, policy,
-                                    Described(vector=encoded, shared=_shared(ledger, study), local=local), noised)
+            described = Described(vector=encoded, shared={**filled, **_shared(ledger, study)}, local=local)
+            return _with_site_table(cfg, terms, policy, described, noised)
     except BudgetExceeded as refusal:
         return Described(declined=BUDGET_REASON, detail=str(refusal))
     except StaleRound as stale:
         return Described(declined=STALE_REASON, detail=str(stale))
     except (LedgerError, SecretError) as err:
         return Described(declined=LEDGER_REASON, detail=str(err))
+
+
+def description_study_id(cfg: StudyConfig) -> str:
+    """The ledger's study of a description: `<name>#describe:<fingerprint>`, apart from the study's training
+    (`<name>:<fingerprint>`), whose privacy terms are fixed by name: a description must neither fix nor break
+    them ('#' never appears in a study name)."""
+    return f"{cfg.name}#describe:{cfg.fingerprint()}"
 
 
 def _shared(ledger, study: str) -> dict[str, Scalar]:

@@ -45,6 +45,10 @@ class SitePolicy(BaseModel):
                                    "clear, computed by the hospital from the vector it noised for the secure sum "
                                    "(no further epsilon), its counts below min_cell withheld")
     min_cell: int = Field(default=5, ge=0, description="site statistics: counts below this are withheld")
+    share_group_statistics: bool = Field(
+        default=False, description="a cohort description: fill its tier's and region's slots; the hospital list is "
+                                   "the server's, so against a deviating server a group slot is this hospital's own "
+                                   "(noised) vector")
     require_secure_aggregation: bool = Field(
         default=True, description="send updates only under SecAgg+ (masked); false allows plain aggregation")
 

@@ -146,7 +146,9 @@ def test_a_deployed_hospital_charges_a_noised_description_to_its_own_ledger_not_
     assert metrics["epsilon"] == pytest.approx(_entries(own, "north")[0]["epsilon"])
     # besides its index and this study's epsilon, only `local.*` figures, which its audit mod keeps and removes
     # before the reply leaves (what reaches the server: tests/integration/test_describe_federation.py)
-    assert all(k.startswith("local.") for k in set(metrics) - {"hospital_index", "epsilon"}), metrics
+    # (and which group slots it filled: a function of the study and its own policy, never of its records)
+    assert all(k.startswith("local.") for k in set(metrics) - {"hospital_index", "epsilon", "groups_filled"}), metrics
+    assert metrics["groups_filled"] == "[]"  # a deployed hospital's default policy fills no group slot
 
 
 def test_a_hospital_whose_policy_caps_epsilon_declines_an_exact_description(tmp_path, study, nothing_computed):
@@ -239,7 +241,7 @@ def test_a_noised_release_is_charged_once_resent_free_and_a_new_release_is_charg
     assert entry["noise_multiplier"] == z and entry["sample_rate"] == 1.0 and entry["steps"] == 1
     assert entry["epsilon"] == pytest.approx(one) and 0.95 <= entry["epsilon"] <= 1.0 + 1e-9
     assert entry["max_grad_norm"] == pytest.approx(terms.sensitivity) and entry["release"]
-    assert a.shared == {"epsilon": pytest.approx(one)} and "records" not in a.shared
+    assert a.shared == {"epsilon": pytest.approx(one), "groups_filled": "[]"} and "records" not in a.shared
     assert a.local["epsilon_this_release"] == pytest.approx(one)
     charged = ledger.read_bytes()
 
@@ -342,3 +344,66 @@ def test_a_time_to_event_site_column_carries_its_curve_cut_where_few_remain_at_r
     points = json.loads(described.shared[SITE_CURVE_KEY])
     assert points == full[:len(points)] and 0 < len(points) <= 3  # cut before the first interval below min_cell
     assert all(p["at_risk"] >= below for p in points)
+
+
+# ---- the attacker review's findings (each failed before its fix) ----
+
+def test_describing_a_study_does_not_stop_the_hospital_training_it(tmp_path):
+    """A description is charged under `<name>#describe:<fingerprint>`: the training study of the same name
+    (whose privacy terms are fixed by name) is neither fixed nor broken by it (before: every training round
+    was refused, "the terms file is missing while the ledger holds 1 charge")."""
+    from fedhealth.api import load_study
+    from fedhealth.privacy.terms import FixedTerms, check_terms
+    from fedhealth.study.policy import effective_cap
+
+    path = tmp_path / "study.toml"
+    path.write_text(SMALL.replace('seed = 5\n', 'seed = 5\n[privacy]\nmode = "record"\nnoise_multiplier = 1.1\n', 1))
+    train, describe = load_study(path), description_study(path, epsilon=1.0)
+    ledger = tmp_path / "ledger"
+    cap = effective_cap(SitePolicy(), train.privacy.max_epsilon)
+    assert not _ask(describe, ledger, index=1, policy=SitePolicy(), simulated=False).declined
+    entry = _entries(ledger, "north")[0]
+    assert entry["study"].startswith("describe-small#describe:")
+    assert isinstance(check_terms(ledger, "north", train, 1, 1, cap), FixedTerms | type(None))
+
+
+def test_group_slots_need_the_hospitals_own_policy_and_its_minimum(tmp_path):
+    """A tier or region slot is a per-site release against a server that lists members who are not there, so
+    a hospital with a policy fills one only under `share_group_statistics`, and only when the study lists at
+    least its minimum aggregate of that group; the server's table withholds a group fewer than 3 filled."""
+    from fedhealth.hospital.describe import group_slots
+
+    path = tmp_path / "study.toml"
+    tiers = SMALL.replace('tier = "tertiary"', 'tier = "secondary"').replace('tier = "community"', 'tier = "secondary"')
+    path.write_text(tiers)
+    cfg = description_study(path, epsilon=1.0)
+    terms = description_terms(cfg)
+    assert terms.groups == (("tier", "secondary"),)
+    assert group_slots(cfg, 0, terms, None) == [0, 1]  # simulated, no policy: the study's hospitals are its own
+    assert group_slots(cfg, 0, terms, SitePolicy()) == [0]  # a policy must say so
+    assert group_slots(cfg, 0, terms, SitePolicy(share_group_statistics=True)) == [0, 1]
+    assert group_slots(cfg, 0, terms, SitePolicy(share_group_statistics=True, min_hospitals=4)) == [0]
+    described = _ask(cfg, tmp_path / "l", policy=SitePolicy(), simulated=False)
+    group = description_terms(cfg).slot(described.vector, 1)
+    assert np.count_nonzero(group) > 0  # noise only: the slot is noised like every other, but holds no records
+    assert described.shared["groups_filled"] == "[]"
+
+
+def test_a_deployed_hospital_without_its_own_schema_reads_nothing(tmp_path, monkeypatch):
+    """Without its own schema-file, the server's schema would decide which checks run on a deployed hospital's
+    records, and an error reply (the file fails them) against a decline would tell the server one fact about the
+    records per request, uncharged (before: the median age recovered exactly by bisection on `age.max`)."""
+    import fedhealth.data.cohort_records as records_module
+    from fedhealth.hospital.app import HospitalClient
+    from fedhealth.hospital.guard import HospitalRefusal
+    from fedhealth.hospital.node_config import NodeSettings
+    from tests.support import ROOT
+
+    monkeypatch.setattr(records_module, "cohort_records", lambda *a, **k: pytest.fail("records read"))
+    cfg = description_study(ROOT / "configs" / "heart-disease.toml", epsilon=1.0)
+    node = NodeSettings(mode="deployment", hospital_name="cleveland",
+                        data_file=str(ROOT / "configs" / "data" / "heart-disease" / "cleveland.csv"))
+    client = HospitalClient(node, ledger_dir=str(tmp_path / "ledger"), data_file=node.data_file)
+    with pytest.raises(HospitalRefusal, match="no schema-file"):
+        client.fit([np.zeros(description_terms(cfg).length)], study_payload(cfg, 1))
+    assert not (tmp_path / "ledger").exists()
