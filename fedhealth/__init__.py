@@ -30,14 +30,15 @@ from fedhealth.errors import (
 )
 
 if TYPE_CHECKING:
-    from fedhealth.api import Run, contribution, load_study, report, resume, simulate, simulate_seeds, sweep
+    from fedhealth.api import Run, contribution, describe, load_study, report, resume, simulate, simulate_seeds, sweep
 
 __version__ = "0.1.0"
 
-_API = ("Run", "contribution", "load_study", "report", "resume", "simulate", "simulate_seeds", "sweep")
+_API = ("Run", "contribution", "describe", "load_study", "report", "resume", "simulate", "simulate_seeds", "sweep")
 __all__ = [  # spelt out (not *_API) so that linters and type checkers read it
     "Run",
     "contribution",
+    "describe",
     "load_study",
     "report",
     "resume",

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
 
-__all__ = ["Run", "contribution", "load_study", "report", "resume", "simulate", "simulate_seeds", "sweep"]
+__all__ = ["Run", "contribution", "describe", "load_study", "report", "resume", "simulate", "simulate_seeds",
+           "sweep"]
 
 RoundHook = Callable[[int, dict[str, Any]], None]
 Overrides = Mapping[str, Any] | Iterable[str] | None
@@ -658,7 +659,8 @@ def description_study(study: StudyConfig | str | Path, *, epsilon: float | None 
 
 
 def describe(study: StudyConfig | str | Path, out: str | Path | None = None, *, epsilon: float | None = None,
-             bins: int | None = None, min_cell: int | None = None, overrides: Overrides = None):
+             bins: int | None = None, min_cell: int | None = None, overrides: Overrides = None,
+             report_into: Run | str | Path | None = None, force: bool = False):
     """Describe the cohort (Table 1, and Kaplan-Meier for a time-to-event study) as ``fedhealth describe``.
 
     One SecAgg+ round on Flower's simulation engine: each hospital computes counts, sums and histograms of its
@@ -672,14 +674,46 @@ def describe(study: StudyConfig | str | Path, out: str | Path | None = None, *, 
         As for `description_study`.
     out
         The run directory; it must not exist or be empty. Default ``runs/<time>-<study name>``.
+    report_into
+        A completed run (directory) of the same study (its name and hospitals): the description is copied into
+        it and its report rebuilt with a "Cohort (Table 1)" section.
+    force
+        Replace a description already in `report_into`.
 
     Returns
     -------
     fedhealth.experiments.describe.Description
         The summed vector, the table, the curve, the hospitals that took part and those that declined.
+
+    Raises
+    ------
+    RunDirectoryError
+        ``out`` is not new or empty, or ``report_into`` ran another study or holds a description (without
+        `force`); checked before anything runs.
     """
     from fedhealth.experiments.describe import describe_run
 
     cfg = description_study(study, epsilon=epsilon, bins=bins, min_cell=min_cell, overrides=overrides)
+    into = None if report_into is None else report_into.path if isinstance(report_into, Run) else Path(report_into)
+    if into is not None:
+        check_report_into(cfg, into, force)
     run_dir = rundir.create_run_dir(cfg, Path(out) if out is not None else None)
-    return describe_run(cfg, run_dir)
+    result = describe_run(cfg, run_dir)
+    if into is not None:
+        import shutil
+
+        shutil.copyfile(run_dir / rundir.DESCRIPTION_FILE, into / rundir.DESCRIPTION_FILE)
+        report(into)
+    return result
+
+
+def check_report_into(cfg: StudyConfig, into: Path, force: bool) -> None:
+    """RunDirectoryError unless `into` is a run of the study `cfg` describes (same name and hospitals) and holds
+    no description yet (or `force`)."""
+    theirs = load_config(into / rundir.CONFIG_FILE)
+    if theirs.name != cfg.name or [h.name for h in theirs.hospitals] != [h.name for h in cfg.hospitals]:
+        raise rundir.RunDirError(f"{into}: that run is of another study (name or hospitals differ); a description "
+                                 "belongs in the report of the study it describes")
+    if (into / rundir.DESCRIPTION_FILE).exists() and not force:
+        raise rundir.RunDirError(f"{into}: holds a {rundir.DESCRIPTION_FILE} already; pass force=True "
+                                 "(--force) to replace it")

@@ -483,6 +483,9 @@ def describe(
     min_cell: Annotated[int | None, typer.Option(help="smallest count shown; smaller ones are withheld "
                                                       "(default 5)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: dotted.key=value")] = None,
+    report_into: Annotated[Path | None, typer.Option(help="a run directory of the same study: add Table 1 to "
+                                                          "its report")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace a description in --report-into")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Flower's and Ray's logs")] = False,
 ) -> None:
     """Describe the cohort (Table 1; Kaplan-Meier for a time-to-event study) without pooling any record.
@@ -499,6 +502,8 @@ def describe(
     try:
         cfg = api.description_study(config, epsilon=epsilon, bins=bins, min_cell=min_cell,
                                     overrides=list(set_ or []))
+        if report_into is not None:
+            api.check_report_into(cfg, report_into, force)  # before anything runs
         run_dir = rundir.create_run_dir(cfg, out)
     except (ConfigError, rundir.RunDirError, errors.UsageError) as err:
         _fail(str(err))
@@ -521,6 +526,11 @@ def describe(
     for d in result.declined:
         console.print(f"declined: hospital {d.get('hospital')} ({d.get('reason')})")
     console.print(f"written: {run_dir / TABLE_CSV}, {run_dir / TABLE_HTML}")
+    if report_into is not None:
+        import shutil
+
+        shutil.copyfile(run_dir / rundir.DESCRIPTION_FILE, report_into / rundir.DESCRIPTION_FILE)
+        _announce_report(report_into, api.report(report_into))
 
 
 @app.command()

@@ -257,3 +257,43 @@ def privacy_utility(result: dict[str, Any]) -> Figure:
     ax.set_title("What privacy costs")
     ax.legend(loc="lower right", fontsize=7)
     return fig
+
+
+def cohort_kaplan_meier(groups: list[dict[str, Any]], label: str) -> Figure:
+    """A cohort description's Kaplan-Meier curves (`description.json`'s groups, each with its curve rows):
+    every group's survival with its 95 % band (sampling and noise), the numbers at risk of all hospitals
+    under the plot, and the title saying what the figure cost (`label`)."""
+    curves = [g for g in groups if g.get("kaplan_meier")]
+    fig, (ax, table) = plt.subplots(2, 1, figsize=(7.5, 5.5), gridspec_kw={"height_ratios": [5, 1]})
+    for i, g in enumerate(curves):
+        rows = g["kaplan_meier"]
+        times = np.array([0.0] + [r["time"] for r in rows])
+        survival = np.array([1.0] + [r["survival"] for r in rows])
+        half = 1.96 * np.array([0.0] + [r["se"] for r in rows])
+        name = g["group"]
+        test = g.get("logrank_against_rest")
+        if test is not None:  # the test reads the noised counts as data: with noise it does not cover it
+            name += (f" (log-rank against the rest p = {test['p_value']:.2g}"
+                     + (", noise not accounted for)" if not label.startswith("exact") else ")"))
+        line, = ax.step(times, survival, where="post", lw=2.0 if i == 0 else 1.0, label=name)
+        ax.fill_between(times, np.clip(survival - half, 0, 1), np.clip(survival + half, 0, 1), step="post",
+                        color=line.get_color(), alpha=0.2 if i == 0 else 0.1,
+                        label="95 % bands (sampling and noise)" if i == 0 else None)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("survival")
+    ax.set_title(f"Kaplan-Meier, {label}", fontsize=9)
+    ax.legend(loc="lower left", fontsize=7)
+    table.axis("off")
+    if curves:
+        rows = curves[0]["kaplan_meier"]
+        starts = [0.0] + [r["time"] for r in rows[:-1]]
+        gap, last = 0.07 * float(rows[-1]["time"]), -np.inf  # labels closer than this would overlap: skip them
+        for t, r in zip(starts, rows, strict=True):
+            if t - last >= gap:
+                table.text(t, 0.5, f"{r['at_risk']:.0f}", ha="center", fontsize=7, transform=table.transData)
+                last = t
+        table.set_title(f"number at risk, {curves[0]['group']}", fontsize=8)
+    table.set_xlim(ax.get_xlim())
+    table.set_ylim(0, 1)
+    fig.tight_layout()
+    return fig

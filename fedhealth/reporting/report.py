@@ -52,6 +52,7 @@ def _load(run_dir: Path) -> dict[str, Any]:
                           "whose state.json says completed: see `fedhealth status`)")
     secagg = run_dir / rundir.SECAGG_FILE
     contribution = run_dir / rundir.CONTRIBUTION_FILE
+    description = run_dir / rundir.DESCRIPTION_FILE
 
     membership = run_dir / rundir.PRIVACY_AUDIT_FILE
     summary = rundir.read_json_object(run_dir / rundir.SUMMARY_FILE)
@@ -61,6 +62,7 @@ def _load(run_dir: Path) -> dict[str, Any]:
     return {
         "membership": rundir.read_json(membership) if membership.is_file() else None,
         "contribution": rundir.read_json(contribution) if contribution.is_file() else None,
+        "description": rundir.read_json_object(description) if description.is_file() else None,
         "cfg": load_config(run_dir / rundir.CONFIG_FILE),
         "summary": summary,
         "metrics": rundir.read_jsonl(run_dir / rundir.METRICS_FILE),
@@ -142,6 +144,10 @@ def figures_for(data: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         plan["equity"] = lambda: figures.equity(hospitals, top)
     if data["contribution"]:
         plan["contribution"] = lambda: figures.contribution(data["contribution"])
+    description = data.get("description")
+    if description and any(g.get("kaplan_meier") for g in description.get("groups", [])):
+        plan["cohort_kaplan_meier"] = lambda: figures.cohort_kaplan_meier(description["groups"],
+                                                                          str(description.get("privacy", "")))
     return plan
 
 
@@ -176,9 +182,34 @@ def render_report(data: dict[str, Any], images: dict[str, str]) -> str:
         rounds=data["rounds"], failed=[r for r in data["rounds"] if r.get("status") == "failed"],
         secagg=data["secagg"], equity=summary.get("equity", {}), privacy=summary.get("privacy"),
         contribution=data["contribution"], membership=data["membership"], missing=_missing_references(data),
+        description=data.get("description"), cohort=cohort_rows(data.get("description")),
         labels={"local_only": "local-only", "federated": "federated", "federated_no_dp": "federated, no DP",
                 "pooled": "pooled", "best_possible": "best possible"},
         generated=time.strftime("%Y-%m-%d %H:%M", time.localtime()))
+
+
+def cohort_rows(description: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Table 1 of a description (`description.json`) as rows: variable, statistic, then one cell of text per
+    group, each the figure with its 95 % noise bound, or why it is withheld."""
+    if not description or not description.get("groups"):
+        return []
+
+    def text(f: dict[str, Any]) -> str:
+        if f.get("suppressed"):
+            return f"withheld: {f['suppressed']}"
+        value, error = f.get("value"), f.get("error") or 0.0
+        share = "share" in f["statistic"] or f["statistic"] == "prevalence"
+        if share:
+            return f"{100 * value:.1f} %" + (f" ± {100 * error:.1f}" if error else "")
+        unit = "" if f.get("unit") in ("1", "", None) else f" {f['unit']}"
+        return f"{value:.4g}{unit}" + (f" ± {error:.3g}" if error else "")
+
+    groups = description["groups"]
+    rows = []
+    for j, f in enumerate(groups[0]["figures"]):
+        rows.append({"variable": f["variable"], "statistic": f["statistic"],
+                     "cells": [text(g["figures"][j]) if j < len(g["figures"]) else "" for g in groups]})
+    return rows
 
 
 def _missing_references(data: dict[str, Any]) -> list[tuple[str, str]]:

@@ -65,11 +65,13 @@ FIGURES = {  # report figures, next to report.html
     "learning_curves": "learning_curves.png", "final_comparison": "final_comparison.png",
     "calibration": "calibration.png", "privacy": "privacy.png", "secure_aggregation": "secure_aggregation.png",
     "equity": "equity.png", "contribution": "contribution.png", "risk_groups": "risk_groups.png",
+    "cohort_kaplan_meier": "cohort_kaplan_meier.png",
 }
 SIBLING_DIR = "sibling-no-dp"  # the same federation without DP, inside a DP run's directory
 MLFLOW_DIR = "mlruns"  # experiment tracking, when [tracking] backend = "mlflow" and no uri
 TENSORBOARD_DIR = "tensorboard"  # when backend = "tensorboard" and no uri
 # experiments over sibling federations: their own output directory
+DESCRIPTION_FILE = "description.json"  # `fedhealth describe` (copied into a run with --report-into)
 CONTRIBUTION_FILE = "contribution.json"  # `fedhealth contribution` (copied into a run with --report-into)
 COALITIONS_DIR = "coalitions"
 SWEEP_FILE = "sweep.json"
