@@ -258,7 +258,7 @@ def test_more_rows_than_declared_is_no_oracle_on_the_true_count(tmp_path):
         node = SimpleNamespace(node_config={"hospital-name": "b"})
         client = HospitalClient(node, SitePolicy(min_hospitals=1, require_secure_aggregation=False,
                                                  max_delta=0.5), str(tmp_path / f"l{declared}"),
-                                data_file=str(data / "b.csv"))
+                                data_file=str(data / "b.csv"), schema_file=str(data / "schema.toml"))
         _, n, metrics = client.fit(initial_weights(cfg), study_payload(cfg, 1, ""))
         assert n > 0 and DECLINED_KEY not in metrics, declared
         assert client.evaluate(initial_weights(cfg), study_payload(cfg, 1, ""))[1] >= 1
