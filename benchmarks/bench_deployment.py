@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_deployment.py absent-hospital --workdir /tmp/r3    # one hospital late
     .venv/bin/python benchmarks/bench_deployment.py absent-hospital --workdir /tmp/r4 --wait-for-hospitals 30
     .venv/bin/python benchmarks/bench_deployment.py round-time --workdir /tmp/r5  # seconds per round, by mode
+    .venv/bin/python benchmarks/bench_deployment.py describe --workdir /tmp/r6 --study configs/lung.toml --epsilon 1
 
 `round-time` runs the same SecAgg+ + DP-SGD study in each deployment mode (`--modes`, default Flower's own
 new `flwr-clientapp` per message with its 3 s SuperNode poll, against fedhealth's default: ClientApps forked
@@ -243,7 +244,81 @@ def round_time(workdir: Path, rounds: int, modes: list[tuple[str, str]]) -> dict
     return result
 
 
-SCENARIOS = ("supernode-restart", "superlink-restart", "absent-hospital", "round-time")
+SITE_POLICY = """# a describe scenario's site policy: every hospital the same
+max_epsilon = 5.0
+max_delta = 1e-5
+min_hospitals = 3
+require_secure_aggregation = true
+"""
+
+
+def describe_study(workdir: Path, study: Path, epsilon: float | None) -> dict[str, Any]:
+    """A study of files described on a fresh deployment of its own hospitals (`server/entrypoint.sh describe`):
+    each site a SuperNode with its file, the schema and a common policy (`SITE_POLICY`), the study submitted as
+    a deployment config (no data paths; each hospital's usable rows declared). The figures: time, who took part,
+    n, each ledger's entries, the files written."""
+    import tomli_w
+
+    from fedhealth.data.cohort_records import cohort_records
+    from fedhealth.data.study_file import load_config
+
+    cfg = load_config(study)
+    if cfg.study_schema is None:
+        raise DemoError(f"{study}: a study of files is needed (each hospital's own file becomes a SuperNode's)")
+    folder = new_folder(workdir)
+    policy = folder / "site-policy.toml"
+    policy.write_text(SITE_POLICY)
+    schema = (study.parent / str(load_config_schema(study))).resolve()
+    hospitals = {h.name: (Path(h.data).resolve(), schema, policy) for h in cfg.hospitals}
+    host = Host(folder / "deployment", hospitals=hospitals)
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data.pop("study_schema", None)
+    data["schema"] = str(schema)
+    for i, h in enumerate(data["hospitals"]):
+        h.pop("data", None)
+        h.pop("data_sha256", None)
+        h["records"] = len(cohort_records(cfg, i).records.label)
+    deployed = folder / f"{cfg.name}-deployment.toml"
+    deployed.write_text(tomli_w.dumps(data))
+    host.prepare()
+    started = time.perf_counter()
+    try:
+        host.start_superlink()
+        host.connect_and_register()
+        for name in hospitals:
+            node = host.start_hospital(name)
+            wait_until(lambda n=node: "SuperNode ID:" in n.output() or not n.running(), 180, 0.5, f"{name} online")
+        online = time.perf_counter() - started
+        out = folder / "runs" / "describe"
+        env = {"FEDHEALTH_STUDY": str(deployed), "FEDHEALTH_APP": host.app}
+        if epsilon is not None:
+            env["FEDHEALTH_EPSILON"] = str(epsilon)
+        submit = host.start("describe", ["bash", "server/entrypoint.sh", "describe", str(out)], host.cli_home, [],
+                            env)
+        code = submit.wait(600)
+        seconds = time.perf_counter() - started - online
+        description = json.loads((out / "description.json").read_text()) if (out / "description.json").exists() \
+            else None
+        return {"study": cfg.name, "hospitals": len(hospitals), "exit": code, "state": state_of(out),
+                "seconds_to_online": round(online, 1), "seconds_describe": round(seconds, 1),
+                "released_by": None if description is None else description["hospitals"],
+                "declined": None if description is None else description["declined"],
+                "n": None if description is None else description["n"],
+                "epsilon": epsilon, "noise_sd": None if description is None else description["noise_sd"],
+                "ledger": {h: host.ledger(h) for h in hospitals},
+                "files": sorted(p.name for p in out.iterdir()) if out.is_dir() else []}
+    finally:
+        host.stop_all()
+
+
+def load_config_schema(study: Path) -> str:
+    """The `schema` key of a study TOML as written (relative to the study file)."""
+    import tomllib
+
+    return tomllib.loads(study.read_text())["schema"]
+
+
+SCENARIOS = ("supernode-restart", "superlink-restart", "absent-hospital", "round-time", "describe")
 
 
 def main() -> int:
@@ -257,7 +332,19 @@ def main() -> int:
     parser.add_argument("--modes", default="subprocess:flower,forkserver:0.5",
                         help="round-time: comma-separated CLIENTAPP:POLL, clients/deploy.sh --clientapp and "
                              "FEDHEALTH_SUPERNODE_POLL_INTERVAL ('flower': Flower's own 3 s)")
+    parser.add_argument("--study", type=Path, default=ROOT / "configs" / "lung.toml",
+                        help="describe: a study of files, each hospital a SuperNode of its own")
+    parser.add_argument("--epsilon", type=float, default=1.0, help="describe: each hospital's epsilon (0: exact)")
     args = parser.parse_args()
+    if args.scenario == "describe":
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                result = describe_study(args.workdir, args.study.resolve(), args.epsilon or None)
+        except DemoError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps({"scenario": args.scenario, **result}))
+        return 0 if result["state"] == "completed" else 1
     if args.scenario == "round-time":
         modes = [tuple(m.split(":", 1)) for m in args.modes.split(",") if m]
         if any(len(m) != 2 for m in modes):

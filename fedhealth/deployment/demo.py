@@ -84,8 +84,14 @@ class Host:
     """The operator's side (PKI, SuperLink, gateway, registry, flwr CLI) and the three hospitals' folders under
     one workdir, each party with its own Flower home, all on 127.0.0.1 and free ports."""
 
-    def __init__(self, workdir: Path, root: Path | None = None) -> None:
+    def __init__(self, workdir: Path, root: Path | None = None,
+                 hospitals: dict[str, tuple[Path, Path, Path]] | None = None) -> None:
+        """`hospitals`: name -> (data file, schema, site policy), relative to the checkout; default the
+        heart-disease deployment's three (`HOSPITALS`, `DATA`, configs/deployment/policy-NAME.toml)."""
         self.root = checkout_root(root or PROJECT)
+        self.hospitals = hospitals or {
+            name: (DATA / csv, DATA / "schema.toml", Path("configs") / "deployment" / f"policy-{name}.toml")
+            for name, csv in HOSPITALS.items()}
         self.bin = _bin_dir(self.root)
         self.dir = new_folder(workdir)
         self.pki = self.dir / "operator" / "pki"
@@ -93,7 +99,7 @@ class Host:
         self.port = free_port()  # the gateway: the hospitals' address (Fleet API only)
         self.link_port = free_port()  # the SuperLink on loopback (its Control API is the operator's only)
         self.registry_port = free_port()
-        self.ports = {h: free_port() for h in HOSPITALS}
+        self.ports = {h: free_port() for h in self.hospitals}
         self.app = ""  # the approved app version, @publisher/name==x.y.z
         self.services: dict[str, Service] = {}
         self.address = f"127.0.0.1:{self.port}"  # what the hospitals dial
@@ -129,13 +135,13 @@ class Host:
         review = json.loads(self.sh(fedhealth, "app", "review", str(fab), "--json").stdout)
         self.app = f"{review['app_id']}=={review['version']}"
         self.sh(fedhealth, "app", "publish", str(fab), "--dir", str(registry))
-        for name, csv in HOSPITALS.items():
+        for name, (data, schema, policy) in self.hospitals.items():
             site = self.site(name)
             site.mkdir(parents=True)
-            shutil.copy(self.root / DATA / csv, site / "data.csv")
+            shutil.copy(self.root / data, site / "data.csv")
             (site / "data.csv").chmod(0o444)
-            shutil.copy(self.root / DATA / "schema.toml", site / "schema.toml")
-            shutil.copy(self.root / "configs" / "deployment" / f"policy-{name}.toml", site / "policy.toml")
+            shutil.copy(self.root / schema, site / "schema.toml")
+            shutil.copy(self.root / policy, site / "policy.toml")
             self.sh(fedhealth, "certs", "hospital-keys", "--out", str(site / "keys"), "--hospital", name)
             self.sh(fedhealth, "certs", "add-hospital", str(site / "keys" / "supernode_auth.pub"), "--pki",
                     str(self.pki), "--hospital", name)
