@@ -52,6 +52,17 @@ flwr_config() {  # the CLI's connections, once
   [ -f "$FLWR_HOME/config.toml" ] || cp "$HERE/configs/flower/config.toml" "$FLWR_HOME/config.toml"
 }
 
+submit() {  # submit(OUT, EXTRA_RUN_CONFIG, WHAT_FAILED): flwr run the study into OUT, exit 1 unless it completed
+  cd "$HERE"
+  flwr run "$FEDHEALTH_APP" "$FEDHEALTH_CONNECTION" --stream \
+    --run-config "config='$FEDHEALTH_STUDY' out='$1' references=false$2" || true
+  # flwr run exits 0 even when the ServerApp fails: the run directory is the truth.
+  if ! fedhealth status "$1"; then
+    echo "error: $3" >&2
+    exit 1
+  fi
+}
+
 command=${1:-start}
 [ $# -gt 0 ] && shift
 case "$command" in
@@ -67,13 +78,7 @@ case "$command" in
     out=${1:-/var/lib/fedhealth/runs/describe-$(date +%Y%m%d-%H%M%S)}
     noise=""
     if [ -n "${FEDHEALTH_EPSILON:-}" ]; then noise=" epsilon=$FEDHEALTH_EPSILON"; fi
-    cd "$HERE"
-    flwr run "$FEDHEALTH_APP" "$FEDHEALTH_CONNECTION" --stream \
-      --run-config "config='$FEDHEALTH_STUDY' out='$out' references=false describe=true$noise" || true
-    if ! fedhealth status "$out"; then
-      echo "error: the description did not complete; see the log above and $out" >&2
-      exit 1
-    fi
+    submit "$out" " describe=true$noise" "the description did not complete; see the log above and $out"
     echo "Table 1: $out/table1.csv, $out/table1.html" ;;
   run)
     flwr_config
@@ -84,14 +89,7 @@ case "$command" in
       resume=" resume=true"
     fi
     out=${1:-/var/lib/fedhealth/runs/$(date +%Y%m%d-%H%M%S)}
-    cd "$HERE"
-    flwr run "$FEDHEALTH_APP" "$FEDHEALTH_CONNECTION" --stream \
-      --run-config "config='$FEDHEALTH_STUDY' out='$out' references=false$resume" || true
-    # flwr run exits 0 even when the ServerApp fails: the run directory is the truth.
-    if ! fedhealth status "$out"; then
-      echo "error: the run did not complete; see the log above and $out (continue it: run --resume $out)" >&2
-      exit 1
-    fi
+    submit "$out" "$resume" "the run did not complete; see the log above and $out (continue it: run --resume $out)"
     echo "run directory: $out" ;;
   status) exec fedhealth status "$@" ;;
   flwr) flwr_config; exec flwr "$@" ;;

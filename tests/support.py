@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]  # the project: the tests run its scripts and read its configs
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -143,3 +144,39 @@ SMALL_SITES = "".join(
     f'[[hospitals]]\nname = "site-{i:02d}"\ntier = "community"\nregion = "{region}"\nrecords = 400\n'
     for i, region in enumerate(["north", "south", "east", "west", "central"] * 2, start=1))
 SMALL_SITE_NAMES = [f"site-{i:02d}" for i in range(1, 11)]
+
+
+# Three small generated hospitals of different tiers and regions (150, 240 and 90 records): the describe
+# tests' own study (tests/unit/test_cohort_records.py, test_describe_hospital.py), after its name and seed.
+THREE_SMALL_HOSPITALS = "".join(
+    f'[[hospitals]]\nname = "{name}"\ntier = "{tier}"\nregion = "{region}"\nrecords = {records}\n'
+    for name, tier, region, records in (("south", "secondary", "south", 150), ("north", "tertiary", "north", 240),
+                                        ("clinic", "community", "west", 90)))
+
+
+def times_at_interval_ends(follow_up: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """Each follow-up time moved to the end of its interval (t_j, t_j+1]; past the last edge, as it is: the
+    records a grid Kaplan-Meier estimate describes."""
+    e = np.asarray(edges)
+    k = np.maximum(np.searchsorted(e, follow_up, side="left") - 1, 0)
+    return np.where(k < len(e) - 1, e[np.minimum(k + 1, len(e) - 1)], follow_up)
+
+
+def check_kaplan_meier_against_scikit_survival(curve, follow_up: np.ndarray, event: np.ndarray,
+                                               edges: tuple[float, ...]) -> None:
+    """`curve` (a KMCurve of a summed vector without noise) equals scikit-survival's Kaplan-Meier estimate of
+    the pooled records on times moved to their interval's end, at every interval end with an event or
+    censoring, and its numbers at risk equal a direct count."""
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    late = follow_up > edges[-1]
+    times, surv = kaplan_meier_estimator(event.astype(bool) & ~late, times_at_interval_ends(follow_up, edges))
+    by_time = dict(zip(times, surv, strict=True))
+    checked = 0
+    for t, s in zip(curve.times, curve.survival, strict=True):
+        if t in by_time:
+            assert s == pytest.approx(by_time[t], rel=1e-12)
+            checked += 1
+    assert checked >= len(curve.times) - 1
+    at_risk = [(follow_up > lo).sum() if lo > 0 else len(follow_up) for lo in edges[:-1]]
+    assert np.array_equal(curve.at_risk, at_risk)

@@ -34,7 +34,7 @@ from fedhealth.statistics.table import histogram_quantile
 from fedhealth.statistics.transport import decode, sum_cells
 from fedhealth.study.secagg import MODULUS
 from fedhealth.wire import LOCAL_PREFIX, ROUND_KEY, SECURE_KEY
-from tests.support import SMOKE
+from tests.support import SMOKE, check_kaplan_meier_against_scikit_survival
 
 pytestmark = pytest.mark.slow
 
@@ -249,16 +249,7 @@ def test_the_server_never_holds_one_hospitals_vector(exact_binary):
     np.testing.assert_array_equal(result.vector, _decoded_sum(terms, plain))
 
 
-def _sksurv_times(time: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
-    """Each follow-up time moved to the end of its interval (t_j, t_j+1]; past the last edge, as it is."""
-    e = np.asarray(edges)
-    k = np.maximum(np.searchsorted(e, time, side="left") - 1, 0)
-    return np.where(k < len(e) - 1, e[np.minimum(k + 1, len(e) - 1)], time)
-
-
 def test_an_exact_time_to_event_description_equals_the_pooled_records_and_scikit_survival(tmp_path):
-    from sksurv.nonparametric import kaplan_meier_estimator
-
     text = SMOKE.read_text().replace("seed = 7\n", 'seed = 7\noutcome = "time_to_event"\n', 1)
     assert 'outcome = "time_to_event"' in text
     path = tmp_path / "smoke-tte.toml"
@@ -276,18 +267,8 @@ def test_an_exact_time_to_event_description_equals_the_pooled_records_and_scikit
     late = pooled.time > edges[-1]
     assert result.table.figure(OUTCOME, "event share").value == pytest.approx(
         (pooled.label.astype(bool) & ~late).mean(), rel=1e-12)
-    curve = result.curve
-    assert curve is not None
-    times, surv = kaplan_meier_estimator(pooled.label.astype(bool) & ~late, _sksurv_times(pooled.time, edges))
-    by_time = dict(zip(times, surv, strict=True))
-    checked = 0
-    for t, s in zip(curve.times, curve.survival, strict=True):
-        if t in by_time:
-            assert s == pytest.approx(by_time[t], rel=1e-12)
-            checked += 1
-    assert checked >= len(curve.times) - 1
-    at_risk = [(pooled.time > lo).sum() if lo > 0 else len(pooled.time) for lo in edges[:-1]]
-    assert np.array_equal(curve.at_risk, at_risk)
+    assert result.curve is not None
+    check_kaplan_meier_against_scikit_survival(result.curve, pooled.time, pooled.label, edges)
     assert all(_entries(run_dir, name) == [] for name in SMOKE_NAMES)
     _check_outputs_say(run_dir, "exact")
     assert (run_dir / "kaplan_meier.csv").is_file() and (run_dir / "kaplan_meier.png").stat().st_size > 0

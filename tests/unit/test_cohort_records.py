@@ -13,27 +13,12 @@ import pytest
 from fedhealth.data.cohort_records import cohort_records
 from fedhealth.data.export import write_synthetic_study
 from fedhealth.data.study_file import load_config
-from tests.support import ROOT
+from tests.support import ROOT, THREE_SMALL_HOSPITALS
 
 SMALL = """name = "cohort"
 seed = 5
 outcome = "{kind}"
-[[hospitals]]
-name = "south"
-tier = "secondary"
-region = "south"
-records = 150
-[[hospitals]]
-name = "north"
-tier = "tertiary"
-region = "north"
-records = 240
-[[hospitals]]
-name = "clinic"
-tier = "community"
-region = "west"
-records = 90
-"""
+""" + THREE_SMALL_HOSPITALS
 
 
 @pytest.mark.parametrize("kind", ["binary", "multiclass", "continuous", "time_to_event"])

@@ -31,6 +31,7 @@ from fedhealth.statistics import (
 from fedhealth.statistics.layout import OUTCOME, histogram_edges
 from fedhealth.statistics.table import histogram_quantile
 from fedhealth.study.schema import StudySchema
+from tests.support import check_kaplan_meier_against_scikit_survival, times_at_interval_ends
 
 KINDS = ("binary", "multiclass", "continuous", "time_to_event")
 PROFILES = [HospitalProfile("north-gen", "tertiary", "north", 400),
@@ -152,32 +153,13 @@ def test_one_record_moves_the_vector_by_at_most_the_sensitivity_and_some_record_
     assert np.linalg.norm(diff) <= layout.sensitivity * (1 + 1e-12)
 
 
-def _sksurv_times(pooled: ValidRecords, edges: tuple[float, ...]) -> np.ndarray:
-    e = np.asarray(edges)
-    k = np.maximum(np.searchsorted(e, pooled.time, side="left") - 1, 0)
-    return np.where(k < len(e) - 1, e[np.minimum(k + 1, len(e) - 1)], pooled.time)
-
-
 def test_kaplan_meier_equals_scikit_survival_on_times_moved_to_interval_ends():
-    from sksurv.nonparametric import kaplan_meier_estimator
-
     layout = StatisticsLayout.from_schema(_schema("time_to_event"))
     pooled = _pool(_hospitals("time_to_event"))
     summed = np.sum([local_statistics(layout, r) for r in _hospitals("time_to_event")], axis=0)
     curve = kaplan_meier(layout, summed)
     edges = layout.block(OUTCOME).edges
-    moved = _sksurv_times(pooled, edges)
-    late = pooled.time > edges[-1]
-    times, surv = kaplan_meier_estimator(pooled.label.astype(bool) & ~late, moved)
-    by_time = dict(zip(times, surv, strict=True))
-    checked = 0
-    for t, s in zip(curve.times, curve.survival, strict=True):
-        if t in by_time:
-            assert s == pytest.approx(by_time[t], rel=1e-12)
-            checked += 1
-    assert checked >= len(curve.times) - 1
-    at_risk = [(pooled.time > lo).sum() if lo > 0 else len(pooled.time) for lo in edges[:-1]]
-    assert np.array_equal(curve.at_risk, at_risk)
+    check_kaplan_meier_against_scikit_survival(curve, pooled.time, pooled.label, edges)
     assert np.all(curve.variance >= 0) and np.all(np.diff(curve.survival) <= 0)
     noisy = kaplan_meier(layout, summed, noise_sd=3.0)
     assert np.all(noisy.variance >= curve.variance) and noisy.variance[-1] > curve.variance[-1]
@@ -195,7 +177,8 @@ def test_logrank_equals_scikit_survival_compare_survival():
     pooled = _pool(hospitals)
     edges = layout.block(OUTCOME).edges
     group = np.repeat([0, 1], [len(hospitals[0].label), len(pooled.label) - len(hospitals[0].label)])
-    y = Surv.from_arrays(pooled.label.astype(bool) & (pooled.time <= edges[-1]), _sksurv_times(pooled, edges))
+    event = pooled.label.astype(bool) & (pooled.time <= edges[-1])
+    y = Surv.from_arrays(event, times_at_interval_ends(pooled.time, edges))
     chisq, p = compare_survival(y, group)
     assert result.statistic == pytest.approx(chisq, rel=1e-9)
     assert result.p_value == pytest.approx(p, rel=1e-9)

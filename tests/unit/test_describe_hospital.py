@@ -31,25 +31,11 @@ from fedhealth.statistics.study import description_terms
 from fedhealth.statistics.transport import decode, sum_cells
 from fedhealth.study.policy import DELTA_TOO_LARGE, TOO_FEW_HOSPITALS, SitePolicy
 from fedhealth.wire import DECLINED_KEY, ROUND_KEY, SECURE_KEY, study_payload
+from tests.support import THREE_SMALL_HOSPITALS
 
 SMALL = """name = "describe-small"
 seed = 5
-[[hospitals]]
-name = "south"
-tier = "secondary"
-region = "south"
-records = 150
-[[hospitals]]
-name = "north"
-tier = "tertiary"
-region = "north"
-records = 240
-[[hospitals]]
-name = "clinic"
-tier = "community"
-region = "west"
-records = 90
-"""
+""" + THREE_SMALL_HOSPITALS
 
 
 @pytest.fixture
