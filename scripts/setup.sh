@@ -27,13 +27,20 @@ pip install torch==2.13.0
 pip install -e ".${extras}"
 echo "fedhealth installed in .venv ($(.venv/bin/python -c 'import torch, flwr, opacus; print(f"torch {torch.__version__}, flwr {flwr.__version__}, opacus {opacus.__version__}")'))"
 
-# The test suite opens the study report in a real headless browser: Debian's Chromium, installed
-# here when it is missing and this is a Debian machine we may administer; otherwise that one test
-# is skipped and says why.
-if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing Debian's chromium for the report's browser test"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
-      >/dev/null 2>&1 || echo "warning: could not install chromium; the report's browser test will be skipped" >&2
+# The test suite opens the study report in a real headless browser (Debian's Chromium) and builds and runs
+# the deployment images (buildah and debootstrap, when no docker engine answers): installed here when missing
+# and this is a Debian machine we may administer; otherwise those tests are skipped and say why.
+if [ -n "$extras" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  wanted=()
+  command -v chromium >/dev/null 2>&1 || wanted+=(chromium)
+  if ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then
+    command -v buildah >/dev/null 2>&1 || wanted+=(buildah)
+    command -v debootstrap >/dev/null 2>&1 || wanted+=(debootstrap)
+  fi
+  if [ ${#wanted[@]} -gt 0 ]; then
+    echo "installing Debian's ${wanted[*]} for the report's browser test and the image tests"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${wanted[@]}"; } >/dev/null 2>&1 \
+      || echo "warning: could not install ${wanted[*]}; the tests that need them will be skipped" >&2
   fi
 fi

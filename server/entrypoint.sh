@@ -47,9 +47,14 @@ export FEDHEALTH_PKI FEDHEALTH_HOST FEDHEALTH_PORT FEDHEALTH_DATABASE FEDHEALTH_
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 if [ -x "$HERE/.venv/bin/flwr" ]; then PATH="$HERE/.venv/bin:$PATH"; fi
 
-flwr_config() {  # the CLI's connections, once
+flwr_config() {  # the CLI's connections, once: the committed file, its deployment connection pointed at this
+  # SuperLink's loopback address ($FEDHEALTH_SUPERLINK_LOCAL) and the mounted study CA
   mkdir -p "$FLWR_HOME"
-  [ -f "$FLWR_HOME/config.toml" ] || cp "$HERE/configs/flower/config.toml" "$FLWR_HOME/config.toml"
+  if [ ! -f "$FLWR_HOME/config.toml" ]; then
+    cp "$HERE/configs/flower/config.toml" "$FLWR_HOME/config.toml"
+    bash "$HERE/server/deploy.sh" connect --address "$FEDHEALTH_SUPERLINK_LOCAL" --ca "$FEDHEALTH_PKI/ca/ca.crt" \
+      --name "$FEDHEALTH_CONNECTION" >/dev/null
+  fi
 }
 
 submit() {  # submit(OUT, EXTRA_RUN_CONFIG, WHAT_FAILED): flwr run the study into OUT, exit 1 unless it completed

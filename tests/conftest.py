@@ -25,7 +25,8 @@ pytest.register_assert_rewrite("tests.support")
 # measured on the 2-core machine (idle, `--durations`), and a file not listed sorts after these, integration
 # before unit. The order changes when a test runs, never what it checks.
 LONGEST_FIRST = {
-    "integration/test_deployment.py": 370, "integration/test_deployment_docs.py": 221,
+    "integration/test_containers.py": 400, "integration/test_deployment.py": 370,
+    "integration/test_deployment_docs.py": 221,
     "integration/test_interrupt_federation.py": 112, "integration/test_flwr_run.py": 74,
     "integration/test_simulate_federation.py": 70, "integration/test_survival_federation.py": 78,
     "integration/test_privacy_audit_federation.py": 63, "integration/test_secagg_federation.py": 55,

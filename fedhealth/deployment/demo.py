@@ -123,6 +123,10 @@ class Host:
     def site(self, name: str) -> Path:
         return self.dir / "hospitals" / name
 
+    def state(self, name: str) -> Path:
+        """Where a hospital's ledger/ and audit/ are: its folder here (a container host: its state volume)."""
+        return self.site(name)
+
     def prepare(self) -> None:
         """The operator's `fedhealth certs init`; each hospital's folder (data copy, read-only; schema copy;
         policy) and its own keys (`fedhealth certs hospital-keys`), of which the operator files only the .pub;
@@ -171,11 +175,7 @@ class Host:
                                         "--app-registry", f"http://127.0.0.1:{self.registry_port}",
                                         "--database", str(self.dir / "server" / "state.db")],
                           self.dir / "server" / "flwr-home", [runtime_mark(self.link_port)])
-        wait_until(lambda: "Uvicorn running on https://" in link.output() or not link.running(), 60,
-                   what="the SuperLink listening")
-        if not link.running():
-            raise DemoError(f"the SuperLink stopped:\n{link.output()[-3000:]}")
-        return link
+        return listening(link, 60)
 
     def connect_and_register(self) -> None:
         self.sh("bash", "server/deploy.sh", "connect", "--address", self.control_address, "--pki",
@@ -249,7 +249,7 @@ class Host:
     def audit(self, name: str) -> dict[str, Any]:
         from fedhealth.privacy.audit import verify_audit_log
 
-        path = self.site(name) / "audit" / "audit.jsonl"
+        path = self.state(name) / "audit" / "audit.jsonl"
         if not path.exists():
             return {"entries": 0}
         report = verify_audit_log(path, self.site(name) / "keys" / "audit_signing.pub")
@@ -258,7 +258,7 @@ class Host:
                 "rounds": [(e["run_id"][-6:], e["round"], e["decision"][:8]) for e in entries]}
 
     def ledger(self, name: str) -> list[tuple[int, float]]:
-        path = self.site(name) / "ledger" / f"{name}.json"
+        path = self.state(name) / "ledger" / f"{name}.json"
         if not path.exists():
             return []
         return [(e["round"], round(e["epsilon"], 3)) for e in json.loads(path.read_text())["entries"]]
@@ -269,6 +269,15 @@ class Host:
         for service in reversed(list(self.services.values())):
             if service.proc is not None:
                 service.stop()
+
+
+def listening(link: Service, timeout: float) -> Service:
+    """`link`, once its SuperLink serves HTTPS; DemoError with the end of its log if it stopped first."""
+    wait_until(lambda: "Uvicorn running on https://" in link.output() or not link.running(), timeout,
+               what="the SuperLink listening")
+    if not link.running():
+        raise DemoError(f"the SuperLink stopped:\n{link.output()[-3000:]}")
+    return link
 
 
 def rounds_of(out: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,192 @@
+"""The three-hospital deployment run through the built images (`scripts/build_images.sh`), not a checkout.
+
+Why a second host beside `demo.Host`: an image that has never run a study is a liability in a hospital's
+change-control process. `ContainerHost` is `demo.Host` with every party started from its image instead: the
+registry, the gateway and the SuperLink from `fedhealth-server`, each hospital's SuperNode from
+`fedhealth-hospital`, `register` and the study's `run` from the server image too. Each container sees only its
+own mounts, at the paths of configs/deployment/compose.yaml: a hospital's data file and schema copy (read-only,
+`/data`), its policy, the study CA and its own keys (read-only, `/etc/fedhealth`), and one writable state
+folder (`/var/lib/fedhealth`: ledger, signed audit log, Flower's app cache). Every process runs as the image's
+non-root user (uid 10001), which owns the demo folder's files as the key files' 0600 mode requires.
+
+Engines: `docker run` or `podman run` where they work (host network, so every party is on 127.0.0.1 and
+free ports, as in the native demo), else `buildah run --isolation chroot`: on machines that do not grant
+CAP_SYS_RESOURCE, `podman run` stops at setrlimit while buildah's chroot isolation runs (docs/deployment.md,
+"Containers"). `buildah run` shares the host's network and applies the image's environment and user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedhealth.deployment.demo import DemoError, Host, listening, log
+from fedhealth.deployment.processes import Service, runtime_mark
+
+SERVER_IMAGE = "fedhealth-server:latest"
+HOSPITAL_IMAGE = "fedhealth-hospital:latest"
+UID = 10001  # the images' service account (scripts/image_harden.sh)
+SERVER_ENTRYPOINT = "/opt/fedhealth/server/entrypoint.sh"
+HOSPITAL_ENTRYPOINT = "/opt/fedhealth/clients/entrypoint.sh"
+STATE = "/var/lib/fedhealth"  # each container's one writable mount
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path bound into a container; read-only unless `writable`."""
+
+    source: Path
+    target: str
+    writable: bool = False
+
+    def spec(self) -> str:
+        return f"{self.source}:{self.target}:{'rw' if self.writable else 'ro'}"
+
+
+def engine_that_runs() -> str | None:
+    """docker or podman when `run` works here, else buildah when installed, else None."""
+    for engine in ("docker", "podman"):
+        if shutil.which(engine) is None:
+            continue
+        done = subprocess.run([engine, "run", "--rm", "--network", "host", "--entrypoint", "/bin/true",
+                               HOSPITAL_IMAGE], capture_output=True, timeout=120)
+        if done.returncode == 0:
+            return engine
+    return "buildah" if shutil.which("buildah") else None
+
+
+class Containers:
+    """Runs one command in a fresh container of an image: the argv to start it, and its clean-up."""
+
+    def __init__(self, engine: str) -> None:
+        if engine not in ("docker", "podman", "buildah"):
+            raise DemoError(f"container engine '{engine}': give docker, podman or buildah")
+        self.engine = engine
+        self.names: list[str] = []
+
+    def argv(self, image: str, mounts: list[Mount], env: dict[str, str], command: list[str]) -> list[str]:
+        """The command that runs `command` in a new container of `image` as the image's user, on the host's
+        network, with only `mounts` and `env` from outside."""
+        name = f"fedhealth-{uuid.uuid4().hex[:10]}"
+        self.names.append(name)
+        volumes = [arg for m in mounts for arg in ("-v", m.spec())]
+        if self.engine == "buildah":
+            done = subprocess.run(["buildah", "from", "--pull-never", "--name", name, image], capture_output=True,
+                                  text=True)
+            if done.returncode != 0:
+                raise DemoError(f"buildah from {image} failed: {done.stderr.strip()} (build it: "
+                                "bash scripts/build_images.sh)")
+            # the images declare VOLUME /var/lib/fedhealth, and buildah run mounts a fresh volume of its own there
+            # over the bind mount (whichever it mounts last wins): undeclare it where the caller mounts it
+            for target in {m.target for m in mounts} & {STATE}:
+                subprocess.run(["buildah", "config", "--volume", f"{target}-", name], check=True, capture_output=True)
+            envs = [arg for k, v in env.items() for arg in ("--env", f"{k}={v}")]
+            return ["buildah", "run", "--isolation", "chroot", "--user", f"{UID}:{UID}", *volumes, *envs, name,
+                    "--", *command]
+        envs = [arg for k, v in env.items() for arg in ("-e", f"{k}={v}")]
+        return [self.engine, "run", "--rm", "--name", name, "--network", "host", "--user", f"{UID}:{UID}", *volumes,
+                *envs, "--entrypoint", command[0], image, *command[1:]]
+
+    def run(self, image: str, mounts: list[Mount], env: dict[str, str], command: list[str],
+            timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run `command` in a new container to its end."""
+        return subprocess.run(self.argv(image, mounts, env, command), capture_output=True, text=True,
+                              timeout=timeout)
+
+    def remove_all(self) -> None:
+        """Remove every container this object created (buildah keeps them until `buildah rm`)."""
+        for name in self.names:
+            cmd = ["buildah", "rm", name] if self.engine == "buildah" else [self.engine, "rm", "--force", name]
+            subprocess.run(cmd, capture_output=True)
+        self.names.clear()
+
+
+class ContainerHost(Host):
+    """`demo.Host` with the SuperLink, gateway, registry, operator CLI and SuperNodes run from the images."""
+
+    def __init__(self, workdir: Path, engine: str) -> None:
+        super().__init__(workdir)
+        self.containers = Containers(engine)
+        self.server_state = self.dir / "server"
+
+    def state(self, name: str) -> Path:
+        """A hospital's writable volume: ledger/, audit/, flwr-home/."""
+        return self.site(name) / "state"
+
+    def prepare(self) -> None:
+        """The native demo's preparation, then each hospital's state volume, and every file handed to the
+        images' non-root user (the keys are 0600, as `fedhealth certs` writes them)."""
+        super().prepare()
+        for name in self.hospitals:
+            for sub in ("ledger", "audit", "flwr-home"):
+                (self.state(name) / sub).mkdir(parents=True)
+        (self.server_state / "runs").mkdir(parents=True)
+        for path in [self.dir, *self.dir.rglob("*")]:
+            os.chown(path, UID, UID, follow_symlinks=False)
+
+    def _server_mounts(self, *extra: Mount) -> list[Mount]:
+        pki = "/etc/fedhealth/pki"
+        return [Mount(self.pki / "ca" / "ca.crt", f"{pki}/ca/ca.crt"), Mount(self.pki / "server", f"{pki}/server"),
+                Mount(self.server_state, STATE, writable=True), *extra]
+
+    def _server_env(self) -> dict[str, str]:
+        return {"FEDHEALTH_PORT": str(self.link_port), "FEDHEALTH_GATEWAY_HOST": "127.0.0.1",
+                "FEDHEALTH_GATEWAY_PORT": str(self.port), "FEDHEALTH_APP_REGISTRY": f"http://127.0.0.1:"
+                f"{self.registry_port}", "FEDHEALTH_APP": self.app}
+
+    def _start_in(self, name: str, image: str, mounts: list[Mount], env: dict[str, str], command: list[str],
+                  marks: list[str]) -> Service:
+        argv = self.containers.argv(image, mounts, env, command)
+        service = Service(name, argv, self.dir / "logs" / f"{name}.log", cwd=self.dir, marks=marks)
+        self.services[name] = service.start()
+        return service
+
+    def start_superlink(self) -> Service:
+        if "registry" not in self.services:
+            registry = Mount(self.dir / "operator" / "registry", f"{STATE}/registry")
+            self._start_in("registry", SERVER_IMAGE, [registry], {},
+                           [SERVER_ENTRYPOINT, "registry", "--port", str(self.registry_port)], [])
+            self._start_in("gateway", SERVER_IMAGE, self._server_mounts(), self._server_env(),
+                           [SERVER_ENTRYPOINT, "gateway"], [])
+        link = self._start_in("superlink", SERVER_IMAGE, self._server_mounts(), self._server_env(),
+                              [SERVER_ENTRYPOINT, "start"], [runtime_mark(self.link_port)])
+        return listening(link, 120)
+
+    def connect_and_register(self) -> None:
+        """`entrypoint.sh register` in the server image, with only the hospitals' public keys mounted."""
+        keys = [Mount(self.pki / "hospitals" / h / "supernode_auth.pub",
+                      f"/etc/fedhealth/pki/hospitals/{h}/supernode_auth.pub") for h in self.hospitals]
+        done = self.containers.run(SERVER_IMAGE, self._server_mounts(*keys), self._server_env(),
+                                   [SERVER_ENTRYPOINT, "register"])
+        if done.returncode != 0:
+            raise DemoError(f"register exited {done.returncode}\n{done.stdout}{done.stderr}")
+        log(done.stdout.strip())
+
+    def hospital_mounts(self, name: str) -> list[Mount]:
+        site = self.site(name)
+        return [Mount(site / "data.csv", "/data/data.csv"), Mount(site / "schema.toml", "/data/schema.toml"),
+                Mount(site / "policy.toml", "/etc/fedhealth/policy.toml"),
+                Mount(self.pki / "ca" / "ca.crt", "/etc/fedhealth/ca.crt"), Mount(site / "keys", "/etc/fedhealth/key"),
+                Mount(self.state(name), STATE, writable=True)]
+
+    def start_hospital(self, name: str) -> Service:
+        env = {"FEDHEALTH_HOSPITAL": name, "FEDHEALTH_SUPERLINK": self.address,
+               "FEDHEALTH_RUNTIME_PORT": str(self.ports[name]), **self.node_env}
+        return self._start_in(name, HOSPITAL_IMAGE, self.hospital_mounts(name), env, [HOSPITAL_ENTRYPOINT],
+                              [runtime_mark(self.ports[name])])
+
+    def submit(self, config: str, out: Path, resume: bool = False) -> Service:
+        """`entrypoint.sh run OUT` in the server image (the approved version, from the registry); `out` must lie
+        in the server's state folder, which the SuperLink's container writes the run directory into."""
+        inside = f"{STATE}/{out.relative_to(self.server_state)}"
+        env = {**self._server_env(), "FEDHEALTH_STUDY": config}
+        command = [SERVER_ENTRYPOINT, "run", *(["--resume"] if resume else []), inside]
+        return self._start_in(f"run-{out.name}", SERVER_IMAGE, self._server_mounts(), env, command, [])
+
+    def stop_all(self) -> None:
+        super().stop_all()
+        self.containers.remove_all()
