@@ -4,33 +4,33 @@
 # podman or buildah, whichever is here (docker only when its engine answers).
 #
 # Usage: bash scripts/build_images.sh [--engine docker|podman|buildah] [--base IMAGE|debootstrap]
-#                                     [--index-url URL] [--torch-index-url URL | --torch-wheels DIR]
+#                                     [--torch-index-url URL | --torch-wheels DIR]
 #                                     [--debian-mirror URL] [--tag TAG]
 #
 #   --base         the base image (default python:3.11-slim when a registry answers, else `debootstrap`):
 #                  `debootstrap` makes a minimal Debian bookworm root with python3 and its venv module
 #                  (debootstrap --variant=minbase) and imports it as fedhealth-debian-base, once: a base
 #                  already in the engine's store is reused
-#   --index-url    where the Python packages come from (default https://pypi.org/simple; a hospital's mirror)
 #   --torch-index-url  where torch's CPU build comes from (default PyTorch's CPU index when it answers)
-#   --torch-wheels DIR  a folder holding torch-2.13.0*.whl, served as that index on 127.0.0.1 for the build
-#                  (default when PyTorch's index does not answer: the folders in PIP_FIND_LINKS)
+#   --torch-wheels DIR  a folder holding torch-2.13.0+cpu*.whl (default when PyTorch's index does not answer:
+#                  the folders in PIP_FIND_LINKS)
+#   --debian-mirror  the Debian mirror debootstrap reads (default http://deb.debian.org/debian)
 #   --tag          the images' tag (default latest)
-# The CA bundle this host's pip trusts (PIP_CERT, or pip's `cert` setting) is handed to the build too
-# (PIP_CERT_URL), for a mirror with its own CA or a TLS-inspecting proxy; nothing of it stays in the images.
+# Every other package comes from wherever this host's pip is set to fetch from (PIP_INDEX_URL, pip.conf: PyPI,
+# or a hospital's mirror, with its CA bundle and proxy): the script fetches them all into a wheelhouse first
+# and the build installs from that alone, so the build reaches no network.
 # Prints, last, one JSON line: the engine, the base, each image's size in MB and build seconds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 die() { echo "error: $*" >&2; exit 2; }
 say() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
-engine= base= index_url=https://pypi.org/simple torch_url= wheels= tag=latest
+engine= base= torch_url= wheels= tag=latest
 mirror=http://deb.debian.org/debian
 while [ $# -gt 0 ]; do
   case "$1" in
     --engine) engine=${2?"$1 needs a value"}; shift 2 ;;
     --base) base=${2?"$1 needs a value"}; shift 2 ;;
-    --index-url) index_url=${2?"$1 needs a value"}; shift 2 ;;
     --torch-index-url) torch_url=${2?"$1 needs a value"}; shift 2 ;;
     --torch-wheels) wheels=${2?"$1 needs a value"}; shift 2 ;;
     --debian-mirror) mirror=${2?"$1 needs a value"}; shift 2 ;;
@@ -97,12 +97,40 @@ if [ "$base" = debootstrap ]; then
   fi
 fi
 
-# torch's CPU build: PyTorch's index, or a local folder of wheels served as an index for the build only; and the
-# CA bundle this host's pip trusts (PIP_CERT or pip's `cert` setting: a hospital mirror's own CA, or a proxy's),
-# served beside it, so the build trusts what this host's pip trusts
-server_pid=
-network=()
-ca_bundle=${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}
+case "$base" in
+  fedhealth-debian-base*) ;;
+  *) if [ "$engine" != docker ] && ! has_image "$base"; then "$engine" pull "$base" >&2; fi ;;
+esac
+
+# podman: a container must start here, since every RUN step of a build is one. Where plain podman cannot
+# (a host that does not let containers raise their resource limits: configs/deployment/containers.conf says
+# why), the settings in that file are used for this script's podman calls, and the host's own are left as they
+# are; where neither starts one, buildah builds instead when it is installed.
+if [ "$engine" = podman ]; then
+  probe() { podman run --rm --pull=never --network none --entrypoint /bin/true "$base" >/dev/null 2>"$1"; }
+  why=$(mktemp)
+  if ! probe "$why"; then
+    ours=$PWD/configs/deployment/containers.conf
+    if [ -z "${CONTAINERS_CONF:-}" ] && CONTAINERS_CONF=$ours probe /dev/null; then
+      export CONTAINERS_CONF=$ours
+      say "podman: plain 'podman run' fails here ($(head -c 200 "$why")); using $ours"
+    elif command -v buildah >/dev/null 2>&1; then
+      say "podman cannot start a container here ($(head -c 200 "$why")); building with buildah instead"
+      engine=buildah
+    else
+      die "podman cannot start a container here: $(head -c 400 "$why")"
+    fi
+  fi
+  rm -f "$why"
+fi
+
+# The packages: this host's pip fetches every wheel the images install into one folder (a wheelhouse), with
+# its own settings (index or mirror, CA bundle, proxy: PIP_INDEX_URL, pip.conf), for the images' Python (3.11,
+# glibc up to Debian bookworm's 2.36, this machine's architecture) whatever Python this host runs. torch comes
+# first, its CPU build on its own, so no requirement can pull a multi-GB CUDA build. The folder is served on
+# 127.0.0.1 to the build, whose pip installs from it alone (--no-index): the build itself reaches no network.
+if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
+"$py" -m pip --version >/dev/null 2>&1 || die "$py has no pip: the wheelhouse is fetched with this host's pip (apt-get install python3-pip)"
 if [ -z "$torch_url" ] && [ -z "$wheels" ]; then
   if answers https://download.pytorch.org/whl/cpu/; then torch_url=https://download.pytorch.org/whl/cpu
   else
@@ -112,36 +140,50 @@ if [ -z "$torch_url" ] && [ -z "$wheels" ]; then
     [ -n "$wheels" ] || die "PyTorch's index does not answer and no torch-2.13.0 wheel was found: give --torch-wheels DIR or --torch-index-url URL"
   fi
 fi
-ca_url=
-if [ -n "$wheels" ] || [ -n "$ca_bundle" ]; then
-  served=$(mktemp -d /tmp/fedhealth-build-files.XXXXXX)
+target=(--only-binary=:all: --python-version 3.11)
+arch=$(uname -m)
+for minor in $(seq 36 -1 5); do target+=(--platform "manylinux_2_${minor}_$arch"); done
+target+=(--platform "manylinux2014_$arch" --platform "manylinux2010_$arch" --platform "manylinux1_$arch")
+wheelhouse=$(mktemp -d /tmp/fedhealth-wheelhouse.XXXXXX)
+server_pid=
+trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$wheelhouse"' EXIT
+t0=$(date +%s.%N)
+say "wheelhouse: fetching every package with this host's pip ($py) into $wheelhouse"
+if [ -n "$wheels" ]; then torch_from=(--no-index --find-links "$wheels"); else torch_from=(--index-url "$torch_url"); fi
+"$py" -m pip download -q --no-deps "${target[@]}" "${torch_from[@]}" -d "$wheelhouse" torch==2.13.0 >&2 \
+  || die "could not fetch torch 2.13.0's CPU build from ${wheels:-$torch_url}"
+compgen -G "$wheelhouse/torch-2.13.0+cpu-*.whl" >/dev/null \
+  || die "${wheels:-$torch_url} gave $(ls "$wheelhouse"), not torch's CPU build (torch-2.13.0+cpu)"
+"$py" -m pip wheel -q --no-deps -w "$wheelhouse" . >&2 || die "could not build fedhealth's own wheel from this checkout"
+"$py" -m pip download -q "${target[@]}" --find-links "$wheelhouse" -d "$wheelhouse" "$wheelhouse"/fedhealth-*.whl >&2 \
+  || die "this host's pip could not fetch fedhealth's requirements (check its index: PIP_INDEX_URL or pip.conf)"
+[ "$(compgen -G "$wheelhouse/torch-*.whl" | wc -l)" = 1 ] && ! compgen -G "$wheelhouse/nvidia_*" >/dev/null \
+  || die "the wheelhouse holds a second torch or CUDA libraries: $(cd "$wheelhouse" && ls torch-* nvidia_* 2>/dev/null | tr '\n' ' ')"
+t1=$(date +%s.%N)
+wheelhouse_s=$(python3 -c "print(round($t1 - $t0, 1))")
+wheelhouse_mb=$(du -sm "$wheelhouse" | cut -f1)
+wheelhouse_n=$(compgen -G "$wheelhouse/*.whl" | wc -l)
+# The digest of the wheelhouse is a build argument: a build layer is reused only for the same wheels.
+digest=$(cd "$wheelhouse" && sha256sum -- *.whl | sha256sum | cut -c1-16)
+say "wheelhouse: $wheelhouse_n wheels, $wheelhouse_mb MB, in $wheelhouse_s s (digest $digest)"
+# A fixed port keeps the build's install step the same from one run to the next (its layer is reused); a busy
+# one gives way to any free port.
+port=38471
+if ! python3 -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  python3 -m http.server --bind 127.0.0.1 --directory "$served" "$port" >/dev/null 2>&1 &
-  server_pid=$!
-  trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$served"' EXIT
-  network=(--network host)  # the build reaches these files on this host's loopback
-  for _ in $(seq 50); do answers "http://127.0.0.1:$port/" && break; sleep 0.1; done
-  if [ -n "$ca_bundle" ]; then
-    [ -f "$ca_bundle" ] || die "$ca_bundle: pip's CA bundle (PIP_CERT or pip's cert setting) not found"
-    ln -s "$(realpath "$ca_bundle")" "$served/ca.crt"
-    ca_url=http://127.0.0.1:$port/ca.crt
-    say "CA bundle: $ca_bundle, served to the build at $ca_url"
-  fi
-  if [ -n "$wheels" ]; then
-    found=$(compgen -G "$wheels/torch-2.13.0*.whl" | head -1) || true
-    [ -n "$found" ] || die "--torch-wheels $wheels: no torch-2.13.0*.whl in it"
-    mkdir "$served/torch"
-    ln -s "$(realpath "$found")" "$served/torch/$(basename "$found")"
-    torch_url=http://127.0.0.1:$port/
-    say "torch: $(basename "$found"), served to the build at $torch_url"
-  fi
 fi
+python3 -m http.server --bind 127.0.0.1 --directory "$wheelhouse" "$port" >/dev/null 2>&1 &
+server_pid=$!
+for _ in $(seq 50); do answers "http://127.0.0.1:$port/" && break; sleep 0.1; done
+answers "http://127.0.0.1:$port/" || die "could not serve the wheelhouse on 127.0.0.1:$port"
+wheels_url=http://127.0.0.1:$port/
+network=(--network host)  # the build reaches the wheelhouse on this host's loopback
 
 build() {  # build(IMAGE, DOCKERFILE)
   local t0 t1
   t0=$(date +%s.%N)
-  args=(-f "$2" -t "$1:$tag" --build-arg "BASE_IMAGE=$base" --build-arg "PIP_INDEX_URL=$index_url"
-        --build-arg "TORCH_INDEX_URL=$torch_url" --build-arg "PIP_CERT_URL=$ca_url")
+  args=(-f "$2" -t "$1:$tag" --build-arg "BASE_IMAGE=$base"
+        --build-arg "WHEELS_URL=$wheels_url" --build-arg "WHEELS_DIGEST=$digest")
   case "$engine" in
     buildah) buildah bud --isolation chroot --layers --pull-never "${args[@]}" . >&2 ;;
     podman) podman build --layers --pull=never ${network[@]+"${network[@]}"} "${args[@]}" . >&2 ;;
@@ -161,11 +203,11 @@ print(round(float(number) * {"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9}
   python3 -c "print(round($bytes / 1e6))"
 }
 
-case "$base" in fedhealth-debian-base*) ;; *) [ "$engine" = buildah ] && buildah pull "$base" >&2 ;; esac
 say "building fedhealth-server with $engine on $base"
 server_s=$(build fedhealth-server server/Dockerfile)
 say "building fedhealth-hospital with $engine on $base"
 hospital_s=$(build fedhealth-hospital clients/Dockerfile)
-echo "{\"engine\": \"$engine\", \"base\": \"$base\", \"torch_index\": \"$torch_url\"," \
+echo "{\"engine\": \"$engine\", \"containers_conf\": \"${CONTAINERS_CONF:-}\", \"base\": \"$base\", \"torch\": \"${wheels:-$torch_url}\"," \
+  "\"wheelhouse\": {\"wheels\": $wheelhouse_n, \"mb\": $wheelhouse_mb, \"s\": $wheelhouse_s}," \
   "\"images\": {\"fedhealth-server:$tag\": {\"mb\": $(size_mb "fedhealth-server:$tag"), \"build_s\": $server_s}," \
   "\"fedhealth-hospital:$tag\": {\"mb\": $(size_mb "fedhealth-hospital:$tag"), \"build_s\": $hospital_s}}}"

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Runs inside an image build (the last stage of clients/Dockerfile and server/Dockerfile), never on a host.
+# Runs inside an image build (the last step of clients/Dockerfile and server/Dockerfile), never on a host.
 # $1: the service account's name (hospital or superlink), uid and gid 10001, home /var/lib/fedhealth.
 # Written straight into /etc/passwd and /etc/group because a minimal Debian base has no useradd. Then the
 # tools a running SuperNode or SuperLink never needs are taken out: the package managers (apt, dpkg),

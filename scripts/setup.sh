@@ -28,12 +28,18 @@ pip install -e ".${extras}"
 echo "fedhealth installed in .venv ($(.venv/bin/python -c 'import torch, flwr, opacus; print(f"torch {torch.__version__}, flwr {flwr.__version__}, opacus {opacus.__version__}")'))"
 
 # The test suite opens the study report in a real headless browser (Debian's Chromium) and builds and runs
-# the deployment images (buildah and debootstrap, when no docker engine answers): installed here when missing
-# and this is a Debian machine we may administer; otherwise those tests are skipped and say why.
+# the deployment images, compose.yaml included (when no docker engine answers: podman with runc and the
+# dnsname plugin that lets compose services find each other by name, buildah where podman cannot start a
+# container, debootstrap for a base image without a registry; podman-compose comes with the test extra):
+# installed here when missing and this is a Debian machine we may administer; otherwise those tests are
+# skipped and say why.
 if [ -n "$extras" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   wanted=()
   command -v chromium >/dev/null 2>&1 || wanted+=(chromium)
   if ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then
+    command -v podman >/dev/null 2>&1 || wanted+=(podman)
+    command -v runc >/dev/null 2>&1 || wanted+=(runc)
+    [ -e /usr/lib/cni/dnsname ] || wanted+=(golang-github-containernetworking-plugin-dnsname)
     command -v buildah >/dev/null 2>&1 || wanted+=(buildah)
     command -v debootstrap >/dev/null 2>&1 || wanted+=(debootstrap)
   fi

@@ -10,6 +10,7 @@ The library modules are imported inside the commands so `fedhealth --help` stays
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -436,6 +437,13 @@ def app_serve(
     _say(f"registry {registry} on http://{host}:{server.server_address[1]} "
                f"(flower-superlink: FLWR_SUPERGRID_API_URL=http://{host}:{server.server_address[1]})")
     sys.stdout.flush()
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM stops it as Ctrl-C does: `docker stop` sends it, and a container's first process that has no
+    # handler of its own ignores it (compose then waits out its timeout and kills the registry)
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -10,9 +10,10 @@ folder (`/var/lib/fedhealth`: ledger, signed audit log, Flower's app cache). Eve
 non-root user (uid 10001), which owns the demo folder's files as the key files' 0600 mode requires.
 
 Engines: `docker run` or `podman run` where they work (host network, so every party is on 127.0.0.1 and
-free ports, as in the native demo), else `buildah run --isolation chroot`: on machines that do not grant
-CAP_SYS_RESOURCE, `podman run` stops at setrlimit while buildah's chroot isolation runs (docs/deployment.md,
-"Containers"). `buildah run` shares the host's network and applies the image's environment and user.
+free ports, as in the native demo), else `buildah run --isolation chroot`, which shares the host's network and
+applies the image's environment and user. On a host that does not let containers raise their resource
+limits, plain `podman run` stops at setrlimit; there podman runs with configs/deployment/containers.conf
+(`CONTAINERS_CONF` for this module's podman calls only; that file says why), as scripts/build_images.sh does.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedhealth.deployment.demo import DemoError, Host, listening, log
+from fedhealth.deployment.demo import PROJECT, DemoError, Host, listening, log
 from fedhealth.deployment.processes import Service, runtime_mark
 
 SERVER_IMAGE = "fedhealth-server:latest"
@@ -33,6 +34,7 @@ UID = 10001  # the images' service account (scripts/image_harden.sh)
 SERVER_ENTRYPOINT = "/opt/fedhealth/server/entrypoint.sh"
 HOSPITAL_ENTRYPOINT = "/opt/fedhealth/clients/entrypoint.sh"
 STATE = "/var/lib/fedhealth"  # each container's one writable mount
+PODMAN_CONF = PROJECT / "configs" / "deployment" / "containers.conf"
 
 
 @dataclass(frozen=True)
@@ -47,24 +49,44 @@ class Mount:
         return f"{self.source}:{self.target}:{'rw' if self.writable else 'ro'}"
 
 
-def engine_that_runs() -> str | None:
-    """docker or podman when `run` works here, else buildah when installed, else None."""
-    for engine in ("docker", "podman"):
-        if shutil.which(engine) is None:
-            continue
-        done = subprocess.run([engine, "run", "--rm", "--network", "host", "--entrypoint", "/bin/true",
-                               HOSPITAL_IMAGE], capture_output=True, timeout=120)
-        if done.returncode == 0:
-            return engine
-    return "buildah" if shutil.which("buildah") else None
+@dataclass(frozen=True)
+class Engine:
+    """A container engine that starts containers here, and the environment its commands need."""
+
+    name: str
+    env: dict[str, str]
+
+    def environ(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+
+def _starts(name: str, env: dict[str, str]) -> bool:
+    done = subprocess.run([name, "run", "--rm", "--pull=never" if name == "podman" else "--pull=missing",
+                           "--network", "host", "--entrypoint", "/bin/true", HOSPITAL_IMAGE],
+                          capture_output=True, timeout=120, env={**os.environ, **env})
+    return done.returncode == 0
+
+
+def engine_that_runs() -> Engine | None:
+    """docker or podman when `run` starts a container of the hospital image here (podman with
+    configs/deployment/containers.conf where it needs it), else buildah when installed, else None."""
+    if shutil.which("docker") and _starts("docker", {}):
+        return Engine("docker", {})
+    if shutil.which("podman"):
+        if _starts("podman", {}):
+            return Engine("podman", {})
+        ours = {"CONTAINERS_CONF": str(PODMAN_CONF)}
+        if "CONTAINERS_CONF" not in os.environ and _starts("podman", ours):
+            return Engine("podman", ours)
+    return Engine("buildah", {}) if shutil.which("buildah") else None
 
 
 class Containers:
     """Runs one command in a fresh container of an image: the argv to start it, and its clean-up."""
 
-    def __init__(self, engine: str) -> None:
-        if engine not in ("docker", "podman", "buildah"):
-            raise DemoError(f"container engine '{engine}': give docker, podman or buildah")
+    def __init__(self, engine: Engine) -> None:
+        if engine.name not in ("docker", "podman", "buildah"):
+            raise DemoError(f"container engine '{engine.name}': give docker, podman or buildah")
         self.engine = engine
         self.names: list[str] = []
 
@@ -74,7 +96,7 @@ class Containers:
         name = f"fedhealth-{uuid.uuid4().hex[:10]}"
         self.names.append(name)
         volumes = [arg for m in mounts for arg in ("-v", m.spec())]
-        if self.engine == "buildah":
+        if self.engine.name == "buildah":
             done = subprocess.run(["buildah", "from", "--pull-never", "--name", name, image], capture_output=True,
                                   text=True)
             if done.returncode != 0:
@@ -88,27 +110,28 @@ class Containers:
             return ["buildah", "run", "--isolation", "chroot", "--user", f"{UID}:{UID}", *volumes, *envs, name,
                     "--", *command]
         envs = [arg for k, v in env.items() for arg in ("-e", f"{k}={v}")]
-        return [self.engine, "run", "--rm", "--name", name, "--network", "host", "--user", f"{UID}:{UID}", *volumes,
-                *envs, "--entrypoint", command[0], image, *command[1:]]
+        return [self.engine.name, "run", "--rm", "--name", name, "--network", "host", "--user", f"{UID}:{UID}",
+                *volumes, *envs, "--entrypoint", command[0], image, *command[1:]]
 
     def run(self, image: str, mounts: list[Mount], env: dict[str, str], command: list[str],
             timeout: float = 300) -> subprocess.CompletedProcess:
         """Run `command` in a new container to its end."""
         return subprocess.run(self.argv(image, mounts, env, command), capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, env=self.engine.environ())
 
     def remove_all(self) -> None:
         """Remove every container this object created (buildah keeps them until `buildah rm`)."""
         for name in self.names:
-            cmd = ["buildah", "rm", name] if self.engine == "buildah" else [self.engine, "rm", "--force", name]
-            subprocess.run(cmd, capture_output=True)
+            engine = self.engine.name
+            cmd = ["buildah", "rm", name] if engine == "buildah" else [engine, "rm", "--force", name]
+            subprocess.run(cmd, capture_output=True, env=self.engine.environ())
         self.names.clear()
 
 
 class ContainerHost(Host):
     """`demo.Host` with the SuperLink, gateway, registry, operator CLI and SuperNodes run from the images."""
 
-    def __init__(self, workdir: Path, engine: str) -> None:
+    def __init__(self, workdir: Path, engine: Engine) -> None:
         super().__init__(workdir)
         self.containers = Containers(engine)
         self.server_state = self.dir / "server"
@@ -141,7 +164,8 @@ class ContainerHost(Host):
     def _start_in(self, name: str, image: str, mounts: list[Mount], env: dict[str, str], command: list[str],
                   marks: list[str]) -> Service:
         argv = self.containers.argv(image, mounts, env, command)
-        service = Service(name, argv, self.dir / "logs" / f"{name}.log", cwd=self.dir, marks=marks)
+        service = Service(name, argv, self.dir / "logs" / f"{name}.log", cwd=self.dir, marks=marks,
+                          env=self.containers.engine.env)
         self.services[name] = service.start()
         return service
 

@@ -379,12 +379,21 @@ def lay_out_compose(workdir: Path) -> str:
         fedhealth("certs", "add-hospital", str(site / "keys" / "supernode_auth.pub"), "--pki", str(folder / "pki"),
                   "--hospital", name)
         fedhealth("app", "add-signature", str(site / "approval.json"), "--dir", str(registry))
+    # The containers run as FEDHEALTH_UID, which must own the 0600 key files: the caller's uid, or the images'
+    # own service account (10001) rather than root
+    uid = os.getuid()
+    if uid == 0:
+        uid = 10001
+        for path in [folder, *folder.rglob("*")]:
+            os.chown(path, uid, uid, follow_symlinks=False)
     compose = "docker compose -f configs/deployment/compose.yaml"
     return "\n".join([
-        "", f"{folder} is ready for configs/deployment/compose.yaml. From the repository root ({root}):", "",
-        f"  export FEDHEALTH_DEMO={folder} FEDHEALTH_UID={os.getuid()}",
-        f"  {compose} up -d --build superlink gateway registry",
-        f"  {compose} exec superlink /opt/fedhealth/server/entrypoint.sh register",
+        "", f"{folder} is ready for configs/deployment/compose.yaml. From the repository root ({root}), with",
+        "docker compose (or podman-compose, with the same arguments):", "",
+        "  bash scripts/build_images.sh",
+        f"  export FEDHEALTH_DEMO={folder} FEDHEALTH_UID={uid}",
+        f"  {compose} up -d superlink gateway registry",
+        f"  {compose} exec -T superlink /opt/fedhealth/server/entrypoint.sh register",
         f"  {compose} up -d cleveland hungary va-long-beach",
-        f"  {compose} exec superlink /opt/fedhealth/server/entrypoint.sh run",
+        f"  {compose} exec -T superlink /opt/fedhealth/server/entrypoint.sh run",
         f"  {compose} down", ""])

@@ -17,12 +17,16 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 import tomllib
+from pathlib import Path
 
 import pytest
 
 from fedhealth.deployment import containers
-from fedhealth.deployment.demo import HOSPITALS, PROJECT, demo, rounds_of, state_of
+from fedhealth.deployment.demo import HOSPITALS, PROJECT, demo, lay_out_compose, rounds_of, state_of
+from fedhealth.privacy.audit import verify_audit_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.containers]
 
@@ -144,3 +148,77 @@ def test_nothing_a_container_started_outlives_the_study(study):
     host, _ = study
     host.stop_all()
     assert all(not s.processes() for s in host.services.values())
+
+
+COMPOSE_FILE = ["-f", "configs/deployment/compose.yaml"]
+
+
+def _compose_tool(engine: containers.Engine) -> list[str]:
+    if engine.name == "docker":
+        return ["docker", "compose"]
+    found = shutil.which("podman-compose") or shutil.which("podman-compose", path=str(Path(sys.executable).parent))
+    if engine.name == "podman" and found:
+        return [found]
+    pytest.skip(f"configs/deployment/compose.yaml needs docker compose or podman-compose; {engine.name} runs here "
+                "(scripts/setup.sh --test installs podman and podman-compose)")
+
+
+@pytest.fixture(scope="module")
+def compose_study(engine, tmp_path_factory):
+    """compose.yaml's own steps, as its header writes them: the demo folder, then up, register, up, run, down."""
+    tool = _compose_tool(engine)
+    folder = tmp_path_factory.mktemp("compose") / "deploy-compose"
+    printed = lay_out_compose(folder)
+    uid = next(line.split("FEDHEALTH_UID=")[1].split()[0] for line in printed.splitlines() if "FEDHEALTH_UID=" in line)
+    env = {**engine.environ(), "FEDHEALTH_DEMO": str(folder), "FEDHEALTH_UID": uid}
+
+    def compose(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([*tool, *COMPOSE_FILE, *args], cwd=PROJECT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def logs() -> str:
+        return compose("logs", timeout=60).stdout[-6000:]
+
+    try:
+        up = compose("up", "-d", "superlink", "gateway", "registry")
+        assert up.returncode == 0, up.stdout + up.stderr
+        deadline = time.monotonic() + 120  # the SuperLink needs a few seconds before it takes registrations
+        while True:
+            register = compose("exec", "-T", "superlink", containers.SERVER_ENTRYPOINT, "register", timeout=120)
+            if register.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        assert register.returncode == 0, register.stdout + register.stderr + logs()
+        up = compose("up", "-d", *HOSPITALS)
+        assert up.returncode == 0, up.stdout + up.stderr
+        run = compose("exec", "-T", "superlink", containers.SERVER_ENTRYPOINT, "run", timeout=900)
+        yield folder, run, logs(), compose
+    finally:
+        down = compose("down", "--timeout", "20", timeout=300)
+        print(down.stdout[-2000:], down.stderr[-2000:])
+
+
+def test_compose_yaml_runs_the_study_as_its_header_says(compose_study):
+    folder, run, logs, _ = compose_study
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:] + logs
+    (out,) = list((folder / "server" / "state" / "runs").iterdir())
+    assert state_of(out) == "completed"
+    rounds = rounds_of(out)
+    assert [r["status"] for r in rounds] == ["aggregated"]
+    assert len(rounds[0]["hospitals_aggregated"]) == len(HOSPITALS)
+    for name in HOSPITALS:
+        site = folder / "hospitals" / name
+        report = verify_audit_log(site / "state" / "audit" / "audit.jsonl", site / "keys" / "audit_signing.pub")
+        assert report.ok and report.entries >= 1, (name, report)
+        cap = tomllib.loads((site / "policy.toml").read_text())["max_epsilon"]
+        entries = json.loads((site / "state" / "ledger" / f"{name}.json").read_text())["entries"]
+        assert len(entries) == 1 and 0 < entries[0]["epsilon"] <= cap, (name, entries, cap)
+
+
+def test_compose_down_leaves_no_container_of_the_study(engine, compose_study):
+    *_, compose = compose_study
+    down = compose("down", "--timeout", "20")
+    assert down.returncode == 0, down.stdout + down.stderr
+    listed = subprocess.run([engine.name, "ps", "-a", "--filter", "label=com.docker.compose.project=fedhealth-demo",
+                             "--format", "{{.Names}}"], capture_output=True, text=True, env=engine.environ())
+    assert listed.returncode == 0 and listed.stdout.strip() == "", listed.stdout + listed.stderr

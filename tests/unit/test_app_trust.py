@@ -212,3 +212,26 @@ def test_the_launcher_says_why_the_superlink_refused_to_activate_the_node(keys: 
     with pytest.raises(SystemExit):
         supernode.launch(args)
     assert "refused to activate" not in capsys.readouterr().err
+
+
+def test_the_registry_stops_on_sigterm_as_a_containers_first_process_must(tmp_path: Path) -> None:
+    """`docker stop` / compose down send SIGTERM; a first process with no handler ignores it and is killed
+    after the timeout. `fedhealth app serve` stops on it at once, exit 0, its port closed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "registry").mkdir()
+    registry = str(tmp_path / "registry")
+    command = [sys.executable, "-m", "fedhealth.cli", "app", "serve", "--dir", registry, "--port", "0"]
+    served = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        assert "registry" in served.stdout.readline()  # serving
+        started = time.monotonic()
+        served.send_signal(signal.SIGTERM)
+        assert served.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        served.kill()
+        served.wait()
