@@ -5,7 +5,7 @@
 #
 # Usage: bash scripts/build_images.sh [--engine docker|podman|buildah] [--base IMAGE|debootstrap]
 #                                     [--torch-index-url URL | --torch-wheels DIR]
-#                                     [--debian-mirror URL] [--tag TAG]
+#                                     [--debian-mirror URL] [--debian-keyring FILE] [--tag TAG]
 #
 #   --base         the base image (default python:3.11-slim when a registry answers, else `debootstrap`):
 #                  `debootstrap` makes a minimal Debian bookworm root with python3 and its venv module
@@ -15,18 +15,23 @@
 #   --torch-wheels DIR  a folder holding torch-2.13.0+cpu*.whl (default when PyTorch's index does not answer:
 #                  the folders in PIP_FIND_LINKS)
 #   --debian-mirror  the Debian mirror debootstrap reads (default http://deb.debian.org/debian)
+#   --debian-keyring the keyring the mirror's Release file must be signed with (default Debian's archive
+#                  keyring): debootstrap is made to check it, so a plain-HTTP mirror cannot hand over a base
 #   --tag          the images' tag (default latest)
 # Every other package comes from wherever this host's pip is set to fetch from (PIP_INDEX_URL, pip.conf: PyPI,
 # or a hospital's mirror, with its CA bundle and proxy): the script fetches them all into a wheelhouse first
 # and the build installs from that alone, so the build reaches no network.
 # Prints, last, one JSON line: the engine, the base, each image's size in MB and build seconds.
 set -euo pipefail
+shopt -s inherit_errexit  # a command substitution that fails fails the script too
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+trap 'exit 130' INT  # Ctrl-C and a cancelled job still run the EXIT clean-up below
+trap 'exit 143' TERM
 die() { echo "error: $*" >&2; exit 2; }
 say() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 engine= base= torch_url= wheels= tag=latest
-mirror=http://deb.debian.org/debian
+mirror=http://deb.debian.org/debian keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 while [ $# -gt 0 ]; do
   case "$1" in
     --engine) engine=${2?"$1 needs a value"}; shift 2 ;;
@@ -34,6 +39,7 @@ while [ $# -gt 0 ]; do
     --torch-index-url) torch_url=${2?"$1 needs a value"}; shift 2 ;;
     --torch-wheels) wheels=${2?"$1 needs a value"}; shift 2 ;;
     --debian-mirror) mirror=${2?"$1 needs a value"}; shift 2 ;;
+    --debian-keyring) keyring=${2?"$1 needs a value"}; shift 2 ;;
     --tag) tag=${2?"$1 needs a value"}; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -71,17 +77,20 @@ if [ "$base" = debootstrap ]; then
   else
     command -v debootstrap >/dev/null 2>&1 || die "no registry answers and debootstrap is not installed (apt-get install debootstrap), or give --base IMAGE"
     [ "$(id -u)" = 0 ] || die "debootstrap needs root"
-    root=$(mktemp -d /tmp/fedhealth-debian-root.XXXXXX)
-    trap 'rm -rf "$root" "$root.tar"' EXIT
-    say "making a minimal Debian bookworm root with python3 (debootstrap, $mirror)"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root" "$mirror" \
-      >"$root.log" 2>&1 || { tail -20 "$root.log" >&2; die "debootstrap failed (log: $root.log)"; }
+    [ -f "$keyring" ] || die "$keyring: no Debian archive keyring to check the mirror with (apt-get install debian-archive-keyring, or --debian-keyring FILE)"
+    work=$(mktemp -d /tmp/fedhealth-debian-base.XXXXXX)  # root, log and tarball inside a folder only root can write
+    root=$work/root
+    trap 'rm -rf --one-file-system "$work"' EXIT
+    say "making a minimal Debian bookworm root with python3 (debootstrap, $mirror, signatures checked)"
+    debootstrap --variant=minbase --force-check-gpg --keyring="$keyring" \
+      --include=python3,python3-venv,ca-certificates bookworm "$root" "$mirror" \
+      >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
     case "$engine" in
       buildah)
         ctr=$(buildah from scratch)
-        tar -C "$root" -cf "$root.tar" .
-        buildah add --quiet "$ctr" "$root.tar" / >/dev/null
+        tar -C "$root" -cf "$work/root.tar" .
+        buildah add --quiet "$ctr" "$work/root.tar" / >/dev/null
         buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
           --env LANG=C.UTF-8 --cmd /bin/bash "$ctr"
         buildah commit --quiet "$ctr" "$base" >/dev/null
@@ -91,7 +100,7 @@ if [ "$base" = debootstrap ]; then
           --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
           --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$base" >/dev/null ;;
     esac
-    rm -rf "$root" "$root.log" "$root.tar"
+    rm -rf --one-file-system "$work"
     trap - EXIT
     say "base $base: imported"
   fi
@@ -163,19 +172,35 @@ t1=$(date +%s.%N)
 wheelhouse_s=$(python3 -c "print(round($t1 - $t0, 1))")
 wheelhouse_mb=$(du -sm "$wheelhouse" | cut -f1)
 wheelhouse_n=$(compgen -G "$wheelhouse/*.whl" | wc -l)
-# The digest of the wheelhouse is a build argument: a build layer is reused only for the same wheels.
-digest=$(cd "$wheelhouse" && sha256sum -- *.whl | sha256sum | cut -c1-16)
-say "wheelhouse: $wheelhouse_n wheels, $wheelhouse_mb MB, in $wheelhouse_s s (digest $digest)"
+# The lock: every wheel the images install (all but ray: a deployment never starts the simulation engine)
+# with its sha256. Its own sha256 is a build argument, from this script, not from what the port serves: the
+# build checks the lock against it and pip checks every wheel against the lock (--require-hashes), so no
+# other process on this host that answers on the port can hand the build anything else.
+"$py" - "$wheelhouse" <<'PY'
+import hashlib, pathlib, sys
+house = pathlib.Path(sys.argv[1])
+lines = []
+for wheel in sorted(house.glob("*.whl")):
+    name, version = wheel.name.split("-")[:2]
+    if name.lower() == "ray":
+        continue
+    lines.append(f"{name}=={version} --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}")
+(house / "wheels.lock").write_text("\n".join(lines) + "\n")
+PY
+digest=$(sha256sum "$wheelhouse/wheels.lock" | cut -d' ' -f1)
+say "wheelhouse: $wheelhouse_n wheels, $wheelhouse_mb MB, in $wheelhouse_s s (lock sha256 ${digest:0:16}...)"
 # A fixed port keeps the build's install step the same from one run to the next (its layer is reused); a busy
 # one gives way to any free port.
 port=38471
-if ! python3 -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
+if ! python3 -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fi
 python3 -m http.server --bind 127.0.0.1 --directory "$wheelhouse" "$port" >/dev/null 2>&1 &
 server_pid=$!
 for _ in $(seq 50); do answers "http://127.0.0.1:$port/" && break; sleep 0.1; done
-answers "http://127.0.0.1:$port/" || die "could not serve the wheelhouse on 127.0.0.1:$port"
+{ answers "http://127.0.0.1:$port/" && kill -0 "$server_pid" 2>/dev/null; } \
+  || die "could not serve the wheelhouse on 127.0.0.1:$port"
 wheels_url=http://127.0.0.1:$port/
 network=(--network host)  # the build reaches the wheelhouse on this host's loopback
 
@@ -185,9 +210,9 @@ build() {  # build(IMAGE, DOCKERFILE)
   args=(-f "$2" -t "$1:$tag" --build-arg "BASE_IMAGE=$base"
         --build-arg "WHEELS_URL=$wheels_url" --build-arg "WHEELS_DIGEST=$digest")
   case "$engine" in
-    buildah) buildah bud --isolation chroot --layers --pull-never "${args[@]}" . >&2 ;;
-    podman) podman build --layers --pull=never ${network[@]+"${network[@]}"} "${args[@]}" . >&2 ;;
-    docker) docker build ${network[@]+"${network[@]}"} "${args[@]}" . >&2 ;;
+    buildah) buildah bud --isolation chroot --layers --pull-never "${args[@]}" . >&2 || return 1 ;;
+    podman) podman build --layers --pull=never ${network[@]+"${network[@]}"} "${args[@]}" . >&2 || return 1 ;;
+    docker) docker build ${network[@]+"${network[@]}"} "${args[@]}" . >&2 || return 1 ;;
   esac
   t1=$(date +%s.%N)
   python3 -c "print(round($t1 - $t0, 1))"
@@ -204,10 +229,12 @@ print(round(float(number) * {"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9}
 }
 
 say "building fedhealth-server with $engine on $base"
-server_s=$(build fedhealth-server server/Dockerfile)
+server_s=$(build fedhealth-server server/Dockerfile) || die "building fedhealth-server failed (its log is above)"
 say "building fedhealth-hospital with $engine on $base"
-hospital_s=$(build fedhealth-hospital clients/Dockerfile)
-echo "{\"engine\": \"$engine\", \"containers_conf\": \"${CONTAINERS_CONF:-}\", \"base\": \"$base\", \"torch\": \"${wheels:-$torch_url}\"," \
+hospital_s=$(build fedhealth-hospital clients/Dockerfile) || die "building fedhealth-hospital failed (its log is above)"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=false; [ -z "$(git status --porcelain 2>/dev/null)" ] || dirty=true
+echo "{\"commit\": \"$commit\", \"dirty_tree\": $dirty, \"engine\": \"$engine\", \"containers_conf\": \"${CONTAINERS_CONF:-}\", \"base\": \"$base\", \"torch\": \"${wheels:-$torch_url}\"," \
   "\"wheelhouse\": {\"wheels\": $wheelhouse_n, \"mb\": $wheelhouse_mb, \"s\": $wheelhouse_s}," \
   "\"images\": {\"fedhealth-server:$tag\": {\"mb\": $(size_mb "fedhealth-server:$tag"), \"build_s\": $server_s}," \
   "\"fedhealth-hospital:$tag\": {\"mb\": $(size_mb "fedhealth-hospital:$tag"), \"build_s\": $hospital_s}}}"

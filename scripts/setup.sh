@@ -42,6 +42,8 @@ if [ -n "$extras" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1;
     [ -e /usr/lib/cni/dnsname ] || wanted+=(golang-github-containernetworking-plugin-dnsname)
     command -v buildah >/dev/null 2>&1 || wanted+=(buildah)
     command -v debootstrap >/dev/null 2>&1 || wanted+=(debootstrap)
+    command -v gpgv >/dev/null 2>&1 || wanted+=(gpgv)  # debootstrap checks the mirror's signature with it
+    [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || wanted+=(debian-archive-keyring)
   fi
   if [ ${#wanted[@]} -gt 0 ]; then
     echo "installing Debian's ${wanted[*]} for the report's browser test and the image tests"

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedhealth.deployment.demo import PROJECT, DemoError, Host, listening, log
+from fedhealth.deployment.demo import PROJECT, DemoError, Host, hand_to_containers, listening, log
 from fedhealth.deployment.processes import Service, runtime_mark
 
 SERVER_IMAGE = "fedhealth-server:latest"
@@ -33,6 +33,10 @@ HOSPITAL_IMAGE = "fedhealth-hospital:latest"
 UID = 10001  # the images' service account (scripts/image_harden.sh)
 SERVER_ENTRYPOINT = "/opt/fedhealth/server/entrypoint.sh"
 HOSPITAL_ENTRYPOINT = "/opt/fedhealth/clients/entrypoint.sh"
+# What a SuperNode reads of the hospital's keys/ folder: not app_approval, the private key whose signatures
+# decide which apps this SuperNode runs, which stays out of reach of everything the SuperNode runs.
+HOSPITAL_KEY_FILES = ("supernode_auth", "supernode_auth.pub", "audit_signing", "audit_signing.pub",
+                      "trusted-entities.yaml")
 STATE = "/var/lib/fedhealth"  # each container's one writable mount
 PODMAN_CONF = PROJECT / "configs" / "deployment" / "containers.conf"
 
@@ -61,7 +65,7 @@ class Engine:
 
 
 def _starts(name: str, env: dict[str, str]) -> bool:
-    done = subprocess.run([name, "run", "--rm", "--pull=never" if name == "podman" else "--pull=missing",
+    done = subprocess.run([name, "run", "--rm", "--pull=never",
                            "--network", "host", "--entrypoint", "/bin/true", HOSPITAL_IMAGE],
                           capture_output=True, timeout=120, env={**os.environ, **env})
     return done.returncode == 0
@@ -110,7 +114,9 @@ class Containers:
             return ["buildah", "run", "--isolation", "chroot", "--user", f"{UID}:{UID}", *volumes, *envs, name,
                     "--", *command]
         envs = [arg for k, v in env.items() for arg in ("-e", f"{k}={v}")]
-        return [self.engine.name, "run", "--rm", "--name", name, "--network", "host", "--user", f"{UID}:{UID}",
+        # never a registry pull: an unqualified name could resolve to someone else's image
+        pull = ["--pull=never"] if self.engine.name == "podman" else ["--pull", "never"]
+        return [self.engine.name, "run", "--rm", "--name", name, *pull, "--network", "host", "--user", f"{UID}:{UID}",
                 *volumes, *envs, "--entrypoint", command[0], image, *command[1:]]
 
     def run(self, image: str, mounts: list[Mount], env: dict[str, str], command: list[str],
@@ -120,12 +126,26 @@ class Containers:
                               timeout=timeout, env=self.engine.environ())
 
     def remove_all(self) -> None:
-        """Remove every container this object created (buildah keeps them until `buildah rm`)."""
+        """Remove every container this object created (buildah keeps them until `buildah rm`); DemoError
+        naming any that is still there afterwards."""
+        engine = self.engine.name
         for name in self.names:
-            engine = self.engine.name
-            cmd = ["buildah", "rm", name] if engine == "buildah" else [engine, "rm", "--force", name]
+            cmd = {"buildah": ["buildah", "rm", name], "docker": ["docker", "rm", "--force", name],
+                   "podman": ["podman", "rm", "--force", "--time", "5", name]}[engine]
             subprocess.run(cmd, capture_output=True, env=self.engine.environ())
+        left = sorted(set(self.names) & set(self.existing()))
         self.names.clear()
+        if left:
+            raise DemoError(f"{engine} did not remove these containers: {', '.join(left)}")
+
+    def existing(self) -> list[str]:
+        """The names of the containers the engine has now (running or not), as the engine itself lists them."""
+        if self.engine.name == "buildah":
+            cmd = ["buildah", "containers", "--format", "{{.ContainerName}}"]
+        else:
+            cmd = [self.engine.name, "ps", "--all", "--format", "{{.Names}}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=self.engine.environ(), check=True)
+        return done.stdout.split()
 
 
 class ContainerHost(Host):
@@ -148,8 +168,7 @@ class ContainerHost(Host):
             for sub in ("ledger", "audit", "flwr-home"):
                 (self.state(name) / sub).mkdir(parents=True)
         (self.server_state / "runs").mkdir(parents=True)
-        for path in [self.dir, *self.dir.rglob("*")]:
-            os.chown(path, UID, UID, follow_symlinks=False)
+        hand_to_containers(self.dir, UID)
 
     def _server_mounts(self, *extra: Mount) -> list[Mount]:
         pki = "/etc/fedhealth/pki"
@@ -194,7 +213,8 @@ class ContainerHost(Host):
         site = self.site(name)
         return [Mount(site / "data.csv", "/data/data.csv"), Mount(site / "schema.toml", "/data/schema.toml"),
                 Mount(site / "policy.toml", "/etc/fedhealth/policy.toml"),
-                Mount(self.pki / "ca" / "ca.crt", "/etc/fedhealth/ca.crt"), Mount(site / "keys", "/etc/fedhealth/key"),
+                Mount(self.pki / "ca" / "ca.crt", "/etc/fedhealth/ca.crt"),
+                *[Mount(site / "keys" / key, f"/etc/fedhealth/key/{key}") for key in HOSPITAL_KEY_FILES],
                 Mount(self.state(name), STATE, writable=True)]
 
     def start_hospital(self, name: str) -> Service:

@@ -280,6 +280,14 @@ def listening(link: Service, timeout: float) -> Service:
     return link
 
 
+def hand_to_containers(folder: Path, uid: int) -> None:
+    """Give `folder` to the containers' account (the key files are 0600), all but the study CA's private key,
+    which no container mounts and which stays the operator's."""
+    for path in [folder, *folder.rglob("*")]:
+        if path.name != "ca.key":
+            os.chown(path, uid, uid, follow_symlinks=False)
+
+
 def rounds_of(out: Path) -> list[dict[str, Any]]:
     path = out / "rounds.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -381,17 +389,16 @@ def lay_out_compose(workdir: Path) -> str:
         fedhealth("app", "add-signature", str(site / "approval.json"), "--dir", str(registry))
     # The containers run as FEDHEALTH_UID, which must own the 0600 key files: the caller's uid, or the images'
     # own service account (10001) rather than root
-    uid = os.getuid()
+    uid, gid = os.getuid(), os.getgid()
     if uid == 0:
-        uid = 10001
-        for path in [folder, *folder.rglob("*")]:
-            os.chown(path, uid, uid, follow_symlinks=False)
+        uid = gid = 10001
+        hand_to_containers(folder, uid)
     compose = "docker compose -f configs/deployment/compose.yaml"
     return "\n".join([
         "", f"{folder} is ready for configs/deployment/compose.yaml. From the repository root ({root}), with",
         "docker compose (or podman-compose, with the same arguments):", "",
         "  bash scripts/build_images.sh",
-        f"  export FEDHEALTH_DEMO={folder} FEDHEALTH_UID={uid}",
+        f"  export FEDHEALTH_DEMO={folder} FEDHEALTH_UID={uid} FEDHEALTH_GID={gid}",
         f"  {compose} up -d superlink gateway registry",
         f"  {compose} exec -T superlink /opt/fedhealth/server/entrypoint.sh register",
         f"  {compose} up -d cleveland hungary va-long-beach",
