@@ -434,17 +434,17 @@ def app_serve(
     server = serve_registry(registry, host, port)
     import sys
 
-    _say(f"registry {registry} on http://{host}:{server.server_address[1]} "
-               f"(flower-superlink: FLWR_SUPERGRID_API_URL=http://{host}:{server.server_address[1]})")
-    sys.stdout.flush()
-
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     # SIGTERM stops it as Ctrl-C does: `docker stop` sends it, and a container's first process that has no
-    # handler of its own ignores it (compose then waits out its timeout and kills the registry)
+    # handler of its own ignores it (compose then waits out its timeout and kills the registry). Installed
+    # before the line that says it serves: whoever waits for that line may stop it at once.
     signal.signal(signal.SIGTERM, stop)
     try:
+        _say(f"registry {registry} on http://{host}:{server.server_address[1]} "
+             f"(flower-superlink: FLWR_SUPERGRID_API_URL=http://{host}:{server.server_address[1]})")
+        sys.stdout.flush()
         server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -116,8 +116,10 @@ class Containers:
         envs = [arg for k, v in env.items() for arg in ("-e", f"{k}={v}")]
         # never a registry pull: an unqualified name could resolve to someone else's image
         pull = ["--pull=never"] if self.engine.name == "podman" else ["--pull", "never"]
-        return [self.engine.name, "run", "--rm", "--name", name, *pull, "--network", "host", "--user", f"{UID}:{UID}",
-                *volumes, *envs, "--entrypoint", command[0], image, *command[1:]]
+        # no capability and no privilege gain: a SuperLink or SuperNode needs neither (ports above 1024)
+        confined = ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+        return [self.engine.name, "run", "--rm", "--name", name, *pull, *confined, "--network", "host",
+                "--user", f"{UID}:{UID}", *volumes, *envs, "--entrypoint", command[0], image, *command[1:]]
 
     def run(self, image: str, mounts: list[Mount], env: dict[str, str], command: list[str],
             timeout: float = 300) -> subprocess.CompletedProcess:

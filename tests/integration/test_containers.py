@@ -168,6 +168,16 @@ def test_nothing_a_container_started_outlives_the_study(study):
 
 
 COMPOSE_FILE = ["-f", "configs/deployment/compose.yaml"]
+HOSPITALS_FIRST = next(iter(HOSPITALS))
+# From inside a hospital's container: which of the SuperLink container's ports answer on compose's network
+REACH = ("import json, socket\n"
+         "def answers(port):\n"
+         "    try:\n"
+         "        socket.create_connection(('superlink', port), timeout=5).close()\n"
+         "        return True\n"
+         "    except OSError:\n"
+         "        return False\n"
+         "print(json.dumps({'fleet': answers(9093), 'control': answers(9092), 'registry': answers(9097)}))")
 
 
 def _compose_tool(engine: containers.Engine) -> list[str]:
@@ -210,14 +220,15 @@ def compose_study(engine, tmp_path_factory):
         up = compose("up", "-d", *HOSPITALS)
         assert up.returncode == 0, up.stdout + up.stderr
         run = compose("exec", "-T", "superlink", containers.SERVER_ENTRYPOINT, "run", timeout=900)
-        yield folder, run, logs(), compose
+        reach = compose("exec", "-T", HOSPITALS_FIRST, "/opt/venv/bin/python", "-c", REACH, timeout=120)
+        yield folder, run, logs(), compose, reach
     finally:
         down = compose("down", "--timeout", "20", timeout=300)
         print(down.stdout[-2000:], down.stderr[-2000:])
 
 
 def test_compose_yaml_runs_the_study_as_its_header_says(compose_study):
-    folder, run, logs, _ = compose_study
+    folder, run, logs, *_ = compose_study
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:] + logs
     (out,) = list((folder / "server" / "state" / "runs").iterdir())
     assert state_of(out) == "completed"
@@ -233,8 +244,16 @@ def test_compose_yaml_runs_the_study_as_its_header_says(compose_study):
         assert len(entries) == 1 and 0 < entries[0]["epsilon"] <= cap, (name, entries, cap)
 
 
+def test_a_hospital_reaches_only_the_gateway_of_the_superlinks_container(compose_study):
+    """The Control API (no authentication of its own in flwr 1.41) and the app registry listen on the SuperLink
+    container's loopback: a hospital on compose's network reaches the gateway's Fleet API and nothing else."""
+    *_, reach = compose_study
+    assert reach.returncode == 0, reach.stdout + reach.stderr
+    assert json.loads(reach.stdout.strip().splitlines()[-1]) == {"fleet": True, "control": False, "registry": False}
+
+
 def test_compose_down_leaves_no_container_of_the_study(engine, compose_study):
-    *_, compose = compose_study
+    *_, compose, _ = compose_study
 
     def listed() -> list[str]:
         done = subprocess.run([engine.name, "ps", "-a", "--filter", "label=com.docker.compose.project=fedhealth-demo",
